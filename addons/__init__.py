@@ -1,0 +1,1 @@
+"""mitmproxy glue for wiretrail: one thin module per addon. gateway.py builds the chain."""

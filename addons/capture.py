@@ -1,0 +1,383 @@
+"""Capture: every exchange becomes records in its session's artifact.
+
+Small bodies with a length are buffered and recorded whole. SSE, bodies without a
+length and large bodies are streamed: a tee forwards each chunk at once and hands a
+copy, batched by at most `capture.chunk_interval`, to the writer thread. A request
+goes upstream only after its record is written; if it cannot be, the client gets a
+503 and nothing is forwarded (fail closed).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+
+from mitmproxy import ctx, http
+
+from addons.config import WiretrailConfig
+from addons.identity import identity_of
+from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
+from recorder.connections import match_connection
+from recorder.header_masking import recordable_headers
+from recorder.sessions import Session, SessionRegistry
+from recorder.writer import RecordWriter, StorageError
+
+log = logging.getLogger("wiretrail")
+
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+_MAX_BATCH_BYTES = 1 << 20  # a fast stream is recorded in batches of at most 1 MiB
+
+
+class FlowCapture:
+    """What the capture keeps for one flow between its hooks."""
+
+    __slots__ = ("flow_id", "session", "streams", "buffers", "timers", "chunk_n", "wire", "refused", "ended")
+
+    def __init__(self, flow_id: str, session: Session):
+        self.flow_id = flow_id
+        self.session = session
+        self.streams: dict[str, BodyStream] = {}
+        self.buffers: dict[str, list[bytes]] = {"request": [], "response": []}
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.chunk_n = {"request": 0, "response": 0}
+        self.wire = {"request": 0, "response": 0}
+        self.refused = False
+        self.ended = False
+
+
+def _length(headers: http.Headers) -> int | None:
+    try:
+        return int(headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _request_streams(req: http.Request, threshold: int) -> bool:
+    if "chunked" in req.headers.get("transfer-encoding", "").lower():
+        return True
+    length = _length(req.headers)
+    if length is None:
+        # HTTP/2 and HTTP/3 bodies need no length header; a body-carrying method may stream.
+        return not req.http_version.startswith("HTTP/1") and req.method not in _BODYLESS_METHODS
+    return length > threshold
+
+
+def _response_streams(resp: http.Response, threshold: int) -> bool:
+    if resp.headers.get("content-type", "").lower().startswith("text/event-stream"):
+        return True
+    length = _length(resp.headers)
+    return length is None or length > threshold
+
+
+def _error_body(status: int, message: str) -> bytes:
+    # OpenAI's error shape; Anthropic's SDK also reads error.message from it.
+    return json.dumps({"error": {"message": message, "type": "wiretrail_error", "code": status}}).encode()
+
+
+def _phase(flow: http.HTTPFlow) -> str:
+    msg = (flow.error.msg if flow.error else "").lower()
+    if "client" in msg:
+        return "client"
+    if flow.response is not None:
+        return "response"
+    server = flow.server_conn
+    if server.timestamp_tcp_setup is None or (server.tls and server.timestamp_tls_setup is None):
+        return "connect"
+    if flow.request.timestamp_end is None:
+        return "request"
+    return "response"
+
+
+class Capture:
+    def __init__(self, config: WiretrailConfig):
+        self.config_addon = config
+        self.writer: RecordWriter | None = None
+        self.registry: SessionRegistry | None = None
+        self.flows: dict[str, FlowCapture] = {}
+        self.mask_key = os.urandom(32)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._expiry_task: asyncio.Task | None = None
+        self._failing: set[str] = set()  # storage failure causes already logged
+        self._stopped = False
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def configure(self, updated):
+        if self.writer is not None or self.config_addon.current is None:
+            return
+        cfg = self.config_addon.current
+        self.cfg = cfg
+        self.loop = asyncio.get_running_loop()
+        self.writer = RecordWriter(
+            fsync=cfg.storage.fsync,
+            fsync_interval=cfg.storage.fsync_interval,
+            on_error=self._storage_error_from_thread,
+        )
+        self.registry = SessionRegistry(
+            self.writer,
+            cfg.storage.dir,
+            idle_timeout=cfg.sessions.idle_timeout,
+            max_duration=cfg.sessions.max_duration,
+        )
+        self.writer.start()
+        if not cfg.storage.fail_closed:
+            log.warning(
+                "wiretrail: storage.fail_closed = false: if a record cannot be written, "
+                "traffic passes UNRECORDED and each such flow is logged"
+            )
+        log.info(f"wiretrail: recording sessions under {cfg.storage.dir}")
+
+    def running(self):
+        if self.registry is not None and self._expiry_task is None:
+            self._expiry_task = asyncio.ensure_future(self._expire_sessions())
+
+    async def _expire_sessions(self):
+        interval = max(0.05, min(1.0, self.cfg.sessions.idle_timeout / 4))
+        while not self._stopped:
+            await asyncio.sleep(interval)
+            self.registry.expire()
+
+    def done(self):
+        if self._stopped or self.writer is None:
+            return
+        self._stopped = True
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+        for fc in list(self.flows.values()):
+            # Streams still open at shutdown: keep what arrived, and say why it stops here.
+            self._flush_all(fc, final=False)
+            fc.session.record(
+                "http.error",
+                {"flow": fc.flow_id, "phase": "shutdown", "message": "the gateway shut down with the flow in progress"},
+            )
+            self._end(fc)
+        self.registry.close_all("shutdown")
+        if not self.writer.stop(timeout=30):
+            log.error("wiretrail: the writer did not finish within 30 s; the newest records may be missing")
+
+    # -- hooks ------------------------------------------------------------------------
+
+    async def requestheaders(self, flow: http.HTTPFlow):
+        if self.registry is None or self._stopped or flow.response is not None:
+            return
+        identity_key, identity = identity_of(flow)
+        peer = flow.client_conn.peername or ("", 0)
+        session = self.registry.begin_flow(identity_key, identity, (peer[0], peer[1]))
+        fc = FlowCapture(flow.id, session)
+        self.flows[flow.id] = fc
+        if _request_streams(flow.request, self.cfg.capture.stream_threshold):
+            # The headers go upstream as soon as this hook returns: record them first.
+            ok = await self._record_request(flow, fc, None)
+            if ok:
+                fc.streams["request"] = BodyStream(
+                    flow.request.headers.get("content-encoding"), self.cfg.capture.max_body
+                )
+                flow.request.stream = self._tee(fc, "request")
+
+    async def request(self, flow: http.HTTPFlow):
+        fc = self.flows.get(flow.id)
+        if fc is None or fc.refused or "request" in fc.streams:
+            return
+        body = BodyBytes(
+            flow.request.raw_content or b"",
+            flow.request.headers.get("content-encoding"),
+            self.cfg.capture.max_body,
+        )
+        fc.wire["request"] = len(body.data)
+        await self._record_request(flow, fc, body)
+
+    def responseheaders(self, flow: http.HTTPFlow):
+        fc = self.flows.get(flow.id)
+        if fc is None or fc.refused:
+            return
+        resp = flow.response
+        if _response_streams(resp, self.cfg.capture.stream_threshold):
+            fc.session.record("http.response", self._response_fields(flow, None, streamed=True))
+            fc.streams["response"] = BodyStream(resp.headers.get("content-encoding"), self.cfg.capture.max_body)
+            resp.stream = self._tee(fc, "response")
+        elif resp.stream:
+            # Something else (stream_large_bodies) asked to stream: stream through our tee.
+            fc.session.record("http.response", self._response_fields(flow, None, streamed=True))
+            fc.streams["response"] = BodyStream(resp.headers.get("content-encoding"), self.cfg.capture.max_body)
+            resp.stream = self._tee(fc, "response")
+
+    def response(self, flow: http.HTTPFlow):
+        fc = self.flows.get(flow.id)
+        if fc is None or fc.ended:
+            return
+        if fc.refused:
+            self._end(fc)
+            return
+        if "response" not in fc.streams:
+            body = BodyBytes(
+                flow.response.raw_content or b"",
+                flow.response.headers.get("content-encoding"),
+                self.cfg.capture.max_body,
+            )
+            fc.wire["response"] = len(body.data)
+            fc.session.record("http.response", self._response_fields(flow, body, streamed=False))
+        self._flush_all(fc, final=True)
+        self._record_end(flow, fc)
+        self._end(fc)
+
+    def error(self, flow: http.HTTPFlow):
+        fc = self.flows.get(flow.id)
+        if fc is None or fc.ended:
+            return
+        # Keep whatever arrived before the failure.
+        self._flush_all(fc, final=False)
+        fc.session.record(
+            "http.error",
+            {"flow": fc.flow_id, "phase": _phase(flow), "message": flow.error.msg if flow.error else "unknown error"},
+        )
+        self._record_end(flow, fc)
+        self._end(fc)
+
+    # -- records ----------------------------------------------------------------------
+
+    async def _record_request(self, flow: http.HTTPFlow, fc: FlowCapture, body: BodyBytes | None) -> bool:
+        """Write the http.request record and wait until it is written. False if refused."""
+        req = flow.request
+        conn = match_connection(self.cfg.connections, req.pretty_host, req.port)
+        fields = {
+            "flow": fc.flow_id,
+            "conn": flow.client_conn.id,
+            "connection": conn.name if conn else None,
+            "mode": flow.client_conn.proxy_mode.type_name,
+            "method": req.method,
+            "url": req.pretty_url,
+            "http_version": req.http_version,
+            "headers": recordable_headers(req.headers.items(multi=True), self.mask_key),
+            "body": body,
+            "streamed": body is None,
+        }
+        err = await self._write_and_wait(fc.session, "http.request", fields)
+        if err is None:
+            return True
+        self.registry.mark_failed(fc.session, err)
+        if not self.cfg.storage.fail_closed:
+            log.warning(f"wiretrail: UNRECORDED flow {req.method} {req.pretty_url}: {err}")
+            return True
+        fc.refused = True
+        flow.response = http.Response.make(
+            503,
+            _error_body(503, "wiretrail could not record this request, so it was not forwarded. "
+                        "The gateway operator has been told; retry later."),
+            {"content-type": "application/json", "retry-after": "5"},
+        )
+        return False
+
+    def _response_fields(self, flow: http.HTTPFlow, body: BodyBytes | None, *, streamed: bool) -> dict:
+        resp = flow.response
+        return {
+            "flow": flow.id,
+            "status": resp.status_code,
+            "reason": resp.reason,
+            "http_version": resp.http_version,
+            "headers": recordable_headers(resp.headers.items(multi=True), self.mask_key),
+            "body": body,
+            "streamed": streamed,
+        }
+
+    def _record_end(self, flow: http.HTTPFlow, fc: FlowCapture) -> None:
+        req, resp = flow.request, flow.response
+        start = req.timestamp_start
+        end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
+        ttfb = round((resp.timestamp_start - start) * 1000, 3) if resp and resp.timestamp_start else None
+        fc.session.record(
+            "http.end",
+            {
+                "flow": fc.flow_id,
+                "status": resp.status_code if resp else None,
+                "size": dict(fc.wire),
+                "duration_ms": round((end - start) * 1000, 3),
+                "ttfb_ms": ttfb,
+            },
+        )
+
+    def _end(self, fc: FlowCapture) -> None:
+        if fc.ended:
+            return
+        fc.ended = True
+        for handle in fc.timers.values():
+            handle.cancel()
+        fc.timers.clear()
+        self.flows.pop(fc.flow_id, None)
+        self.registry.end_flow(fc.session)
+
+    # -- streaming ----------------------------------------------------------------------
+
+    def _tee(self, fc: FlowCapture, direction: str):
+        interval = self.cfg.capture.chunk_interval
+        buf = fc.buffers[direction]
+
+        def tee(chunk: bytes) -> bytes:
+            if chunk:
+                buf.append(chunk)
+                fc.wire[direction] += len(chunk)
+                if sum(map(len, buf)) >= _MAX_BATCH_BYTES:
+                    self._flush(fc, direction, final=False)
+                elif direction not in fc.timers and not fc.ended:
+                    fc.timers[direction] = self.loop.call_later(interval, self._flush, fc, direction, False)
+            else:
+                self._flush(fc, direction, final=True)
+            return chunk
+
+        return tee
+
+    def _flush(self, fc: FlowCapture, direction: str, final: bool) -> None:
+        handle = fc.timers.pop(direction, None)
+        if handle is not None:
+            handle.cancel()
+        stream = fc.streams.get(direction)
+        buf = fc.buffers[direction]
+        if stream is None or (not buf and not final) or fc.session.closed:
+            return
+        if not buf and stream.n > 0 and final and stream.held == b"":
+            return  # nothing left; the end is marked by http.end
+        data = b"".join(buf)
+        buf.clear()
+        fields = {"flow": fc.flow_id, "dir": direction, "n": fc.chunk_n[direction], "body": ChunkBytes(data, stream, final)}
+        fc.chunk_n[direction] += 1
+        stream.n += 1
+        fc.session.record("http.chunk", fields)
+
+    def _flush_all(self, fc: FlowCapture, final: bool) -> None:
+        for direction in ("request", "response"):
+            if direction in fc.streams:
+                self._flush(fc, direction, final)
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def _write_and_wait(self, session: Session, rtype: str, fields: dict) -> BaseException | None:
+        fut = self.loop.create_future()
+        loop = self.loop
+
+        def ack(err):
+            loop.call_soon_threadsafe(_resolve, fut, err)
+
+        session.record(rtype, fields, ack=ack)
+        err = await fut
+        if err is None and self._failing:
+            log.warning("wiretrail: storage recovered; recording again")
+            self._failing.clear()
+        return err
+
+    def _storage_error_from_thread(self, err: StorageError) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._storage_error, err)
+
+    def _storage_error(self, err: StorageError) -> None:
+        # Once per cause, not once per request.
+        if err.cause not in self._failing:
+            self._failing.add(err.cause)
+            log.error(f"wiretrail: cannot record ({err.cause}): {err.detail}; "
+                      + ("refusing traffic with 503 until storage recovers" if self.cfg.storage.fail_closed
+                         else "traffic passes UNRECORDED (fail_closed = false)"))
+
+
+def _resolve(fut: asyncio.Future, err) -> None:
+    if not fut.done():
+        fut.set_result(err)

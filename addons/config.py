@@ -1,0 +1,51 @@
+"""Loads and validates the gateway's TOML config (`--set wiretrail_config=PATH`).
+
+The other addons read `WiretrailConfig.current` in their own `configure`. A bad file
+raises OptionsError, which mitmproxy logs as a start-up error and exits on.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from mitmproxy import ctx, exceptions
+
+from recorder.config import ConfigError, GatewayConfig, load_config
+
+log = logging.getLogger("wiretrail")
+
+OPTION = "wiretrail_config"
+
+
+class WiretrailConfig:
+    def __init__(self) -> None:
+        self.current: GatewayConfig | None = None
+
+    def load(self, loader):
+        loader.add_option(
+            OPTION,
+            Optional[str],
+            None,
+            "Path to wiretrail's TOML config file. Without it, the embedded demo default is used.",
+        )
+
+    def configure(self, updated):
+        if OPTION not in updated:
+            return
+        path = ctx.options.wiretrail_config
+        try:
+            config = load_config(path)
+        except ConfigError as e:
+            raise exceptions.OptionsError(f"wiretrail config: {e}") from e
+        if self.current is not None and config != self.current:
+            # Storage, identity and the writer are built once; a changed file needs a restart.
+            log.warning("wiretrail: the config changed while running; restart the gateway to apply it")
+            return
+        self.current = config
+        if config.source is None:
+            log.warning(
+                "wiretrail: no config file given (--set wiretrail_config=PATH); "
+                "running on the embedded DEMO default (docs/configuration.md)"
+            )
+        else:
+            log.info(f"wiretrail: config loaded from {config.source}")

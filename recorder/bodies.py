@@ -1,0 +1,143 @@
+"""Bodies as the hooks hand them over, and how the writer thread renders them.
+
+The event loop only wraps raw bytes (BodyBytes for a buffered body, ChunkBytes for a
+batch of a streamed one). Decoding Content-Encoding, splitting text from binary and
+cutting at max_body happen on the writer thread, in queue order, so one stream's
+state (BodyStream) is only ever touched by that thread.
+"""
+from __future__ import annotations
+
+from recorder import format_v1
+from recorder.content_decoding import DecodeError, decoder_for
+
+
+class BodyBytes:
+    """A whole buffered body, as it crossed the wire (still content-encoded)."""
+
+    __slots__ = ("data", "encoding", "max_body")
+
+    def __init__(self, data: bytes, encoding: str | None = None, max_body: int = 0):
+        self.data = data
+        self.encoding = encoding
+        self.max_body = max_body
+
+
+class BodyStream:
+    """The state of one streamed body direction. Created on the loop, used by the writer."""
+
+    __slots__ = ("decoder", "encoding", "max_body", "recorded", "wire", "decoded", "held", "decode_error", "n")
+
+    def __init__(self, encoding: str | None = None, max_body: int = 0):
+        self.encoding = encoding
+        self.decoder = decoder_for(encoding)
+        self.max_body = max_body
+        self.recorded = 0  # decoded bytes written to the artifact
+        self.decoded = 0  # decoded bytes seen
+        self.wire = 0  # bytes as they crossed the wire
+        self.held = b""  # an incomplete UTF-8 sequence waiting for its next byte
+        self.decode_error: str | None = None
+        self.n = 0
+
+
+class ChunkBytes:
+    """A batch of a streamed body; `final` marks the end of the stream."""
+
+    __slots__ = ("data", "stream", "final")
+
+    def __init__(self, data: bytes, stream: BodyStream, final: bool = False):
+        self.data = data
+        self.stream = stream
+        self.final = final
+
+
+def render_bodies(fields: dict) -> dict:
+    """Replace BodyBytes/ChunkBytes values by their stored form. Writer thread only."""
+    out = None
+    for key, value in fields.items():
+        if isinstance(value, BodyBytes):
+            rendered = render_buffered(value)
+        elif isinstance(value, ChunkBytes):
+            rendered = render_chunk(value)
+        else:
+            continue
+        if out is None:
+            out = dict(fields)
+        out[key] = rendered
+    return fields if out is None else out
+
+
+def _cut(data: bytes, max_body: int, already: int) -> tuple[bytes, bool]:
+    if max_body and already + len(data) > max_body:
+        return data[: max(0, max_body - already)], True
+    return data, False
+
+
+def render_buffered(body: BodyBytes) -> dict:
+    wire = body.data
+    decoder = decoder_for(body.encoding)
+    note: dict = {}
+    if body.encoding and body.encoding.strip().lower() not in ("", "identity"):
+        note["encoding"] = body.encoding
+        note["wire_size"] = len(wire)
+        if decoder is None:
+            note["decoded"] = False
+            data = wire
+        else:
+            try:
+                data = decoder.decode(wire) + decoder.flush()
+            except DecodeError as e:
+                # Nothing lost: keep the wire bytes and say why they are not decoded.
+                data = wire
+                note["decoded"] = False
+                note["decode_error"] = str(e)
+    else:
+        data = wire
+    size = len(data)
+    data, truncated = _cut(data, body.max_body, 0)
+    rendered = format_v1.encode_body(data, size=size, truncated=truncated)
+    rendered.update(note)
+    return rendered
+
+
+def _split_utf8_tail(data: bytes) -> tuple[bytes, bytes]:
+    """Hold back a trailing incomplete UTF-8 sequence so text chunks stay text."""
+    for back in (1, 2, 3):
+        if len(data) < back:
+            break
+        b = data[-back]
+        if b & 0xC0 == 0x80:  # continuation byte: keep looking for the lead byte
+            continue
+        if b & 0x80 == 0:
+            return data, b""
+        need = 2 if b & 0xE0 == 0xC0 else 3 if b & 0xF0 == 0xE0 else 4 if b & 0xF8 == 0xF0 else 1
+        if need > back:
+            return data[:-back], data[-back:]
+        return data, b""
+    return data, b""
+
+
+def render_chunk(chunk: ChunkBytes) -> dict:
+    st = chunk.stream
+    st.wire += len(chunk.data)
+    data = chunk.data
+    if st.decoder is not None and st.decode_error is None:
+        try:
+            data = st.decoder.decode(data)
+            if chunk.final:
+                data += st.decoder.flush()
+        except DecodeError as e:
+            # From here on the stream is recorded as it crossed the wire.
+            st.decode_error = str(e)
+    data = st.held + data
+    st.held = b""
+    if not chunk.final:
+        data, st.held = _split_utf8_tail(data)
+    st.decoded += len(data)
+    size = len(data)
+    data, truncated = _cut(data, st.max_body, st.recorded)
+    st.recorded += len(data)
+    rendered = format_v1.encode_body(data, size=size, truncated=truncated)
+    if st.decode_error is not None:
+        rendered["decoded"] = False
+        rendered["decode_error"] = st.decode_error
+    return rendered

@@ -1,0 +1,330 @@
+"""The writer thread: the one place that touches session files.
+
+Hooks on the event loop hand plain operations over a queue. This thread turns them
+into lines (orjson), chains the hashes, compresses each session into one zstd stream
+(FLUSH_BLOCK after every batch, so a crash leaves a decodable prefix), writes, and
+fsyncs in groups. The loop never waits on disk; a caller that must know a record is
+written (a request about to go upstream) passes an `ack` callback.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import zstandard
+
+from recorder import format_v1
+from recorder.bodies import BodyBytes, ChunkBytes, render_bodies
+
+Ack = Callable[[BaseException | None], None]
+
+FSYNC_POLICIES = ("batch", "always", "never")
+_MAX_BATCH = 512
+_ZSTD_LEVEL = 3
+
+
+class StorageError(OSError):
+    """A record could not be persisted. `cause` says why, for logging once per cause."""
+
+    def __init__(self, cause: str, detail: str):
+        super().__init__(f"{cause}: {detail}")
+        self.cause = cause
+        self.detail = detail
+
+
+def describe_oserror(e: OSError) -> str:
+    if e.errno == errno.ENOSPC:
+        return "disk full"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "no permission to write"
+    if e.errno in (errno.ENOENT, errno.ENODEV, errno.ESTALE, errno.EIO):
+        return "storage gone"
+    return errno.errorcode.get(e.errno or 0, "I/O error")
+
+
+class _Open:
+    __slots__ = ("session_id", "path", "ts", "fields", "ack")
+
+    def __init__(self, session_id, path, ts, fields, ack):
+        self.session_id, self.path, self.ts, self.fields, self.ack = session_id, path, ts, fields, ack
+
+
+class _Record:
+    __slots__ = ("session_id", "rtype", "ts", "fields", "ack")
+
+    def __init__(self, session_id, rtype, ts, fields, ack):
+        self.session_id, self.rtype, self.ts, self.fields, self.ack = session_id, rtype, ts, fields, ack
+
+
+class _Close:
+    __slots__ = ("session_id", "ts", "fields", "ack")
+
+    def __init__(self, session_id, ts, fields, ack):
+        self.session_id, self.ts, self.fields, self.ack = session_id, ts, fields, ack
+
+
+class _Barrier:
+    __slots__ = ("ack",)
+
+    def __init__(self, ack):
+        self.ack = ack
+
+
+_STOP = object()
+
+
+class _SessionFile:
+    """Writer-thread state of one open session file."""
+
+    __slots__ = ("session_id", "path", "fd", "cobj", "chain", "pending", "error", "records")
+
+    def __init__(self, session_id: str, path: Path, fd: int):
+        self.session_id = session_id
+        self.path = path
+        self.fd = fd
+        self.cobj = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compressobj()
+        self.chain = format_v1.Chain()
+        self.pending: list[bytes] = []
+        self.error: StorageError | None = None
+        self.records = 0
+
+
+class RecordWriter:
+    """One writer thread per gateway, shared by every session."""
+
+    def __init__(
+        self,
+        *,
+        fsync: str = "batch",
+        fsync_interval: float = 0.05,
+        on_error: Callable[[StorageError], None] | None = None,
+    ):
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
+        self.fsync = fsync
+        self.fsync_interval = fsync_interval
+        self.on_error = on_error
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._files: dict[str, _SessionFile] = {}
+        self._dirty_fds: set[int] = set()
+        self._dirty_dirs: set[Path] = set()
+        self._last_fsync = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="wiretrail-writer", daemon=True)
+        self._started = False
+
+    # -- called from the event loop (or any thread) -------------------------------
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def open_session(self, session_id: str, path: Path, ts: float, fields: dict, ack: Ack | None = None) -> None:
+        self._queue.put(_Open(session_id, path, ts, fields, ack))
+
+    def record(self, session_id: str, rtype: str, ts: float, fields: dict, ack: Ack | None = None) -> None:
+        self._queue.put(_Record(session_id, rtype, ts, fields, ack))
+
+    def close_session(self, session_id: str, ts: float, fields: dict, ack: Ack | None = None) -> None:
+        self._queue.put(_Close(session_id, ts, fields, ack))
+
+    def barrier(self, ack: Ack) -> None:
+        """`ack` runs once everything queued before it is written and fsynced."""
+        self._queue.put(_Barrier(ack))
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Write everything queued, fsync, and end the thread. True if it ended in time."""
+        if not self._started:
+            return True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- the writer thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            timeout = None
+            if self._dirty_fds or self._dirty_dirs:
+                timeout = max(0.0, self._last_fsync + self.fsync_interval - time.monotonic())
+            try:
+                op = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                self._fsync_dirty()
+                continue
+            batch = [op]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = self._write_batch(batch)
+            if stop:
+                self._fsync_dirty()
+                return
+
+    def _write_batch(self, batch: list) -> bool:
+        acks: list[tuple[Ack, str, BaseException | None]] = []
+        barriers: list[Ack] = []
+        touched: dict[str, _SessionFile] = {}
+        closing: list[tuple[_SessionFile, _Close]] = []
+        stop = False
+        for op in batch:
+            if op is _STOP:
+                stop = True
+                continue
+            if isinstance(op, _Barrier):
+                barriers.append(op.ack)
+                continue
+            err = self._apply(op, touched, closing)
+            if op.ack is not None:
+                acks.append((op.ack, op.session_id, err))
+
+        for sf in touched.values():
+            self._flush_block(sf)
+        for sf, op in closing:
+            self._finish(sf)
+        if self.fsync == "always" or barriers or stop or closing:
+            self._fsync_dirty()
+        elif self.fsync == "batch" and time.monotonic() - self._last_fsync >= self.fsync_interval:
+            self._fsync_dirty()
+
+        # A record is acknowledged only once its block was handed to the OS.
+        for ack, sid, err in acks:
+            if err is None and sid in touched:
+                err = touched[sid].error  # the write or fsync of its block failed
+            self._call_ack(ack, err)
+        for ack in barriers:
+            self._call_ack(ack, None)
+        return stop
+
+    def _apply(self, op, touched: dict, closing: list) -> BaseException | None:
+        """Serialize one operation into its session's pending lines."""
+        if isinstance(op, _Open):
+            try:
+                sf = self._create(op.session_id, op.path)
+            except StorageError as e:
+                self._report(e)
+                # Remember the failure so that later records of this session fail too.
+                sf = _SessionFile(op.session_id, op.path, -1)
+                sf.error = e
+                self._files[op.session_id] = sf
+                return e
+            self._files[op.session_id] = sf
+            rtype, fields = "session.open", op.fields
+        else:
+            sf = self._files.get(op.session_id)
+            if sf is None:
+                return StorageError("unknown session", op.session_id)
+            if isinstance(op, _Close):
+                rtype, fields = "session.close", op.fields
+            else:
+                rtype, fields = op.rtype, op.fields
+        if sf.error is not None:
+            if isinstance(op, _Close):
+                self._files.pop(sf.session_id, None)
+            return sf.error
+        try:
+            fields = render_bodies(fields)
+            line = sf.chain.next_line(rtype, op.ts, fields)
+        except Exception as e:  # a record that cannot be encoded must not kill the thread
+            err = StorageError("record could not be encoded", f"{rtype}: {e!r}")
+            self._report(err)
+            return err
+        sf.pending.append(line)
+        sf.records += 1
+        touched[sf.session_id] = sf
+        if isinstance(op, _Close):
+            closing.append((sf, op))
+        return None
+
+    def _create(self, session_id: str, path: Path) -> _SessionFile:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StorageError(describe_oserror(e), f"cannot create {path}: {e.strerror}") from e
+        self._dirty_dirs.add(path.parent)
+        return _SessionFile(session_id, path, fd)
+
+    def _flush_block(self, sf: _SessionFile) -> None:
+        if not sf.pending or sf.error is not None:
+            sf.pending.clear()
+            return
+        data = b"\n".join(sf.pending) + b"\n"
+        sf.pending.clear()
+        out = sf.cobj.compress(data) + sf.cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        self._write_all(sf, out)
+
+    def _finish(self, sf: _SessionFile) -> None:
+        if sf.error is None:
+            self._write_all(sf, sf.cobj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+        if sf.fd >= 0:
+            if sf.error is None and self.fsync != "never":
+                self._fsync_fd(sf)
+            self._dirty_fds.discard(sf.fd)
+            try:
+                os.close(sf.fd)
+            except OSError:
+                pass
+            sf.fd = -1
+        self._files.pop(sf.session_id, None)
+
+    def _write_all(self, sf: _SessionFile, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(sf.fd, view)
+                view = view[n:]
+        except OSError as e:
+            sf.error = StorageError(describe_oserror(e), f"cannot write {sf.path}: {e.strerror}")
+            self._report(sf.error)
+            return
+        if self.fsync != "never":
+            self._dirty_fds.add(sf.fd)
+
+    def _fsync_fd(self, sf: _SessionFile) -> None:
+        try:
+            os.fsync(sf.fd)
+        except OSError as e:
+            sf.error = StorageError(describe_oserror(e), f"cannot fsync {sf.path}: {e.strerror}")
+            self._report(sf.error)
+
+    def _fsync_dirty(self) -> None:
+        if self.fsync != "never":
+            by_fd = {sf.fd: sf for sf in self._files.values() if sf.fd >= 0}
+            for fd in list(self._dirty_fds):
+                sf = by_fd.get(fd)
+                if sf is not None:
+                    self._fsync_fd(sf)
+            for d in list(self._dirty_dirs):
+                try:
+                    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        os.fsync(dfd)
+                    finally:
+                        os.close(dfd)
+                except OSError:
+                    pass  # the directory entry is made durable with the next fsync that works
+        self._dirty_fds.clear()
+        self._dirty_dirs.clear()
+        self._last_fsync = time.monotonic()
+
+    def _report(self, err: StorageError) -> None:
+        if self.on_error is not None:
+            try:
+                self.on_error(err)
+            except Exception:
+                pass
+
+    @staticmethod
+    def _call_ack(ack: Ack, err: BaseException | None) -> None:
+        try:
+            ack(err)
+        except Exception:
+            pass

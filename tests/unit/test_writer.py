@@ -1,0 +1,223 @@
+"""The writer thread: records land in one chained zstd stream per session."""
+import gzip
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import zstandard
+
+from recorder import format_v1
+from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
+from recorder.ids import is_session_id, new_session_id
+from recorder.sessions import SessionRegistry
+from recorder.writer import RecordWriter, StorageError
+
+
+def decompress_lines(path: Path) -> list[bytes]:
+    data = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+    assert data.endswith(b"\n")
+    return data[:-1].split(b"\n")
+
+
+def frame_ended(path: Path) -> bool:
+    d = zstandard.ZstdDecompressor().decompressobj()
+    d.decompress(path.read_bytes())
+    return d.eof
+
+
+def wait_ack():
+    done = threading.Event()
+    box = {}
+
+    def ack(err):
+        box["err"] = err
+        done.set()
+
+    return ack, done, box
+
+
+@pytest.mark.parametrize("fsync", ["batch", "always", "never"])
+def test_records_are_chained_and_frame_ended_on_close(tmp_path, fsync):
+    w = RecordWriter(fsync=fsync, fsync_interval=0.01)
+    w.start()
+    path = tmp_path / "2026/01/01/s.jsonl.zst"
+    w.open_session("s", path, 1.0, {"session": "s"})
+    ack, done, box = wait_ack()
+    w.record("s", "http.request", 2.0, {"flow": "f", "body": BodyBytes(b'{"a": 1}')}, ack)
+    assert done.wait(5) and box["err"] is None
+    # Written (not yet closed): the prefix decodes, the frame is not ended.
+    assert len(decompress_lines(path)) == 2 and not frame_ended(path)
+    w.close_session("s", 3.0, {"reason": "shutdown"})
+    assert w.stop()
+    lines = decompress_lines(path)
+    recs = [orjson.loads(x) for x in lines]
+    assert [r["t"] for r in recs] == ["session.open", "http.request", "session.close"]
+    assert [r["seq"] for r in recs] == [0, 1, 2]
+    assert recs[0]["prev"] == format_v1.ZERO_HASH
+    for prev_line, rec in zip(lines, recs[1:]):
+        assert rec["prev"] == hashlib.sha256(prev_line).hexdigest()
+    assert recs[1]["body"] == {"text": '{"a": 1}', "size": 8}
+    assert frame_ended(path)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_unwritable_storage_acks_an_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    errors = []
+    w = RecordWriter(on_error=errors.append)
+    w.start()
+    w.open_session("s", blocker / "x" / "s.jsonl.zst", 1.0, {})
+    ack, done, box = wait_ack()
+    w.record("s", "http.request", 1.0, {"flow": "f"}, ack)
+    assert done.wait(5)
+    assert isinstance(box["err"], StorageError)
+    assert errors and "cannot create" in errors[0].detail
+    w.close_session("s", 2.0, {})
+    assert w.stop()
+
+
+def test_unencodable_record_does_not_kill_the_thread(tmp_path):
+    w = RecordWriter()
+    w.start()
+    path = tmp_path / "s.jsonl.zst"
+    w.open_session("s", path, 1.0, {})
+    ack, done, box = wait_ack()
+    w.record("s", "x", 1.0, {"bad": object()}, ack)
+    assert done.wait(5) and isinstance(box["err"], StorageError)
+    ack2, done2, box2 = wait_ack()
+    w.record("s", "y", 1.0, {"ok": 1}, ack2)
+    assert done2.wait(5) and box2["err"] is None
+    w.close_session("s", 2.0, {})
+    assert w.stop()
+    assert [orjson.loads(x)["t"] for x in decompress_lines(path)] == ["session.open", "y", "session.close"]
+
+
+def test_many_sessions_interleaved_from_threads(tmp_path):
+    w = RecordWriter(fsync_interval=0.005)
+    w.start()
+    paths = {f"s{i}": tmp_path / f"s{i}.jsonl.zst" for i in range(8)}
+    for sid, p in paths.items():
+        w.open_session(sid, p, 1.0, {})
+
+    def produce(sid):
+        for n in range(200):
+            w.record(sid, "http.chunk", 1.0, {"n": n})
+
+    threads = [threading.Thread(target=produce, args=(sid,)) for sid in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for sid in paths:
+        w.close_session(sid, 2.0, {})
+    assert w.stop()
+    for p in paths.values():
+        recs = [orjson.loads(x) for x in decompress_lines(p)]
+        assert [r["n"] for r in recs if r["t"] == "http.chunk"] == list(range(200))
+        assert [r["seq"] for r in recs] == list(range(202))
+
+
+def test_gzip_stream_is_recorded_decoded_and_utf8_split_stays_text():
+    text = "héllo wörld — ünïcode ✓ " * 50
+    wire = gzip.compress(text.encode())
+    st = BodyStream("gzip")
+    from recorder.bodies import render_chunk
+
+    out = []
+    for i in range(0, len(wire), 7):
+        out.append(render_chunk(ChunkBytes(wire[i : i + 7], st)))
+    out.append(render_chunk(ChunkBytes(b"", st, final=True)))
+    assert all("text" in b for b in out), "a split UTF-8 sequence must not turn a chunk into base64"
+    assert "".join(b["text"] for b in out) == text
+    assert st.wire == len(wire)
+
+
+def test_binary_and_undecodable_bodies_lose_nothing():
+    from recorder.bodies import render_buffered
+
+    blob = os.urandom(4096)
+    b = render_buffered(BodyBytes(blob))
+    assert "b64" in b and format_v1.decode_body(b) == blob and b["size"] == 4096
+    bad = render_buffered(BodyBytes(b"not gzip at all", "gzip"))
+    assert bad["decoded"] is False and "decode_error" in bad
+    assert format_v1.decode_body(bad) == b"not gzip at all"
+
+
+def test_max_body_truncates_and_says_so():
+    from recorder.bodies import render_buffered, render_chunk
+
+    b = render_buffered(BodyBytes(b"x" * 100, max_body=10))
+    assert b == {"text": "x" * 10, "size": 100, "truncated": True}
+    st = BodyStream(max_body=15)
+    first = render_chunk(ChunkBytes(b"a" * 10, st))
+    second = render_chunk(ChunkBytes(b"b" * 10, st))
+    assert first == {"text": "a" * 10, "size": 10}
+    assert second == {"text": "b" * 5, "size": 10, "truncated": True}
+
+
+def test_session_ids_sort_by_time_and_do_not_repeat():
+    a = new_session_id(1_700_000_000.0)
+    b = new_session_id(1_700_000_001.0)
+    assert is_session_id(a) and is_session_id(b) and a < b
+    assert len({new_session_id(1.0) for _ in range(1000)}) == 1000
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1_700_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_sessions_per_identity_and_address_and_idle_close(tmp_path):
+    clock = FakeClock()
+    w = RecordWriter()
+    w.start()
+    reg = SessionRegistry(w, tmp_path, idle_timeout=10, max_duration=100, clock=clock)
+    ident = {"sub": "anonymous"}
+    s1 = reg.begin_flow("alice", ident, ("10.0.0.1", 1111))
+    s2 = reg.begin_flow("alice", ident, ("10.0.0.1", 2222))
+    s3 = reg.begin_flow("bob", ident, ("10.0.0.1", 3333))
+    s4 = reg.begin_flow("alice", ident, ("10.0.0.2", 4444))
+    assert s1 is s2 and s1 is not s3 and s1 is not s4
+    for s in (s1, s2, s3, s4):
+        reg.end_flow(s)
+    clock.now += 5
+    assert reg.expire() == 0
+    clock.now += 6
+    assert reg.expire() == 3 and len(reg) == 0
+    s5 = reg.begin_flow("alice", ident, ("10.0.0.1", 1111))
+    assert s5 is not s1
+    reg.end_flow(s5)
+    reg.close_all()
+    assert w.stop()
+    files = sorted(tmp_path.rglob("*.jsonl.zst"))
+    assert len(files) == 4
+    closes = [orjson.loads(decompress_lines(f)[-1]) for f in files]
+    assert sorted(c["reason"] for c in closes) == ["idle", "idle", "idle", "shutdown"]
+    # <dir>/YYYY/MM/DD/<id>.jsonl.zst
+    assert files[0].relative_to(tmp_path).parts[:3] == ("2023", "11", "14")
+
+
+def test_max_duration_waits_for_active_flows(tmp_path):
+    clock = FakeClock()
+    w = RecordWriter()
+    w.start()
+    reg = SessionRegistry(w, tmp_path, idle_timeout=1000, max_duration=60, clock=clock)
+    s1 = reg.begin_flow("a", {}, ("1.2.3.4", 1))
+    clock.now += 61
+    reg.expire()
+    assert not s1.closed, "a streaming flow keeps its session open"
+    s2 = reg.begin_flow("a", {}, ("1.2.3.4", 2))
+    assert s2 is not s1, "new flows go to a new session after max_duration"
+    reg.end_flow(s1)
+    assert s1.closed and s1.close_reason == "max_duration"
+    reg.end_flow(s2)
+    reg.close_all()
+    assert w.stop()
