@@ -33,13 +33,16 @@ _MAX_BATCH_BYTES = 1 << 20  # a fast stream is recorded in batches of at most 1 
 class FlowCapture:
     """What the capture keeps for one flow between its hooks."""
 
-    __slots__ = ("flow_id", "session", "streams", "buffers", "timers", "chunk_n", "wire", "refused", "ended")
+    __slots__ = (
+        "flow_id", "session", "streams", "buffers", "buffered", "timers", "chunk_n", "wire", "refused", "ended",
+    )
 
     def __init__(self, flow_id: str, session: Session):
         self.flow_id = flow_id
         self.session = session
         self.streams: dict[str, BodyStream] = {}
         self.buffers: dict[str, list[bytes]] = {"request": [], "response": []}
+        self.buffered = {"request": 0, "response": 0}  # bytes waiting in buffers
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.chunk_n = {"request": 0, "response": 0}
         self.wire = {"request": 0, "response": 0}
@@ -104,7 +107,7 @@ class Capture:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def configure(self, updated):
+    def running(self):
         if self.writer is not None or self.config_addon.current is None:
             return
         cfg = self.config_addon.current
@@ -128,10 +131,7 @@ class Capture:
                 "traffic passes UNRECORDED and each such flow is logged"
             )
         log.info(f"wiretrail: recording sessions under {cfg.storage.dir}")
-
-    def running(self):
-        if self.registry is not None and self._expiry_task is None:
-            self._expiry_task = asyncio.ensure_future(self._expire_sessions())
+        self._expiry_task = asyncio.ensure_future(self._expire_sessions())
 
     async def _expire_sessions(self):
         interval = max(0.05, min(1.0, self.cfg.sessions.idle_timeout / 4))
@@ -160,7 +160,15 @@ class Capture:
     # -- hooks ------------------------------------------------------------------------
 
     async def requestheaders(self, flow: http.HTTPFlow):
-        if self.registry is None or self._stopped or flow.response is not None:
+        if flow.response is not None:
+            return
+        if self.registry is None or self._stopped:
+            # mitmproxy listens before `running` and after `done`: nothing can be recorded then.
+            flow.response = http.Response.make(
+                503,
+                _error_body(503, "wiretrail is starting or shutting down and cannot record; retry shortly."),
+                {"content-type": "application/json", "retry-after": "1"},
+            )
             return
         identity_key, identity = identity_of(flow)
         peer = flow.client_conn.peername or ("", 0)
@@ -317,7 +325,8 @@ class Capture:
             if chunk:
                 buf.append(chunk)
                 fc.wire[direction] += len(chunk)
-                if sum(map(len, buf)) >= _MAX_BATCH_BYTES:
+                fc.buffered[direction] += len(chunk)
+                if fc.buffered[direction] >= _MAX_BATCH_BYTES:
                     self._flush(fc, direction, final=False)
                 elif direction not in fc.timers and not fc.ended:
                     fc.timers[direction] = self.loop.call_later(interval, self._flush, fc, direction, False)
@@ -339,6 +348,7 @@ class Capture:
             return  # nothing left; the end is marked by http.end
         data = b"".join(buf)
         buf.clear()
+        fc.buffered[direction] = 0
         fields = {"flow": fc.flow_id, "dir": direction, "n": fc.chunk_n[direction], "body": ChunkBytes(data, stream, final)}
         fc.chunk_n[direction] += 1
         stream.n += 1

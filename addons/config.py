@@ -20,6 +20,7 @@ OPTION = "wiretrail_config"
 class WiretrailConfig:
     def __init__(self) -> None:
         self.current: GatewayConfig | None = None
+        self.started = False  # once running, storage and the writer are built: no hot swap
 
     def load(self, loader):
         loader.add_option(
@@ -36,12 +37,17 @@ class WiretrailConfig:
         try:
             config = load_config(path)
         except ConfigError as e:
-            raise exceptions.OptionsError(f"wiretrail config: {e}") from e
-        if self.current is not None and config != self.current:
-            # Storage, identity and the writer are built once; a changed file needs a restart.
-            log.warning("wiretrail: the config changed while running; restart the gateway to apply it")
+            raise exceptions.OptionsError(f"wiretrail config: {e}") from None
+        if self.started:
+            if config != self.current:
+                log.warning("wiretrail: the config changed while running; restart the gateway to apply it")
             return
         self.current = config
+
+    def running(self):
+        # Options are final only now: configure may first run before --set values arrive.
+        self.started = True
+        config = self.current
         if config.source is None:
             log.warning(
                 "wiretrail: no config file given (--set wiretrail_config=PATH); "

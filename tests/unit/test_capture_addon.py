@@ -1,0 +1,273 @@
+"""The config and capture addons, driven by mitmproxy's taddons/tflow.
+
+The end-to-end tests run a real mitmdump; these pin down hook-level behaviour that is
+hard to provoke from outside (the stream callable, fail closed, error phases).
+"""
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.flow import Error
+from mitmproxy.test import taddons, tflow, tutils
+
+from addons.capture import Capture
+from addons.config import WiretrailConfig
+from recorder.reader import iter_session_files, read_session, rebuild_body
+
+
+def write_config(tmp_path: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(
+        f"""
+[storage]
+dir = "store"
+[identity]
+mode = "none"
+[policy]
+unregistered = "record"
+{extra}
+"""
+    )
+    return cfg
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("fsync = 'sometimes'\n", "storage.fsync"),
+        ("dirr = 'x'\n", "storage.dirr"),
+        ("[capture]\nchunk_interval = 'soon'\n", "capture.chunk_interval"),
+        ("[[connections]]\nname = 'x'\nhosts = ['a.example']\ncredential = 'env:WIRETRAIL_TEST_UNSET'\n",
+         "connections[0].credential"),
+    ],
+)
+def test_bad_config_stops_startup_naming_the_key(tmp_path, toml, message):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[identity]\nmode = 'none'\n[storage]\ndir = 'store'\n" + toml)
+
+    async def main():
+        addon = WiretrailConfig()
+        with taddons.context(addon) as tctx:
+            with pytest.raises(exceptions.OptionsError, match=message.replace("[", r"\[").replace("]", r"\]")):
+                tctx.configure(addon, wiretrail_config=str(cfg))
+
+    run(main())
+
+
+def test_missing_config_file_is_an_options_error(tmp_path):
+    async def main():
+        addon = WiretrailConfig()
+        with taddons.context(addon) as tctx:
+            with pytest.raises(exceptions.OptionsError, match="nope.toml"):
+                tctx.configure(addon, wiretrail_config=str(tmp_path / "nope.toml"))
+
+    run(main())
+
+
+class Gateway:
+    """The config and capture addons in a taddons context, with helpers to drive a flow."""
+
+    def __init__(self, tctx, cfg_addon, capture):
+        self.tctx, self.cfg, self.capture = tctx, cfg_addon, capture
+
+    async def exchange(self, flow: http.HTTPFlow, response: http.Response, chunks: list[bytes] | None = None):
+        await self.capture.requestheaders(flow)
+        await self.capture.request(flow)
+        flow.response = response  # what the upstream answered
+        self.capture.responseheaders(flow)
+        if chunks is not None:
+            assert callable(flow.response.stream), "a streamed reply must get the tee"
+            forwarded = [flow.response.stream(c) for c in chunks] + [flow.response.stream(b"")]
+            assert forwarded[:-1] == chunks, "the tee forwards every chunk untouched"
+            flow.response.content = None
+        self.capture.response(flow)
+
+    def stop(self):
+        self.capture.done()
+        return [read_session(p) for p in iter_session_files(self.store)]
+
+
+def gateway(tmp_path, extra=""):
+    cfg_path = write_config(tmp_path, extra)
+
+    class Ctx:
+        async def __aenter__(self):
+            self.cfg = WiretrailConfig()
+            self.capture = Capture(self.cfg)
+            self.ctx = taddons.context(self.cfg, self.capture)
+            tctx = self.ctx.__enter__()
+            tctx.configure(self.cfg, wiretrail_config=str(cfg_path))
+            self.cfg.running()
+            self.capture.running()
+            g = Gateway(tctx, self.cfg, self.capture)
+            g.store = tmp_path / "store"
+            return g
+
+        async def __aexit__(self, *exc):
+            self.capture.done()
+            self.ctx.__exit__(*exc)
+
+    return Ctx()
+
+
+def test_buffered_exchange_is_recorded_and_credentials_masked(tmp_path):
+    async def main():
+        async with gateway(tmp_path) as g:
+            f = tflow.tflow()
+            f.request.content = b'{"model": "gpt", "messages": []}'
+            f.request.headers["authorization"] = "Bearer sk-live-very-secret"
+            await g.exchange(f, tutils.tresp(content=b'{"id": "r1"}'))
+            assert f.response.status_code == 200
+            return g.stop(), f.id
+
+    (s,), fid = run(main())
+    assert s.state == "closed", s.problems
+    types = [r["t"] for r in s.records]
+    assert types == ["session.open", "http.request", "http.response", "http.end", "session.close"]
+    req = s.records[1]
+    assert rebuild_body(s.records, fid, "request") == b'{"model": "gpt", "messages": []}'
+    assert rebuild_body(s.records, fid, "response") == b'{"id": "r1"}'
+    auth = dict(req["headers"])["authorization"]
+    assert auth.startswith("[MASKED:authorization:") and "sk-live" not in json.dumps(s.records)
+    assert s.records[0]["identity"]["authenticated"] is False
+
+
+def test_sse_reply_is_teed_and_rebuilds_exactly(tmp_path):
+    events = [f"data: {{\"i\": {i}}}\n\n".encode() for i in range(5)]
+
+    async def main():
+        async with gateway(tmp_path) as g:
+            f = tflow.tflow()
+            resp = tutils.tresp()
+            resp.headers["content-type"] = "text/event-stream"
+            del resp.headers["content-length"]
+            await g.exchange(f, resp, chunks=events)
+            return g.stop(), f.id
+
+    (s,), fid = run(main())
+    resp = next(r for r in s.records if r["t"] == "http.response")
+    assert resp["streamed"] is True and resp["body"] is None
+    assert rebuild_body(s.records, fid, "response") == b"".join(events)
+
+
+def test_large_request_body_streams_through_the_tee(tmp_path):
+    async def main():
+        async with gateway(tmp_path, "[capture]\nstream_threshold = 10\n") as g:
+            f = tflow.tflow()
+            f.request.headers["content-length"] = "100"
+            await g.capture.requestheaders(f)
+            assert callable(f.request.stream)
+            parts = [b"a" * 40, b"b" * 60]
+            assert [f.request.stream(p) for p in parts] == parts
+            f.request.stream(b"")
+            await g.capture.request(f)
+            f.response = tutils.tresp()
+            g.capture.responseheaders(f)
+            g.capture.response(f)
+            return g.stop(), f.id
+
+    (s,), fid = run(main())
+    req = next(r for r in s.records if r["t"] == "http.request")
+    assert req["streamed"] is True and req["body"] is None
+    assert rebuild_body(s.records, fid, "request") == b"a" * 40 + b"b" * 60
+
+
+def test_unwritable_storage_fails_closed_with_503(tmp_path):
+    (tmp_path / "store").write_text("a file where the store directory should be")
+
+    async def main():
+        async with gateway(tmp_path) as g:
+            f = tflow.tflow()
+            await g.capture.requestheaders(f)
+            await g.capture.request(f)
+            return f
+
+    f = run(main())
+    assert f.response is not None and f.response.status_code == 503
+    assert "could not record" in json.loads(f.response.content)["error"]["message"]
+
+
+def test_fail_open_lets_traffic_pass_when_configured(tmp_path):
+    (tmp_path / "store").write_text("not a directory")
+
+    cfg = tmp_path / "gateway.toml"
+
+    async def main_open():
+        cfg_addon = WiretrailConfig()
+        capture = Capture(cfg_addon)
+        with taddons.context(cfg_addon, capture) as tctx:
+            cfg.write_text('[storage]\ndir = "store"\nfail_closed = false\n[identity]\nmode = "none"\n')
+            tctx.configure(cfg_addon, wiretrail_config=str(cfg))
+            cfg_addon.running()
+            capture.running()
+            f = tflow.tflow()
+            await capture.requestheaders(f)
+            await capture.request(f)
+            capture.done()
+            return f
+
+    f = run(main_open())
+    assert f.response is None, "fail_closed = false forwards the request unrecorded"
+
+
+@pytest.mark.parametrize(
+    "make, phase",
+    [
+        (lambda f: setattr(f.server_conn, "timestamp_tcp_setup", None), "connect"),
+        (lambda f: None, "response"),
+    ],
+)
+def test_upstream_errors_are_recorded_with_their_phase(tmp_path, make, phase):
+    async def main():
+        async with gateway(tmp_path) as g:
+            f = tflow.tflow()
+            f.server_conn.timestamp_tcp_setup = 1.0
+            make(f)
+            await g.capture.requestheaders(f)
+            await g.capture.request(f)
+            f.error = Error("Server disconnected.")
+            g.capture.error(f)
+            return g.stop()
+
+    (s,) = run(main())
+    err = next(r for r in s.records if r["t"] == "http.error")
+    assert err["phase"] == phase and err["message"]
+
+
+def test_client_gone_mid_stream_keeps_what_arrived(tmp_path):
+    async def main():
+        async with gateway(tmp_path) as g:
+            f = tflow.tflow()
+            await g.capture.requestheaders(f)
+            await g.capture.request(f)
+            f.response = tutils.tresp()
+            f.response.headers["content-type"] = "text/event-stream"
+            g.capture.responseheaders(f)
+            f.response.stream(b"data: one\n\n")
+            f.error = Error("Client disconnected.")
+            g.capture.error(f)
+            return g.stop(), f.id
+
+    (s,), fid = run(main())
+    assert rebuild_body(s.records, fid, "response") == b"data: one\n\n"
+    err = next(r for r in s.records if r["t"] == "http.error")
+    assert err["phase"] == "client"
+
+
+def test_flows_before_running_are_refused_not_passed_unrecorded(tmp_path):
+    async def main():
+        cfg_addon = WiretrailConfig()
+        capture = Capture(cfg_addon)
+        with taddons.context(cfg_addon, capture):
+            f = tflow.tflow()
+            await capture.requestheaders(f)  # mitmproxy may listen before `running`
+            return f
+
+    f = run(main())
+    assert f.response is not None and f.response.status_code == 503
