@@ -1,0 +1,703 @@
+"""The gateway's configuration: one TOML file, checked against one schema.
+
+`load_config(path)` reads the file given by `--set wiretrail_config=PATH`, or the embedded demo
+default when no file is given, and returns a frozen GatewayConfig. Anything wrong raises
+ConfigError naming the key path and what was expected. mitmproxy ignores a misspelled `--set`
+name without a word, so settings live here, where a typo stops start-up.
+
+SCHEMA (below) is the one place that holds every section and key with its type, default,
+allowed values and error message. docs/configuration.md documents it; tests keep them in step.
+"""
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+class ConfigError(ValueError):
+    """A config problem. str(e) is "<source>: <key>: <problem>", with the parts that apply."""
+
+    def __init__(self, problem: str, *, key: str | None = None, source: str | None = None):
+        self.problem, self.key, self.source = problem, key, source
+        super().__init__(": ".join(part for part in (source, key, problem) if part))
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A config value "env:NAME" or "file:PATH". It holds the reference, never the secret."""
+
+    key: str  # config key path, for messages: "connections[0].credential"
+    ref: str  # the text as written, e.g. "env:OPENAI_API_KEY"
+    base_dir: Path | None = field(default=None, repr=False)  # where a relative file: path starts
+
+    @property
+    def path(self) -> Path | None:
+        """The file a file: reference names (absolute), or None for env:."""
+        if not self.ref.startswith("file:"):
+            return None
+        path = Path(self.ref[len("file:"):]).expanduser()
+        return path if path.is_absolute() else (self.base_dir or Path.cwd()) / path
+
+    def read(self) -> str:
+        """The secret, read now, without surrounding whitespace. Raises ConfigError if unreadable
+        or empty. Error texts name the key and the reference, never the content."""
+        if self.ref.startswith("env:"):
+            name = self.ref[len("env:"):]
+            value = os.environ.get(name)
+            if value is None:
+                raise self._unreadable(f"the environment variable {name} is not set")
+            where = f"the environment variable {name}"
+        elif self.ref.startswith("file:"):
+            path = self.path
+            # `from None`: a decode error's text quotes bytes of the file
+            try:
+                value = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise self._unreadable(f"no such file: {path}") from None
+            except UnicodeDecodeError:
+                raise self._unreadable(f"{path} is not UTF-8 text") from None
+            except OSError as e:
+                raise self._unreadable(f"cannot read {path}: {e.strerror or type(e).__name__}") from None
+            where = str(path)
+        else:
+            raise self._unreadable('not an "env:NAME" or "file:PATH" reference')
+        value = value.strip()
+        if not value:
+            raise self._unreadable(f"{where} is empty")
+        return value
+
+    def _unreadable(self, why: str) -> ConfigError:
+        return ConfigError(f'cannot read secret "{self.ref}": {why}', key=self.key)
+
+
+# -- the settings, as the rest of the gateway sees them ------------------------------------
+# Field names are the TOML key names. Defaults here must equal SCHEMA's (a unit test checks).
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    dir: Path
+    fail_closed: bool = True
+    signing_key: Path | None = None
+    checkpoint_interval: float = 5.0
+    retention_days: int = 0
+    fsync: str = "batch"  # batch | always | never
+    fsync_interval: float = 0.05  # seconds; bound on a batch's fsync delay
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    idle_timeout: float = 1800.0
+    max_duration: float = 28800.0
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    mode: str = "jwt"  # jwt | none
+    issuer: str | None = None
+    audience: str | None = None
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    hs256_secret: SecretRef | None = None
+    groups_claim: str = "groups"
+    leeway: float = 30.0
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    unregistered: str = "deny"  # deny | tunnel | record
+
+
+@dataclass(frozen=True)
+class MaskingRule:
+    id: str
+    regex: str
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    builtin: bool = True
+    mask_responses: bool = False
+    mask_requests: bool = False
+    rules: tuple[MaskingRule, ...] = ()
+    allowlist: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    name: str
+    hosts: tuple[str, ...]
+    ports: tuple[int, ...] = ()
+    credential: SecretRef | None = None  # None when "none" (record only)
+    inject: str = "bearer"  # bearer | x-api-key | api-key | x-goog-api-key | none
+    allow_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    stream_threshold: int = 262144  # bytes; bodies with a larger Content-Length are streamed
+    chunk_interval: float = 0.1  # seconds; http.chunk batching bound
+    max_body: int = 0  # bytes recorded per body/stream direction; 0 = no limit
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    storage: StorageConfig
+    sessions: SessionsConfig
+    identity: IdentityConfig
+    policy: PolicyConfig
+    masking: MaskingConfig
+    capture: CaptureConfig
+    connections: tuple[ConnectionConfig, ...]
+    source: Path | None = None  # None = the embedded default
+
+
+# -- value kinds: how a TOML value is checked and converted, and the message when it is not ---
+
+
+@dataclass
+class _Context:
+    base_dir: Path  # relative paths start here
+    secrets: list[SecretRef] = field(default_factory=list)  # read after the whole file checks out
+
+
+_SHOW_MAX = 40  # longer strings are described by length only: a pasted secret must not echo
+
+
+def _describe(value: Any, show: bool = True) -> str:
+    """A TOML value for a message. show=False gives its type only (secret keys)."""
+    if isinstance(value, bool):
+        return ("true" if value else "false") if show else "a boolean"
+    if isinstance(value, int):
+        return str(value) if show else "an integer"
+    if isinstance(value, float):
+        return repr(value) if show else "a float"
+    if isinstance(value, str):
+        if not show:
+            return "a string"
+        if len(value) > _SHOW_MAX:
+            return f"a string of {len(value)} characters"
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "an array" if value else "an empty array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"
+
+
+def _join(at: str, name: str) -> str:
+    return f"{at}.{name}" if at else name
+
+
+class _Kind:
+    expected: str = ""  # the message: "<key>: expected <expected>, got <value>"
+    secret = False  # never show the value
+
+    def convert(self, value: Any, at: str, ctx: _Context) -> Any:
+        raise NotImplementedError
+
+    def bad(self, at: str, value: Any) -> ConfigError:
+        return ConfigError(f"expected {self.expected}, got {_describe(value, not self.secret)}", key=at)
+
+
+class _Bool(_Kind):
+    expected = "true or false"
+
+    def convert(self, value, at, ctx):
+        if type(value) is not bool:
+            raise self.bad(at, value)
+        return value
+
+
+class _OneOf(_Kind):
+    def __init__(self, *values: str):
+        self.values = values
+        self.expected = "one of " + ", ".join(json.dumps(v) for v in values)
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, str) or value not in self.values:
+            raise self.bad(at, value)
+        return value
+
+
+class _Number(_Kind):
+    """A finite number (int accepted, bool not) in a range; integer=True wants an int."""
+
+    def __init__(self, *, gt=None, ge=None, le=None, integer=False, unit="seconds", note="", expected=""):
+        self.gt, self.ge, self.le, self.integer = gt, ge, le, integer
+        if not expected:
+            expected = ("an integer number" if integer else "a number") + (f" of {unit}" if unit else "")
+            if gt is not None and le is not None:
+                expected += f" in ({gt}, {le}]"
+            elif gt is not None:
+                expected += f" > {gt}"
+            elif ge is not None and le is not None:
+                expected += f" in {ge}..{le}"
+            elif ge is not None:
+                expected += f" >= {ge}"
+            expected += note
+        self.expected = expected
+
+    def convert(self, value, at, ctx):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.bad(at, value)
+        if self.integer and not isinstance(value, int):
+            raise self.bad(at, value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.bad(at, value)
+        if ((self.gt is not None and not value > self.gt) or (self.ge is not None and not value >= self.ge)
+                or (self.le is not None and not value <= self.le)):
+            raise self.bad(at, value)
+        return int(value) if self.integer else float(value)
+
+
+_SIZE = re.compile(r"(\d+)\s*([kmg]?)", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+class _Size(_Kind):
+    """Bytes: an integer >= 0, or a string "256k" / "1m" / "1g" (binary units)."""
+
+    def __init__(self, note: str = ""):
+        self.expected = f'a byte count >= 0: an integer, or a string like "256k", "1m", "1g"{note}'
+
+    def convert(self, value, at, ctx):
+        if type(value) is int and value >= 0:
+            return value
+        if isinstance(value, str):
+            m = _SIZE.fullmatch(value.strip())
+            if m:
+                return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+        raise self.bad(at, value)
+
+
+class _Text(_Kind):
+    def __init__(self, expected: str = "a non-empty string", pattern: str | None = None):
+        self.expected = expected
+        self.pattern = re.compile(pattern) if pattern else None
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, str) or not value.strip():
+            raise self.bad(at, value)
+        if self.pattern and not self.pattern.fullmatch(value):
+            raise self.bad(at, value)
+        return value
+
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+class _Host(_Kind):
+    expected = ('a lowercase host name ("api.openai.com"), a "*." wildcard ("*.example.com") '
+                'or an IP address, without scheme or port')
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, str):
+            raise self.bad(at, value)
+        if value == value.lower():
+            if not value.startswith("*."):
+                try:
+                    ipaddress.ip_address(value)
+                    return value
+                except ValueError:
+                    pass
+            name = value[2:] if value.startswith("*.") else value
+            if len(name) <= 253 and _HOSTNAME.fullmatch(name):
+                return value
+        raise self.bad(at, value)
+
+
+class _PathValue(_Kind):
+    expected = "a path (a relative path starts at the config file's directory)"
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, str) or not value.strip():
+            raise self.bad(at, value)
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else ctx.base_dir / path
+
+
+class _Secret(_Kind):
+    """"env:NAME" or "file:PATH" (and "none" where allow_none). Never shows the value."""
+
+    secret = True
+
+    def __init__(self, *, allow_none: bool):
+        self.allow_none = allow_none
+        self.expected = '"env:NAME" or "file:PATH"' + (' or "none" (record only, nothing injected)'
+                                                        if allow_none else "")
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, str):
+            raise self.bad(at, value)
+        if value == "none":
+            if self.allow_none:
+                return None
+            raise ConfigError('"none" is not allowed here; leave the key out instead', key=at)
+        if value.startswith("env:"):
+            if not _ENV_NAME.fullmatch(value[len("env:"):]):
+                raise ConfigError('expected "env:NAME" with NAME an environment variable name '
+                                  "(letters, digits and _, not starting with a digit)", key=at)
+        elif value.startswith("file:"):
+            if not value[len("file:"):].strip():
+                raise ConfigError('expected "file:PATH" with a path after "file:"', key=at)
+        else:
+            raise ConfigError('secrets never go into the config file; write "env:NAME" (read from an '
+                              'environment variable) or "file:PATH" (read from a file, relative to the '
+                              "config file's directory)"
+                              + (', or "none" to inject nothing (record only)' if self.allow_none else ""),
+                              key=at)
+        ref = SecretRef(key=at, ref=value, base_dir=ctx.base_dir)
+        ctx.secrets.append(ref)
+        return ref
+
+
+class _Regex(_Kind):
+    expected = "a regular expression (Python re syntax)"
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, str) or not value:
+            raise self.bad(at, value)
+        try:
+            compiled = re.compile(value)
+        except re.error as e:
+            raise ConfigError(f"the regular expression does not compile: {e}", key=at) from None
+        if compiled.match(""):
+            raise ConfigError("the regular expression matches the empty string, so it would match "
+                              "everywhere; make it need at least one character", key=at)
+        return value
+
+
+class _ListOf(_Kind):
+    def __init__(self, item: _Kind, expected: str, *, min_items: int = 0):
+        self.item, self.expected, self.min_items = item, expected, min_items
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, list) or len(value) < self.min_items:
+            raise self.bad(at, value)
+        return tuple(self.item.convert(v, f"{at}[{i}]", ctx) for i, v in enumerate(value))
+
+
+_REQUIRED = object()  # a key without a default
+_EMPTY_TABLE = object()  # a missing section is read as an empty table: its keys' defaults apply
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a table: its name, kind (type, allowed values, message) and default."""
+
+    name: str
+    kind: _Kind
+    default: Any = _REQUIRED
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+
+class _Table(_Kind):
+    """A TOML table with a fixed set of keys, built into `make(**values)`."""
+
+    def __init__(self, make: Callable[..., Any], keys: tuple[Key, ...], *,
+                 check: Callable[[Any, str], None] | None = None, expected: str = "a table"):
+        self.make, self.keys, self.check, self.expected = make, keys, check, expected
+        self.by_name = {k.name: k for k in keys}
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, dict):
+            raise self.bad(at, value)
+        for name in value:
+            if name not in self.by_name:
+                raise _unknown_key(name, at, tuple(self.by_name))
+        values = {}
+        for key in self.keys:
+            path = _join(at, key.name)
+            if key.name in value:
+                values[key.name] = key.kind.convert(value[key.name], path, ctx)
+            elif key.default is _REQUIRED:
+                raise ConfigError(f"missing; expected {key.kind.expected}", key=path)
+            elif key.default is _EMPTY_TABLE:
+                values[key.name] = key.kind.convert({}, path, ctx)
+            else:
+                values[key.name] = key.default
+        built = self.make(**values)
+        if self.check:
+            self.check(built, at)
+        return built
+
+
+class _Tables(_Kind):
+    """An array of tables ([[name]]); `unique` names a key whose values must differ."""
+
+    def __init__(self, table: _Table, expected: str, *, unique: str | None = None,
+                 check: Callable[[tuple, str], None] | None = None):
+        self.table, self.expected, self.unique, self.check = table, expected, unique, check
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, list):
+            raise self.bad(at, value)
+        items = tuple(self.table.convert(v, f"{at}[{i}]", ctx) for i, v in enumerate(value))
+        if self.unique:
+            seen: dict[Any, int] = {}
+            for i, item in enumerate(items):
+                v = getattr(item, self.unique)
+                if v in seen:
+                    raise ConfigError(f'{json.dumps(v)} is already used by {at}[{seen[v]}]; '
+                                      f"each {self.unique} must be unique", key=f"{at}[{i}].{self.unique}")
+                seen[v] = i
+        if self.check:
+            self.check(items, at)
+        return items
+
+
+# -- checks that span keys ---------------------------------------------------------------------
+
+_JWT_KEY_SOURCES = ("jwks_url", "jwks_file", "hs256_secret")
+
+
+def _check_identity(identity: IdentityConfig, at: str) -> None:
+    if identity.mode != "jwt":
+        return
+    missing = [name for name in ("issuer", "audience") if getattr(identity, name) is None]
+    given = [name for name in _JWT_KEY_SOURCES if getattr(identity, name) is not None]
+    if not given:
+        missing.append("one of " + " / ".join(_JWT_KEY_SOURCES))
+    if missing:
+        raise ConfigError(f'mode "jwt" is missing: {", ".join(missing)} (mode "none" is for local demos only)',
+                          key=at)
+    if len(given) > 1:
+        raise ConfigError(f'mode "jwt" takes exactly one of {" / ".join(_JWT_KEY_SOURCES)}; '
+                          f'got both {" and ".join(given)}', key=at)
+
+
+def _check_connection_hosts(connections: tuple[ConnectionConfig, ...], at: str) -> None:
+    """The first matching connection wins, so a later entry for the same host and port would never
+    be used (its credential and groups silently ignored)."""
+    seen: dict[str, list[int]] = {}
+    for i, conn in enumerate(connections):
+        for j, host in enumerate(conn.hosts):
+            for k in seen.get(host, []):
+                earlier = connections[k].ports
+                if k != i and (not earlier or not conn.ports or set(earlier) & set(conn.ports)):
+                    raise ConfigError(
+                        f'{json.dumps(host)} is already matched by {at}[{k}] ({json.dumps(connections[k].name)}) '
+                        "on the same port; the first match wins, so this entry would never be used",
+                        key=f"{at}[{i}].hosts[{j}]")
+            seen.setdefault(host, []).append(i)
+
+
+# -- the schema: every section and key -----------------------------------------------------------
+
+_SECONDS = _Number(gt=0)
+_NAMES = _ListOf(_Text(), 'an array of non-empty strings, e.g. ["engineering"]')
+
+SCHEMA = _Table(dict, (
+    Key("storage", _Table(StorageConfig, (
+        Key("dir", _PathValue(), doc="directory the session files are written under"),
+        Key("fail_closed", _Bool(), True,
+            "true: when a record cannot be written, the client gets 503 and nothing goes upstream"),
+        Key("signing_key", _PathValue(), None, "Ed25519 private key (PEM) that signs checkpoints and seals"),
+        Key("checkpoint_interval", _SECONDS, 5.0, "seconds between signed checkpoints while records arrive"),
+        Key("retention_days", _Number(integer=True, ge=0, unit="days", note=" (0 = keep forever)"), 0,
+            "days session files are kept; 0 = forever"),
+        Key("fsync", _OneOf("batch", "always", "never"), "batch",
+            "batch: fsync once per batch; always: after every record; never: leave it to the OS"),
+        Key("fsync_interval", _Number(gt=0, le=10), 0.05, "seconds a batched fsync may wait"),
+    ), expected="a table ([storage])"), _EMPTY_TABLE),
+    Key("sessions", _Table(SessionsConfig, (
+        Key("idle_timeout", _SECONDS, 1800.0, "seconds without a flow before a session closes"),
+        Key("max_duration", _SECONDS, 28800.0, "seconds after which a session closes regardless"),
+    ), expected="a table ([sessions])"), _EMPTY_TABLE),
+    Key("identity", _Table(IdentityConfig, (
+        Key("mode", _OneOf("jwt", "none"), "jwt", 'jwt: callers present a JWT; "none": local demos only'),
+        Key("issuer", _Text(), None, "expected iss claim"),
+        Key("audience", _Text(), None, "expected aud claim"),
+        Key("jwks_url", _Text('an http(s) URL, e.g. "https://idp.example.com/.well-known/jwks.json"',
+                              r"https?://\S+"), None, "where the IdP's signing keys are fetched"),
+        Key("jwks_file", _PathValue(), None, "a local JWKS file"),
+        Key("hs256_secret", _Secret(allow_none=False), None, "HS256 shared secret, for local development"),
+        Key("groups_claim", _Text(), "groups", "claim that lists the caller's groups"),
+        Key("leeway", _Number(ge=0), 30.0, "seconds of clock skew allowed on exp/nbf/iat"),
+    ), check=_check_identity, expected="a table ([identity])"), _EMPTY_TABLE),
+    Key("policy", _Table(PolicyConfig, (
+        Key("unregistered", _OneOf("deny", "tunnel", "record"), "deny",
+            "hosts no connection matches: deny, tunnel (not intercepted, not recorded) or record"),
+    ), expected="a table ([policy])"), _EMPTY_TABLE),
+    Key("masking", _Table(MaskingConfig, (
+        Key("builtin", _Bool(), True, "use the built-in secret patterns"),
+        Key("mask_responses", _Bool(), False, "also mask what the client receives"),
+        Key("mask_requests", _Bool(), False, "also mask what is forwarded upstream"),
+        Key("rules", _Tables(_Table(MaskingRule, (
+            Key("id", _Text('a rule id of lowercase letters, digits and "-", starting with a letter or digit, '
+                            'e.g. "acme-token"', r"[a-z0-9][a-z0-9-]*"), doc="names the rule in mask tags"),
+            Key("regex", _Regex(), doc="what to mask"),
+        )), "an array of tables, written [[masking.rules]]", unique="id"), (), "extra masking rules"),
+        Key("allowlist", _ListOf(_Text(), 'an array of non-empty strings, e.g. ["sk-example-not-a-key"]'), (),
+            "exact values never masked"),
+    ), expected="a table ([masking])"), _EMPTY_TABLE),
+    Key("capture", _Table(CaptureConfig, (
+        Key("stream_threshold", _Size(), 262144, "bodies with a larger Content-Length are streamed"),
+        Key("chunk_interval", _Number(gt=0, le=5), 0.1, "seconds of streamed data batched per http.chunk"),
+        Key("max_body", _Size(" (0 = no limit)"), 0, "bytes recorded per body or stream direction"),
+    ), expected="a table ([capture])"), _EMPTY_TABLE),
+    Key("connections", _Tables(_Table(ConnectionConfig, (
+        Key("name", _Text(), doc="the connection's name, recorded with each request"),
+        Key("hosts", _ListOf(_Host(), 'a non-empty array of host names, e.g. ["api.openai.com"]', min_items=1),
+            doc="hosts this connection matches"),
+        Key("ports", _ListOf(_Number(integer=True, ge=1, le=65535, expected="a port number 1..65535"),
+                             "an array of port numbers, e.g. [443]"), (), "ports it matches; empty = any"),
+        Key("credential", _Secret(allow_none=True), None, "the upstream credential the gateway injects"),
+        Key("inject", _OneOf("bearer", "x-api-key", "api-key", "x-goog-api-key", "none"), "bearer",
+            "how the credential is sent upstream"),
+        Key("allow_groups", _NAMES, (), "groups allowed to use it; empty = any authenticated identity"),
+    )), "an array of tables, written [[connections]]", unique="name", check=_check_connection_hosts),
+        (), "registered upstreams"),
+))
+
+
+def iter_keys(table: _Table = SCHEMA, at: str = "") -> Iterator[tuple[str, Key]]:
+    """Every key in the schema as (path, Key); array-of-table items appear as "connections[]"."""
+    for key in table.keys:
+        path = _join(at, key.name)
+        yield path, key
+        if isinstance(key.kind, _Table):
+            yield from iter_keys(key.kind, path)
+        elif isinstance(key.kind, _Tables):
+            yield from iter_keys(key.kind.table, path + "[]")
+
+
+def _section_label(path: str) -> str:
+    """"connections[].name" -> "[[connections]]", "storage.dir" -> "[storage]", "storage" -> top level."""
+    parent = path.rpartition(".")[0]
+    if not parent:
+        return "the top level"
+    return f"[[{parent[:-2]}]]" if parent.endswith("[]") else f"[{parent}]"
+
+
+def _unknown_key(name: str, at: str, known: tuple[str, ...]) -> ConfigError:
+    path = _join(at, name)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        hint = f"did you mean {json.dumps(close[0])}?"
+    else:
+        # A right name in the wrong section ("fsync" at the top level) or a typo of one.
+        elsewhere = {p.rpartition(".")[2]: p for p, _ in iter_keys()}
+        close = difflib.get_close_matches(name, list(elsewhere), n=1, cutoff=0.75)
+        if close and close[0] == name:
+            hint = f"it belongs in {_section_label(elsewhere[name])}"
+        elif close:
+            hint = f"did you mean {json.dumps(close[0])} in {_section_label(elsewhere[close[0]])}?"
+        else:
+            hint = "known keys here: " + ", ".join(known)
+    return ConfigError(f"unknown key; {hint}", key=path)
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+EMBEDDED_SOURCE = "<embedded default>"
+
+EMBEDDED_DEFAULT = """\
+# wiretrail's embedded default: a LOCAL DEMO, used when no --set wiretrail_config=PATH is given.
+# Identity is off (mode "none"): callers are recorded as unauthenticated. Not for production.
+
+[storage]
+dir = "sessions"            # relative to the directory the gateway was started in
+fail_closed = true          # a record that cannot be written stops the exchange (503)
+fsync = "batch"
+
+[sessions]
+idle_timeout = 1800
+max_duration = 28800
+
+[identity]
+mode = "none"
+
+[policy]
+unregistered = "record"
+
+[masking]
+builtin = true
+
+[capture]
+stream_threshold = "256k"
+chunk_interval = 0.1
+max_body = 0
+
+# Record only: the gateway holds no upstream key for these (credential = "none").
+[[connections]]
+name = "openai"
+hosts = ["api.openai.com"]
+credential = "none"
+inject = "none"
+
+[[connections]]
+name = "anthropic"
+hosts = ["api.anthropic.com"]
+credential = "none"
+inject = "none"
+"""
+
+_TOML_AT = re.compile(r"(.*) \(at line (\d+), column (\d+)\)\Z", re.DOTALL)
+
+
+def _parse(text: str, source: str, base_dir: Path) -> dict[str, Any]:
+    """The checked sections as keyword arguments for GatewayConfig (without source)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = _TOML_AT.match(str(e))
+        where = f"line {m.group(2)}, column {m.group(3)}: " if m else ""
+        raise ConfigError(f"{where}invalid TOML: {m.group(1) if m else e}", source=source) from None
+    ctx = _Context(base_dir=Path(base_dir).absolute())
+    try:
+        values = SCHEMA.convert(data, "", ctx)
+        for ref in ctx.secrets:  # read once now, so an unreadable secret stops start-up
+            ref.read()
+    except ConfigError as e:
+        raise ConfigError(e.problem, key=e.key, source=source) from None
+    return values
+
+
+def parse_config(text: str, *, source: str, base_dir: Path) -> GatewayConfig:
+    """Check TOML text. `source` names it in messages; relative paths start at `base_dir`."""
+    return GatewayConfig(**_parse(text, source, base_dir), source=Path(source))
+
+
+def load_config(path: str | os.PathLike | None, *, cwd: Path | None = None) -> GatewayConfig:
+    """The config from `path`, or the embedded default when `path` is None. A relative `path`,
+    and the embedded default's relative paths, start at `cwd` (default: the process's cwd)."""
+    here = Path(cwd if cwd is not None else Path.cwd()).absolute()
+    if path is None:
+        return GatewayConfig(**_parse(EMBEDDED_DEFAULT, EMBEDDED_SOURCE, here), source=None)
+    if not os.fspath(path):
+        raise ConfigError("the config path is empty; give --set wiretrail_config=PATH, "
+                          "or leave it unset for the embedded demo default")
+    file = Path(path).expanduser()
+    if not file.is_absolute():
+        file = here / file
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {file}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"the config path is a directory, not a file: {file}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read the config file {file}: {e.strerror or type(e).__name__}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text (bad byte at offset {e.start})", source=str(file)) from None
+    return GatewayConfig(**_parse(text, str(file), file.parent), source=file)
