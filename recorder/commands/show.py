@@ -1,0 +1,186 @@
+"""`wiretrail show SESSION`: a readable dump of one session (or its records as JSON lines)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from recorder import format_v1
+from recorder.commands.ls import StoreError, human_bytes, human_duration, iso_utc, safe, store_dir
+from recorder.reader import SessionRead, read_session, summarize
+
+PREVIEW_CHARS = 200
+ENVELOPE = set(format_v1.ENVELOPE)
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "show",
+        help="show one session",
+        description="Show one session: a header (who, client, when, state), then one entry per record.",
+    )
+    p.add_argument("session", metavar="SESSION", help="a session file, or a session id (or a unique prefix of one)")
+    p.add_argument("--dir", metavar="DIR", help="the session store to look the id up in; default ./sessions")
+    p.add_argument("--config", metavar="PATH", help="look the id up in storage.dir of this gateway config")
+    p.add_argument("--json", action="store_true", help="print the records as JSON lines, exactly as stored")
+
+
+class NotFound(Exception):
+    pass
+
+
+def find_session(session: str, dir_arg: str | None, config_arg: str | None) -> Path:
+    """A path as given, or the file of a session id (or unique id prefix) in the store."""
+    as_path = Path(session)
+    if as_path.is_file():
+        return as_path
+    if as_path.suffix or "/" in session:
+        raise NotFound(f"{session}: no such file")
+    try:
+        d = store_dir(dir_arg, config_arg)
+    except StoreError as e:
+        raise NotFound(f"cannot look up session {session}: {e}") from e
+    want = session.upper()
+    exact = list(d.rglob(want + format_v1.FILE_SUFFIX))
+    if exact:
+        return sorted(exact)[0]
+    matches = sorted(f for f in d.rglob(want + "*" + format_v1.FILE_SUFFIX) if f.is_file())
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise NotFound(f"no session {session} in {d} (wiretrail ls {d} lists them)")
+    names = ", ".join(m.name[: -len(format_v1.FILE_SUFFIX)] for m in matches[:5])
+    raise NotFound(f"{session} matches {len(matches)} sessions in {d} ({names}...): give more of the id")
+
+
+def body_preview(body) -> str:
+    if not isinstance(body, dict):
+        return ""
+    size = body.get("size")
+    size_text = human_bytes(size) if isinstance(size, int) else "? B"
+    flags = []
+    if body.get("truncated"):
+        flags.append("truncated by the gateway")
+    if body.get("encoding"):
+        flags.append(f"content-encoding {body['encoding']}" + (" (not decoded)" if body.get("decoded") is False else ""))
+    note = f" ({', '.join(flags)})" if flags else ""
+    if isinstance(body.get("text"), str):
+        text = body["text"]
+        shown = text[:PREVIEW_CHARS]
+        more = "..." if len(text) > PREVIEW_CHARS else ""
+        return f"body {size_text}{note}: {shown}{more}"
+    return f"body {size_text}{note}: <binary>"
+
+
+def _details(rec: dict) -> tuple[str, str]:
+    """(summary, body preview) of one record."""
+    t = rec.get("t")
+    if t == "session.open":
+        ident = rec.get("identity") or {}
+        return f"who {ident.get('sub')}  signing key {rec.get('key') or '(none)'}", ""
+    if t == "http.request":
+        conn = f"  [{rec['connection']}]" if rec.get("connection") else ""
+        body = "(body streamed: see http.chunk)" if rec.get("streamed") and rec.get("body") is None else body_preview(rec.get("body"))
+        return f"{rec.get('method')} {rec.get('url')}{conn}", body
+    if t == "http.response":
+        body = "(body streamed: see http.chunk)" if rec.get("streamed") and rec.get("body") is None else body_preview(rec.get("body"))
+        return f"{rec.get('status')} {rec.get('reason') or ''}".rstrip(), body
+    if t == "http.chunk":
+        return f"{rec.get('dir')} #{rec.get('n')}", body_preview(rec.get("body"))
+    if t == "http.end":
+        size = rec.get("size")
+        sizes = " ".join(f"{k} {human_bytes(v)}" for k, v in size.items() if isinstance(v, int)) if isinstance(size, dict) else ""
+        timing = f"{rec.get('duration_ms')} ms"
+        if rec.get("ttfb_ms") is not None:
+            timing += f" (first byte {rec.get('ttfb_ms')} ms)"
+        return f"{timing}  {sizes}".rstrip(), ""
+    if t == "http.error":
+        return f"{rec.get('phase')}: {rec.get('message')}", ""
+    if t == "session.close":
+        counts = rec.get("counts") or {}
+        parts = " ".join(f"{k}={v}" for k, v in counts.items()) if isinstance(counts, dict) else ""
+        return f"reason {rec.get('reason')}  {parts}".rstrip(), ""
+    if t in ("checkpoint", "seal"):
+        return f"key {rec.get('key')}", ""
+    rest = {k: v for k, v in rec.items() if k not in ENVELOPE}
+    text = orjson.dumps(rest).decode()
+    return text[:PREVIEW_CHARS] + ("..." if len(text) > PREVIEW_CHARS else ""), ""
+
+
+def _clock(ts) -> str:
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        return "?" * 12
+    return time.strftime("%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+
+
+def header(read: SessionRead) -> list[str]:
+    s = summarize(read)
+    opened = read.open_record or {}
+    ident = opened.get("identity") if isinstance(opened.get("identity"), dict) else {}
+    who = str(ident.get("sub") or "-")
+    if ident.get("email"):
+        who += f" <{ident['email']}>"
+    if ident.get("groups"):
+        who += "  groups: " + ", ".join(map(str, ident["groups"]))
+    if ident.get("iss"):
+        who += f"  issuer: {ident['iss']}"
+    if ident.get("method"):
+        who += f"  (identity: {ident['method']}"
+        who += ", NOT authenticated)" if ident.get("authenticated") is False else ")"
+    gw = opened.get("gateway") if isinstance(opened.get("gateway"), dict) else {}
+    state = f"{s.state}  ({s.records} records, last seq {read.last_seq})"
+    if s.state == "unsealed":
+        state += "  - not closed: the gateway stopped before the session ended (crash?)"
+    if read.truncated_tail:
+        state += "  - a partial last write was dropped"
+    lines = [
+        f"session   {s.session_id or '-'}",
+        f"file      {read.path}",
+        f"state     {state}",
+        f"who       {who}",
+        f"client    {s.client or '-'}",
+        f"gateway   {gw.get('host', '-')} (wiretrail {gw.get('version', '?')})",
+        f"when      {iso_utc(s.start, ms=True)} .. {iso_utc(s.end, ms=True)}  ({human_duration(s.duration)})",
+        f"traffic   {s.exchanges} exchange(s), {human_bytes(s.bytes)}",
+    ]
+    if read.problems:
+        lines.append(f"PROBLEMS  {len(read.problems)}: this file is damaged or was tampered with")
+        lines.extend(f"          {p}" for p in read.problems)
+    return lines
+
+
+def record_lines(rec: dict) -> list[str]:
+    flow = rec.get("flow")
+    short = flow[:8] if isinstance(flow, str) else ""
+    summary, body = _details(rec)
+    seq = rec.get("seq")
+    first = f"{seq if isinstance(seq, int) else '?':>5} {_clock(rec.get('ts'))} {str(rec.get('t')):<14} {short:<8}  {summary}"
+    out = [safe(first.rstrip())]
+    if body:
+        out.append(" " * 44 + safe(body))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path = find_session(args.session, args.dir, args.config)
+    except NotFound as e:
+        print(f"wiretrail show: {e}", file=sys.stderr)
+        return 2
+    read = read_session(path)
+    if args.json:
+        out = sys.stdout.buffer
+        for line in read.lines:
+            out.write(line + b"\n")
+        out.flush()
+        for p in read.problems:
+            print(f"wiretrail show: {path}: {p}", file=sys.stderr)
+        return 0
+    for line in header(read):
+        print(safe(line))
+    print()
+    for rec in read.records:
+        for line in record_lines(rec):
+            print(line)
+    return 0

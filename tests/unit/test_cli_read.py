@@ -1,0 +1,231 @@
+"""The reading commands: wiretrail verify, ls and show, run as the user runs them."""
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import zstandard
+
+from recorder import cli, format_v1
+from recorder.bodies import BodyBytes
+from recorder.sessions import SessionRegistry
+from recorder.writer import RecordWriter
+
+WIRETRAIL = Path(sys.executable).parent / "wiretrail"
+LONG_TEXT = "x" * 150 + "y" * 150 + "TAIL-NOT-SHOWN"
+
+
+def record_session(store: Path, sub: str, ip: str, now: float, *, requests: int = 1) -> str:
+    """A session written by the real writer. Returns its id."""
+    clock = [now]
+    w = RecordWriter(fsync="never")
+    w.start()
+    reg = SessionRegistry(w, store, idle_timeout=60, max_duration=600, clock=lambda: clock[0])
+    identity = {"sub": sub, "email": f"{sub}@example.com", "groups": ["eng"], "iss": "https://idp/", "method": "jwt", "authenticated": True}
+    s = reg.begin_flow(sub, identity, (ip, 40000))
+    for i in range(requests):
+        flow = f"flow{i:04d}-0000-0000-0000-000000000000"
+        s.record(
+            "http.request",
+            {
+                "flow": flow,
+                "conn": "c1",
+                "connection": "openai",
+                "method": "POST",
+                "url": f"https://api.openai.com/v1/chat/completions?i={i}",
+                "http_version": "HTTP/1.1",
+                "headers": [["authorization", "[credential:openai]"]],
+                "body": BodyBytes(LONG_TEXT.encode()),
+                "streamed": False,
+            },
+            ts=now + i,
+        )
+        s.record(
+            "http.response",
+            {"flow": flow, "status": 200, "reason": "OK", "http_version": "HTTP/1.1", "headers": [], "body": BodyBytes(b"\xff\xfe\x00"), "streamed": False},
+            ts=now + i + 0.5,
+        )
+        s.record(
+            "http.end",
+            {"flow": flow, "status": 200, "size": {"request": 1000, "response": 24}, "duration_ms": 500.0, "ttfb_ms": 100.0},
+            ts=now + i + 0.6,
+        )
+    s.record("http.error", {"flow": "ffff", "phase": "connect", "message": "upstream refused the connection"}, ts=now + requests)
+    clock[0] = now + 90
+    reg.end_flow(s)
+    reg.close_all()
+    assert w.stop()
+    return s.id
+
+
+def session_file(store: Path, sid: str) -> Path:
+    [path] = list(store.rglob(sid + format_v1.FILE_SUFFIX))
+    return path
+
+
+def rewrite(path: Path, lines: list[bytes], *, finish=True) -> None:
+    cobj = zstandard.ZstdCompressor().compressobj()
+    data = cobj.compress(b"".join(x + b"\n" for x in lines)) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    if finish:
+        data += cobj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+    path.write_bytes(data)
+
+
+def read_lines(path: Path) -> list[bytes]:
+    data = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+    return data.split(b"\n")[:-1]
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = tmp_path / "sessions"
+    return store
+
+
+def test_verify_intact_closed_and_crashed_sessions_exit_0(store, capsys):
+    closed = record_session(store, "alice", "10.0.0.1", 1767225600.0)
+    crashed = record_session(store, "bob", "10.0.0.2", 1767225700.0, requests=2)
+    path = session_file(store, crashed)
+    # What a crash leaves: no session.close, the frame not ended.
+    rewrite(path, read_lines(path)[:-1], finish=False)
+    assert cli.main(["verify", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert f"{session_file(store, closed)}: closed cleanly, 6 records, last seq 5" in out
+    assert f"{path}: unsealed (crash?): 8 records readable, last seq 7" in out
+    assert "only the hash chains were checked" in out
+
+
+def test_verify_tampered_exits_1_naming_file_and_seq(store, capsys):
+    sid = record_session(store, "alice", "10.0.0.1", 1767225600.0, requests=2)
+    path = session_file(store, sid)
+    lines = read_lines(path)
+    lines[2] = lines[2].replace(b'"status":200', b'"status":201')
+    rewrite(path, lines)
+    assert cli.main(["verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"FAILED  {path}" in out
+    assert f"{path}: seq 3: prev does not match the hash of the line before it (seq 2): a line was edited, removed, inserted or moved" in out
+
+
+def test_verify_usage_errors_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["verify"])
+    assert e.value.code == 2
+    assert cli.main(["verify", str(tmp_path / "nope")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["verify", str(tmp_path / "empty")]) == 2
+    assert "no session files" in capsys.readouterr().err
+
+
+def test_verify_with_key_says_only_chains(store, tmp_path, capsys):
+    record_session(store, "alice", "10.0.0.1", 1767225600.0)
+    key = tmp_path / "gateway.pub"
+    key.write_text("-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n")
+    assert cli.main(["verify", "--key", str(key), str(store)]) == 0
+    assert "signature checking arrives with format checkpoints; only the hash chains were checked" in capsys.readouterr().out
+    assert cli.main(["verify", "--key", str(tmp_path / "missing.pub"), str(store)]) == 2
+
+
+def test_verify_via_the_installed_command(store):
+    sid = record_session(store, "alice", "10.0.0.1", 1767225600.0, requests=3)
+    path = session_file(store, sid)
+    lines = read_lines(path)
+    del lines[4]
+    rewrite(path, lines)
+    proc = subprocess.run([str(WIRETRAIL), "verify", str(store)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{path}: seq 5: expected seq 4, found 5 (gap: records missing)" in proc.stdout
+
+
+def test_ls_table_newest_last(store, capsys):
+    later = record_session(store, "bob", "10.0.0.2", 1767229200.0, requests=2)
+    earlier = record_session(store, "alice", "10.0.0.1", 1767225600.0, requests=1)
+    crashed = record_session(store, "carol", "10.0.0.3", 1767232800.0, requests=1)
+    path = session_file(store, crashed)
+    rewrite(path, read_lines(path)[:-1], finish=False)
+    assert cli.main(["ls", str(store)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["SESSION", "START", "(UTC)", "DURATION", "SUB", "CLIENT", "EXCHANGES", "BYTES", "STATE"]
+    rows = [line.split() for line in out[1:]]
+    assert [r[0] for r in rows] == [earlier, later, crashed]
+    assert rows[0] == [earlier, "2026-01-01T00:00:00Z", "1m30s", "alice", "10.0.0.1", "1", "1.0", "KiB", "closed"]
+    assert rows[1] == [later, "2026-01-01T01:00:00Z", "1m30s", "bob", "10.0.0.2", "2", "2.0", "KiB", "closed"]
+    assert rows[2][3:6] == ["carol", "10.0.0.3", "1"] and rows[2][-1] == "unsealed"
+
+
+def test_ls_empty_and_missing_store(tmp_path, capsys):
+    (tmp_path / "s").mkdir()
+    assert cli.main(["ls", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().out.strip() == f"no sessions in {tmp_path / 's'}"
+    assert cli.main(["ls", str(tmp_path / "nope")]) == 2
+    assert "no session store at" in capsys.readouterr().err
+
+
+def test_ls_takes_the_store_from_a_config(store, tmp_path, capsys):
+    sid = record_session(store, "alice", "10.0.0.1", 1767225600.0)
+    config = tmp_path / "gateway.toml"
+    config.write_text('[storage]\ndir = "sessions"\n\n[identity]\nmode = "none"\n')
+    assert cli.main(["ls", "--config", str(config)]) == 0
+    assert sid in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[storage]\ndirr = 1\n")
+    assert cli.main(["ls", "--config", str(bad)]) == 2
+    assert "dirr" in capsys.readouterr().err
+
+
+def test_show_text(store, capsys):
+    sid = record_session(store, "alice", "10.0.0.1", 1767225600.0)
+    assert cli.main(["show", sid, "--dir", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert f"session   {sid}" in out
+    assert "who       alice <alice@example.com>  groups: eng" in out
+    assert "client    10.0.0.1:40000" in out
+    assert "state     closed  (6 records, last seq 5)" in out
+    assert "when      2026-01-01T00:00:00.000Z" in out
+    assert "    1 00:00:00.000 http.request   flow0000  POST https://api.openai.com/v1/chat/completions?i=0  [openai]" in out
+    # Body previews are cut at 200 characters, with the size.
+    assert "body 314 B: " + "x" * 150 + "y" * 50 + "..." in out
+    assert "TAIL-NOT-SHOWN" not in out
+    assert "200 OK" in out and "body 3 B: <binary>" in out
+    assert "http.error" in out and "connect: upstream refused the connection" in out
+    assert "session.close" in out and "reason shutdown" in out
+
+
+def test_show_escapes_control_characters(store, capsys):
+    """Recorded text comes from the network: it must not drive the operator's terminal."""
+    sid = record_session(store, "alice", "10.0.0.1", 1767225600.0)
+    path = session_file(store, sid)
+    lines = read_lines(path)
+    chain = format_v1.Chain()
+    recs = [orjson.loads(x) for x in lines]
+    recs[4]["message"] = "evil \x1b[2J\x1b]0;pwned\x07 end"
+    new = [chain.next_line(r["t"], r["ts"], {k: v for k, v in r.items() if k not in format_v1.ENVELOPE}) for r in recs]
+    rewrite(path, new)
+    assert cli.main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "evil \\x1b[2J\\x1b]0;pwned\\x07 end" in out
+
+
+def test_show_by_path_prefix_and_unknown_id(store, capsys):
+    sid = record_session(store, "alice", "10.0.0.1", 1767225600.0)
+    path = session_file(store, sid)
+    assert cli.main(["show", str(path)]) == 0
+    assert f"session   {sid}" in capsys.readouterr().out
+    assert cli.main(["show", sid[:12].lower(), "--dir", str(store)]) == 0
+    assert f"session   {sid}" in capsys.readouterr().out
+    assert cli.main(["show", "01KDVDNA00B8Y9W7VV5N66X2GB", "--dir", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert "no session 01KDVDNA00B8Y9W7VV5N66X2GB in" in err and "wiretrail ls" in err
+
+
+def test_show_json_prints_the_stored_lines(store, capfdbinary):
+    sid = record_session(store, "alice", "10.0.0.1", 1767225600.0)
+    assert cli.main(["show", "--json", sid, "--dir", str(store)]) == 0
+    out = capfdbinary.readouterr().out
+    lines = read_lines(session_file(store, sid))
+    assert out == b"".join(x + b"\n" for x in lines)
+    records = [orjson.loads(x) for x in out.splitlines()]
+    assert [r["t"] for r in records] == ["session.open", "http.request", "http.response", "http.end", "http.error", "session.close"]
