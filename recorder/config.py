@@ -653,7 +653,7 @@ inject = "none"
 _TOML_AT = re.compile(r"(.*) \(at line (\d+), column (\d+)\)\Z", re.DOTALL)
 
 
-def _parse(text: str, source: str, base_dir: Path) -> dict[str, Any]:
+def _parse(text: str, source: str, base_dir: Path, read_secrets: bool = True) -> dict[str, Any]:
     """The checked sections as keyword arguments for GatewayConfig (without source)."""
     try:
         data = tomllib.loads(text)
@@ -664,8 +664,9 @@ def _parse(text: str, source: str, base_dir: Path) -> dict[str, Any]:
     ctx = _Context(base_dir=Path(base_dir).absolute())
     try:
         values = SCHEMA.convert(data, "", ctx)
-        for ref in ctx.secrets:  # read once now, so an unreadable secret stops start-up
-            ref.read()
+        if read_secrets:
+            for ref in ctx.secrets:  # read once now, so an unreadable secret stops start-up
+                ref.read()
     except ConfigError as e:
         raise ConfigError(e.problem, key=e.key, source=source) from None
     return values
@@ -676,12 +677,15 @@ def parse_config(text: str, *, source: str, base_dir: Path) -> GatewayConfig:
     return GatewayConfig(**_parse(text, source, base_dir), source=Path(source))
 
 
-def load_config(path: str | os.PathLike | None, *, cwd: Path | None = None) -> GatewayConfig:
+def load_config(
+    path: str | os.PathLike | None, *, cwd: Path | None = None, read_secrets: bool = True
+) -> GatewayConfig:
     """The config from `path`, or the embedded default when `path` is None. A relative `path`,
-    and the embedded default's relative paths, start at `cwd` (default: the process's cwd)."""
+    and the embedded default's relative paths, start at `cwd` (default: the process's cwd).
+    Read-only tools (ls, show) pass read_secrets=False: they need no upstream credential."""
     here = Path(cwd if cwd is not None else Path.cwd()).absolute()
     if path is None:
-        return GatewayConfig(**_parse(EMBEDDED_DEFAULT, EMBEDDED_SOURCE, here), source=None)
+        return GatewayConfig(**_parse(EMBEDDED_DEFAULT, EMBEDDED_SOURCE, here, read_secrets), source=None)
     if not os.fspath(path):
         raise ConfigError("the config path is empty; give --set wiretrail_config=PATH, "
                           "or leave it unset for the embedded demo default")
@@ -700,4 +704,4 @@ def load_config(path: str | os.PathLike | None, *, cwd: Path | None = None) -> G
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ConfigError(f"not UTF-8 text (bad byte at offset {e.start})", source=str(file)) from None
-    return GatewayConfig(**_parse(text, str(file), file.parent), source=file)
+    return GatewayConfig(**_parse(text, str(file), file.parent, read_secrets), source=file)

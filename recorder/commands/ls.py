@@ -30,12 +30,12 @@ def store_dir(dir_arg: str | None, config_arg: str | None) -> Path:
     if dir_arg and config_arg:
         raise StoreError("give either DIR or --config, not both")
     if config_arg:
-        from recorder.config import ConfigError, load_config  # written alongside; only needed here
+        from recorder.config import ConfigError, load_config
 
         try:
-            d = Path(load_config(config_arg).storage.dir)
+            d = Path(load_config(config_arg, read_secrets=False).storage.dir)
         except (ConfigError, OSError) as e:
-            raise StoreError(f"{e}\n(only storage.dir is needed here: you can give the directory instead)") from e
+            raise StoreError(str(e)) from e
     else:
         d = Path(dir_arg or DEFAULT_DIR)
     if not d.is_dir():

@@ -315,3 +315,15 @@ def test_error_from_a_file_names_the_file(tmp_path):
         load_config(path)
     assert str(e.value) == f'{path}: storage.fsync: expected one of "batch", "always", "never", got "sometimes"'
     assert (e.value.key, e.value.source) == ("storage.fsync", str(path))
+
+
+def test_read_only_tools_load_without_the_upstream_secrets(tmp_path, monkeypatch):
+    monkeypatch.delenv("WIRETRAIL_TEST_ABSENT", raising=False)
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(
+        '[storage]\ndir = "s"\n[identity]\nmode = "none"\n'
+        '[[connections]]\nname = "x"\nhosts = ["a.example"]\ncredential = "env:WIRETRAIL_TEST_ABSENT"\n'
+    )
+    with pytest.raises(ConfigError, match=r"connections\[0\]\.credential"):
+        load_config(cfg)
+    assert load_config(cfg, read_secrets=False).storage.dir == tmp_path / "s"
