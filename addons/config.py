@@ -31,6 +31,10 @@ class WiretrailConfig:
         )
 
     def configure(self, updated):
+        if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
+            # Eager connects upstream when the client connects, before identity and policy
+            # are decided in requestheaders, and a refused upstream then leaves no record.
+            ctx.options.update(connection_strategy="lazy")
         if OPTION not in updated:
             return
         path = ctx.options.wiretrail_config

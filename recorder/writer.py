@@ -191,16 +191,17 @@ class RecordWriter:
             self._finish(sf)
         if self.fsync == "always" or barriers or stop or closing:
             self._fsync_dirty()
-        elif self.fsync == "batch" and time.monotonic() - self._last_fsync >= self.fsync_interval:
-            self._fsync_dirty()
 
-        # A record is acknowledged only once its block was handed to the OS.
+        # A record is acknowledged once its block was handed to the OS; with
+        # fsync = "batch" its fsync follows with the group, after the ack.
         for ack, sid, err in acks:
             if err is None and sid in touched:
-                err = touched[sid].error  # the write or fsync of its block failed
+                err = touched[sid].error  # the write (or, with "always", the fsync) failed
             self._call_ack(ack, err)
         for ack in barriers:
             self._call_ack(ack, None)
+        if self.fsync == "batch" and time.monotonic() - self._last_fsync >= self.fsync_interval:
+            self._fsync_dirty()
         return stop
 
     def _apply(self, op, touched: dict, closing: list) -> BaseException | None:
