@@ -1,0 +1,475 @@
+"""A fake LLM upstream for end-to-end tests: real TLS, HTTP/1.1, 127.0.0.1 only.
+
+One thread accepts, one thread serves each connection (keep-alive), so a slow stream
+never holds up another request. Every request is kept as an `Exchange`: what arrived
+(method, path, headers, body) and what was sent back (the body before any
+Content-Encoding, and when each streamed event left). Event content is deterministic,
+so a test can compare what the client got and what the artifact holds byte for byte.
+
+Routes (any method unless noted):
+  POST /v1/chat/completions  OpenAI JSON, or with "stream": true OpenAI SSE (chunked)
+  POST /v1/messages          Anthropic JSON, or with "stream": true Anthropic SSE (chunked)
+  POST /echo                 the request body back, with Content-Length
+  /gzip                      gzip-encoded JSON (Content-Encoding: gzip, Content-Length)
+  /gzip-sse                  gzip-encoded SSE, one Z_SYNC_FLUSH per event, chunked
+  /reset-mid-stream          SSE headers and two events, then a TCP reset (SO_LINGER 0)
+  /slow-sse?n=&delay=        n SSE events `delay` seconds apart, chunked
+
+Streams take their event count and spacing from the upstream's `sse_events` and
+`sse_delay`, overridable per request with the headers x-upstream-events and
+x-upstream-delay.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import ssl
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+from tests.support.tls import TestCA
+
+# Deterministic stream content; a multi-byte character in it checks that text split
+# across chunks is recorded intact.
+TOKENS = ["Hello", " wörld", ",", " this", " is", " the", " fake", " upstream", " ✓", " done"]
+CREATED = 1_700_000_000
+
+
+def token(i: int) -> str:
+    return TOKENS[i % len(TOKENS)]
+
+
+def stream_text(n: int) -> str:
+    """The assistant text of an n-event OpenAI or Anthropic stream."""
+    return "".join(token(i) for i in range(n))
+
+
+JSON_REPLY_TEXT = "Hello from the fake upstream. Ünïcödé ✓"
+
+
+@dataclass
+class Exchange:
+    """One request the upstream received and what it sent back."""
+
+    method: str
+    target: str
+    path: str
+    query: dict
+    headers: list  # [(name, value), ...] as received
+    body: bytes = b""
+    started_at: float = 0.0  # request headers read
+    received_at: float = 0.0  # request body read
+    status: int | None = None
+    response_headers: list = field(default_factory=list)
+    response_body: bytes = b""  # what was sent, before Content-Encoding
+    event_times: list = field(default_factory=list)  # when each streamed event was handed to the socket
+    complete: bool = False  # the whole response was sent
+    error: str | None = None  # why sending stopped early
+    done: threading.Event = field(default_factory=threading.Event, repr=False)  # the upstream is through with it
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    @property
+    def test_id(self) -> str | None:
+        return self.header("x-test-id")
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _Responder:
+    """Writes one response and records what left in the exchange."""
+
+    def __init__(self, sock: ssl.SSLSocket, ex: Exchange):
+        self.sock = sock
+        self.ex = ex
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except (OSError, ssl.SSLError) as e:
+            self.ex.error = f"client gone: {e!r}"
+            raise _ClientGone from e
+
+    def _head(self, status: int, headers: list) -> None:
+        self.ex.status = status
+        self.ex.response_headers = headers
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "OK")
+        lines = [f"HTTP/1.1 {status} {reason}"] + [f"{k}: {v}" for k, v in headers]
+        self._send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def full(self, status: int, body: bytes, content_type: str, *, wire: bytes | None = None, extra=()) -> None:
+        """A Content-Length response. `wire` is the encoded body when it differs from `body`."""
+        wire = body if wire is None else wire
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(wire))), *extra]
+        self._head(status, headers)
+        self._send(wire)
+        self.ex.response_body = body
+        self.ex.complete = True
+
+    def stream_head(self, content_type: str = "text/event-stream", extra=()) -> None:
+        self._head(
+            200,
+            [("Content-Type", content_type), ("Cache-Control", "no-cache"), ("Transfer-Encoding", "chunked"), *extra],
+        )
+
+    def chunk(self, plain: bytes, wire: bytes | None = None) -> None:
+        """One event as one HTTP chunk."""
+        wire = plain if wire is None else wire
+        if wire:
+            self._send(b"%x\r\n%s\r\n" % (len(wire), wire))
+        self.ex.response_body += plain
+        self.ex.event_times.append(time.time())
+
+    def events(self, events: list[bytes], delay: float, encode=None) -> None:
+        for i, ev in enumerate(events):
+            if i:
+                time.sleep(delay)
+            self.chunk(ev, encode(ev) if encode else None)
+
+    def end_chunks(self, trailer_wire: bytes = b"") -> None:
+        if trailer_wire:
+            self._send(b"%x\r\n%s\r\n" % (len(trailer_wire), trailer_wire))
+        self._send(b"0\r\n\r\n")
+        self.ex.complete = True
+
+
+def sse(data: dict | str, event: str | None = None) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {text}\n\n".encode("utf-8")
+
+
+def openai_events(n: int, model: str = "gpt-test") -> list[bytes]:
+    def chunk(delta: dict, finish):
+        return {
+            "id": "chatcmpl-wiretrail-test",
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    events = []
+    for i in range(n):
+        delta = {"role": "assistant", "content": token(i)} if i == 0 else {"content": token(i)}
+        events.append(sse(chunk(delta, None)))
+    events.append(sse(chunk({}, "stop")))
+    events.append(sse("[DONE]"))
+    return events
+
+
+def openai_json(model: str = "gpt-test") -> dict:
+    return {
+        "id": "chatcmpl-wiretrail-test",
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": JSON_REPLY_TEXT, "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+    }
+
+
+def anthropic_json(model: str = "claude-test") -> dict:
+    return {
+        "id": "msg_wiretrail_test",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": JSON_REPLY_TEXT}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 5, "output_tokens": 7},
+    }
+
+
+def anthropic_events(n: int, model: str = "claude-test") -> list[bytes]:
+    message = dict(anthropic_json(model), content=[], stop_reason=None, usage={"input_tokens": 5, "output_tokens": 0})
+    events = [
+        sse({"type": "message_start", "message": message}, "message_start"),
+        sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+    ]
+    for i in range(n):
+        events.append(
+            sse(
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token(i)}},
+                "content_block_delta",
+            )
+        )
+    events += [
+        sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+        sse(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": n},
+            },
+            "message_delta",
+        ),
+        sse({"type": "message_stop"}, "message_stop"),
+    ]
+    return events
+
+
+def slow_events(n: int) -> list[bytes]:
+    return [sse({"i": i, "text": token(i)}) for i in range(n)]
+
+
+GZIP_JSON = json.dumps({"compressed": True, "text": JSON_REPLY_TEXT, "items": list(range(50))}).encode()
+
+
+class FakeUpstream:
+    def __init__(self, ca: TestCA, *, sse_events: int = 5, sse_delay: float = 0.2):
+        self.ca = ca
+        self.sse_events = sse_events
+        self.sse_delay = sse_delay
+        self._ctx = ca.server_context()
+        self._lock = threading.Lock()
+        self._exchanges: list[Exchange] = []
+        self._conns: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._stopped = threading.Event()
+        self.port = 0
+        # Called on the connection's thread with the Exchange as soon as a request's
+        # headers arrived, before its body is read and before any answer.
+        self.on_request_headers = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> "FakeUpstream":
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        s.listen(128)
+        self._listener = s
+        self.port = s.getsockname()[1]
+        threading.Thread(target=self._accept_loop, name="fake-upstream-accept", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except OSError:
+                pass
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    # -- what the tests inspect -----------------------------------------------------------
+
+    @property
+    def exchanges(self) -> list[Exchange]:
+        with self._lock:
+            return list(self._exchanges)
+
+    def received(self, test_id: str) -> list[Exchange]:
+        """The exchanges whose request carried `x-test-id: <test_id>`."""
+        return [ex for ex in self.exchanges if ex.test_id == test_id]
+
+    def exchange(self, test_id: str, timeout: float = 10.0) -> Exchange:
+        """The one exchange with `x-test-id: <test_id>`, once the upstream is through with it
+        (the response sent, or sending it failed). The client can finish reading before
+        the upstream's thread has noted the last bytes it sent, hence the wait."""
+        assert self.wait_for(lambda: len(self.received(test_id)) >= 1, timeout), f"the upstream never got {test_id}"
+        got = self.received(test_id)
+        assert len(got) == 1, f"the upstream received {test_id} {len(got)} times"
+        assert got[0].done.wait(timeout), f"the upstream did not finish answering {test_id} within {timeout} s"
+        return got[0]
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return "keep-alive"
+            time.sleep(0.02)
+        return predicate()
+
+    # -- serving ------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                raw, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), name="fake-upstream-conn", daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(60)
+        try:
+            sock = self._ctx.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError):
+            raw.close()
+            return
+        with self._lock:
+            self._conns.add(sock)
+        rfile = sock.makefile("rb")
+        reset = False
+        ex = None
+        try:
+            while not self._stopped.is_set():
+                ex = self._read_request(sock, rfile)
+                if ex is None:
+                    break
+                with self._lock:
+                    self._exchanges.append(ex)
+                outcome = self._dispatch(sock, ex)
+                ex.done.set()
+                if outcome == "reset":
+                    reset = True
+                    break
+                if outcome != "keep-alive" or (ex.header("connection") or "").lower() == "close":
+                    break
+        except (_ClientGone, OSError, ssl.SSLError, ValueError):
+            pass
+        finally:
+            if ex is not None:
+                ex.done.set()
+            with self._lock:
+                self._conns.discard(sock)
+            if reset:
+                # SO_LINGER 0: close() sends RST instead of FIN.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            rfile.close()  # the fd closes only when no file object refers to it
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _read_request(self, sock: ssl.SSLSocket, rfile) -> Exchange | None:
+        line = rfile.readline(65537)
+        while line in (b"\r\n", b"\n"):
+            line = rfile.readline(65537)
+        if not line:
+            return None
+        method, target, _version = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+        headers = []
+        while True:
+            h = rfile.readline(65537)
+            if h in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = h.decode("latin-1").rstrip("\r\n").partition(":")
+            headers.append((name.strip(), value.strip()))
+        parts = urlsplit(target)
+        ex = Exchange(
+            method=method,
+            target=target,
+            path=parts.path,
+            query={k: v[-1] for k, v in parse_qs(parts.query).items()},
+            headers=headers,
+            started_at=time.time(),
+        )
+        if self.on_request_headers is not None:
+            self.on_request_headers(ex)
+        if (ex.header("expect") or "").lower() == "100-continue":
+            sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if "chunked" in (ex.header("transfer-encoding") or "").lower():
+            body = bytearray()
+            while True:
+                size_line = rfile.readline(65537)
+                if not size_line:
+                    raise ValueError("request body ended inside a chunk")
+                size = int(size_line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                body += rfile.read(size)
+                rfile.readline(65537)
+            ex.body = bytes(body)
+        elif ex.header("content-length"):
+            n = int(ex.header("content-length"))
+            ex.body = rfile.read(n)
+            if len(ex.body) != n:
+                raise ValueError("request body shorter than its Content-Length")
+        ex.received_at = time.time()
+        return ex
+
+    def _stream_params(self, ex: Exchange) -> tuple[int, float]:
+        n = int(ex.query.get("n") or ex.header("x-upstream-events") or self.sse_events)
+        delay = float(ex.query.get("delay") or ex.header("x-upstream-delay") or self.sse_delay)
+        return n, delay
+
+    def _dispatch(self, sock: ssl.SSLSocket, ex: Exchange) -> str:
+        """Answer one request: "keep-alive", or "reset" to reset the connection."""
+        r = _Responder(sock, ex)
+        n, delay = self._stream_params(ex)
+        if ex.path in ("/v1/chat/completions", "/v1/messages"):
+            try:
+                payload = json.loads(ex.body)
+                if not isinstance(payload, dict):
+                    raise ValueError("not an object")
+            except ValueError as e:
+                err = {"error": {"message": f"malformed JSON body: {e}", "type": "invalid_request_error"}}
+                r.full(400, json.dumps(err).encode(), "application/json")
+                return "keep-alive"
+            openai = ex.path == "/v1/chat/completions"
+            if payload.get("stream"):
+                model = payload.get("model", "gpt-test" if openai else "claude-test")
+                events = openai_events(n, model) if openai else anthropic_events(n, model)
+                r.stream_head()
+                r.events(events, delay)
+                r.end_chunks()
+            else:
+                body = openai_json(payload.get("model", "gpt-test")) if openai else anthropic_json(
+                    payload.get("model", "claude-test")
+                )
+                r.full(200, json.dumps(body, ensure_ascii=False).encode(), "application/json")
+            return "keep-alive"
+        if ex.path == "/echo":
+            r.full(200, ex.body, ex.header("content-type") or "application/octet-stream")
+            return "keep-alive"
+        if ex.path == "/gzip":
+            r.full(200, GZIP_JSON, "application/json", wire=gzip.compress(GZIP_JSON), extra=[("Content-Encoding", "gzip")])
+            return "keep-alive"
+        if ex.path == "/gzip-sse":
+            co = zlib.compressobj(wbits=31)
+            r.stream_head(extra=[("Content-Encoding", "gzip")])
+            r.events(slow_events(n), delay, encode=lambda ev: co.compress(ev) + co.flush(zlib.Z_SYNC_FLUSH))
+            r.end_chunks(co.flush())
+            return "keep-alive"
+        if ex.path == "/reset-mid-stream":
+            r.stream_head()
+            r.events(slow_events(2), 0.05)
+            time.sleep(0.3)  # let the gateway read and forward both events before the reset
+            ex.error = "reset by design"
+            return "reset"
+        if ex.path == "/slow-sse":
+            r.stream_head()
+            r.events(slow_events(n), delay)
+            r.end_chunks()
+            return "keep-alive"
+        r.full(404, b'{"error": {"message": "no such route"}}', "application/json")
+        return "keep-alive"
