@@ -201,12 +201,8 @@ class Capture:
         if fc is None or fc.refused:
             return
         resp = flow.response
-        if _response_streams(resp, self.cfg.capture.stream_threshold):
-            fc.session.record("http.response", self._response_fields(flow, None, streamed=True))
-            fc.streams["response"] = BodyStream(resp.headers.get("content-encoding"), self.cfg.capture.max_body)
-            resp.stream = self._tee(fc, "response")
-        elif resp.stream:
-            # Something else (stream_large_bodies) asked to stream: stream through our tee.
+        # resp.stream may already be set by mitmproxy's stream_large_bodies: tee it too.
+        if resp.stream or _response_streams(resp, self.cfg.capture.stream_threshold):
             fc.session.record("http.response", self._response_fields(flow, None, streamed=True))
             fc.streams["response"] = BodyStream(resp.headers.get("content-encoding"), self.cfg.capture.max_body)
             resp.stream = self._tee(fc, "response")

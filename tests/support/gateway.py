@@ -28,9 +28,22 @@ class GatewayStartError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: the sockets stay bound until all are picked, so the kernel
+    cannot hand the same port out twice."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _accepts(port: int) -> bool:
@@ -141,12 +154,13 @@ class Gateway:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text)
         for attempt in range(3):  # a free port can be taken before mitmdump binds it
-            self.proxy_port, self.reverse_port = free_port(), free_port()
+            self.proxy_port, self.reverse_port = free_ports(2)
             try:
                 self._start_once(timeout)
                 return self
             except GatewayStartError:
-                if attempt == 2 or "already in use" not in self.log_text().lower():
+                log = self.log_text().lower()
+                if attempt == 2 or ("already in use" not in log and "same address" not in log):
                     raise
         return self
 
