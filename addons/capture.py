@@ -147,7 +147,7 @@ class Capture:
             self._expiry_task.cancel()
         for fc in list(self.flows.values()):
             # Streams still open at shutdown: keep what arrived, and say why it stops here.
-            self._flush_all(fc, final=False)
+            self._flush_all(fc, final=True)
             fc.session.record(
                 "http.error",
                 {"flow": fc.flow_id, "phase": "shutdown", "message": "the gateway shut down with the flow in progress"},
@@ -230,8 +230,8 @@ class Capture:
         fc = self.flows.get(flow.id)
         if fc is None or fc.ended:
             return
-        # Keep whatever arrived before the failure.
-        self._flush_all(fc, final=False)
+        # Keep whatever arrived before the failure, decoder tail included.
+        self._flush_all(fc, final=True)
         fc.session.record(
             "http.error",
             {"flow": fc.flow_id, "phase": _phase(flow), "message": flow.error.msg if flow.error else "unknown error"},
@@ -338,16 +338,17 @@ class Capture:
             handle.cancel()
         stream = fc.streams.get(direction)
         buf = fc.buffers[direction]
-        if stream is None or (not buf and not final) or fc.session.closed:
+        if stream is None or fc.session.closed:
             return
-        if not buf and stream.n > 0 and final and stream.held == b"":
-            return  # nothing left; the end is marked by http.end
+        # An empty final batch still goes to the writer when the stream carried data: it
+        # flushes the decoder and any held-back UTF-8 tail, which live on the writer thread.
+        if not buf and (not final or fc.chunk_n[direction] == 0):
+            return
         data = b"".join(buf)
         buf.clear()
         fc.buffered[direction] = 0
         fields = {"flow": fc.flow_id, "dir": direction, "n": fc.chunk_n[direction], "body": ChunkBytes(data, stream, final)}
         fc.chunk_n[direction] += 1
-        stream.n += 1
         fc.session.record("http.chunk", fields)
 
     def _flush_all(self, fc: FlowCapture, final: bool) -> None:

@@ -25,7 +25,7 @@ class BodyBytes:
 class BodyStream:
     """The state of one streamed body direction. Created on the loop, used by the writer."""
 
-    __slots__ = ("decoder", "encoding", "max_body", "recorded", "wire", "decoded", "held", "decode_error", "n")
+    __slots__ = ("decoder", "encoding", "max_body", "recorded", "wire", "decoded", "held", "decode_error")
 
     def __init__(self, encoding: str | None = None, max_body: int = 0):
         self.encoding = encoding
@@ -36,7 +36,6 @@ class BodyStream:
         self.wire = 0  # bytes as they crossed the wire
         self.held = b""  # an incomplete UTF-8 sequence waiting for its next byte
         self.decode_error: str | None = None
-        self.n = 0
 
 
 class ChunkBytes:

@@ -78,7 +78,7 @@ class SessionRegistry:
     def sessions(self) -> list[Session]:
         return list(self._open.values()) + list(self._draining)
 
-    def begin_flow(self, identity_key: str, identity: dict, client: tuple[str, int], ack: Ack | None = None) -> Session:
+    def begin_flow(self, identity_key: str, identity: dict, client: tuple[str, int]) -> Session:
         """The session a new flow belongs to, opening one if needed. Counts the flow as active."""
         now = self.clock()
         key = (identity_key, client[0])
@@ -87,9 +87,7 @@ class SessionRegistry:
             self._retire(session, "max_duration" if session.failed is None else "storage_error")
             session = None
         if session is None:
-            session = self._open_session(key, identity, client, now, ack)
-        elif ack is not None:
-            ack(session.failed)  # already open: nothing new to wait for
+            session = self._open_session(key, identity, client, now)
         session.active_flows += 1
         session.flows += 1
         session.last_activity = now
@@ -132,7 +130,7 @@ class SessionRegistry:
 
     # -- internals ------------------------------------------------------------------
 
-    def _open_session(self, key, identity, client, now, ack) -> Session:
+    def _open_session(self, key, identity, client, now) -> Session:
         sid = new_session_id(now)
         session = Session(
             id=sid,
@@ -152,7 +150,7 @@ class SessionRegistry:
             "key": self.signing_key_id,
         }
         session.records += 1
-        self.writer.open_session(sid, session.path, now, fields, ack)
+        self.writer.open_session(sid, session.path, now, fields)
         return session
 
     def _retire(self, session: Session, reason: str) -> None:

@@ -221,3 +221,15 @@ def test_max_duration_waits_for_active_flows(tmp_path):
     reg.end_flow(s2)
     reg.close_all()
     assert w.stop()
+
+
+def test_stream_cut_inside_a_utf8_character_loses_no_byte():
+    """A stream that ends (or breaks) mid-character: the held-back bytes come out with the
+    final batch, even an empty one, so the recorded bytes equal what crossed the wire."""
+    from recorder.bodies import render_chunk
+
+    data = "ok ✓".encode()[:-1]  # the last character cut after two of its three bytes
+    st = BodyStream()
+    first = render_chunk(ChunkBytes(data, st))
+    last = render_chunk(ChunkBytes(b"", st, final=True))
+    assert format_v1.decode_body(first) + format_v1.decode_body(last) == data
