@@ -9,18 +9,20 @@ goes upstream only after its record is written; if it cannot be, the client gets
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 
-from mitmproxy import ctx, http
+from mitmproxy import http
 
 from addons.config import WiretrailConfig
-from addons.identity import identity_of
+from addons.credentials import INJECTED
+from addons.identity import IDENTITY, identity_of
+from addons.policy import TUNNELED, connection_of
+from addons.refusal import error_response, refusal_of
 from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
-from recorder.connections import match_connection
 from recorder.header_masking import recordable_headers
+from recorder.identity import Identity as VerifiedIdentity
 from recorder.sessions import Session, SessionRegistry
 from recorder.writer import RecordWriter, StorageError
 
@@ -72,11 +74,6 @@ def _response_streams(resp: http.Response, threshold: int) -> bool:
         return True
     length = _length(resp.headers)
     return length is None or length > threshold
-
-
-def _error_body(status: int, message: str) -> bytes:
-    # OpenAI's error shape; Anthropic's SDK also reads error.message from it.
-    return json.dumps({"error": {"message": message, "type": "wiretrail_error", "code": status}}).encode()
 
 
 def _phase(flow: http.HTTPFlow) -> str:
@@ -159,20 +156,30 @@ class Capture:
 
     # -- hooks ------------------------------------------------------------------------
 
+    def http_connect(self, flow: http.HTTPFlow):
+        if refusal_of(flow) is not None:
+            self._record_refusal(flow)
+
     async def requestheaders(self, flow: http.HTTPFlow):
+        if refusal_of(flow) is not None:
+            self._record_refusal(flow)
+            return
         if flow.response is not None:
             return
         if self.registry is None or self._stopped:
             # mitmproxy listens before `running` and after `done`: nothing can be recorded then.
-            flow.response = http.Response.make(
-                503,
-                _error_body(503, "wiretrail is starting or shutting down and cannot record; retry shortly."),
-                {"content-type": "application/json", "retry-after": "1"},
+            flow.response = error_response(
+                flow, 503, "not_ready", "wiretrail is starting or shutting down and cannot record; retry shortly.",
+                {"retry-after": "1"},
             )
             return
-        identity_key, identity = identity_of(flow)
+        ident = identity_of(flow)
+        if flow.metadata.get(TUNNELED):
+            # An unregistered host under policy "tunnel" over plain http: forwarded, content unrecorded.
+            self.record_tunnel(flow.client_conn, flow.request.host, flow.request.port, ident)
+            return
         peer = flow.client_conn.peername or ("", 0)
-        session = self.registry.begin_flow(identity_key, identity, (peer[0], peer[1]))
+        session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
         fc = FlowCapture(flow.id, session)
         self.flows[flow.id] = fc
         if _request_streams(flow.request, self.cfg.capture.stream_threshold):
@@ -239,12 +246,50 @@ class Capture:
         self._record_end(flow, fc)
         self._end(fc)
 
+    def record_tunnel(self, client, host: str, port: int, ident: VerifiedIdentity) -> None:
+        """An unregistered host passed through uninspected (policy "tunnel"): note who and where."""
+        if self.registry is None or self._stopped:
+            return
+        peer = client.peername or ("", 0)
+        session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
+        session.record("tunnel", {"conn": client.id, "host": host, "port": port})
+        self.registry.end_flow(session)
+
     # -- records ----------------------------------------------------------------------
+
+    def _record_refusal(self, flow: http.HTTPFlow) -> None:
+        """Every refused attempt is recorded, so the trail shows who tried. Never the token."""
+        if self.registry is None or self._stopped:
+            return
+        refusal = refusal_of(flow)
+        peer = flow.client_conn.peername or ("", 0)
+        ident: VerifiedIdentity | None = flow.metadata.get(IDENTITY)
+        if ident is not None:
+            key, record = ident.key(), ident.record()
+        else:
+            # Nobody was verified: the refused attempts from one address share a session.
+            key = "refused " + peer[0]
+            record = {"sub": None, "email": None, "name": None, "groups": [], "iss": None,
+                      "method": self.cfg.identity.mode, "authenticated": False}
+        session = self.registry.begin_flow(key, record, (peer[0], peer[1]))
+        req = flow.request
+        session.record("auth.refused", {
+            "flow": flow.id,
+            "conn": flow.client_conn.id,
+            "mode": flow.client_conn.proxy_mode.type_name,
+            "method": req.method,
+            "url": f"{req.host}:{req.port}" if req.method == "CONNECT" else req.pretty_url,
+            "status": refusal["status"],
+            "reason": refusal["reason"],
+            "message": refusal["message"],
+            "headers": recordable_headers(req.headers.items(multi=True), self.mask_key),
+        })
+        self.registry.end_flow(session)
 
     async def _record_request(self, flow: http.HTTPFlow, fc: FlowCapture, body: BodyBytes | None) -> bool:
         """Write the http.request record and wait until it is written. False if refused."""
         req = flow.request
-        conn = match_connection(self.cfg.connections, req.pretty_host, req.port)
+        conn = connection_of(flow)
         fields = {
             "flow": fc.flow_id,
             "conn": flow.client_conn.id,
@@ -253,7 +298,7 @@ class Capture:
             "method": req.method,
             "url": req.pretty_url,
             "http_version": req.http_version,
-            "headers": recordable_headers(req.headers.items(multi=True), self.mask_key),
+            "headers": recordable_headers(req.headers.items(multi=True), self.mask_key, flow.metadata.get(INJECTED)),
             "body": body,
             "streamed": body is None,
         }
@@ -265,11 +310,9 @@ class Capture:
             log.warning(f"wiretrail: UNRECORDED flow {req.method} {req.pretty_url}: {err}")
             return True
         fc.refused = True
-        flow.response = http.Response.make(
-            503,
-            _error_body(503, "wiretrail could not record this request, so it was not forwarded. "
-                        "The gateway operator has been told; retry later."),
-            {"content-type": "application/json", "retry-after": "5"},
+        flow.response = error_response(
+            flow, 503, "not_recorded", "wiretrail could not record this request, so it was not forwarded. "
+            "The gateway operator has been told; retry later.", {"retry-after": "5"},
         )
         return False
 

@@ -1,13 +1,106 @@
-"""Credential seam: what the client sent as proxy credentials never goes upstream.
+"""Credential swap: the agent never holds the upstream secret.
 
-mitmproxy strips Proxy-Authorization from CONNECT, but not from plain-HTTP proxied
-requests, so it is removed here. The full credential swap arrives with identity.
+For a connection that injects a credential, every credential the client sent is
+stripped (Authorization, x-api-key, api-key, x-goog-api-key, Proxy-Authorization and
+Google's `key=` query parameter) and the connection's own is injected. Where nothing is
+injected (credential "none", or an unregistered host under policy "record"), only the
+identity token and Proxy-Authorization are stripped: the client's own API key passes,
+recorded masked. Credentials are read at start and again on SIGHUP; capture records an
+injected header as `[credential:<name>]`, never its value.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+
 from mitmproxy import http
+
+from addons.config import WiretrailConfig
+from addons.identity import TOKEN_HEADERS
+from addons.policy import connection_of
+from addons.refusal import REFUSAL, refuse
+from recorder.config import ConfigError
+from recorder.connections import is_loopback_host
+
+log = logging.getLogger("wiretrail")
+
+INJECTED = "wiretrail.injected"  # flow.metadata: {header name: connection name}
+
+CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key", "proxy-authorization")
+INJECT_HEADER = {
+    "bearer": "authorization",
+    "x-api-key": "x-api-key",
+    "api-key": "api-key",
+    "x-goog-api-key": "x-goog-api-key",
+}
 
 
 class Credentials:
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        flow.request.headers.pop("proxy-authorization", None)
+    def __init__(self, config: WiretrailConfig):
+        self.config_addon = config
+        self.values: dict[str, str] = {}  # connection name -> credential
+
+    def running(self):
+        if self.config_addon.current is None:
+            return
+        self.reload()
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._sighup)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP
+            log.info("wiretrail: SIGHUP is not available here; restart the gateway to re-read credentials")
+
+    def _sighup(self):
+        log.info("wiretrail: SIGHUP: re-reading upstream credentials")
+        self.reload()
+
+    def reload(self) -> None:
+        """Read every connection's credential. One that cannot be read keeps its last good value."""
+        values = dict(self.values)
+        for conn in self.config_addon.current.connections:
+            if conn.credential is None:
+                continue
+            try:
+                value = conn.credential.read()
+            except ConfigError as e:
+                kept = "; keeping the previous value" if conn.name in values else "; its requests get 503"
+                log.error(f"wiretrail: cannot read the credential of connection {conn.name!r}: {e}{kept}")
+                continue
+            if values.get(conn.name) not in (None, value):
+                log.info(f"wiretrail: the credential of connection {conn.name!r} changed")
+            values[conn.name] = value
+        self.values = values
+
+    def known_secrets(self) -> list[str]:
+        """The gateway's own upstream credentials, for masking."""
+        return [v for v in self.values.values() if v]
+
+    def requestheaders(self, flow: http.HTTPFlow):
+        req = flow.request
+        # Whatever happens below, the identity token never goes upstream.
+        req.headers.pop("proxy-authorization", None)
+        if flow.response is not None or REFUSAL in flow.metadata:
+            return
+        conn = connection_of(flow)
+        if conn is None or conn.credential is None or conn.inject == "none":
+            for name in flow.metadata.get(TOKEN_HEADERS, ()):
+                req.headers.pop(name, None)
+            return
+        for name in CLIENT_CREDENTIAL_HEADERS:
+            req.headers.pop(name, None)
+        if "key" in req.query:
+            del req.query["key"]  # Google's API key as a query parameter
+        secret = self.values.get(conn.name)
+        if not secret:
+            refuse(flow, 503, "no_credential",
+                   f"the gateway has no readable credential for the connection {conn.name!r}; "
+                   "the gateway operator must fix it (see the gateway's log)")
+            return
+        if req.scheme != "https" and not is_loopback_host(req.host):
+            refuse(flow, 403, "cleartext",
+                   f"the connection {conn.name!r} would send its credential over plain http to {req.host}; "
+                   "use https")
+            return
+        header = INJECT_HEADER[conn.inject]
+        req.headers[header] = f"Bearer {secret}" if conn.inject == "bearer" else secret
+        flow.metadata[INJECTED] = {header: conn.name}

@@ -1,8 +1,8 @@
 """The wiretrail gateway: `mitmdump -s addons/gateway.py --set wiretrail_config=gateway.toml`.
 
-`addons` lists the chain in order: config first (every other addon reads it), then
-identity, credentials and capture. Identity and credentials are decided in
-`requestheaders`, before capture records the request.
+`addons` lists the chain in order. Config comes first: every other addon reads it.
+Identity, policy and credentials decide in `requestheaders` (and `http_connect`),
+before capture records the request and before anything goes upstream.
 """
 import os
 import sys
@@ -17,12 +17,16 @@ from addons.capture import Capture  # noqa: E402
 from addons.config import WiretrailConfig  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
 from addons.identity import Identity  # noqa: E402
+from addons.policy import Policy  # noqa: E402
 
 _config = WiretrailConfig()
+_identity = Identity(_config)
+_capture = Capture(_config)
 
 addons = [
     _config,
-    Identity(),
-    Credentials(),
-    Capture(_config),
+    _identity,
+    Policy(_config, _identity, on_tunnel=_capture.record_tunnel),
+    Credentials(_config),
+    _capture,
 ]

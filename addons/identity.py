@@ -1,26 +1,162 @@
-"""Identity seam. Until JWT identity lands, every flow is recorded as anonymous and
-marked unauthenticated, so nobody mistakes these sessions for verified ones."""
+"""Identity: who is behind each flow, decided before anything goes upstream.
+
+| mode             | token source                                                        |
+|------------------|---------------------------------------------------------------------|
+| regular, CONNECT | Proxy-Authorization on the CONNECT, kept per client connection for  |
+|                  | the requests inside the tunnel (they carry none of their own)       |
+| regular, http    | Proxy-Authorization on each plain-HTTP proxied request              |
+| reverse          | Authorization: Bearer or x-api-key, where the SDK puts its API key  |
+
+A refusal answers 407 (regular) or 401 (reverse); capture records the attempt. A token is
+verified once and then served from the verifier's cache until it expires. A cache miss
+that may fetch JWKS runs off the event loop.
+"""
 from __future__ import annotations
 
-from mitmproxy import http
+import asyncio
+import logging
+import time
+import weakref
 
-METADATA_KEY = "wiretrail.identity"
+from mitmproxy import connection, http
+from mitmproxy.proxy import mode_specs
 
-ANONYMOUS = {
-    "sub": "anonymous",
-    "email": None,
-    "groups": [],
-    "iss": None,
-    "method": "none",
-    "authenticated": False,
-}
+from addons.config import WiretrailConfig
+from addons.refusal import refuse
+from recorder.identity import (
+    ANONYMOUS,
+    Identity as VerifiedIdentity,
+    IdentityError,
+    TokenVerifier,
+    token_from_api_headers,
+    token_from_proxy_authorization,
+)
+
+log = logging.getLogger("wiretrail")
+
+IDENTITY = "wiretrail.identity"  # flow.metadata: the VerifiedIdentity of the flow
+TOKEN_HEADERS = "wiretrail.token_headers"  # flow.metadata: headers that carried the token (stripped)
+
+_API_TOKEN_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+
+
+def identity_of(flow: http.HTTPFlow) -> VerifiedIdentity:
+    return flow.metadata.get(IDENTITY) or ANONYMOUS
+
+
+def is_reverse(flow: http.HTTPFlow) -> bool:
+    return isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
 
 
 class Identity:
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        flow.metadata[METADATA_KEY] = ("anonymous", ANONYMOUS)
+    def __init__(self, config: WiretrailConfig):
+        self.config_addon = config
+        self.verifier: TokenVerifier | None = None
+        self.leeway = 0.0
+        self._off_loop = False  # a cache miss may fetch JWKS over the network
+        # CONNECT carries the token; the requests inside the tunnel do not.
+        self.by_client: weakref.WeakKeyDictionary[connection.Client, VerifiedIdentity] = weakref.WeakKeyDictionary()
+
+    def identity_of_client(self, client: connection.Client) -> VerifiedIdentity:
+        return self.by_client.get(client) or ANONYMOUS
+
+    def running(self):
+        cfg = self.config_addon.current
+        if cfg is None or self.verifier is not None:
+            return
+        if cfg.identity.mode == "none":
+            log.warning(
+                'wiretrail: identity.mode = "none": NO AUTHENTICATION. Anyone who reaches the gateway can use '
+                "it; sessions are recorded as anonymous and marked unauthenticated. For demos only."
+            )
+            return
+        # A bad key source was already caught by config loading; TokenVerifier re-reads it here.
+        self.verifier = TokenVerifier(cfg.identity)
+        self.leeway = cfg.identity.leeway
+        self._off_loop = cfg.identity.jwks_url is not None
+        for warning in self.verifier.warnings:
+            log.warning(f"wiretrail: {warning}")
+        if cfg.identity.jwks_url is not None:
+            asyncio.get_running_loop().run_in_executor(None, self._warm_keys)
+
+    def _warm_keys(self) -> None:
+        try:
+            self.verifier.load_keys()
+            log.info(f"wiretrail: identity keys loaded from {self.config_addon.current.identity.jwks_url}")
+        except IdentityError as e:
+            log.error(f"wiretrail: {e.message}; tokens are refused until the IdP answers")
+
+    async def _authenticate(self, token: str | None) -> VerifiedIdentity:
+        if not token:
+            raise IdentityError("missing", "no identity token was sent")
+        cached = self.verifier.cached(token)
+        if cached is not None:
+            return cached
+        if self._off_loop:
+            return await asyncio.to_thread(self.verifier.verify, token)
+        return self.verifier.verify(token)  # hs256 or a local JWKS file: no I/O
+
+    async def http_connect(self, flow: http.HTTPFlow):
+        if self.verifier is None:
+            self.by_client[flow.client_conn] = ANONYMOUS
+            return
+        try:
+            token = token_from_proxy_authorization(flow.request.headers.get("proxy-authorization"))
+            identity = await self._authenticate(token)
+        except IdentityError as e:
+            refuse(flow, _status(e, 407), e.reason, _proxy_message(e))
+            return
+        self.by_client[flow.client_conn] = identity
+        flow.metadata[IDENTITY] = identity
+
+    async def requestheaders(self, flow: http.HTTPFlow):
+        if flow.response is not None:
+            return
+        if self.verifier is None:
+            flow.metadata[IDENTITY] = ANONYMOUS
+            return
+        known = self.by_client.get(flow.client_conn)
+        if known is not None:
+            if known.expires is not None and known.expires + self.leeway <= time.time():
+                # The tunnel outlived its token: close it so the client reconnects with a fresh one.
+                refuse(flow, 407, "expired", "the identity token this connection was opened with has expired; "
+                       "reconnect with a new token", close=True)
+                flow.metadata[IDENTITY] = known
+                return
+            flow.metadata[IDENTITY] = known
+            return
+        headers = flow.request.headers
+        try:
+            if is_reverse(flow):
+                status = 401
+                token = token_from_api_headers(headers)
+                carriers = [h for h in _API_TOKEN_HEADERS if token and token in headers.get(h, "")]
+            else:
+                status = 407
+                token = token_from_proxy_authorization(headers.get("proxy-authorization"))
+                carriers = ["proxy-authorization"]
+            identity = await self._authenticate(token)
+        except IdentityError as e:
+            refuse(flow, _status(e, status), e.reason, _proxy_message(e) if status == 407 else _api_message(e))
+            return
+        flow.metadata[IDENTITY] = identity
+        flow.metadata[TOKEN_HEADERS] = carriers
 
 
-def identity_of(flow: http.HTTPFlow) -> tuple[str, dict]:
-    """The (session key, identity record) that the identity addon decided for this flow."""
-    return flow.metadata.get(METADATA_KEY) or ("anonymous", ANONYMOUS)
+def _status(e: IdentityError, refused: int) -> int:
+    # The IdP being down is not the caller's fault: 503 tells the client to retry, not re-authenticate.
+    return 503 if e.reason == "idp_unreachable" else refused
+
+
+def _proxy_message(e: IdentityError) -> str:
+    if e.reason == "missing":
+        return ("proxy authentication required: put your identity token in the proxy URL, "
+                "HTTPS_PROXY=http://<user>:<token>@<gateway>:<port> (mint one with `wiretrail token`)")
+    return e.message
+
+
+def _api_message(e: IdentityError) -> str:
+    if e.reason == "missing":
+        return ("authentication required: set the SDK's API key to your wiretrail identity token "
+                "(Authorization: Bearer <token> or x-api-key: <token>)")
+    return e.message

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from recorder.dev_secret import ensure_dev_secret
+
 
 class ConfigError(ValueError):
     """A config problem. str(e) is "<source>: <key>: <problem>", with the parts that apply."""
@@ -112,6 +114,7 @@ class IdentityConfig:
     hs256_secret: SecretRef | None = None
     groups_claim: str = "groups"
     leeway: float = 30.0
+    jwks_refresh_interval: float = 30.0  # seconds between JWKS fetches that an unknown kid triggers
 
 
 @dataclass(frozen=True)
@@ -531,6 +534,8 @@ SCHEMA = _Table(dict, (
         Key("hs256_secret", _Secret(allow_none=False), None, "HS256 shared secret, for local development"),
         Key("groups_claim", _Text(), "groups", "claim that lists the caller's groups"),
         Key("leeway", _Number(ge=0), 30.0, "seconds of clock skew allowed on exp/nbf/iat"),
+        Key("jwks_refresh_interval", _Number(gt=0, le=3600), 30.0,
+            "seconds between the JWKS fetches an unknown kid triggers (a rate limit)"),
     ), check=_check_identity, expected="a table ([identity])"), _EMPTY_TABLE),
     Key("policy", _Table(PolicyConfig, (
         Key("unregistered", _OneOf("deny", "tunnel", "record"), "deny",
@@ -608,10 +613,12 @@ def _unknown_key(name: str, at: str, known: tuple[str, ...]) -> ConfigError:
 # -- loading ---------------------------------------------------------------------------------
 
 EMBEDDED_SOURCE = "<embedded default>"
+EMBEDDED_DEV_SECRET = "keys/dev-identity.secret"  # the embedded default's hs256_secret file
 
 EMBEDDED_DEFAULT = """\
 # wiretrail's embedded default: a LOCAL DEMO, used when no --set wiretrail_config=PATH is given.
-# Identity is off (mode "none"): callers are recorded as unauthenticated. Not for production.
+# Identity is the development identity: tokens minted by `wiretrail token`, checked with a random
+# secret made in ./keys on first start. Not for production: use your IdP (docs/identity.md).
 
 [storage]
 dir = "sessions"            # relative to the directory the gateway was started in
@@ -623,7 +630,12 @@ idle_timeout = 1800
 max_duration = 28800
 
 [identity]
-mode = "none"
+mode = "jwt"
+issuer = "wiretrail-dev"
+audience = "wiretrail"
+hs256_secret = "file:keys/dev-identity.secret"   # made on first start, mode 0600
+groups_claim = "groups"
+leeway = 30
 
 [policy]
 unregistered = "record"
@@ -685,6 +697,8 @@ def load_config(
     Read-only tools (ls, show) pass read_secrets=False: they need no upstream credential."""
     here = Path(cwd if cwd is not None else Path.cwd()).absolute()
     if path is None:
+        if read_secrets:
+            ensure_dev_secret(here / EMBEDDED_DEV_SECRET)
         return GatewayConfig(**_parse(EMBEDDED_DEFAULT, EMBEDDED_SOURCE, here, read_secrets), source=None)
     if not os.fspath(path):
         raise ConfigError("the config path is empty; give --set wiretrail_config=PATH, "

@@ -1,6 +1,8 @@
 """The connections registry: which registered upstream a request is for."""
 from __future__ import annotations
 
+import ipaddress
+
 
 def host_matches(pattern: str, host: str) -> bool:
     """Exact host, or a `*.` wildcard that matches one or more labels below its domain."""
@@ -18,3 +20,15 @@ def match_connection(connections, host: str, port: int):
         if any(host_matches(p, host) for p in conn.hosts):
             return conn
     return None
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """localhost or a loopback address: traffic that never leaves the machine."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

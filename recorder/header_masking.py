@@ -27,11 +27,18 @@ def mask_tag(rule_id: str, secret: str, key: bytes) -> str:
     return f"[MASKED:{rule_id}:{digest[:8]}]"
 
 
-def recordable_headers(items, key: bytes) -> list[list[str]]:
-    """Headers as [[name, value], ...] with credential values masked. Order and case kept."""
+def recordable_headers(items, key: bytes, injected: dict[str, str] | None = None) -> list[list[str]]:
+    """Headers as [[name, value], ...] with credential values masked. Order and case kept.
+
+    `injected` maps a header the gateway injected to its connection name: it is recorded
+    as the marker `[credential:<name>]`, never as a value.
+    """
     out = []
     for name, value in items:
-        if name.lower() in CREDENTIAL_HEADERS:
-            value = mask_tag(name.lower(), value, key)
+        lower = name.lower()
+        if injected and lower in injected:
+            value = f"[credential:{injected[lower]}]"
+        elif lower in CREDENTIAL_HEADERS:
+            value = mask_tag(lower, value, key)
         out.append([name, value])
     return out

@@ -18,16 +18,13 @@ import binascii
 import hashlib
 import json
 import math
-import os
 import re
-import secrets
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -35,12 +32,13 @@ import jwt
 from jwt import exceptions as jwt_errors
 
 from recorder.config import ConfigError, IdentityConfig
-from recorder.jwks import (ASYMMETRIC_ALGORITHMS, JwksUnavailable, KeyStore, file_fetcher, is_loopback_host,
+from recorder.connections import is_loopback_host
+from recorder.dev_secret import ensure_dev_secret  # noqa: F401 (part of this module's API)
+from recorder.jwks import (ASYMMETRIC_ALGORITHMS, JwksUnavailable, KeyStore, file_fetcher,
                            url_fetcher)
 
 MAX_TOKEN_LENGTH = 16 * 1024  # characters; longer is refused before any parsing
 CACHE_SIZE = 10_000  # verified tokens kept (LRU)
-REFRESH_INTERVAL = 30.0  # seconds: at most one JWKS refresh per verifier in this time
 KEYS_MAX_AGE = 3600.0  # seconds: keys older than this are refreshed on the next lookup
 MIN_HS256_SECRET = 32  # bytes (RFC 7518 3.2: at least the hash output size)
 DEV_ALGORITHM = "HS256"
@@ -131,6 +129,8 @@ def token_from_api_headers(headers: Mapping[str, str]) -> str | None:
             return value.strip()
     if authorization is not None and authorization.strip():
         scheme = authorization.strip().partition(" ")[0]
+        if scheme.lower() == "bearer":
+            return None  # "Bearer" with nothing after it: no token was sent
         raise IdentityError("malformed", f'Authorization uses the scheme "{_scheme(scheme)}"; send '
                             "Authorization: Bearer <token> or x-api-key: <token> (set the SDK's API key "
                             "to your identity token)")
@@ -163,12 +163,14 @@ class TokenVerifier:
     start-up with ConfigError), or `jwks_url` (fetched on first use, or by `load_keys()`)."""
 
     def __init__(self, config: IdentityConfig, *, clock: Callable[[], float] = time.time,
-                 fetch_timeout: float = 5.0, refresh_interval: float = REFRESH_INTERVAL,
+                 fetch_timeout: float = 5.0, refresh_interval: float | None = None,
                  keys_max_age: float = KEYS_MAX_AGE, cache_size: int = CACHE_SIZE):
         if config.mode != "jwt":
             raise ValueError(f'identity mode "{config.mode}" checks no tokens; use ANONYMOUS')
         self.config = config
         self._clock = clock
+        if refresh_interval is None:
+            refresh_interval = config.jwks_refresh_interval
         self._cache: OrderedDict[bytes, Identity] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_size = cache_size
@@ -515,24 +517,3 @@ def mint_dev_token(secret: str, *, sub: str, groups=(), email: str | None = None
             target = target.setdefault(part, {})
         target[leaf] = list(groups)
     return jwt.encode(claims, key, algorithm=DEV_ALGORITHM)
-
-
-def ensure_dev_secret(path: str | os.PathLike) -> Path:
-    """Make a random development HS256 secret at `path` (mode 0600) unless one is there. Safe when
-    several processes start at once: the file appears complete or not at all. Returns the path."""
-    path = Path(path)
-    if path.exists():
-        return path
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(secrets.token_urlsafe(48) + "\n")
-        try:
-            os.link(tmp, path)  # atomic, and never replaces a secret another process made
-        except FileExistsError:
-            pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

@@ -11,7 +11,6 @@ never taken from a JWKS: a key set is public, and an HMAC secret anyone can read
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 import time
@@ -20,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from recorder.connections import is_loopback_host
 from urllib.parse import urlsplit
 
 from jwt import PyJWK
@@ -107,17 +108,6 @@ def _signing_key(jwk: Any) -> tuple[SigningKey | None, str]:
 
 
 # -- where the key set comes from -------------------------------------------------------------
-
-
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def url_fetcher(url: str, timeout: float) -> Callable[[], bytes]:

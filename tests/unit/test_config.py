@@ -194,7 +194,12 @@ def test_embedded_default_is_relative_to_cwd_and_has_no_source(tmp_path):
     assert config.storage.dir == tmp_path / "sessions"
     assert config.storage.fail_closed is True and config.storage.signing_key is None
     assert config.storage.fsync == "batch"
-    assert config.identity.mode == "none"
+    # The development identity, with a secret made on first use, private to the user.
+    assert config.identity.mode == "jwt" and config.identity.issuer == "wiretrail-dev"
+    secret = tmp_path / "keys" / "dev-identity.secret"
+    assert config.identity.hs256_secret.path == secret
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) >= 32
+    assert load_config(None, cwd=tmp_path).identity.hs256_secret.read() == secret.read_text().strip()  # kept
     assert config.policy.unregistered == "record"
     assert config.masking.builtin is True
     assert config.sessions == cfgmod.SessionsConfig() and config.capture == cfgmod.CaptureConfig()
@@ -202,6 +207,11 @@ def test_embedded_default_is_relative_to_cwd_and_has_no_source(tmp_path):
         ("openai", ("api.openai.com",), None, "none"),
         ("anthropic", ("api.anthropic.com",), None, "none"),
     ]
+
+
+def test_read_only_tools_do_not_create_the_dev_secret(tmp_path):
+    load_config(None, cwd=tmp_path, read_secrets=False)
+    assert not (tmp_path / "keys").exists()
 
 
 def test_doc_embeds_the_embedded_default_verbatim():

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from recorder.commands import token as token_cmd
-from recorder.config import ConfigError, IdentityConfig, SecretRef
+from recorder.config import ConfigError, IdentityConfig, SecretRef, load_config
 from recorder.identity import (
     ANONYMOUS,
     MAX_TOKEN_LENGTH,
@@ -681,12 +681,25 @@ def test_cli_refuses_without_the_development_identity(tmp_path, capsys, identity
     assert out == "" and "only works for the development identity" in err
 
 
-def test_cli_with_the_embedded_default(tmp_path, monkeypatch, capsys):
-    """The embedded default has no development secret: a clear refusal, not a traceback."""
+def test_cli_with_the_embedded_default_mints_what_the_demo_gateway_accepts(tmp_path, monkeypatch, capsys):
+    """The embedded default is the development identity: the token command makes its secret on
+    first use, and a gateway started in the same directory accepts the token."""
     monkeypatch.chdir(tmp_path)
-    assert run_token_cmd(["--sub", "alice"]) == 1
+    assert run_token_cmd(["--sub", "alice", "--groups", "engineering"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert (tmp_path / "keys" / "dev-identity.secret").exists()
+    identity = TokenVerifier(load_config(None, cwd=tmp_path).identity).verify(token)
+    assert (identity.sub, identity.groups, identity.iss) == ("alice", ("engineering",), "wiretrail-dev")
+
+
+def test_cli_refuses_an_idp_identity(tmp_path, monkeypatch, capsys):
+    """With keys from an IdP, tokens come from the IdP: a clear refusal, not a traceback."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    config = write_config(tmp_path, f'issuer = "i"\naudience = "a"\njwks_file = "{jwks}"')
+    assert run_token_cmd(["--sub", "alice", "--config", config]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and "embedded default" in err and "development identity" in err
+    assert out == "" and "development identity" in err and "IdP" in err
 
 
 def test_cli_unreadable_secret(tmp_path, monkeypatch, capsys):

@@ -1,0 +1,42 @@
+"""Refusing a flow: the answer the client gets, and the note capture records.
+
+Every addon that refuses (identity, policy, credentials, capture) goes through `refuse`,
+so a refusal always has the SDK's error shape, the right authenticate header, and a
+`flow.metadata[REFUSAL]` note from which capture records who tried. Setting
+`flow.response` in `requestheaders` (or `http_connect`) means nothing goes upstream.
+"""
+from __future__ import annotations
+
+from mitmproxy import http
+
+from recorder.error_bodies import api_error_body, looks_like_anthropic
+
+REFUSAL = "wiretrail.refusal"  # flow.metadata: {"status", "reason", "message"}
+
+
+def error_response(flow: http.HTTPFlow, status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> http.Response:
+    req = flow.request
+    anthropic = looks_like_anthropic(req.host or "", req.path or "", req.headers)
+    hdrs = {"content-type": "application/json"}
+    hdrs.update(headers or {})
+    return http.Response.make(status, api_error_body(status, code, message, anthropic=anthropic), hdrs)
+
+
+def refuse(flow: http.HTTPFlow, status: int, reason: str, message: str, *, close: bool = False) -> None:
+    """Answer `status` with `message` (for a person; never a token) and note the refusal."""
+    headers: dict[str, str] = {}
+    if status == 407:
+        headers["proxy-authenticate"] = 'Basic realm="wiretrail", charset="UTF-8"'
+    elif status == 401:
+        headers["www-authenticate"] = 'Bearer realm="wiretrail"'
+    elif status == 503:
+        headers["retry-after"] = "5"
+    if close:
+        headers["connection"] = "close"  # a pooled connection would keep failing
+    flow.response = error_response(flow, status, reason, f"wiretrail: {message}", headers)
+    flow.metadata[REFUSAL] = {"status": status, "reason": reason, "message": message}
+
+
+def refusal_of(flow: http.HTTPFlow) -> dict | None:
+    return flow.metadata.get(REFUSAL)
