@@ -175,9 +175,9 @@ def test_ls_takes_the_store_from_a_config(store, tmp_path, capsys):
     assert "dirr" in capsys.readouterr().err
 
 
-def test_show_text(store, capsys):
+def test_show_records(store, capsys):
     sid = record_session(store, "alice", "10.0.0.1", 1767225600.0)
-    assert cli.main(["show", sid, "--dir", str(store)]) == 0
+    assert cli.main(["show", "--records", sid, "--dir", str(store)]) == 0
     out = capsys.readouterr().out
     assert f"session   {sid}" in out
     assert "who       alice <alice@example.com>  groups: eng" in out
@@ -203,6 +203,14 @@ def test_show_escapes_control_characters(store, capsys):
     recs[4]["message"] = "evil \x1b[2J\x1b]0;pwned\x07 end"
     new = [chain.next_line(r["t"], r["ts"], {k: v for k, v in r.items() if k not in format_v1.ENVELOPE}) for r in recs]
     rewrite(path, new)
+    for mode in ([], ["--records"]):
+        assert cli.main(["show", str(path), *mode]) == 0
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and "\x07" not in out
+        assert "evil \\x1b[2J\\x1b]0;pwned\\x07 end" in out
+    assert cli.main(["show", str(path), "--color", "always"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out.replace("\x1b[0m", "").replace("\x1b[1m", "").replace("\x1b[2m", "").replace("\x1b[31m", "")
     assert cli.main(["show", str(path)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
@@ -221,9 +229,9 @@ def test_show_by_path_prefix_and_unknown_id(store, capsys):
     assert "no session 01KDVDNA00B8Y9W7VV5N66X2GB in" in err and "wiretrail ls" in err
 
 
-def test_show_json_prints_the_stored_lines(store, capfdbinary):
+def test_show_raw_prints_the_stored_lines(store, capfdbinary):
     sid = record_session(store, "alice", "10.0.0.1", 1767225600.0)
-    assert cli.main(["show", "--json", sid, "--dir", str(store)]) == 0
+    assert cli.main(["show", "--raw", sid, "--dir", str(store)]) == 0
     out = capfdbinary.readouterr().out
     lines = read_lines(session_file(store, sid))
     assert out == b"".join(x + b"\n" for x in lines)
