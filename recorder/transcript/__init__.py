@@ -26,7 +26,12 @@ def decode_exchange(ex: Exchange) -> Turn:
         for decoder in DECODERS:
             try:
                 if decoder.matches(ex):
-                    return decoder.decode(ex)
+                    turn = decoder.decode(ex)
+                    if turn.messages or turn.reply or not (ex.request_body or ex.response_body):
+                        return turn
+                    raw = generic.decode(ex)  # the path said this protocol, the bodies did not
+                    raw.notes.append(f"not readable as {decoder.PROTOCOL}; shown raw")
+                    return raw
             except Exception as e:  # recorded data is untrusted: a decoder bug must not hide the exchange
                 turn = generic.decode(ex)
                 turn.notes.append(f"{decoder.PROTOCOL} decoder failed ({type(e).__name__}: {e}); shown raw")

@@ -109,6 +109,11 @@ def turn_lines(turn: Turn, style: Style, limit: int | None, safe, last_system: d
     if ex.kind == "tunnel":
         o = ex.other or {}
         return [f"[{ex.index}] {_clock(ex.ts)}  TUNNEL {safe(str(o.get('host')))}:{o.get('port')} (not intercepted, not recorded)"]
+    if ex.request is None:
+        lines = [f"[{ex.index}] {_clock(ex.ts)}  (no request recorded for flow {safe(ex.flow)})"]
+        for err in ex.errors:
+            lines.append(style("warn", f"{INDENT}error ({safe(str(err.get('phase')))}): {safe(str(err.get('message')))}"))
+        return lines
     status = ex.status if ex.status is not None else "no response"
     what = ", ".join(x for x in (turn.protocol, turn.model, "streamed" if turn.streamed else None) if x)
     conn = f"  [{ex.request.get('connection')}]" if ex.request and ex.request.get("connection") else ""
