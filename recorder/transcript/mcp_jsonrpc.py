@@ -42,7 +42,7 @@ def _reply_message(rpc: dict, calls: dict[str, str]) -> Message:
     rid = None if rpc.get("id") is None else str(rpc.get("id"))
     if isinstance(rpc.get("error"), dict):
         err = rpc["error"]
-        return Message("server", [Part("tool_result", id=rid, text=f"error {err.get('code')}: {err.get('message')}", is_error=True)])
+        return Message("server", [Part("tool_result", id=rid, name=calls.get(rid), text=f"error {err.get('code')}: {err.get('message')}", is_error=True)])
     if "result" in rpc:
         result = rpc["result"]
         is_error = result.get("isError") if isinstance(result, dict) else None
