@@ -186,3 +186,21 @@ def test_export_har_and_mitm_of_a_gateway_session(recorded, tmp_path):
     assert [f.request.url for f in flows] == [e["request"]["url"] for e in entries]
     stream_flow = next(f for f in flows if f.request.headers.get("x-test-id") == tids["stream"])
     assert stream_flow.response.content == upstream.exchange(tids["stream"]).response_body
+
+
+def test_replay_sends_masked_values_as_masked_text_and_says_so(tmp_path, sandbox, test_ca):
+    from tests.support.sessions_built import Recorder
+
+    r = Recorder(tmp_path / "store")
+    masked = "[MASKED:openai-key:1f2e3d4c]"
+    body = json.dumps({"note": f"my key is {masked}", "x-test-id": "masked"}).encode()
+    r.flow("https://api.openai.com/echo?k=1", body, body)
+    path = r.close()
+    res = run_replay(path, "--target", sandbox.base_url + "/", "--ca", test_ca.cert_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    [got] = sandbox.exchanges
+    assert got.target == "/echo?k=1" and got.body == body  # sent as recorded: the tag, not a secret
+    assert "[1] 1 masked value(s) in the recorded request were sent as the masked text" in res.stdout
+    assert "not resent: authorization (credential marker)" in res.stdout
+    assert got.header("authorization") is None
+    assert res.stdout.splitlines()[1].rstrip().endswith("none")  # the echo equals the recorded reply
