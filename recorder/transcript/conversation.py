@@ -26,8 +26,8 @@ def mark_new(turns: list[Turn]) -> None:
             turn.new_messages = turn.messages[k:]
             if k < len(before) - len(_reply_prints(turns, turn.conversation, turn)):
                 turn.history_note = (
-                    f"the history differs from the previous turn's after message {k + 1}: "
-                    "all messages from there on are shown"
+                    f"the resent history differs from the previous turn's from message {k + 1} on "
+                    "(edited or compacted by the client): all messages from there on are shown"
                 )
         seen[turn.conversation] = prints + [m.fingerprint() for m in turn.reply]
 

@@ -236,3 +236,18 @@ def test_sse_parser(body, count):
     assert len(events) == count
     if count == 1 and b"y" in body:
         assert events[0].data == "x\ny"
+
+
+def test_rewritten_history_is_flagged_and_shown(tmp_path, capsys):
+    """A client that edits the history it resends (compaction, or tampering on the client
+    side) does not get the edit hidden as 'already shown'."""
+    r = Recorder(tmp_path)
+    turn1 = [{"role": "user", "content": "step one"}, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "step two"}]
+    r.flow(CHAT, {"model": "m", "messages": turn1}, {"choices": [{"message": {"role": "assistant", "content": "done"}}]})
+    turn2 = [turn1[0], {"role": "assistant", "content": "I never said that"}, turn1[2],
+             {"role": "assistant", "content": "done"}, {"role": "user", "content": "step three"}]
+    r.flow(CHAT, {"model": "m", "messages": turn2}, {"choices": [{"message": {"role": "assistant", "content": "fine"}}]})
+    out = show(r.close(), capsys)
+    assert "note: the resent history differs from the previous turn's from message 2 on" in out
+    assert "assistant: I never said that" in out
+    assert "(1 earlier message(s) resent, not repeated)" in out
