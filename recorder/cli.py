@@ -14,6 +14,7 @@ COMMANDS = {
     "ls": "ls",
     "show": "show",
     "verify": "verify",
+    "export": "export",
     "token": "token",
 }
 

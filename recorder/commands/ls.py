@@ -1,12 +1,18 @@
-"""`wiretrail ls [DIR]`: a table of the recorded sessions, newest last."""
+"""`wiretrail ls [DIR] [--user U] [--since T] [--until T] [--host H]`: a table of the
+recorded sessions, newest last."""
 from __future__ import annotations
 
 import argparse
+import calendar
+import re
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from recorder.reader import iter_session_files, read_session, summarize
+import orjson
+
+from recorder.reader import SessionSummary, iter_session_files, read_session, summarize
 
 DEFAULT_DIR = "sessions"
 
@@ -23,6 +29,30 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("dir", nargs="?", metavar="DIR", help=f"the session store (storage.dir); default ./{DEFAULT_DIR}")
     p.add_argument("--config", metavar="PATH", help="take the store from storage.dir of this gateway config")
+    p.add_argument("--user", metavar="USER", help="only sessions of this identity (sub or email)")
+    p.add_argument("--since", metavar="TIME", help="only sessions active at or after TIME: 2026-01-31, 2026-01-31T14:00 (UTC), or 2h / 3d / 45m ago")
+    p.add_argument("--until", metavar="TIME", help="only sessions that started at or before TIME (same forms as --since)")
+    p.add_argument("--host", metavar="HOST", help="only sessions with a request to HOST (or a subdomain of it)")
+    p.add_argument("--json", action="store_true", help="one JSON object per session, one per line")
+
+
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_FORMATS = ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S")
+
+
+def parse_time(text: str, *, now: float | None = None) -> float:
+    """Unix seconds from an ISO date/time (UTC; a trailing Z is allowed) or "<n><s|m|h|d|w>" ago."""
+    t = text.strip()
+    m = _RELATIVE.fullmatch(t)
+    if m:
+        return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
+    for fmt in _FORMATS:
+        try:
+            return float(calendar.timegm(time.strptime(t.removesuffix("Z"), fmt)))
+        except ValueError:
+            continue
+    raise ValueError(f"{text!r} is not a time: give 2026-01-31, 2026-01-31T14:00 (UTC) or 2h / 3d / 45m (ago)")
 
 
 def store_dir(dir_arg: str | None, config_arg: str | None) -> Path:
@@ -83,7 +113,7 @@ def human_bytes(n: int) -> str:
     return f"{n} B"  # not reached
 
 
-HEADERS = ("SESSION", "START (UTC)", "DURATION", "SUB", "CLIENT", "EXCHANGES", "BYTES", "STATE")
+HEADERS = ("SESSION", "START (UTC)", "DURATION", "IDENTITY", "CLIENT", "EXCHANGES", "BYTES", "STATE")
 RIGHT = {"EXCHANGES", "BYTES"}
 
 
@@ -97,30 +127,89 @@ def table(rows: list[tuple[str, ...]]) -> list[str]:
     return [fmt(HEADERS)] + [fmt(r) for r in rows]
 
 
+def _hosts(records: list[dict]) -> set[str]:
+    out = set()
+    for r in records:
+        if r.get("t") in ("http.request", "auth.refused") and isinstance(r.get("url"), str):
+            host = urlsplit(r["url"]).hostname
+            if host:
+                out.add(host.lower())
+        elif r.get("t") == "tunnel" and isinstance(r.get("host"), str):
+            out.add(r["host"].lower())
+    return out
+
+
+def _host_matches(hosts: set[str], want: str) -> bool:
+    want = want.lower().strip(".")
+    return any(h == want or h.endswith("." + want) for h in hosts)
+
+
+def _identity_matches(read, want: str) -> bool:
+    ident = (read.open_record or {}).get("identity") or {}
+    want = want.lower()
+    return any(isinstance(ident.get(k), str) and ident[k].lower() == want for k in ("sub", "email"))
+
+
+def select(d: Path, args) -> list[tuple[SessionSummary, dict]]:
+    """(summary, identity) of the sessions the filters keep, oldest first."""
+    since = parse_time(args.since) if getattr(args, "since", None) else None
+    until = parse_time(args.until) if getattr(args, "until", None) else None
+    out = []
+    for f in iter_session_files(d):
+        read = read_session(f)
+        if getattr(args, "user", None) and not _identity_matches(read, args.user):
+            continue
+        if getattr(args, "host", None) and not _host_matches(_hosts(read.records), args.host):
+            continue
+        s = summarize(read)
+        if since is not None and (s.end if s.end is not None else float("inf")) < since:
+            continue
+        if until is not None and (s.start if s.start is not None else float("-inf")) > until:
+            continue
+        ident = (read.open_record or {}).get("identity") or {}
+        out.append((s, ident if isinstance(ident, dict) else {}))
+    out.sort(key=lambda x: (x[0].start if x[0].start is not None else float("-inf"), str(x[0].session_id or x[0].path)))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         d = store_dir(args.dir, args.config)
     except StoreError as e:
         print(f"wiretrail ls: {e}", file=sys.stderr)
         return 2
-    summaries = [summarize(read_session(f)) for f in iter_session_files(d)]
-    if not summaries:
-        print(f"no sessions in {d}")
+    try:
+        selected = select(d, args)
+    except ValueError as e:
+        print(f"wiretrail ls: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        for s, ident in selected:
+            doc = {
+                "session": s.session_id, "path": str(s.path), "start": s.start, "end": s.end, "duration_s": s.duration,
+                "identity": ident, "client": s.client, "exchanges": s.exchanges, "bytes": s.bytes, "state": s.state,
+            }
+            sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         return 0
-    summaries.sort(key=lambda s: (s.start if s.start is not None else float("-inf"), str(s.session_id or s.path)))
+    if not selected:
+        filtered = any(getattr(args, k, None) for k in ("user", "since", "until", "host"))
+        print(f"no sessions in {d}" + (" match the filters" if filtered else ""))
+        return 0
     rows = []
     unauthenticated = False
-    for s in summaries:
-        sub = s.sub or "-"
+    for s, ident in selected:
+        who = s.sub or "-"
+        if isinstance(ident.get("email"), str) and ident["email"] and ident["email"] != who:
+            who += f" <{ident['email']}>"
         if s.authenticated is False:
-            sub += "*"
+            who += "*"
             unauthenticated = True
         rows.append(
             (
                 s.session_id or s.path.name,
                 iso_utc(s.start),
                 human_duration(s.duration),
-                sub,
+                who,
                 s.client_ip or "-",
                 str(s.exchanges),
                 human_bytes(s.bytes),

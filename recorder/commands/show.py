@@ -1,7 +1,14 @@
-"""`wiretrail show SESSION`: a readable dump of one session (or its records as JSON lines)."""
+"""`wiretrail show SESSION`: one session as a transcript a reviewer can read.
+
+Default: who and when, then per exchange the conversation's new messages, tool calls
+and results, the reply (assembled from its stream), model, usage and timing
+(recorder/transcript). `--json` gives the same for machines, `--records` one line per
+record, `--raw` the stored lines exactly.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,19 +18,37 @@ import orjson
 from recorder import format_v1
 from recorder.commands.ls import StoreError, human_bytes, human_duration, iso_utc, safe, store_dir
 from recorder.reader import SessionRead, read_session, summarize
+from recorder.transcript import build
+from recorder.transcript.exchange import header as find_header
+from recorder.transcript.render import TEXT_LIMIT, Style, turn_json, turn_lines
 
 PREVIEW_CHARS = 200
 ENVELOPE = set(format_v1.ENVELOPE)
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "show",
-        help="show one session",
-        description="Show one session: a header (who, client, when, state), then one entry per record.",
+        help="show one session as a transcript",
+        description=(
+            "Show one session: who, client, when and state, then each exchange: the conversation's new "
+            "messages, tool calls and results, the reply (assembled from its stream), model, usage, timing."
+        ),
     )
     p.add_argument("session", metavar="SESSION", help="a session file, or a session id (or a unique prefix of one)")
     p.add_argument("--dir", metavar="DIR", help="the session store to look the id up in; default ./sessions")
     p.add_argument("--config", metavar="PATH", help="look the id up in storage.dir of this gateway config")
-    p.add_argument("--json", action="store_true", help="print the records as JSON lines, exactly as stored")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="the transcript as one JSON document")
+    out.add_argument("--records", action="store_true", help="one line per record instead of the transcript")
+    out.add_argument("--raw", action="store_true", help="the records as JSON lines, exactly as stored")
+    p.add_argument("--full", action="store_true", help=f"do not cut message text at {TEXT_LIMIT} characters")
+    p.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour: auto (default) = on a terminal unless NO_COLOR is set",
+    )
 
 
 class NotFound(Exception):
@@ -134,12 +159,15 @@ def header(read: SessionRead) -> list[str]:
         state += "  - not closed: the gateway stopped before the session ended (crash?)"
     if read.truncated_tail:
         state += "  - a partial last write was dropped"
+    agents = sorted(
+        {ua for r in read.records if r.get("t") == "http.request" and (ua := find_header(r.get("headers"), "user-agent"))}
+    )
     lines = [
         f"session   {s.session_id or '-'}",
         f"file      {read.path}",
         f"state     {state}",
         f"who       {who}",
-        f"client    {s.client or '-'}",
+        f"client    {s.client or '-'}" + (f"  user-agent: {'; '.join(agents[:3])}" if agents else ""),
         f"gateway   {gw.get('host', '-')} (wiretrail {gw.get('version', '?')})",
         f"when      {iso_utc(s.start, ms=True)} .. {iso_utc(s.end, ms=True)}  ({human_duration(s.duration)})",
         f"traffic   {s.exchanges} exchange(s), {human_bytes(s.bytes)}",
@@ -162,6 +190,54 @@ def record_lines(rec: dict) -> list[str]:
     return out
 
 
+def use_colour(choice: str, stream) -> bool:
+    if choice != "auto":
+        return choice == "always"
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+def footer(read: SessionRead) -> list[str]:
+    out = []
+    checkpoints = sum(1 for r in read.records if r.get("t") == "checkpoint")
+    for rec in read.records:
+        if rec.get("t") == "session.close":
+            counts = rec.get("counts") if isinstance(rec.get("counts"), dict) else {}
+            out.append(
+                f"closed    {iso_utc(rec.get('ts'), ms=True)}  reason {rec.get('reason')}  "
+                + " ".join(f"{k}={v}" for k, v in counts.items())
+            )
+        elif rec.get("t") == "seal":
+            out.append(f"sealed    {iso_utc(rec.get('ts'), ms=True)}  key {rec.get('key')}  ({checkpoints} checkpoint(s) before it)")
+    if checkpoints and not any(r.get("t") == "seal" for r in read.records):
+        out.append(f"signed    {checkpoints} checkpoint(s), no seal")
+    return out
+
+
+def transcript_json(read: SessionRead) -> dict:
+    s = summarize(read)
+    opened = read.open_record or {}
+    return {
+        "session": s.session_id,
+        "file": str(read.path),
+        "state": s.state,
+        "problems": [str(p) for p in read.problems],
+        "identity": opened.get("identity"),
+        "client": opened.get("client"),
+        "gateway": opened.get("gateway"),
+        "start": s.start,
+        "end": s.end,
+        "duration_s": s.duration,
+        "exchanges": [turn_json(t) for t in build(read.records)],
+        "close": next((
+            {k: v for k, v in r.items() if k not in ENVELOPE} for r in read.records if r.get("t") == "session.close"
+        ), None),
+        "sealed": any(r.get("t") == "seal" for r in read.records),
+        "checkpoints": sum(1 for r in read.records if r.get("t") == "checkpoint"),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         path = find_session(args.session, args.dir, args.config)
@@ -169,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wiretrail show: {e}", file=sys.stderr)
         return 2
     read = read_session(path)
-    if args.json:
+    if args.raw:
         out = sys.stdout.buffer
         for line in read.lines:
             out.write(line + b"\n")
@@ -177,10 +253,27 @@ def run(args: argparse.Namespace) -> int:
         for p in read.problems:
             print(f"wiretrail show: {path}: {p}", file=sys.stderr)
         return 0
+    if args.json:
+        sys.stdout.write(orjson.dumps(transcript_json(read), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
     for line in header(read):
         print(safe(line))
     print()
-    for rec in read.records:
-        for line in record_lines(rec):
+    if args.records:
+        for rec in read.records:
+            for line in record_lines(rec):
+                print(line)
+        return 0
+    style = Style(use_colour(args.color, sys.stdout))
+    limit = None if args.full else TEXT_LIMIT
+    last_system: dict = {}
+    turns = build(read.records)
+    if not turns:
+        print("(no exchanges)")
+    for turn in turns:
+        for line in turn_lines(turn, style, limit, safe, last_system):
             print(line)
+        print()
+    for line in footer(read):
+        print(safe(line))
     return 0

@@ -1,4 +1,5 @@
 """The reading commands: wiretrail verify, ls and show, run as the user runs them."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,12 +148,12 @@ def test_ls_table_newest_last(store, capsys):
     rewrite(path, read_lines(path)[:-1], finish=False)
     assert cli.main(["ls", str(store)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["SESSION", "START", "(UTC)", "DURATION", "SUB", "CLIENT", "EXCHANGES", "BYTES", "STATE"]
+    assert out[0].split() == ["SESSION", "START", "(UTC)", "DURATION", "IDENTITY", "CLIENT", "EXCHANGES", "BYTES", "STATE"]
     rows = [line.split() for line in out[1:]]
     assert [r[0] for r in rows] == [earlier, later, crashed]
-    assert rows[0] == [earlier, "2026-01-01T00:00:00Z", "1m30s", "alice", "10.0.0.1", "1", "1.0", "KiB", "closed"]
-    assert rows[1] == [later, "2026-01-01T01:00:00Z", "1m30s", "bob", "10.0.0.2", "2", "2.0", "KiB", "closed"]
-    assert rows[2][3:6] == ["carol", "10.0.0.3", "1"] and rows[2][-1] == "unsealed"
+    assert rows[0] == [earlier, "2026-01-01T00:00:00Z", "1m30s", "alice", "<alice@example.com>", "10.0.0.1", "1", "1.0", "KiB", "closed"]
+    assert rows[1] == [later, "2026-01-01T01:00:00Z", "1m30s", "bob", "<bob@example.com>", "10.0.0.2", "2", "2.0", "KiB", "closed"]
+    assert rows[2][3:7] == ["carol", "<carol@example.com>", "10.0.0.3", "1"] and rows[2][-1] == "unsealed"
 
 
 def test_ls_empty_and_missing_store(tmp_path, capsys):
@@ -175,9 +176,9 @@ def test_ls_takes_the_store_from_a_config(store, tmp_path, capsys):
     assert "dirr" in capsys.readouterr().err
 
 
-def test_show_text(store, capsys):
+def test_show_records(store, capsys):
     sid = record_session(store, "alice", "10.0.0.1", 1767225600.0)
-    assert cli.main(["show", sid, "--dir", str(store)]) == 0
+    assert cli.main(["show", "--records", sid, "--dir", str(store)]) == 0
     out = capsys.readouterr().out
     assert f"session   {sid}" in out
     assert "who       alice <alice@example.com>  groups: eng" in out
@@ -203,6 +204,15 @@ def test_show_escapes_control_characters(store, capsys):
     recs[4]["message"] = "evil \x1b[2J\x1b]0;pwned\x07 end"
     new = [chain.next_line(r["t"], r["ts"], {k: v for k, v in r.items() if k not in format_v1.ENVELOPE}) for r in recs]
     rewrite(path, new)
+    for mode in ([], ["--records"]):
+        assert cli.main(["show", str(path), *mode]) == 0
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and "\x07" not in out
+        assert "evil \\x1b[2J\\x1b]0;pwned\\x07 end" in out
+    assert cli.main(["show", str(path), "--color", "always"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[" in out  # coloured, and the only escapes are the colours
+    assert "\x1b" not in re.sub(r"\x1b\[[0-9;]*m", "", out) and "\x07" not in out
     assert cli.main(["show", str(path)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
@@ -221,11 +231,43 @@ def test_show_by_path_prefix_and_unknown_id(store, capsys):
     assert "no session 01KDVDNA00B8Y9W7VV5N66X2GB in" in err and "wiretrail ls" in err
 
 
-def test_show_json_prints_the_stored_lines(store, capfdbinary):
+def test_show_raw_prints_the_stored_lines(store, capfdbinary):
     sid = record_session(store, "alice", "10.0.0.1", 1767225600.0)
-    assert cli.main(["show", "--json", sid, "--dir", str(store)]) == 0
+    assert cli.main(["show", "--raw", sid, "--dir", str(store)]) == 0
     out = capfdbinary.readouterr().out
     lines = read_lines(session_file(store, sid))
     assert out == b"".join(x + b"\n" for x in lines)
     records = [orjson.loads(x) for x in out.splitlines()]
     assert [r["t"] for r in records] == ["session.open", "http.request", "http.response", "http.end", "http.error", "session.close"]
+
+
+def test_ls_filters_user_time_host(store, capsys):
+    alice = record_session(store, "alice", "10.0.0.1", 1767225600.0)  # 2026-01-01T00:00Z, 90 s
+    bob = record_session(store, "bob", "10.0.0.2", 1767312000.0)  # 2026-01-02T00:00Z
+
+    def listed(*args):
+        assert cli.main(["ls", str(store), *args]) == 0
+        return [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:] if not line.startswith("*")]
+
+    assert listed() == [alice, bob]
+    assert listed("--user", "bob") == [bob]
+    assert listed("--user", "ALICE@example.com") == [alice]
+    assert listed("--since", "2026-01-01T12:00") == [bob]
+    assert listed("--until", "2026-01-01T12:00") == [alice]
+    assert listed("--since", "2026-01-01T00:01:00Z", "--until", "2026-01-01T00:02") == [alice]  # active then
+    assert listed("--host", "openai.com") == [alice, bob]
+    assert cli.main(["ls", str(store), "--host", "anthropic.com"]) == 0
+    assert "match the filters" in capsys.readouterr().out
+    assert cli.main(["ls", str(store), "--since", "yesterday"]) == 2
+    assert "is not a time" in capsys.readouterr().err
+    assert cli.main(["ls", str(store), "--json", "--user", "bob"]) == 0
+    [doc] = [orjson.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert doc["session"] == bob and doc["identity"]["sub"] == "bob" and doc["state"] == "closed" and doc["exchanges"] == 1
+
+
+def test_ls_relative_times():
+    from recorder.commands.ls import parse_time
+
+    assert parse_time("2h", now=10000.0) == 10000.0 - 7200
+    assert parse_time("3d", now=1e6) == 1e6 - 3 * 86400
+    assert parse_time("2026-01-01") == 1767225600.0

@@ -1,0 +1,59 @@
+"""`wiretrail export SESSION --har FILE --mitm FILE`: a session for other tools."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+
+from recorder.commands.show import NotFound, find_session
+from recorder.export_har import export_har
+from recorder.export_mitm import export_mitm
+from recorder.reader import read_session
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a session as HAR or as a mitmproxy flow file",
+        description=(
+            "Export one session: --har FILE writes HAR 1.2 (browser devtools), --mitm FILE a mitmproxy flow "
+            "file (mitmproxy -r FILE, mitmweb -r FILE). Give one or both."
+        ),
+    )
+    p.add_argument("session", metavar="SESSION", help="a session file, or a session id (or a unique prefix of one)")
+    p.add_argument("--dir", metavar="DIR", help="the session store to look the id up in; default ./sessions")
+    p.add_argument("--config", metavar="PATH", help="look the id up in storage.dir of this gateway config")
+    p.add_argument("--har", metavar="FILE", help="write HAR 1.2 here")
+    p.add_argument("--mitm", metavar="FILE", help="write a mitmproxy flow file here")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.har and not args.mitm:
+        print("wiretrail export: give --har FILE and/or --mitm FILE", file=sys.stderr)
+        return 2
+    try:
+        path = find_session(args.session, args.dir, args.config)
+    except NotFound as e:
+        print(f"wiretrail export: {e}", file=sys.stderr)
+        return 2
+    read = read_session(path)
+    if read.state == "broken":
+        print(
+            f"wiretrail export: warning: {path} failed verification ({len(read.problems)} problem(s); "
+            "wiretrail verify shows them): exporting what is readable",
+            file=sys.stderr,
+        )
+    try:
+        if args.har:
+            doc = export_har(read)
+            Path(args.har).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+            print(f"wrote {args.har}: HAR 1.2, {len(doc['log']['entries'])} entries")
+        if args.mitm:
+            n = export_mitm(read, Path(args.mitm))
+            print(f"wrote {args.mitm}: mitmproxy flow file, {n} flows (mitmproxy -r {args.mitm})")
+    except OSError as e:
+        print(f"wiretrail export: cannot write: {e}", file=sys.stderr)
+        return 1
+    return 0

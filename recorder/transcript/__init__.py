@@ -1,0 +1,50 @@
+"""A session as a transcript: one decoder module per protocol, tried in order.
+
+`build(records)` puts each flow back together (exchange.py), lets the first decoder
+that claims it make a Turn (model.py), and marks which messages are new
+(conversation.py). render.py turns the result into text or JSON.
+"""
+from __future__ import annotations
+
+from recorder.transcript import (
+    anthropic_messages,
+    generic,
+    mcp_jsonrpc,
+    openai_chat,
+    openai_responses,
+)
+from recorder.transcript.conversation import mark_new
+from recorder.transcript.exchange import Exchange, exchanges
+from recorder.transcript.model import Message, Part, Turn
+
+# Order matters: MCP is recognised by its body, the LLM APIs by their paths.
+DECODERS = (mcp_jsonrpc, openai_responses, openai_chat, anthropic_messages)
+
+
+def decode_exchange(ex: Exchange) -> Turn:
+    if ex.kind == "http" and ex.request is not None:
+        for decoder in DECODERS:
+            try:
+                if decoder.matches(ex):
+                    turn = decoder.decode(ex)
+                    if turn.messages or turn.reply or not (ex.request_body or ex.response_body):
+                        return turn
+                    raw = generic.decode(ex)  # the path said this protocol, the bodies did not
+                    raw.notes.append(f"not readable as {decoder.PROTOCOL}; shown raw")
+                    return raw
+            except Exception as e:  # recorded data is untrusted: a decoder bug must not hide the exchange
+                turn = generic.decode(ex)
+                turn.notes.append(f"{decoder.PROTOCOL} decoder failed ({type(e).__name__}: {e}); shown raw")
+                return turn
+    if ex.kind != "http" or ex.request is None:
+        return Turn(ex, ex.kind)
+    return generic.decode(ex)
+
+
+def build(records: list[dict]) -> list[Turn]:
+    turns = [decode_exchange(ex) for ex in exchanges(records)]
+    mark_new(turns)
+    return turns
+
+
+__all__ = ["Exchange", "Message", "Part", "Turn", "build", "decode_exchange", "exchanges"]

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Re-send a recorded session's requests to a sandbox and compare the replies.
+
+    python scripts/replay.py SESSION --target https://sandbox:8443 --header 'Authorization: Bearer sk-sandbox'
+
+SESSION is a session file, or a session id (or unique prefix) looked up in --dir or
+the --config's storage.dir. The engine is recorder/replay.py; docs/forensics.md walks
+through an incident. Exit 0: replayed (differences are reported, not errors);
+1: refused (the artifact failed verification) or a request could not be sent;
+2: usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
+
+import orjson  # noqa: E402
+
+from recorder import replay  # noqa: E402
+from recorder.commands.ls import safe  # noqa: E402
+from recorder.commands.show import NotFound, find_session  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="replay.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("session", metavar="SESSION", help="a session file, or a session id (or unique prefix)")
+    p.add_argument("--target", required=True, metavar="URL", help="the sandbox base URL; recorded paths and queries go on it")
+    p.add_argument("--dir", metavar="DIR", help="the session store to look the id up in; default ./sessions")
+    p.add_argument("--config", metavar="PATH", help="look the id up in storage.dir of this gateway config")
+    p.add_argument("--flow", action="append", metavar="ID", help="replay only this flow (id, id prefix, or the [n] of wiretrail show); repeatable")
+    p.add_argument("--only", metavar="PATTERN", help="replay only requests whose 'METHOD URL' matches this regular expression")
+    p.add_argument("--header", action="append", default=[], metavar="'K: V'", help="add (or replace) a header, e.g. the sandbox credential; repeatable")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--insecure", action="store_true", help="do not verify the sandbox's TLS certificate")
+    tls.add_argument("--ca", metavar="FILE", help="verify the sandbox's TLS certificate against this CA bundle (PEM)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S", help="per request, seconds (default 120)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be sent; send nothing")
+    p.add_argument("--force", action="store_true", help="replay even an artifact that failed verification")
+    p.add_argument("--json", action="store_true", help="the result as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    err = sys.stderr
+    try:
+        path = find_session(args.session, args.dir, args.config)
+        extra = [replay.parse_header(h) for h in args.header]
+        read, warnings = replay.check_artifact(path, force=args.force)
+        planned = replay.plan(read, args.target, flows=args.flow, only=args.only, extra_headers=extra)
+    except (NotFound, replay.ReplayUsageError) as e:
+        print(f"replay: {e}", file=err)
+        return 2
+    except replay.ReplayRefused as e:
+        print("replay: " + "\n".join(safe(line) for line in str(e).split("\n")), file=err)
+        return 1
+    for w in warnings:
+        print(f"replay: {safe(w)}", file=err)
+    if not planned:
+        print("replay: no request to replay (check --flow / --only)", file=err)
+        return 2
+    if args.dry_run:
+        if args.json:
+            doc = {"session": read.session_id, "target": args.target, "dry_run": True,
+                   "flows": [replay.result_json(replay.ReplayResult(p, p.exchange.status, len(p.exchange.response_body)), sent=False) for p in planned]}
+            sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            print(f"dry run: {len(planned)} request(s) to {args.target}; nothing is sent")
+            for line in replay.dry_run_lines(planned) + replay.notes(planned):
+                print(safe(line))
+        return 0
+    try:
+        client = replay.make_client(insecure=args.insecure, ca=args.ca, timeout=args.timeout)
+    except replay.ReplayUsageError as e:
+        print(f"replay: {e}", file=err)
+        return 2
+    with client:
+        results = [replay.send(p, client) for p in planned]
+    if args.json:
+        doc = {"session": read.session_id, "target": args.target, "dry_run": False,
+               "warnings": warnings, "flows": [replay.result_json(r) for r in results]}
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for line in replay.table(results) + replay.notes(planned):
+            print(safe(line))
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
