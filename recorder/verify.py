@@ -131,7 +131,7 @@ def check_signatures(v: FileVerdict, verifiers: list[Verifier] | None) -> None:
     last_seq = r.last_seq
     if verifiers and v.signatures:
         v.notes.append(f"{v.signatures} signature(s) verified")
-    if verifiers:
+    if verifiers and r.records:
         if key is None:
             v.issues.append(Issue(0, "session.open names no signing key: nothing in this file is signed "
                                      "(written without storage.signing_key, or forged)"))
@@ -310,6 +310,8 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
                 if entry.state == "deleted":
                     lv.deleted += 1
                     continue
+                if entry.state == "failed" and entry.end.get("file") == "removed":
+                    continue  # storage failed before any record reached the disk; the writer removed it
                 if entry.path not in present:
                     lv.missing.append((entry, f"session file deleted or moved: the ledger opened session "
                                               f"{entry.session} here at ledger seq {entry.open_seq}"

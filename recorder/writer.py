@@ -341,6 +341,12 @@ class RecordWriter:
             sf.fd = -1
         self._files.pop(sf.session_id, None)
         if sf.in_ledger:
+            if sf.durable_records == 0:
+                # Nothing complete reached the disk: leave no empty or half-block file behind.
+                try:
+                    sf.path.unlink()
+                except OSError:
+                    pass
             self._ledger_end(sf)
 
     def _create(self, session_id: str, path: Path) -> _SessionFile:
@@ -481,6 +487,7 @@ class RecordWriter:
                 "records": sf.durable_records,
                 "head": sf.durable_head if sf.durable_records else None,
                 "cause": sf.error.cause,
+                "file": "kept" if sf.durable_records else "removed",
             })
 
     def _flush_ledger(self) -> StorageError | None:

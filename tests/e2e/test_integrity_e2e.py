@@ -85,8 +85,10 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
     return predicate()
 
 
-def post(client: httpx.Client, tid: str, body: bytes = b'{"model":"m"}') -> httpx.Response:
-    return client.post("/v1/chat/completions", content=body,
+def post(client: httpx.Client, tid: str, body: bytes | None = None) -> httpx.Response:
+    if body is not None:
+        return client.post("/echo", content=body, headers={"x-test-id": tid, "content-type": "text/plain"})
+    return client.post("/v1/chat/completions", content=b'{"model":"m"}',
                        headers={"x-test-id": tid, "content-type": "application/json"})
 
 
@@ -323,19 +325,16 @@ def small_tmpfs(tmp_path):
 def fill(mnt: Path) -> Path:
     """Fill the tmpfs to the last block; returns the filler file (delete it to free space)."""
     filler = mnt / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-        try:
-            while True:
-                f.write(b"\0" * 512)
-                f.flush()
-        except OSError:
-            pass
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
     return filler
 
 
@@ -344,13 +343,16 @@ def test_disk_full(small_tmpfs, start_gateway, upstream, tmp_path, fail_closed):
     priv, pub = keygen(tmp_path / "keys")
     store = small_tmpfs / "store"
     gw = start_gateway(config=signed(store, priv, fail_closed=fail_closed))
-    body = os.urandom(48 * 1024).hex().encode()  # 96 KiB of text that compresses only 2:1
+
+    def body() -> bytes:  # 96 KiB of text that compresses only 2:1, new each time (zstd would dedupe it)
+        return os.urandom(48 * 1024).hex().encode()
+
     with httpx_client(gw, "reverse") as client:
-        assert post(client, new_test_id(), body).status_code == 200  # the session and ledger exist
+        assert post(client, new_test_id(), body()).status_code == 200  # the session and ledger exist
         filler = fill(small_tmpfs)
         statuses = []
         for _ in range(8):
-            r = post(client, new_test_id(), body)
+            r = post(client, new_test_id(), body())
             statuses.append(r.status_code)
         if fail_closed:
             assert 503 in statuses, statuses
@@ -372,8 +374,10 @@ def test_disk_full(small_tmpfs, start_gateway, upstream, tmp_path, fail_closed):
         assert len(refused) >= 1
     res = verify("--key", pub, store)
     assert res.returncode == 0, res.stdout
-    if fail_closed:
-        assert "unsealed (storage error)" in res.stdout or "sealed" in res.stdout
+    failed = [e for e in ledger_entries(store) if e["t"] == "session.failed"]
+    assert failed and all(e["cause"] == "disk full" for e in failed), ledger_entries(store)
+    kept = [e for e in failed if e["file"] == "kept"]
+    assert res.stdout.count("unsealed (storage error)") == len(kept), res.stdout
 
 
 # -- retention -----------------------------------------------------------------------------------
