@@ -140,7 +140,7 @@ def test_quiet_session_gets_its_tail_signed_by_the_timer(tmp_path, keys):
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         paths = list(store.rglob("*.jsonl.zst"))
-        recs = [json.loads(x) for x in read_lines(paths[0])] if paths else [{"t": None}]
+        recs = ([json.loads(x) for x in read_lines(paths[0])] if paths else []) or [{"t": None}]
         if recs[-1]["t"] == "checkpoint":
             break
         time.sleep(0.02)
@@ -218,6 +218,9 @@ def test_read_ledger_finds_edits_cuts_and_forged_signatures(tmp_path, keys):
 def test_a_second_writer_on_the_same_store_is_refused(tmp_path):
     store = tmp_path / "store"
     w1 = writer(store)
+    deadline = time.monotonic() + 5
+    while not ledger.read_ledger(store / ledger.LEDGER_NAME).entries and time.monotonic() < deadline:
+        time.sleep(0.01)  # w1's thread holds the ledger once it wrote its start entry
     errors = []
     w2 = RecordWriter(fsync="never", storage_dir=store, on_error=errors.append)
     w2.start()
