@@ -426,3 +426,19 @@ def test_retention_deletes_old_sessions_and_the_ledger_still_verifies(start_gate
     # A tombstone cannot cover a deletion it did not make: remove the new file, and it shows.
     session_files(store)[0].unlink()
     assert_caught(verify("--key", pub, store), "session file deleted or moved")
+
+
+def test_an_unusable_signing_key_stops_the_gateway(start_gateway, tmp_path):
+    from tests.support.gateway import GatewayStartError
+
+    (tmp_path / "pub").mkdir()
+    _, pub = keygen(tmp_path / "pub")
+    try:
+        gw = start_gateway(config=signed(tmp_path / "store", pub))  # the public key, not the private one
+        gw.proc.wait(20)
+        log, code = gw.log_text(), gw.proc.returncode
+    except GatewayStartError as e:
+        log, code = str(e), 1
+    assert code != 0
+    assert "storage.signing_key" in log and "a public key, not the private key" in log
+    assert not list((tmp_path / "store").rglob("*.jsonl.zst"))
