@@ -24,6 +24,7 @@ from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.header_masking import recordable_headers
 from recorder.identity import Identity as VerifiedIdentity
 from recorder.sessions import Session, SessionRegistry
+from recorder.signing import SigningKeyError, load_signer
 from recorder.writer import RecordWriter, StorageError
 
 log = logging.getLogger("wiretrail")
@@ -110,18 +111,43 @@ class Capture:
         cfg = self.config_addon.current
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
+        signer = None
+        if cfg.storage.signing_key is not None:
+            try:
+                signer = load_signer(cfg.storage.signing_key)
+            except SigningKeyError as e:
+                # Recording unsigned when a key was asked for would be a silent downgrade.
+                log.error(f"wiretrail: storage.signing_key: {e}; the gateway stops (it will not record unsigned)")
+                self._stopped = True
+                ctx.master.shutdown()
+                return
+        else:
+            log.warning(
+                "wiretrail: NO SIGNING KEY (storage.signing_key is not set): sessions get no checkpoints or "
+                "seals and the ledger is unsigned; anyone who can write the store can rewrite it unnoticed. "
+                "Make a key with `wiretrail keygen DIR` (docs/integrity.md)"
+            )
         self.writer = RecordWriter(
             fsync=cfg.storage.fsync,
             fsync_interval=cfg.storage.fsync_interval,
             on_error=self._storage_error_from_thread,
+            storage_dir=cfg.storage.dir,
+            signer=signer,
+            checkpoint_interval=cfg.storage.checkpoint_interval,
+            retention_days=cfg.storage.retention_days,
+            on_event=lambda text: log.warning(f"wiretrail: {text}"),
         )
         self.registry = SessionRegistry(
             self.writer,
             cfg.storage.dir,
             idle_timeout=cfg.sessions.idle_timeout,
             max_duration=cfg.sessions.max_duration,
+            signing_key_id=signer.key_id if signer else None,
         )
+        # The writer thread first recovers sessions a crash left open (ledger), then records.
         self.writer.start()
+        if signer is not None:
+            log.info(f"wiretrail: signing checkpoints, seals and the ledger with key id {signer.key_id}")
         if not cfg.storage.fail_closed:
             log.warning(
                 "wiretrail: storage.fail_closed = false: if a record cannot be written, "

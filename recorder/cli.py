@@ -11,6 +11,7 @@ from recorder import __version__
 # name -> module under recorder.commands
 COMMANDS = {
     "ca": "ca",
+    "keygen": "keygen",
     "ls": "ls",
     "show": "show",
     "verify": "verify",

@@ -70,6 +70,7 @@ class SessionRead:
     frame_ended: bool = False
     truncated_tail: bool = False  # a partial last line or a partial zstd block was dropped
     head: str = format_v1.ZERO_HASH  # hash of the last line of the intact prefix
+    intact: int = 0  # lines in the intact prefix (before the first damaged one)
 
     @property
     def closed(self) -> bool:
@@ -298,6 +299,7 @@ def _check_chain(result: SessionRead) -> None:
             intact = False
         elif intact:
             result.head = format_v1.line_hash(line)
+            result.intact = index + 1
         prev_hash = format_v1.line_hash(line)
         before = seq
         expected_seq = seq + 1

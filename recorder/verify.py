@@ -1,14 +1,23 @@
-"""Verification of session files: is every chain intact, and what state is each file in.
+"""Verification of a store: session files, their signatures, and the storage-wide ledger.
 
-Today only the hash chains (and the record format) are checked. Signatures over
-checkpoints and seals, and the storage-wide ledger, come with their own issues.
+Three layers, each catching what the one before cannot (docs/integrity.md):
+1. the hash chain of each file (recorder.reader): an edited, removed, inserted or moved
+   line breaks it;
+2. the checkpoint and seal signatures (with a trusted public key, `--key`): a chain
+   rewritten from some point on no longer matches what the key signed;
+3. the ledger (`<storage.dir>/ledger.jsonl`): a deleted, swapped, planted or cut file
+   no longer matches the ledger's entry for its session.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from recorder import format_v1
+from recorder.ledger import LEDGER_NAME, LedgerRead, SessionEntry, read_ledger
 from recorder.reader import SessionRead, iter_session_files, read_session
+from recorder.recovery import SIGNING_TYPES
+from recorder.signing import Verifier
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -16,30 +25,52 @@ CHAINS_ONLY_NOTE = (
     "only the hash chains were checked: signatures are not checked (without --key nothing proves "
     "who wrote these files)"
 )
-KEY_NOT_YET_NOTE = (
-    "--key given, but signature checking arrives with format checkpoints; only the hash chains were checked"
-)
+
+
+@dataclass
+class Issue:
+    seq: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return self.message if self.seq is None else f"seq {self.seq}: {self.message}"
 
 
 @dataclass
 class FileVerdict:
+    """One session file: what the reader found, plus signature and ledger checks."""
+
     path: Path
     read: SessionRead
+    issues: list[Issue] = field(default_factory=list)  # signature and ledger problems
+    notes: list[str] = field(default_factory=list)  # facts worth saying (unsigned tail, ledger state)
+    ledger_state: str | None = None  # the ledger's word on this session: open/closed/recovered/...
+    signed_upto: int | None = None  # seq of the last checkpoint or seal whose signature was checked
+    signatures: int = 0
+
+    @property
+    def problems(self) -> list:
+        return list(self.read.problems) + self.issues
 
     @property
     def ok(self) -> bool:
-        return self.read.state != "broken"
+        return not self.problems
+
+    @property
+    def state(self) -> str:
+        return "broken" if self.issues else self.read.state
 
     def describe(self) -> list[str]:
         """One headline, then one line per problem (broken files)."""
         r = self.read
         n = len(r.records)
         last = r.last_seq
-        if r.state == "sealed":
-            return [f"OK      {self.path}: sealed, {n} records, last seq {last}"]
-        if r.state == "closed":
-            return [f"OK      {self.path}: closed cleanly, {n} records, last seq {last}"]
-        if r.state == "unsealed":
+        extra = "".join(f"; {x}" for x in self.notes)
+        if self.ok and r.state == "sealed":
+            return [f"OK      {self.path}: sealed, {n} records, last seq {last}{extra}"]
+        if self.ok and r.state == "closed":
+            return [f"OK      {self.path}: closed cleanly, {n} records, last seq {last}{extra}"]
+        if self.ok:  # unsealed
             why = []
             if not r.frame_ended:
                 why.append("zstd frame not ended")
@@ -47,20 +78,194 @@ class FileVerdict:
                 why.append("no session.close")
             if r.truncated_tail:
                 why.append("a partial last write was dropped")
+            crash = "unsealed (crash)" if self.ledger_state in ("recovered", "failed") else "unsealed (crash?)"
+            if self.ledger_state == "failed":
+                crash = "unsealed (storage error)"
             return [
-                f"OK      {self.path}: unsealed (crash?): {n} records readable, last seq {last}"
-                + (f" ({'; '.join(why)})" if why else "")
+                f"OK      {self.path}: {crash}: {n} records readable, last seq {last}"
+                + (f" ({'; '.join(why)})" if why else "") + extra
             ]
-        out = [f"FAILED  {self.path}: {len(r.problems)} problem(s), {n} records read"]
-        for p in r.problems[:MAX_PROBLEMS_SHOWN]:
+        problems = self.problems
+        out = [f"FAILED  {self.path}: {len(problems)} problem(s), {n} records read"]
+        for p in problems[:MAX_PROBLEMS_SHOWN]:
             out.append(f"        {self.path}: {p}")
-        if len(r.problems) > MAX_PROBLEMS_SHOWN:
-            out.append(f"        ... and {len(r.problems) - MAX_PROBLEMS_SHOWN} more")
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            out.append(f"        ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
         return out
 
 
-def verify_file(path: str | Path) -> FileVerdict:
-    return FileVerdict(Path(path), read_session(path))
+# -- signatures -----------------------------------------------------------------------------
+
+
+def check_signatures(v: FileVerdict, verifiers: list[Verifier] | None) -> None:
+    """Checkpoints and seals of one file. Without verifiers only says what is there."""
+    r = v.read
+    sid = r.session_id
+    opened = r.open_record or {}
+    key = opened.get("key")
+    by_id = {x.key_id: x for x in verifiers or []}
+    upto = r.intact
+    last_sig = None
+    for rec in r.records[:upto]:
+        if rec.get("t") not in SIGNING_TYPES:
+            continue
+        seq = rec.get("seq")
+        if not verifiers:
+            last_sig = seq
+            continue
+        kid = rec.get("key")
+        ver = by_id.get(kid)
+        if ver is None:
+            v.issues.append(Issue(seq, f"{rec['t']} signed by key {kid}, not by the --key given"))
+            continue
+        if kid != key:
+            v.issues.append(Issue(seq, f"{rec['t']} key {kid} differs from session.open's key {key}"))
+        data = format_v1.signed_bytes(sid or "", seq, rec.get("prev", ""))
+        if not ver.verify(data, rec.get("sig", "")):
+            v.issues.append(Issue(seq, f"{rec['t']} signature does not verify: the records before it were "
+                                       "altered, or the chain was rewritten"))
+            continue
+        last_sig = seq
+        v.signatures += 1
+    v.signed_upto = last_sig
+    last_seq = r.last_seq
+    if verifiers and v.signatures:
+        v.notes.append(f"{v.signatures} signature(s) verified")
+    if verifiers and r.records:
+        if key is None:
+            v.issues.append(Issue(0, "session.open names no signing key: nothing in this file is signed "
+                                     "(written without storage.signing_key, or forged)"))
+            return
+        if key not in by_id:
+            v.issues.append(Issue(0, f"the file says it was signed with key {key}, not the --key given"))
+            return
+        if r.records and r.records[-1].get("t") == "session.close" and r.intact == len(r.lines):
+            v.issues.append(Issue(last_seq, "session.close without the seal that must follow it: the seal was "
+                                            "removed, or the session was cut and forged"))
+    if key is not None and r.state == "unsealed" and r.records:
+        if last_sig is None:
+            v.notes.append("no signed checkpoint yet" + (" (signatures not checked)" if not verifiers else ""))
+        else:
+            after = (last_seq or 0) - last_sig
+            v.notes.append(f"last signed checkpoint seq {last_sig}"
+                           + (f", {after} record(s) after it not covered by a signature" if after else "")
+                           + ("" if verifiers else " (signatures not checked)"))
+
+
+# -- the ledger -----------------------------------------------------------------------------
+
+
+def find_ledger(path: Path) -> Path | None:
+    """The ledger of the store `path` lies in: the dir itself or up to 4 levels above."""
+    p = path if path.is_dir() else path.parent
+    for candidate in [p, *list(p.parents)[:4]]:
+        if (candidate / LEDGER_NAME).is_file():
+            return candidate / LEDGER_NAME
+    return None
+
+
+def check_against_ledger(v: FileVerdict, entry: SessionEntry | None, ledger: Path) -> None:
+    r = v.read
+    if entry is None:
+        v.issues.append(Issue(None, f"not in the ledger {ledger}: the gateway did not write this file here "
+                                    "(planted, copied in, or its ledger entries were cut off)"))
+        return
+    v.ledger_state = entry.state
+    if entry.state == "deleted":
+        v.notes.append(f"the ledger says retention deleted it (ledger seq {entry.deleted_seq}), yet it is still here")
+    if r.session_id is not None and r.session_id != entry.session:
+        v.issues.append(Issue(0, f"holds session {r.session_id}, but the ledger put session {entry.session} "
+                                 "at this path: the file was swapped"))
+        return
+    if entry.first and r.lines and format_v1.line_hash(r.lines[0]) != entry.first:
+        v.issues.append(Issue(0, "session.open differs from the one the ledger recorded at open "
+                                 f"(ledger seq {entry.open_seq}): the file was replaced or rewritten"))
+    end = entry.end
+    if end is None:
+        v.notes.append("open in the ledger (the gateway is running, or stopped without closing it and "
+                       "has not restarted since)")
+        return
+    t = end.get("t")
+    if end.get("file") == "missing":
+        v.issues.append(Issue(None, f"the ledger says the file was already missing at recovery "
+                                    f"(ledger seq {entry.end_seq})"))
+        return
+    want, head = end.get("records") or 0, end.get("head")
+    have = r.intact
+    what = {"session.close": "closed", "session.recovered": "recovered after a crash",
+            "session.failed": "ended by a storage error"}.get(t, t)
+    where = f"ledger seq {entry.end_seq}"
+    if have < want:
+        kind = "truncated sealed session" if t == "session.close" and end.get("sealed") else "truncated"
+        v.issues.append(Issue(have, f"{kind}: the ledger says {what} with {want} records (last seq {want - 1}, "
+                                    f"{where}); the file has {have} intact"))
+        return
+    if want and format_v1.line_hash(r.lines[want - 1]) != head:
+        v.issues.append(Issue(want - 1, f"differs from the head the ledger recorded ({where}): records up to "
+                                        "here were rewritten"))
+    if len(r.lines) > want:
+        v.issues.append(Issue(want, f"{len(r.lines) - want} record(s) after the head the ledger recorded when "
+                                    f"it was {what} ({where}): appended later"))
+    if t == "session.recovered":
+        cp = end.get("checkpoint")
+        v.notes.append(f"recovered at the next start ({where}), last signed checkpoint "
+                       + (f"seq {cp}" if cp is not None else "none"))
+
+
+@dataclass
+class LedgerVerdict:
+    path: Path
+    read: LedgerRead
+    issues: list[Issue] = field(default_factory=list)
+    missing: list[tuple[SessionEntry, str]] = field(default_factory=list)  # (entry, what)
+    deleted: int = 0
+
+    def __post_init__(self):
+        self.by_path = {e.path: e for e in self.read.state.sessions.values()}
+
+    @property
+    def ok(self) -> bool:
+        return not self.read.problems and not self.issues and not self.missing
+
+    def describe(self, verified: bool) -> list[str]:
+        r = self.read
+        n = len(r.lines)
+        sig = ("all entries signed and verified" if verified else
+               "signatures not checked" if r.signed_by else "UNSIGNED (no signing key configured)")
+        tail = f"; dropped a half-written last line ({r.partial_tail} bytes)" if r.partial_tail else ""
+        head = f"head seq {n - 1} sha256 {r.head}" if n else "empty"
+        deleted = f", {self.deleted} session(s) deleted by retention" if self.deleted else ""
+        problems = [Issue(s, m) for s, m in r.problems] + self.issues
+        lines = []
+        if problems:
+            lines.append(f"FAILED  {self.path}: {len(problems)} problem(s), {n} entries; {head}")
+            for p in problems[:MAX_PROBLEMS_SHOWN]:
+                lines.append(f"        {self.path}: {'ledger ' if p.seq is not None else ''}{p}")
+        else:
+            lines.append(f"OK      {self.path}: {n} entries, {sig}{deleted}; {head}{tail}")
+        for entry, what in self.missing:
+            lines.append(f"FAILED  {self.path.parent / entry.path}: {what}")
+        return lines
+
+
+# -- the whole run --------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    files: list[FileVerdict]
+    ledgers: list[LedgerVerdict]
+    anchor_issues: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(f.ok for f in self.files) and all(l.ok for l in self.ledgers) and not self.anchor_issues
+
+
+def verify_file(path: str | Path, verifiers: list[Verifier] | None = None) -> FileVerdict:
+    v = FileVerdict(Path(path), read_session(path))
+    check_signatures(v, verifiers)
+    return v
 
 
 def collect_files(paths: list[str | Path]) -> list[Path]:
@@ -72,9 +277,68 @@ def collect_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
+def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = None,
+                 anchors: list[tuple[int, str]] | None = None) -> Report:
+    """Check every session file under `paths`; where a path lies in a store with a ledger,
+    check its sessions against the ledger too (and, for a directory, that none is missing)."""
+    files: list[FileVerdict] = []
+    ledgers: dict[Path, LedgerVerdict] = {}
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        lpath = find_ledger(p)
+        lv = None
+        if lpath is not None:
+            lv = ledgers.get(lpath)
+            if lv is None:
+                lv = ledgers[lpath] = LedgerVerdict(lpath, read_ledger(lpath, verifiers))
+        found = list(iter_session_files(p))
+        for f in found:
+            if f.resolve() in seen:
+                continue
+            seen.add(f.resolve())
+            v = verify_file(f, verifiers)
+            if lv is not None:
+                rel = _relative(f, lpath.parent)
+                check_against_ledger(v, lv.by_path.get(rel), lpath)
+            files.append(v)
+        if lv is not None and p.is_dir():
+            scope = _relative(p, lpath.parent)
+            present = {_relative(f, lpath.parent) for f in found}
+            for entry in lv.read.state.sessions.values():
+                if scope and not entry.path.startswith(scope + "/"):
+                    continue
+                if entry.state == "deleted":
+                    lv.deleted += 1
+                    continue
+                if entry.state == "failed" and entry.end.get("file") == "removed":
+                    continue  # storage failed before any record reached the disk; the writer removed it
+                if entry.path not in present:
+                    lv.missing.append((entry, f"session file deleted or moved: the ledger opened session "
+                                              f"{entry.session} here at ledger seq {entry.open_seq}"
+                                              + (f" and recorded it {entry.state} at seq {entry.end_seq}"
+                                                 if entry.end_seq is not None else "")))
+    report = Report(files, list(ledgers.values()))
+    for seq, head in anchors or []:
+        hits = [lv for lv in report.ledgers if seq < len(lv.read.lines)
+                and format_v1.line_hash(lv.read.lines[seq]) == head]
+        if not hits:
+            report.anchor_issues.append(
+                f"anchor seq {seq} sha256 {head}: no ledger checked has that entry: the ledger was cut "
+                "back, rewritten or replaced since the anchor was taken")
+    return report
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        rel = path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+    return "" if rel == "." else rel
+
+
 def summarize(verdicts: list[FileVerdict]) -> str:
     counts: dict[str, int] = {}
     for v in verdicts:
-        counts[v.read.state] = counts.get(v.read.state, 0) + 1
+        counts[v.state] = counts.get(v.state, 0) + 1
     parts = [f"{counts[s]} {s}" for s in ("sealed", "closed", "unsealed", "broken") if counts.get(s)]
     return f"{len(verdicts)} file(s) checked: " + ", ".join(parts)

@@ -5,6 +5,12 @@ into lines (orjson), chains the hashes, compresses each session into one zstd st
 (FLUSH_BLOCK after every batch, so a crash leaves a decodable prefix), writes, and
 fsyncs in groups. The loop never waits on disk; a caller that must know a record is
 written (a request about to go upstream) passes an `ack` callback.
+
+With a signing key it also signs: a `checkpoint` once a session has records that no
+signature covers yet and `checkpoint_interval` seconds passed since its last one, and a
+`seal` after every `session.close`. With a storage dir it keeps the ledger
+(recorder/ledger.py): recovery of crashed sessions when it starts, an entry per session
+open and end, and retention tombstones. Time is known here, not on the event loop.
 """
 from __future__ import annotations
 
@@ -18,8 +24,9 @@ from pathlib import Path
 
 import zstandard
 
-from recorder import format_v1
+from recorder import format_v1, ledger as ledger_mod, recovery, retention
 from recorder.bodies import BodyBytes, ChunkBytes, render_bodies
+from recorder.signing import Signer
 
 Ack = Callable[[BaseException | None], None]
 
@@ -82,7 +89,10 @@ _STOP = object()
 class _SessionFile:
     """Writer-thread state of one open session file."""
 
-    __slots__ = ("session_id", "path", "fd", "cobj", "chain", "pending", "error", "records")
+    __slots__ = (
+        "session_id", "path", "fd", "cobj", "chain", "pending", "error", "records",
+        "unsigned", "last_signed", "durable_records", "durable_head", "in_ledger",
+    )
 
     def __init__(self, session_id: str, path: Path, fd: int):
         self.session_id = session_id
@@ -93,6 +103,11 @@ class _SessionFile:
         self.pending: list[bytes] = []
         self.error: StorageError | None = None
         self.records = 0
+        self.unsigned = 0  # lines no checkpoint or seal covers yet
+        self.last_signed = time.monotonic()  # when the last checkpoint was made (or the open)
+        self.durable_records = 0  # lines handed to the OS in complete blocks
+        self.durable_head = format_v1.ZERO_HASH
+        self.in_ledger = False
 
 
 class RecordWriter:
@@ -104,12 +119,32 @@ class RecordWriter:
         fsync: str = "batch",
         fsync_interval: float = 0.05,
         on_error: Callable[[StorageError], None] | None = None,
+        storage_dir: Path | None = None,
+        signer: Signer | None = None,
+        checkpoint_interval: float = 5.0,
+        retention_days: float = 0,
+        on_event: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ):
+        """`storage_dir` given: keep `<storage_dir>/ledger.jsonl` (recovery at start, retention).
+        `signer` given: checkpoints, seals and ledger signatures. `on_event` gets one-line
+        notes worth logging (recoveries, retention, a damaged ledger)."""
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
         self.fsync = fsync
         self.fsync_interval = fsync_interval
         self.on_error = on_error
+        self.on_event = on_event
+        self.signer = signer
+        self.checkpoint_interval = checkpoint_interval
+        self.retention_days = retention_days
+        self.clock = clock
+        self.storage_dir = Path(storage_dir) if storage_dir is not None else None
+        self._ledger = ledger_mod.LedgerFile(self.storage_dir, signer) if self.storage_dir is not None else None
+        self._ledger_error: StorageError | None = None
+        self._next_scan = 0.0
+        self._next_retention = 0.0
+        self._last_ledger_try = 0.0
         # One ordered queue; only operations someone waits for wake the thread at once.
         # The rest are picked up within COALESCE seconds, so a small exchange costs one
         # wake-up (and one GIL hand-off with the event loop) instead of four.
@@ -158,6 +193,8 @@ class RecordWriter:
     # -- the writer thread ---------------------------------------------------------
 
     def _run(self) -> None:
+        if self._ledger is not None:
+            self._open_ledger()
         while True:
             timeout = COALESCE
             if self._dirty_fds or self._dirty_dirs:
@@ -166,7 +203,8 @@ class RecordWriter:
             # Clear before draining: an op added after this point sets the event again.
             self._wake.clear()
             if not self._ops:
-                if self._dirty_fds or self._dirty_dirs:
+                self._tick()
+                if self._dirty_fds or self._dirty_dirs or self._ledger_dirty():
                     self._fsync_dirty()
                 continue
             while self._ops:
@@ -175,8 +213,11 @@ class RecordWriter:
                     batch.append(self._ops.popleft())
                 if self._write_batch(batch):
                     self._fsync_dirty()
+                    if self._ledger is not None:
+                        self._ledger.close()
                     return
-            if self.fsync == "batch" and (self._dirty_fds or self._dirty_dirs) and \
+            self._tick()
+            if self.fsync == "batch" and (self._dirty_fds or self._dirty_dirs or self._ledger_dirty()) and \
                     time.monotonic() - self._last_fsync >= self.fsync_interval:
                 self._fsync_dirty()
 
@@ -197,10 +238,20 @@ class RecordWriter:
             if op.ack is not None:
                 acks.append((op.ack, op.session_id, err))
 
+        if self.signer is not None:
+            now = time.monotonic()
+            ending = {sf.session_id for sf, _ in closing}
+            for sf in touched.values():
+                if sf.session_id not in ending and sf.error is None and sf.unsigned and \
+                        now - sf.last_signed >= self.checkpoint_interval:
+                    self._sign(sf, "checkpoint")
         for sf in touched.values():
             self._flush_block(sf)
         for sf, op in closing:
             self._finish(sf)
+        # The ledger goes after the session blocks: an entry never names a head that is not
+        # on disk yet. If the ledger cannot be written, nothing in this batch counts as written.
+        ledger_err = self._flush_ledger()
         if self.fsync == "always" or barriers or stop or closing:
             self._fsync_dirty()
 
@@ -209,6 +260,8 @@ class RecordWriter:
         for ack, sid, err in acks:
             if err is None and sid in touched:
                 err = touched[sid].error  # the write (or, with "always", the fsync) failed
+            if err is None:
+                err = ledger_err
             self._call_ack(ack, err)
         for ack in barriers:
             self._call_ack(ack, None)
@@ -220,6 +273,8 @@ class RecordWriter:
         """Serialize one operation into its session's pending lines."""
         if isinstance(op, _Open):
             try:
+                if self._ledger is not None and self._ledger.fd < 0 and not self._open_ledger():
+                    raise self._ledger_error
                 sf = self._create(op.session_id, op.path)
             except StorageError as e:
                 self._report(e)
@@ -240,8 +295,11 @@ class RecordWriter:
                 rtype, fields = op.rtype, op.fields
         if sf.error is not None:
             if isinstance(op, _Close):
-                self._files.pop(sf.session_id, None)
+                self._abandon(sf)
             return sf.error
+        if isinstance(op, _Close) and isinstance(fields.get("counts"), dict):
+            # What the file holds, counted here: checkpoints included, the seal not.
+            fields = dict(fields, counts=dict(fields["counts"], records=sf.chain.seq + 1))
         try:
             fields = render_bodies(fields)
             line = sf.chain.next_line(rtype, op.ts, fields)
@@ -251,10 +309,45 @@ class RecordWriter:
             return err
         sf.pending.append(line)
         sf.records += 1
+        sf.unsigned += 1
         touched[sf.session_id] = sf
+        if isinstance(op, _Open) and self._ledger is not None:
+            self._ledger.append(ledger_mod.SESSION_OPEN, op.ts, {
+                "session": sf.session_id, "path": self._ledger.relative(sf.path), "first": sf.chain.prev,
+            })
+            sf.in_ledger = True
         if isinstance(op, _Close):
+            if self.signer is not None:
+                self._sign(sf, "seal")
             closing.append((sf, op))
         return None
+
+    def _sign(self, sf: _SessionFile, rtype: str) -> None:
+        """Append a checkpoint or seal: it signs its own seq and prev (docs/format.md)."""
+        sig = self.signer.sign(format_v1.signed_bytes(sf.session_id, sf.chain.seq, sf.chain.prev))
+        sf.pending.append(sf.chain.next_line(rtype, self.clock(), {"key": self.signer.key_id, "sig": sig}))
+        sf.records += 1
+        sf.unsigned = 0
+        sf.last_signed = time.monotonic()
+
+    def _abandon(self, sf: _SessionFile) -> None:
+        """Close a session whose storage failed: the ledger gets what reached the disk."""
+        if sf.fd >= 0:
+            self._dirty_fds.discard(sf.fd)
+            try:
+                os.close(sf.fd)
+            except OSError:
+                pass
+            sf.fd = -1
+        self._files.pop(sf.session_id, None)
+        if sf.in_ledger:
+            if sf.durable_records == 0:
+                # Nothing complete reached the disk: leave no empty or half-block file behind.
+                try:
+                    sf.path.unlink()
+                except OSError:
+                    pass
+            self._ledger_end(sf)
 
     def _create(self, session_id: str, path: Path) -> _SessionFile:
         try:
@@ -273,6 +366,8 @@ class RecordWriter:
         sf.pending.clear()
         out = sf.cobj.compress(data) + sf.cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
         self._write_all(sf, out)
+        if sf.error is None:
+            sf.durable_records, sf.durable_head = sf.chain.seq, sf.chain.prev
 
     def _finish(self, sf: _SessionFile) -> None:
         if sf.error is None:
@@ -287,6 +382,8 @@ class RecordWriter:
                 pass
             sf.fd = -1
         self._files.pop(sf.session_id, None)
+        if sf.in_ledger:
+            self._ledger_end(sf)
 
     def _write_all(self, sf: _SessionFile, data: bytes) -> None:
         view = memoryview(data)
@@ -309,6 +406,11 @@ class RecordWriter:
             self._report(sf.error)
 
     def _fsync_dirty(self) -> None:
+        if self.fsync != "never" and self._ledger is not None:
+            try:
+                self._ledger.fsync()
+            except OSError as e:
+                self._report(StorageError(describe_oserror(e), f"cannot fsync {self._ledger.path}: {e.strerror}"))
         if self.fsync != "never":
             by_fd = {sf.fd: sf for sf in self._files.values() if sf.fd >= 0}
             for fd in list(self._dirty_fds):
@@ -327,6 +429,126 @@ class RecordWriter:
         self._dirty_fds.clear()
         self._dirty_dirs.clear()
         self._last_fsync = time.monotonic()
+
+    # -- ledger, checkpoints on a timer, retention ---------------------------------------
+
+    def _ledger_dirty(self) -> bool:
+        return self._ledger is not None and self._ledger.dirty and self.fsync != "never"
+
+    def _open_ledger(self) -> bool:
+        """Open the ledger, then recover crashed sessions. False (and reported) if it cannot."""
+        lg = self._ledger
+        self._last_ledger_try = time.monotonic()
+        try:
+            lg.open()
+        except OSError as e:
+            self._ledger_error = StorageError(
+                describe_oserror(e) if e.errno != errno.EBUSY else "ledger locked",
+                f"cannot open the ledger {lg.path}: {e.strerror or e}")
+            self._report(self._ledger_error)
+            return False
+        self._ledger_error = None
+        now = self.clock()
+        start = {"host": os.uname().nodename, "pid": os.getpid()}
+        if lg.dropped_tail:
+            start["dropped_partial_bytes"] = lg.dropped_tail
+            self._event(f"ledger: dropped {lg.dropped_tail} bytes of a half-written last line (a crash mid-write)")
+        if lg.found_broken:
+            start["found_damaged"] = lg.found_broken[:5]
+            self._event(f"ledger {lg.path} is DAMAGED: {'; '.join(lg.found_broken[:3])}; "
+                        "appending after its last line; `wiretrail verify` will report it")
+        lg.append(ledger_mod.GATEWAY_START, now, start)
+        for entry in lg.state.unfinished():
+            fields = recovery.recovered_fields(self.storage_dir, entry)
+            lg.append(ledger_mod.SESSION_RECOVERED, now, fields)
+            cp = fields.get("checkpoint")
+            self._event(
+                f"recovered session {entry.session} after a crash: {fields['file']}, {fields['records']} records, "
+                f"last seq {fields['last_seq']}, last signed checkpoint "
+                + (f"seq {cp}" if cp is not None else "none"))
+        self._flush_ledger()
+        if self.fsync != "never":
+            try:
+                lg.fsync()
+            except OSError:
+                pass
+        return True
+
+    def _ledger_end(self, sf: _SessionFile) -> None:
+        if self._ledger is None:
+            return
+        fields = {"session": sf.session_id, "path": self._ledger.relative(sf.path)}
+        if sf.error is None:
+            self._ledger.append(ledger_mod.SESSION_CLOSE, self.clock(), fields | {
+                "records": sf.chain.seq, "head": sf.chain.prev, "sealed": self.signer is not None,
+            })
+        else:
+            self._ledger.append(ledger_mod.SESSION_FAILED, self.clock(), fields | {
+                "records": sf.durable_records,
+                "head": sf.durable_head if sf.durable_records else None,
+                "cause": sf.error.cause,
+                "file": "kept" if sf.durable_records else "removed",
+            })
+
+    def _flush_ledger(self) -> StorageError | None:
+        lg = self._ledger
+        if lg is None:
+            return None
+        if lg.fd < 0:
+            if self._ledger_error is None:
+                return None
+            if time.monotonic() - self._last_ledger_try < 1.0 or not self._open_ledger():
+                return self._ledger_error
+        try:
+            lg.flush()
+        except OSError as e:
+            err = StorageError(describe_oserror(e), f"cannot write the ledger {lg.path}: {e.strerror}")
+            self._report(err)
+            return err
+        return None
+
+    def _tick(self) -> None:
+        """Work due by time: checkpoints of quiet sessions, a ledger retry, retention."""
+        now = time.monotonic()
+        if now < self._next_scan:
+            return
+        self._next_scan = now + 0.1
+        if self.signer is not None:
+            for sf in list(self._files.values()):
+                if sf.error is None and sf.fd >= 0 and sf.unsigned and \
+                        now - sf.last_signed >= self.checkpoint_interval:
+                    self._sign(sf, "checkpoint")
+                    self._flush_block(sf)
+        if self._ledger is not None:
+            if self._ledger.pending or self._ledger.fd < 0:
+                self._flush_ledger()
+            if self.retention_days > 0 and self._ledger.fd >= 0 and now >= self._next_retention:
+                self._next_retention = now + retention.check_interval(self.retention_days)
+                self._apply_retention()
+
+    def _apply_retention(self) -> None:
+        lg = self._ledger
+        gone = retention.expired(lg.state, self.clock(), self.retention_days)
+        for entry in gone:
+            try:
+                removed = retention.delete_file(self.storage_dir, entry)
+            except OSError as e:
+                self._event(f"retention: cannot delete {entry.path}: {e.strerror or e}")
+                continue
+            lg.append(ledger_mod.SESSION_DELETED, self.clock(), {
+                "session": entry.session, "path": entry.path, "reason": "retention",
+                "retention_days": self.retention_days, "file": "deleted" if removed else "already missing",
+            })
+        if gone:
+            self._event(f"retention: deleted {len(gone)} session(s) older than {self.retention_days} days")
+            self._flush_ledger()
+
+    def _event(self, text: str) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(text)
+            except Exception:
+                pass
 
     def _report(self, err: StorageError) -> None:
         if self.on_error is not None:

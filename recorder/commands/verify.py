@@ -1,20 +1,26 @@
-"""`wiretrail verify [--key PUB] PATH...`: check that session files are intact."""
+"""`wiretrail verify [--key PUB] PATH...`: check that session files, their signatures and
+the store's ledger are intact."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from recorder import verify
 from recorder.commands.ls import safe
 
+_ANCHOR = re.compile(r"(\d+):([0-9a-f]{64})\Z")
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "verify",
-        help="check that session files are intact (hash chains)",
+        help="check that session files, their signatures and the ledger are intact",
         description=(
-            "Check session files (a file, or every *.jsonl.zst below a directory). "
+            "Check session files (a file, or every *.jsonl.zst below a directory) and, when they lie in a "
+            "store with a ledger (ledger.jsonl), check them against it: a deleted, swapped, cut or planted "
+            "file is reported. With --key, checkpoint, seal and ledger signatures are checked too. "
             "Exit 0 when everything checked is intact (closed, sealed, or an unsealed tail after a crash), "
             "1 when anything was tampered with or is broken, 2 on a usage error."
         ),
@@ -22,33 +28,68 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--key",
         metavar="PUB",
-        help="the gateway's public key (PEM), taken from outside the store",
+        action="append",
+        help="the gateway's public key (PEM, from wiretrail keygen), taken from outside the store; "
+             "repeat for keys used before a rotation",
+    )
+    p.add_argument(
+        "--anchor",
+        metavar="SEQ:SHA256",
+        action="append",
+        default=[],
+        help="a ledger head recorded outside the host earlier; the ledger must still contain it",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="a session file or a directory of sessions")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.key is not None and not Path(args.key).is_file():
-        print(f"wiretrail verify: --key {args.key}: no such file", file=sys.stderr)
-        return 2
+    from recorder.signing import SigningKeyError, load_verifier
+
+    verifiers = []
+    for key in args.key or []:
+        if not Path(key).is_file():
+            print(f"wiretrail verify: --key {key}: no such file", file=sys.stderr)
+            return 2
+        try:
+            verifiers.append(load_verifier(key))
+        except SigningKeyError as e:
+            print(f"wiretrail verify: --key: {e}", file=sys.stderr)
+            return 2
+    anchors = []
+    for a in args.anchor:
+        m = _ANCHOR.fullmatch(a.strip().lower())
+        if not m:
+            print(f"wiretrail verify: --anchor {a!r}: expected SEQ:SHA256, e.g. 41:3f2a...(64 hex digits)",
+                  file=sys.stderr)
+            return 2
+        anchors.append((int(m.group(1)), m.group(2)))
     try:
         files = verify.collect_files(args.paths)
     except FileNotFoundError as e:
         print(f"wiretrail verify: {e}", file=sys.stderr)
         return 2
-    if not files:
+    if not files and not any(verify.find_ledger(Path(p)) for p in args.paths):
         print(
             f"wiretrail verify: no session files (*.jsonl.zst) under {' '.join(args.paths)}; "
             "point it at the storage dir or at a session file",
             file=sys.stderr,
         )
         return 2
-    verdicts = []
-    for path in files:
-        v = verify.verify_file(path)
-        verdicts.append(v)
+    report = verify.verify_paths(args.paths, verifiers or None, anchors)
+    for v in report.files:
         for line in v.describe():
             print(safe(line))
-    print(verify.KEY_NOT_YET_NOTE if args.key else verify.CHAINS_ONLY_NOTE)
-    print(verify.summarize(verdicts))
-    return 0 if all(v.ok for v in verdicts) else 1
+    for lv in report.ledgers:
+        for line in lv.describe(bool(verifiers)):
+            print(safe(line))
+    for issue in report.anchor_issues:
+        print(safe(f"FAILED  {issue}"))
+    if not report.ledgers:
+        print("no ledger found (ledger.jsonl): each file was checked alone; a deleted or swapped file "
+              "would not show")
+    if verifiers:
+        print("signatures checked with key id " + ", ".join(v.key_id for v in verifiers))
+    else:
+        print(verify.CHAINS_ONLY_NOTE)
+    print(verify.summarize(report.files))
+    return 0 if report.ok else 1

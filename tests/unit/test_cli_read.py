@@ -120,13 +120,17 @@ def test_verify_usage_errors_exit_2(tmp_path, capsys):
     assert "no session files" in capsys.readouterr().err
 
 
-def test_verify_with_key_says_only_chains(store, tmp_path, capsys):
+def test_verify_with_key_checks_signatures_and_rejects_bad_keys(store, tmp_path, capsys):
     record_session(store, "alice", "10.0.0.1", 1767225600.0)
     key = tmp_path / "gateway.pub"
     key.write_text("-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n")
-    assert cli.main(["verify", "--key", str(key), str(store)]) == 0
-    assert "signature checking arrives with format checkpoints; only the hash chains were checked" in capsys.readouterr().out
+    assert cli.main(["verify", "--key", str(key), str(store)]) == 2
+    assert "not a PEM public key" in capsys.readouterr().err
     assert cli.main(["verify", "--key", str(tmp_path / "missing.pub"), str(store)]) == 2
+    # A real key, but this session was written without one: nothing in it is signed.
+    assert cli.main(["keygen", str(tmp_path / "keys")]) == 0
+    assert cli.main(["verify", "--key", str(tmp_path / "keys" / "gateway.pub"), str(store)]) == 1
+    assert "session.open names no signing key" in capsys.readouterr().out
 
 
 def test_verify_via_the_installed_command(store):

@@ -1,0 +1,444 @@
+"""End to end: a real gateway signs its sessions and keeps the ledger; `wiretrail verify`
+catches each kind of tampering on that real store; a kill -9 is recovered honestly at the
+next start; a full disk refuses traffic instead of losing records; retention deletes old
+sessions and leaves a ledger that still verifies."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import zstandard
+
+from tests.support.artifacts import Artifacts
+from tests.support.checks import assert_every_upstream_request_recorded
+from tests.support.clients import httpx_client, new_test_id
+from tests.support.gateway import WIRETRAIL
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def keygen(directory: Path) -> tuple[Path, Path]:
+    proc = subprocess.run([str(WIRETRAIL), "keygen", str(directory)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return directory / "gateway.key", directory / "gateway.pub"
+
+
+def verify(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(WIRETRAIL), "verify", *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def signed(store: Path, key: Path, **storage) -> dict:
+    return {"storage": {"dir": store, "signing_key": key, "checkpoint_interval": 0.2, **storage}}
+
+
+def session_files(store: Path) -> list[Path]:
+    return sorted(store.rglob("*.jsonl.zst"))
+
+
+def read_lines(path: Path) -> list[bytes]:
+    data = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+    return data.split(b"\n")[:-1]
+
+
+def rewrite(path: Path, lines: list[bytes]) -> None:
+    cobj = zstandard.ZstdCompressor().compressobj()
+    path.write_bytes(cobj.compress(b"".join(x + b"\n" for x in lines)) + cobj.flush())
+
+
+def rechain(lines: list[bytes]) -> list[bytes]:
+    """What a forger without the key does: renumber and re-hash every line."""
+    out, prev = [], "0" * 64
+    for seq, line in enumerate(lines):
+        rec = json.loads(line)
+        rec["seq"], rec["prev"] = seq, prev
+        new = json.dumps(rec, separators=(",", ":"), ensure_ascii=False).encode()
+        out.append(new)
+        prev = hashlib.sha256(new).hexdigest()
+    return out
+
+
+def ledger_entries(store: Path) -> list[dict]:
+    path = store / "ledger.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_bytes().split(b"\n") if x]
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def post(client: httpx.Client, tid: str, body: bytes | None = None) -> httpx.Response:
+    if body is not None:
+        return client.post("/echo", content=body, headers={"x-test-id": tid, "content-type": "text/plain"})
+    return client.post("/v1/chat/completions", content=b'{"model":"m"}',
+                       headers={"x-test-id": tid, "content-type": "application/json"})
+
+
+# -- a signed store, and every tamper kind on it --------------------------------------------
+
+
+@pytest.fixture
+def signed_store(start_gateway, upstream, tmp_path):
+    """Three sealed sessions (two closed idle, one at shutdown) written by a real gateway."""
+    priv, pub = keygen(tmp_path / "keys")
+    store = tmp_path / "store"
+    gw = start_gateway(config={**signed(store, priv), "sessions": {"idle_timeout": 0.4}})
+    with httpx_client(gw, "reverse") as client:
+        for i in range(3):
+            for _ in range(3):
+                assert post(client, new_test_id()).status_code == 200
+            if i < 2:  # let the session close idle (and be sealed) before the next opens
+                assert wait_until(lambda: sum(e["t"] == "session.close" for e in ledger_entries(store)) > i)
+    assert gw.stop() == 0
+    assert_every_upstream_request_recorded(upstream, Artifacts(store))
+    return store, pub
+
+
+def test_signed_store_verifies(signed_store):
+    store, pub = signed_store
+    files = session_files(store)
+    assert len(files) == 3
+    for f in files:
+        lines = [json.loads(x) for x in read_lines(f)]
+        assert lines[-1]["t"] == "seal" and lines[-2]["t"] == "session.close"
+        assert lines[0]["key"] == lines[-1]["key"] is not None
+    kinds = [e["t"] for e in ledger_entries(store)]
+    assert kinds.count("session.open") == 3 and kinds.count("session.close") == 3
+    res = verify("--key", pub, store)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count(": sealed,") == 3
+    assert "all entries signed and verified" in res.stdout
+    res = verify(store)
+    assert res.returncode == 0 and "only the hash chains were checked" in res.stdout
+
+
+def tampered(signed_store, tmp_path) -> tuple[Path, Path, list[Path]]:
+    store, pub = signed_store
+    copy = tmp_path / f"copy{len(list(tmp_path.glob('copy*')))}"
+    shutil.copytree(store, copy)
+    return copy, pub, session_files(copy)
+
+
+def assert_caught(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert res.returncode == 1, res.stdout + res.stderr
+    for n in needles:
+        assert n in res.stdout, f"{n!r} not in:\n{res.stdout}"
+
+
+def test_deleted_session_file(signed_store, tmp_path):
+    store, pub, files = tampered(signed_store, tmp_path)
+    files[1].unlink()
+    assert_caught(verify("--key", pub, store), f"FAILED  {files[1]}: session file deleted or moved")
+    assert_caught(verify(store), f"FAILED  {files[1]}: session file deleted or moved")
+
+
+def test_swapped_session_file(signed_store, tmp_path):
+    store, pub, files = tampered(signed_store, tmp_path)
+    a, b = files[0].read_bytes(), files[1].read_bytes()
+    files[0].write_bytes(b)
+    files[1].write_bytes(a)
+    res = verify("--key", pub, store)
+    assert_caught(res, f"FAILED  {files[0]}", f"{files[0]}: seq 0: ", "swapped")
+
+
+def test_truncated_sealed_session(signed_store, tmp_path):
+    store, pub, files = tampered(signed_store, tmp_path)
+    lines = read_lines(files[2])
+    rewrite(files[2], lines[:-3])  # cut at a line boundary: the chain alone cannot see it
+    res = verify("--key", pub, store)
+    assert_caught(res, f"{files[2]}: seq {len(lines) - 3}: truncated sealed session")
+    assert_caught(verify(store), "truncated sealed session")
+
+
+@pytest.mark.parametrize("kind", ["edited", "reordered", "deleted"])
+def test_edited_reordered_deleted_record(signed_store, tmp_path, kind):
+    store, pub, files = tampered(signed_store, tmp_path)
+    lines = read_lines(files[0])
+    if kind == "edited":
+        lines[2] = lines[2].replace(b'"status":200', b'"status":500')
+        assert b'"status":500' in lines[2]
+        want = "seq 3: prev does not match the hash of the line before it (seq 2)"
+    elif kind == "reordered":
+        lines[2], lines[3] = lines[3], lines[2]
+        want = "seq 2: expected seq 4, found 2 (out of order or repeated)"
+    else:
+        del lines[2]
+        want = "seq 3: expected seq 2, found 3 (gap: records missing)"
+    rewrite(files[0], lines)
+    assert_caught(verify("--key", pub, store), f"FAILED  {files[0]}", f"{files[0]}: {want}")
+
+
+def test_edited_last_record_is_caught_by_the_seal_and_the_ledger(signed_store, tmp_path):
+    store, pub, files = tampered(signed_store, tmp_path)
+    lines = read_lines(files[0])
+    lines[-1] = lines[-1].replace(b'"sig":"', b'"sig":"A')
+    rewrite(files[0], lines)
+    assert_caught(verify("--key", pub, store), f"seq {len(lines) - 1}: seal signature does not verify")
+    assert_caught(verify(store), "differs from the head the ledger recorded")
+
+
+def test_rechained_forgery(signed_store, tmp_path):
+    store, pub, files = tampered(signed_store, tmp_path)
+    lines = read_lines(files[1])
+    edited = 3
+    lines[edited] = lines[edited].replace(b'"status":200', b'"status":403')
+    forged = rechain(lines)
+    rewrite(files[1], forged)
+    # The chain is whole again, but the signatures no longer match it; nor does the ledger.
+    res = verify("--key", pub, files[1])
+    assert_caught(res, "signature does not verify", "differs from the head the ledger recorded")
+    # The forger rewrites the ledger's head for that session too, and re-chains the ledger.
+    ledger = store / "ledger.jsonl"
+    entries = ledger.read_bytes().split(b"\n")[:-1]
+    sid = json.loads(forged[0])["session"]
+    new_head = hashlib.sha256(forged[-1]).hexdigest()
+    out = []
+    for line in entries:
+        e = json.loads(line)
+        if e["t"] == "session.close" and e["session"] == sid:
+            e["head"] = new_head
+        out.append(json.dumps(e, separators=(",", ":")).encode())
+    ledger.write_bytes(b"".join(x + b"\n" for x in rechain(out)))
+    # Without the key only chains are checked: the forgery passes, and verify says what it did not check.
+    res = verify(store)
+    assert res.returncode == 0 and "only the hash chains were checked" in res.stdout, res.stdout
+    res = verify("--key", pub, store)
+    assert_caught(res, "ledger signature does not verify", f"{files[1]}: seq", "signature does not verify")
+
+
+def test_planted_file_and_cut_ledger_against_an_anchor(signed_store, tmp_path):
+    store, pub, files = tampered(signed_store, tmp_path)
+    ledger = store / "ledger.jsonl"
+    lines = ledger.read_bytes().split(b"\n")[:-1]
+    anchor = f"{len(lines) - 1}:{hashlib.sha256(lines[-1]).hexdigest()}"
+    assert verify("--key", pub, "--anchor", anchor, store).returncode == 0
+    # Cut the last ledger entry (the last session's close): with the anchor, it shows.
+    ledger.write_bytes(b"".join(x + b"\n" for x in lines[:-1]))
+    assert_caught(verify("--key", pub, "--anchor", anchor, store), "no ledger checked has that entry")
+    # A file the gateway never wrote: not in the ledger.
+    planted = files[0].with_name("01KDVDNA00B8Y9W7VV5N66X2GB.jsonl.zst")
+    shutil.copy(files[0], planted)
+    assert_caught(verify("--key", pub, store), f"{planted}", "not in the ledger")
+
+
+# -- kill -9 and recovery ----------------------------------------------------------------------
+
+
+def test_kill_9_during_streams_then_recovery_on_restart(start_gateway, upstream, tmp_path):
+    priv, pub = keygen(tmp_path / "keys")
+    store = tmp_path / "store"
+    gw = start_gateway(config=signed(store, priv))
+    tids = [new_test_id() for _ in range(3)]
+    stop = threading.Event()
+
+    def stream(tid, mode):
+        try:
+            with httpx_client(gw, mode, upstream) as client:
+                with client.stream("GET", "/slow-sse?n=200&delay=0.05", headers={"x-test-id": tid}) as r:
+                    for _ in r.iter_bytes():
+                        if stop.is_set():
+                            return
+        except httpx.HTTPError:
+            pass  # the gateway died under it
+
+    threads = [threading.Thread(target=stream, args=(t, m), daemon=True)
+               for t, m in zip(tids, ["proxy", "reverse", "proxy"])]
+    for t in threads:
+        t.start()
+    # Streams under way, and the writer has signed at least one checkpoint of them.
+    assert wait_until(lambda: len([r for r in Artifacts(store).records if r["t"] == "http.chunk"]) >= 6
+                      and any(r["t"] == "checkpoint" for r in Artifacts(store).records))
+    time.sleep(0.3)
+    assert gw.stop(signal.SIGKILL) == -signal.SIGKILL
+    stop.set()
+    files = session_files(store)
+    assert files
+    before = {f: f.read_bytes() for f in files}
+
+    res = verify("--key", pub, store)
+    assert res.returncode == 0, res.stdout
+    assert "unsealed (crash?)" in res.stdout and "last signed checkpoint seq" in res.stdout
+    assert "open in the ledger" in res.stdout
+
+    gw2 = start_gateway(config=signed(store, priv))
+    assert wait_until(lambda: any(e["t"] == "session.recovered" for e in ledger_entries(store)))
+    recovered = [e for e in ledger_entries(store) if e["t"] == "session.recovered"]
+    assert {e["session"] for e in recovered} == {json.loads(read_lines(f)[0])["session"] for f in files}
+    for e in recovered:
+        path = store / e["path"]
+        lines = read_lines(path)
+        assert e["records"] == len(lines) and e["head"] == hashlib.sha256(lines[-1]).hexdigest()
+        assert e["checkpoint"] is not None and e["key"] is not None and e["sig"]
+    # Nothing was appended to the crashed files, and traffic works on new sessions.
+    with httpx_client(gw2, "reverse") as client:
+        assert post(client, new_test_id()).status_code == 200
+    assert gw2.stop() == 0
+    for f, data in before.items():
+        assert f.read_bytes() == data, f"{f} changed after the crash"
+    assert "recovered session" in gw2.log_text()
+
+    res = verify("--key", pub, store)
+    assert res.returncode == 0, res.stdout
+    assert res.stdout.count("unsealed (crash): ") == len(files), res.stdout
+    assert "recovered at the next start" in res.stdout and ": sealed," in res.stdout
+    # Cutting a recovered file now shows: the ledger holds its head.
+    lines = read_lines(files[0])
+    rewrite(files[0], lines[:-1])
+    assert_caught(verify("--key", pub, store), f"{files[0]}: seq {len(lines) - 1}: truncated")
+
+
+# -- disk full ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(mnt: Path) -> Path:
+    """Fill the tmpfs to the last block; returns the filler file (delete it to free space)."""
+    filler = mnt / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.parametrize("fail_closed", [True, False], ids=["fail_closed", "fail_open"])
+def test_disk_full(small_tmpfs, start_gateway, upstream, tmp_path, fail_closed):
+    priv, pub = keygen(tmp_path / "keys")
+    store = small_tmpfs / "store"
+    gw = start_gateway(config=signed(store, priv, fail_closed=fail_closed))
+
+    def body() -> bytes:  # 96 KiB of text that compresses only 2:1, new each time (zstd would dedupe it)
+        return os.urandom(48 * 1024).hex().encode()
+
+    with httpx_client(gw, "reverse") as client:
+        assert post(client, new_test_id(), body()).status_code == 200  # the session and ledger exist
+        filler = fill(small_tmpfs)
+        statuses = []
+        for _ in range(8):
+            r = post(client, new_test_id(), body())
+            statuses.append(r.status_code)
+        if fail_closed:
+            assert 503 in statuses, statuses
+            refused = [s for s in statuses if s == 503]
+            assert r.status_code == 503 and "could not record" in r.json()["error"]["message"]
+        else:
+            assert statuses == [200] * 8, statuses
+        log = gw.log_text()
+        assert log.count("cannot record (disk full)") == 1, log
+        if not fail_closed:
+            assert log.count("UNRECORDED flow POST") >= 7, log
+        # Storage recovers: traffic resumes.
+        filler.unlink()
+        assert wait_until(lambda: post(client, new_test_id()).status_code == 200, 5)
+    assert gw.stop() == 0
+    if fail_closed:
+        # Nothing reached the upstream that is not in an artifact.
+        assert_every_upstream_request_recorded(upstream, Artifacts(store))
+        assert len(refused) >= 1
+    res = verify("--key", pub, store)
+    assert res.returncode == 0, res.stdout
+    failed = [e for e in ledger_entries(store) if e["t"] == "session.failed"]
+    assert failed and all(e["cause"] == "disk full" for e in failed), ledger_entries(store)
+    kept = [e for e in failed if e["file"] == "kept"]
+    assert res.stdout.count("unsealed (storage error)") == len(kept), res.stdout
+
+
+# -- retention -----------------------------------------------------------------------------------
+
+TIME_SHIFT = """\
+import os, time
+_shift = float(os.environ.get("WIRETRAIL_TEST_TIME_SHIFT", "0"))
+if _shift:
+    _real = time.time
+    time.time = lambda: _real() + _shift
+"""
+
+
+def test_retention_deletes_old_sessions_and_the_ledger_still_verifies(start_gateway, upstream, tmp_path, monkeypatch):
+    priv, pub = keygen(tmp_path / "keys")
+    store = tmp_path / "store"
+    gw = start_gateway(config={**signed(store, priv), "sessions": {"idle_timeout": 0.3}})
+    with httpx_client(gw, "reverse") as client:
+        assert post(client, new_test_id()).status_code == 200
+        assert wait_until(lambda: any(e["t"] == "session.close" for e in ledger_entries(store)))
+        assert post(client, new_test_id()).status_code == 200
+    assert gw.stop() == 0
+    old = session_files(store)
+    assert len(old) == 2
+
+    # The next gateway runs two days later (its clock shifted), keeping sessions one day.
+    shim = tmp_path / "timeshift"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(TIME_SHIFT)
+    monkeypatch.setenv("PYTHONPATH", str(shim))
+    monkeypatch.setenv("WIRETRAIL_TEST_TIME_SHIFT", str(2 * 86400))
+    gw2 = start_gateway(config=signed(store, priv, retention_days=1))
+    monkeypatch.delenv("PYTHONPATH")
+    monkeypatch.delenv("WIRETRAIL_TEST_TIME_SHIFT")
+    assert wait_until(lambda: sum(e["t"] == "session.deleted" for e in ledger_entries(store)) == 2)
+    assert not any(f.exists() for f in old)
+    with httpx_client(gw2, "reverse") as client:
+        assert post(client, new_test_id()).status_code == 200
+    assert gw2.stop() == 0
+    assert len(session_files(store)) == 1  # the new session stays
+    assert "retention: deleted 2 session(s)" in gw2.log_text()
+
+    res = verify("--key", pub, store)
+    assert res.returncode == 0, res.stdout
+    assert "2 session(s) deleted by retention" in res.stdout
+    # A tombstone cannot cover a deletion it did not make: remove the new file, and it shows.
+    session_files(store)[0].unlink()
+    assert_caught(verify("--key", pub, store), "session file deleted or moved")
+
+
+def test_an_unusable_signing_key_stops_the_gateway(start_gateway, tmp_path):
+    from tests.support.gateway import GatewayStartError
+
+    (tmp_path / "pub").mkdir()
+    _, pub = keygen(tmp_path / "pub")
+    try:
+        gw = start_gateway(config=signed(tmp_path / "store", pub))  # the public key, not the private one
+        gw.proc.wait(20)
+        log, code = gw.log_text(), gw.proc.returncode
+    except GatewayStartError as e:
+        log, code = str(e), 1
+    assert code != 0
+    assert "storage.signing_key" in log and "a public key, not the private key" in log
+    assert not list((tmp_path / "store").rglob("*.jsonl.zst"))
