@@ -24,7 +24,6 @@ from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.header_masking import recordable_headers
 from recorder.identity import Identity as VerifiedIdentity
 from recorder.sessions import Session, SessionRegistry
-from recorder.signing import SigningKeyError, load_signer
 from recorder.writer import RecordWriter, StorageError
 
 log = logging.getLogger("wiretrail")
@@ -111,22 +110,15 @@ class Capture:
         cfg = self.config_addon.current
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
-        signer = None
-        if cfg.storage.signing_key is not None:
-            try:
-                signer = load_signer(cfg.storage.signing_key)
-            except SigningKeyError as e:
-                # Recording unsigned when a key was asked for would be a silent downgrade.
-                log.error(f"wiretrail: storage.signing_key: {e}; the gateway stops (it will not record unsigned)")
-                self._stopped = True
-                ctx.master.shutdown()
-                return
-        else:
+        signer = self.config_addon.signer
+        if cfg.storage.signing_key is None:
             log.warning(
                 "wiretrail: NO SIGNING KEY (storage.signing_key is not set): sessions get no checkpoints or "
                 "seals and the ledger is unsigned; anyone who can write the store can rewrite it unnoticed. "
                 "Make a key with `wiretrail keygen DIR` (docs/integrity.md)"
             )
+        elif signer is None:
+            return  # the config addon could not load it and is stopping the gateway
         self.writer = RecordWriter(
             fsync=cfg.storage.fsync,
             fsync_interval=cfg.storage.fsync_interval,

@@ -1,7 +1,8 @@
 """Loads and validates the gateway's TOML config (`--set wiretrail_config=PATH`).
 
-The other addons read `WiretrailConfig.current` in their own `configure`. A bad file
-raises OptionsError, which mitmproxy logs as a start-up error and exits on.
+The other addons read `WiretrailConfig.current` (and `.signer`) from `running` on. A bad
+file or an unusable signing key raises OptionsError, which mitmproxy logs as a start-up
+error and exits 1 on.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Optional
 from mitmproxy import ctx, exceptions
 
 from recorder.config import ConfigError, GatewayConfig, load_config
+from recorder.signing import Signer, SigningKeyError, ensure_dev_signing_key, load_signer
 
 log = logging.getLogger("wiretrail")
 
@@ -20,6 +22,7 @@ OPTION = "wiretrail_config"
 class WiretrailConfig:
     def __init__(self) -> None:
         self.current: GatewayConfig | None = None
+        self.signer: Signer | None = None
         self.started = False  # once running, storage and the writer are built: no hot swap
 
     def load(self, loader):
@@ -39,23 +42,41 @@ class WiretrailConfig:
             return
         path = ctx.options.wiretrail_config
         try:
-            config = load_config(path)
+            # configure may run before --set values arrive: the embedded default is only checked
+            # here; its development secret and signing key are made in `running`, if it is used.
+            config = load_config(path, read_secrets=path is not None)
+            signer = load_signer(config.storage.signing_key) if path and config.storage.signing_key else None
         except ConfigError as e:
             raise exceptions.OptionsError(f"wiretrail config: {e}") from None
+        except SigningKeyError as e:
+            raise exceptions.OptionsError(f"wiretrail config: {config.source}: storage.signing_key: {e}; "
+                                          "the gateway will not record unsigned when a key is configured "
+                                          "(make one with `wiretrail keygen DIR`)") from None
         if self.started:
             if config != self.current:
                 log.warning("wiretrail: the config changed while running; restart the gateway to apply it")
             return
-        self.current = config
+        self.current, self.signer = config, signer
 
     def running(self):
         # Options are final only now: configure may first run before --set values arrive.
+        if self.started:
+            return
         self.started = True
-        config = self.current
-        if config.source is None:
+        if self.current.source is None:
             log.warning(
                 "wiretrail: no config file given (--set wiretrail_config=PATH); "
                 "running on the embedded DEMO default (docs/configuration.md)"
             )
+            try:
+                self.current = load_config(None)  # makes the development secret on first start
+                ensure_dev_signing_key(self.current.storage.signing_key)
+                self.signer = load_signer(self.current.storage.signing_key)
+            except (ConfigError, SigningKeyError, OSError) as e:
+                log.error(f"wiretrail: the embedded default cannot start: {e}; the gateway stops")
+                ctx.master.shutdown()
+                return
+            log.info(f"wiretrail: demo signing key {self.current.storage.signing_key} "
+                     f"(verify with --key {self.current.storage.signing_key.with_suffix('.pub')})")
         else:
-            log.info(f"wiretrail: config loaded from {config.source}")
+            log.info(f"wiretrail: config loaded from {self.current.source}")

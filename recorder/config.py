@@ -618,12 +618,15 @@ EMBEDDED_DEV_SECRET = "keys/dev-identity.secret"  # the embedded default's hs256
 EMBEDDED_DEFAULT = """\
 # wiretrail's embedded default: a LOCAL DEMO, used when no --set wiretrail_config=PATH is given.
 # Identity is the development identity: tokens minted by `wiretrail token`, checked with a random
-# secret made in ./keys on first start. Not for production: use your IdP (docs/identity.md).
+# secret made in ./keys on first start, as is the signing key. Not for production: use your IdP
+# (docs/identity.md) and a signing key kept apart from the store (docs/integrity.md).
 
 [storage]
 dir = "sessions"            # relative to the directory the gateway was started in
 fail_closed = true          # a record that cannot be written stops the exchange (503)
 fsync = "batch"
+signing_key = "keys/gateway.key"   # made on first start (wiretrail keygen); verify with keys/gateway.pub
+checkpoint_interval = 5
 
 [sessions]
 idle_timeout = 1800

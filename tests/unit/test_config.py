@@ -192,7 +192,7 @@ def test_embedded_default_is_relative_to_cwd_and_has_no_source(tmp_path):
     config = load_config(None, cwd=tmp_path)
     assert config.source is None
     assert config.storage.dir == tmp_path / "sessions"
-    assert config.storage.fail_closed is True and config.storage.signing_key is None
+    assert config.storage.fail_closed is True and config.storage.signing_key == tmp_path / "keys" / "gateway.key"
     assert config.storage.fsync == "batch"
     # The development identity, with a secret made on first use, private to the user.
     assert config.identity.mode == "jwt" and config.identity.issuer == "wiretrail-dev"
