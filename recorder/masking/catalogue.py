@@ -14,6 +14,8 @@ One entry per rule:
   rule only when one of its keywords is in the text. A keyword must sit at or before the
   start of the secret: the streaming hold-back relies on it (set `anchored: False` when it
   cannot, and the rule is then checked for a partial match on every streamed piece).
+- `long`: matches can be longer than the 2 KiB a stream's tail is checked over (PEM
+  blocks, JWTs): the whole held text is checked for this rule's partial match.
 - `entropy`: optional minimum Shannon entropy (bits per character) of the secret.
 - `allowlist`: optional regexes; a secret that one of them finds is not masked.
 - `what`: one line for the catalogue table.
@@ -59,7 +61,7 @@ RULES: tuple[dict, ...] = (
         "id": "gcp-service-account-key", "group": "Cloud",
         "what": 'GCP service-account JSON "private_key" (the PEM block, escaped or not)',
         "regex": r'"private_key"\s*:\s*"(-----BEGIN[A-Z ]{0,30}PRIVATE KEY-----[\s\S]*?-----END[A-Z ]{0,30}PRIVATE KEY-----)',
-        "keywords": ('"private_key"',),
+        "keywords": ('"private_key"',), "long": True,
     },
     {
         "id": "azure-storage-key", "group": "Cloud",
@@ -76,7 +78,7 @@ RULES: tuple[dict, ...] = (
     {
         "id": "azure-sas-signature", "group": "Cloud",
         "what": "Azure SAS token signature (sig= in a SAS URL or connection string)",
-        "regex": r"(?i)[?&;]sig=([A-Za-z0-9%+/]{40,120}(?:%3D|=){0,2})",
+        "regex": r"(?i)[?&;]sig=([A-Za-z0-9%+/]{40,}(?:%3D|=){0,2})",
         "keywords": ("sig=",), "entropy": 3.5,
     },
     {
@@ -123,32 +125,32 @@ RULES: tuple[dict, ...] = (
     {
         "id": "slack-token", "group": "Services",
         "what": "Slack bot/user/app/config tokens (xoxb-, xoxp-, xoxa-, xoxr-, xoxs-, xoxe-, xapp-)",
-        "regex": r"(xox[abeoprs](?:\.xox[a-z])?-[A-Za-z0-9\-]{10,250}|xapp-[0-9]-[A-Za-z0-9\-]{20,250})",
+        "regex": r"(xox[abeoprs](?:\.xox[a-z])?-[A-Za-z0-9\-]{10,}|xapp-[0-9]-[A-Za-z0-9\-]{20,})",
         "keywords": ("xox", "xapp-"), "boundary": r"A-Za-z0-9\-", "entropy": 3.0,
     },
     {
         "id": "slack-webhook", "group": "Services",
         "what": "Slack incoming webhook / workflow URL (the path after hooks.slack.com)",
-        "regex": r"hooks\.slack\.com/((?:services|workflows|triggers)/[A-Za-z0-9+/_\-]{20,200})",
+        "regex": r"hooks\.slack\.com/((?:services|workflows|triggers)/[A-Za-z0-9+/_\-]{20,})",
         "keywords": ("hooks.slack.com",),
     },
     {
         "id": "stripe", "group": "Services",
         "what": "Stripe secret / restricted keys (sk_live_, rk_live_, sk_test_…) and webhook secrets (whsec_)",
-        "regex": r"((?:sk|rk)_(?:live|test|prod)_[A-Za-z0-9]{10,247}|whsec_[A-Za-z0-9+/=]{24,100})",
+        "regex": r"((?:sk|rk)_(?:live|test|prod)_[A-Za-z0-9]{10,}|whsec_[A-Za-z0-9+/=]{24,})",
         "keywords": ("sk_live_", "sk_test_", "sk_prod_", "rk_live_", "rk_test_", "rk_prod_", "whsec_"),
         "boundary": ALNUM, "entropy": 3.0,
     },
     {
         "id": "anthropic", "group": "Services",
         "what": "Anthropic API and admin keys (sk-ant-)",
-        "regex": r"(sk-ant-[a-z]{2,10}[0-9]{0,3}-[A-Za-z0-9_\-]{20,200})",
+        "regex": r"(sk-ant-[a-z]{2,10}[0-9]{0,3}-[A-Za-z0-9_\-]{20,})",
         "keywords": ("sk-ant-",), "boundary": TOKEN,
     },
     {
         "id": "openai", "group": "Services",
         "what": "OpenAI API keys (sk-, sk-proj-, sk-svcacct-, sk-admin-; and sk- keys of compatible APIs)",
-        "regex": r"(sk-[A-Za-z0-9_\-]{20,200})",
+        "regex": r"(sk-[A-Za-z0-9_\-]{20,})",
         "keywords": ("sk-",), "boundary": TOKEN, "require": r"[0-9]", "entropy": 3.5,
     },
     {
@@ -165,7 +167,7 @@ RULES: tuple[dict, ...] = (
     {
         "id": "pypi", "group": "Services",
         "what": "PyPI / TestPyPI upload token (pypi-Ag…)",
-        "regex": r"(pypi-Ag[A-Za-z0-9_\-]{50,300})", "keywords": ("pypi-ag",), "boundary": TOKEN,
+        "regex": r"(pypi-Ag[A-Za-z0-9_\-]{50,})", "keywords": ("pypi-ag",), "boundary": TOKEN,
     },
     {
         "id": "sendgrid", "group": "Services",
@@ -208,26 +210,26 @@ RULES: tuple[dict, ...] = (
         "regex": r"(-----BEGIN[A-Z0-9 _\-]{0,40}PRIVATE KEY(?: BLOCK)?-----"
         r"(?:[A-Za-z0-9+/=:,\- \t\r\n]|\\[rn])*"  # base64 lines, headers (Proc-Type: 4,ENCRYPTED), escaped breaks
         r"(?:-----END[A-Z0-9 _\-]{0,40}PRIVATE KEY(?: BLOCK)?-----)?)",
-        "keywords": ("-----begin",),
+        "keywords": ("-----begin",), "long": True,
     },
     {
         "id": "jwt", "group": "Structural",
         "what": "JSON Web Tokens (eyJ….eyJ….signature)",
         "regex": r"(eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*)",
-        "keywords": ("eyj",), "boundary": TOKEN,
+        "keywords": ("eyj",), "boundary": TOKEN, "long": True,
     },
     {
         "id": "url-password", "group": "Structural",
         "what": "the password in scheme://user:password@host URLs (database connection strings, proxies, git remotes)",
-        "regex": r"(?i)[a-z][a-z0-9+.\-]{0,20}://[^\s:@/?#\"'<>\[\]]{0,128}:([^\s@/?#\"'<>\[\]]{1,256})@",
+        "regex": r"(?i)[a-z][a-z0-9+.\-]{0,20}://[^\s:@/?#\"'<>\[\]]*:([^\s@/?#\"'<>\[\]]+)@",
         "keywords": ("://",),
         "allowlist": (PLACEHOLDERS,),
     },
     {
         "id": "connection-string-password", "group": "Structural",
         "what": "Password= / Pwd= in key=value; connection strings (ADO.NET, ODBC, JDBC properties)",
-        "regex": r"(?i)(?:server|host|data source|user id|uid|user|database|initial catalog|dsn|driver)\s*=[^;\n]{0,200};"
-        r"[^\"'\n]{0,300}?(?:password|pwd)\s*=\s*([^;\"'\s]{1,200})",
+        "regex": r"(?i)(?:server|host|data source|user id|uid|user|database|initial catalog|dsn|driver)\s*=[^;\n]*;"
+        r"[^\"'\n]*?(?:password|pwd)\s*=\s*([^;\"'\s]+)",
         "keywords": ("password", "pwd"),
         "allowlist": (PLACEHOLDERS,),
     },
@@ -250,7 +252,7 @@ RULES: tuple[dict, ...] = (
         "id": "generic-secret", "group": "Generic",
         "what": "key / secret / password / token / credential assignments (=, :, =>) with a high-entropy value",
         "regex": r"(?i)(?:key|secret|passw(?:or)?d|pwd|token|credentials?)[\w.\-]{0,20}?" + _ASSIGN
-        + r"([A-Za-z0-9+/=_\-.~!@#%^&*?]{8,200})",
+        + r"([A-Za-z0-9+/=_\-.~!@#%^&*?]{8,})",
         "keywords": ("key", "secret", "passw", "pwd", "token", "credential"),
         "boundary": r"A-Za-z0-9+/=_\-.~!@#%^&*?", "entropy": 3.0,
         "allowlist": (PLACEHOLDERS, CODE_REFERENCE, r"^[0-9.]+$"),

@@ -26,6 +26,8 @@ try:  # RE2 makes the prefilter one pass and rule scans linear; without it, Pyth
 except ImportError:  # pragma: no cover - exercised only where google-re2 does not install
     _re2 = None
 
+import regex as _regex
+
 from recorder.masking.catalogue import RULES as BUILTIN_RULES
 from recorder.masking.known_secrets import KnownSecrets
 
@@ -57,6 +59,7 @@ class Rule:
     boundary: str | None = None
     require: str | None = None
     anchored: bool = True
+    long: bool = False  # matches can be longer than the streaming window (PEM blocks, JWTs)
     what: str = ""
     group: str = "Custom"
 
@@ -65,7 +68,7 @@ class Rule:
         return cls(
             id=d["id"], regex=d["regex"], keywords=tuple(d.get("keywords", ())), entropy=d.get("entropy"),
             allowlist=tuple(d.get("allowlist", ())), boundary=d.get("boundary"), require=d.get("require"),
-            anchored=d.get("anchored", True), what=d.get("what", ""), group=d.get("group", "Custom"),
+            anchored=d.get("anchored", True), long=d.get("long", False), what=d.get("what", ""), group=d.get("group", "Custom"),
         )
 
 
@@ -89,7 +92,7 @@ def _re2_options():
 
 
 class CompiledRule:
-    __slots__ = ("rule", "id", "scan", "python", "allow", "boundary", "require", "entropy", "_partial",
+    __slots__ = ("rule", "id", "scan", "python", "allow", "boundary", "require", "entropy", "partial",
                  "keywords")
 
     def __init__(self, rule: Rule):
@@ -114,16 +117,10 @@ class CompiledRule:
         self.require = re.compile(rule.require.encode()) if rule.require else None
         self.entropy = rule.entropy
         self.keywords = tuple(k.lower() for k in rule.keywords)
-        self._partial = None
-
-    @property
-    def partial(self):
-        """The rule for partial matching (the `regex` module), compiled on first use."""
-        if self._partial is None:
-            import regex
-
-            self._partial = regex.compile(self.rule.regex.encode("utf-8"))
-        return self._partial
+        try:  # streams need partial matches, which only the regex module finds
+            self.partial = _regex.compile(source)
+        except _regex.error as e:
+            raise RuleError(f"rule {rule.id}: the regex does not compile for streaming: {e}") from None
 
     def secret_span(self, m) -> tuple[int, int]:
         groups = m.groups()
@@ -239,6 +236,7 @@ class Masker:
             self._set = s
         # streaming: rules whose keyword comes after the match start get a partial check always
         self._unanchored = [r for r in self.rules if not r.rule.anchored]
+        self._long = {r for r in self.rules if r.rule.long}
         self._kw_prefixes = [(r, tuple(k.encode()[:i] for k in r.keywords for i in range(1, len(k))))
                              for r in self.rules if r.keywords]
 
@@ -371,19 +369,28 @@ class Masker:
 
     # -- streaming support -------------------------------------------------------------
 
-    def hold_point(self, data: bytes, floor: int = 0) -> int:
+    def hold_point(self, data: bytes, floor: int = 0, window: int = 2048) -> int:
         """Where the text that could still grow into a secret starts: the start of the
         leftmost match (partial, or complete but touching the end) that reaches the end
-        of data. len(data) when nothing can. Never below `floor`."""
+        of data. len(data) when nothing can. Never below `floor`.
+
+        Partial matches are looked for in the last `window` bytes, except for the rules
+        marked `long` (PEM blocks, JWTs), which are looked for in all of data."""
         n = len(data)
         hold = n
-        low = data.lower()
-        rules = set(self._unanchored) | set(self._always) | set(self.candidates(data))
+        tail_at = max(0, n - window)
+        tail = data[tail_at:]
+        rules = set(self._unanchored) | set(self._always) | set(self.candidates(tail))
+        low = tail[-64:].lower()
         for r, prefixes in self._kw_prefixes:
             if r not in rules and prefixes and low.endswith(prefixes):
                 rules.add(r)
+        if tail_at:
+            rules -= self._long
+            rules |= self._long & set(self.candidates(data))
         for r in rules:
-            for m in r.partial.finditer(data, partial=True, overlapped=False):
+            at = 0 if (tail_at and r in self._long) else tail_at
+            for m in r.partial.finditer(data, at, partial=True):
                 if m.end() == n and m.start() < hold and m.end() > m.start():
                     hold = m.start()
         hold = min(hold, self.known.partial_start(data))

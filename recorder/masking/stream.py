@@ -12,7 +12,6 @@ trailing "sk-" or "password = " waits for the characters that decide it.
 from __future__ import annotations
 
 CONTEXT = 1024  # released bytes kept to give rules their left context (a name before a value)
-PARTIAL_WINDOW = 16384  # a partial match is looked for in this many trailing bytes
 MAX_HOLD = 256 * 1024  # a tail held longer than this is released, masked as if the stream ended
 
 
@@ -57,9 +56,7 @@ class StreamMasker:
         if final:
             hold = n
         else:
-            start = max(0, n - PARTIAL_WINDOW)
-            hold = start + m.hold_point(full[start:], max(0, base - start))
-            hold = _char_start(full, hold)
+            hold = _char_start(full, m.hold_point(full, base))
         spans = m.find(full)
         # A secret that crosses the hold point is held whole.
         moved = True
