@@ -26,9 +26,12 @@ first. Keep the narrow rules (a provider's prefix) before the broad ones (generi
 from __future__ import annotations
 
 # Placeholders that turn up where a real value would go ("${TOKEN}", "<password>", "xxxx").
-PLACEHOLDERS = r"^(?:\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|\{\{.*\}\}|<[^>]*>|%\(?\w*\)?s|\*+|x+|X+|\.\.\.|null|none|None|true|false)$"
+PLACEHOLDERS = r"^(?:\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|\{\{.*\}\}|<[^>]*>|%\(?\w*\)?s|\*+|x+|X+|\.\.\.|[A-Z][A-Z_]*|null|none|None|true|false)$"
 # Code, not a value: a dotted attribute path or an identifier (snake_case, camelCase, CONSTANT_CASE).
-CODE_REFERENCE = r"^(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+|[a-z_][a-z0-9_]*|[a-z]+(?:[A-Z][a-z0-9]*)+|[A-Z][A-Z0-9_]*)$"
+CODE_REFERENCE = (r"^(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"  # dotted.attribute.path
+                  r"|[a-z]+(?:[_-][a-z0-9]+)*"  # snake_case / kebab-case words
+                  r"|[A-Za-z][a-z]+(?:[A-Z][a-z]+)+"  # camelCase, PascalCase
+                  r"|[A-Z]+(?:_[A-Z0-9]+)+)$")  # CONSTANT_CASE
 MASK_TAG = r"^\[(?:MASKED|credential):"
 
 TOKEN = "A-Za-z0-9_\\-"  # a token next to one of these is part of a longer word: not masked
@@ -60,7 +63,7 @@ RULES: tuple[dict, ...] = (
     {
         "id": "gcp-service-account-key", "group": "Cloud",
         "what": 'GCP service-account JSON "private_key" (the PEM block, escaped or not)',
-        "regex": r'"private_key"\s*:\s*"(-----BEGIN[A-Z ]{0,30}PRIVATE KEY-----[\s\S]*?-----END[A-Z ]{0,30}PRIVATE KEY-----)',
+        "regex": r'"private_key"\s*:\s*"(-----BEGIN[A-Z ]{0,30}PRIVATE KEY-----[\s\S]*?-----END[A-Z ]{0,30}PRIVATE KEY-----(?:\\n|\n)*)',
         "keywords": ('"private_key"',), "long": True,
     },
     {
@@ -126,7 +129,7 @@ RULES: tuple[dict, ...] = (
         "id": "slack-token", "group": "Services",
         "what": "Slack bot/user/app/config tokens (xoxb-, xoxp-, xoxa-, xoxr-, xoxs-, xoxe-, xapp-)",
         "regex": r"(xox[abeoprs](?:\.xox[a-z])?-[A-Za-z0-9\-]{10,}|xapp-[0-9]-[A-Za-z0-9\-]{20,})",
-        "keywords": ("xox", "xapp-"), "boundary": r"A-Za-z0-9\-", "entropy": 3.0,
+        "keywords": ("xox", "xapp-"), "boundary": r"A-Za-z0-9\-", "require": "[0-9]", "entropy": 3.0,
     },
     {
         "id": "slack-webhook", "group": "Services",
@@ -254,7 +257,7 @@ RULES: tuple[dict, ...] = (
         "regex": r"(?i)(?:key|secret|passw(?:or)?d|pwd|token|credentials?)[\w.\-]{0,20}?" + _ASSIGN
         + r"([A-Za-z0-9+/=_\-.~!@#%^&*?]{8,})",
         "keywords": ("key", "secret", "passw", "pwd", "token", "credential"),
-        "boundary": r"A-Za-z0-9+/=_\-.~!@#%^&*?", "entropy": 3.0,
+        "entropy": 3.0,
         "allowlist": (PLACEHOLDERS, CODE_REFERENCE, r"^[0-9.]+$"),
     },
 )

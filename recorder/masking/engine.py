@@ -13,6 +13,7 @@ gateway's key: the same secret gets the same tag, and the tag does not reveal it
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import math
@@ -123,11 +124,15 @@ class CompiledRule:
             raise RuleError(f"rule {rule.id}: the regex does not compile for streaming: {e}") from None
 
     def secret_span(self, m) -> tuple[int, int]:
-        groups = m.groups()
-        for i, g in enumerate(groups, 1):
+        start, end = m.start(), m.end()
+        for i, g in enumerate(m.groups(), 1):
             if g is not None:
-                return m.start(i), m.end(i)
-        return m.start(), m.end()
+                start, end = m.start(i), m.end(i)
+                break
+        text = m.string
+        while end > start and text[end - 1] in b" \t\r\n":  # no secret ends in whitespace
+            end -= 1
+        return start, end
 
     def accept(self, data: bytes, start: int, end: int) -> bool:
         if end <= start:
@@ -282,18 +287,23 @@ class Masker:
             # Already-masked tags stay as they are (re-masking must not mangle them).
             tags = [(m.start(), m.end()) for m in TAG_RE.finditer(data)]
             found = [s for s in found if not any(a < s.end and s.start < b for a, b in tags)]
-        # Earliest first; at one start the longest; at a tie the first rule (known secrets first).
+        # Where secrets overlap, the earlier rule wins (known secrets first, then the catalogue's
+        # narrow rules before the generic ones), and within a rule the longer secret.
         order = {KNOWN_RULE_ID: -1}
         for i, r in enumerate(self.rules):
             order.setdefault(r.id, i)
-        found.sort(key=lambda s: (s.start, -(s.end - s.start), order.get(s.rule, 1 << 30)))
-        out: list[Span] = []
-        last = -1
+        found.sort(key=lambda s: (order.get(s.rule, 1 << 30), -(s.end - s.start), s.start))
+        starts: list[int] = []
+        chosen: list[Span] = []
         for s in found:
-            if s.start >= last:
-                out.append(s)
-                last = s.end
-        return out
+            i = bisect.bisect_left(starts, s.start)
+            if i > 0 and chosen[i - 1].end > s.start:
+                continue
+            if i < len(chosen) and chosen[i].start < s.end:
+                continue
+            starts.insert(i, s.start)
+            chosen.insert(i, s)
+        return chosen
 
     # -- masking ----------------------------------------------------------------------
 
