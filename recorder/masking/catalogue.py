@@ -211,7 +211,9 @@ RULES: tuple[dict, ...] = (
         "what": "PEM private keys of every kind (RSA, EC, DSA, OPENSSH, ENCRYPTED, PGP…), multi-line, "
         "also with \\n escapes; an unterminated block is masked to its end",
         "regex": r"(-----BEGIN[A-Z0-9 _\-]{0,40}PRIVATE KEY(?: BLOCK)?-----"
-        r"(?:[A-Za-z0-9+/=:,\- \t\r\n]|\\[rn])*"  # base64 lines, headers (Proc-Type: 4,ENCRYPTED), escaped breaks
+        # base64 lines, headers (Proc-Type: 4,ENCRYPTED), escaped breaks; a "-" only inside a word,
+        # so the body stops at "-----END"
+        r"(?:[A-Za-z0-9+/=:, \t\r\n]|\\[rn]|-[A-Za-z0-9])*"
         r"(?:-----END[A-Z0-9 _\-]{0,40}PRIVATE KEY(?: BLOCK)?-----)?)",
         "keywords": ("-----begin",), "long": True,
     },

@@ -197,7 +197,8 @@ def _cost(key) -> int:
     return (len(key[0]) + len(key[1]) if isinstance(key, tuple) else len(key)) * 2 + 100
 
 
-MIN_CACHED = 64  # shorter texts are masked again: the lookup would cost about as much
+MIN_CACHED = 16  # shorter texts are masked again: the lookup would cost about as much
+MIN_SECRET_TEXT = 6  # no rule matches fewer bytes than this (known secrets are 8 or more)
 
 
 class Masker:
@@ -242,8 +243,14 @@ class Masker:
         # streaming: rules whose keyword comes after the match start get a partial check always
         self._unanchored = [r for r in self.rules if not r.rule.anchored]
         self._long = {r for r in self.rules if r.rule.long}
-        self._kw_prefixes = [(r, tuple(k.encode()[:i] for k in r.keywords for i in range(1, len(k))))
-                             for r in self.rules if r.keywords]
+        # proper prefixes of keywords -> rules: a stream ending in "gh" may be starting "ghp_"
+        self._kw_prefixes: dict[bytes, set] = {}
+        for r in self.rules:
+            for k in r.keywords:
+                kb = k.encode()
+                for i in range(1, len(kb)):
+                    self._kw_prefixes.setdefault(kb[:i], set()).add(r)
+        self._max_prefix = max((len(p) for p in self._kw_prefixes), default=0)
 
     @classmethod
     def from_config(cls, masking, key: bytes, known_secrets=()) -> "Masker":
@@ -329,7 +336,7 @@ class Masker:
     def mask_bytes(self, data: bytes, context: bytes = b"") -> bytes:
         """data with every secret replaced by its tag. `context` is text that stood before
         data (a JSON key, say): rules see it, but only secrets inside data are masked."""
-        if not data:
+        if len(data) < MIN_SECRET_TEXT and not context:
             return data
         key = (context, data) if context else data
         cacheable = len(data) >= MIN_CACHED
@@ -391,10 +398,11 @@ class Masker:
         tail_at = max(0, n - window)
         tail = data[tail_at:]
         rules = set(self._unanchored) | set(self._always) | set(self.candidates(tail))
-        low = tail[-64:].lower()
-        for r, prefixes in self._kw_prefixes:
-            if r not in rules and prefixes and low.endswith(prefixes):
-                rules.add(r)
+        low = tail[-self._max_prefix:].lower()
+        for i in range(len(low)):
+            more = self._kw_prefixes.get(low[i:])
+            if more:
+                rules |= more
         if tail_at:
             rules -= self._long
             rules |= self._long & set(self.candidates(data))

@@ -30,6 +30,8 @@ def mask_json_bytes(masker, data: bytes) -> bytes | None:
 
 def _walk(masker, value, key: str):
     if isinstance(value, str):
+        if len(value) < 6:  # shorter than any secret a rule finds
+            return _UNCHANGED
         out = masker.mask_text(value, f'"{key}": "' if key else "")
         return _UNCHANGED if out is value or out == value else out
     if isinstance(value, dict):

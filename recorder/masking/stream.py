@@ -11,7 +11,7 @@ trailing "sk-" or "password = " waits for the characters that decide it.
 """
 from __future__ import annotations
 
-CONTEXT = 1024  # released bytes kept to give rules their left context (a name before a value)
+CONTEXT = 512  # released bytes kept to give rules their left context (a name before a value)
 MAX_HOLD = 256 * 1024  # a tail held longer than this is released, masked as if the stream ended
 
 
