@@ -15,6 +15,7 @@ COMMANDS = {
     "show": "show",
     "verify": "verify",
     "token": "token",
+    "mask": "mask",
 }
 
 
