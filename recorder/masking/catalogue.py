@@ -263,3 +263,13 @@ RULES: tuple[dict, ...] = (
         "allowlist": (PLACEHOLDERS, CODE_REFERENCE, r"^[0-9.]+$"),
     },
 )
+
+
+def catalogue_markdown() -> str:
+    """The catalogue as the table docs/masking.md shows (a test keeps the two in step)."""
+    rows = ["| Group | Rule id | What it finds | Keywords | Entropy |", "|---|---|---|---|---|"]
+    for r in RULES:
+        kws = ", ".join(f"`{k}`" for k in r["keywords"])
+        what = r["what"].replace("|", "\\|")
+        rows.append(f"| {r['group']} | `{r['id']}` | {what} | {kws} | {r.get('entropy', '') or ''} |")
+    return "\n".join(rows) + "\n"

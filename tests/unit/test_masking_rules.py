@@ -273,3 +273,12 @@ def test_clean_corpus_stays_unmasked(i):
     if out != text:
         masked = re.findall(r"\[MASKED:[^\]]+\]", out)
         pytest.fail(f"masked in clean text: {masked[:5]}")
+
+
+def test_docs_catalogue_table_is_generated_from_the_data():
+    from recorder.masking.catalogue import catalogue_markdown
+
+    doc = (ROOT / "docs" / "masking.md").read_text()
+    m = re.search(r"<!-- catalogue:begin -->\n(.*?)<!-- catalogue:end -->", doc, re.S)
+    assert m, "docs/masking.md lost its catalogue markers"
+    assert m.group(1) == catalogue_markdown(), "regenerate the table: catalogue_markdown()"
