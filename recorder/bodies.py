@@ -4,6 +4,15 @@ The event loop only wraps raw bytes (BodyBytes for a buffered body, ChunkBytes f
 batch of a streamed one). Decoding Content-Encoding, splitting text from binary and
 cutting at max_body happen on the writer thread, in queue order, so one stream's
 state (BodyStream) is only ever touched by that thread.
+
+Masking happens here too, on the writer thread: whoever builds a BodyBytes/BodyStream
+passes the gateway's Masker (recorder.masking) and the body's Content-Type; the loop only
+hands the reference over. Buffered bodies are masked whole (SSE as events, JSON value by
+value, anything else as bytes); streamed ones through a stream masker created on the
+first chunk, which holds back a tail that could still become a secret. Masking runs on
+the decoded bytes before the max_body cut, so a cut never splits a secret open. Bodies
+that are not UTF-8 (stored as b64) are masked as bytes: a secret in them is replaced by
+its tag, which changes the binary (docs/masking.md).
 """
 from __future__ import annotations
 
@@ -14,20 +23,27 @@ from recorder.content_decoding import DecodeError, decoder_for
 class BodyBytes:
     """A whole buffered body, as it crossed the wire (still content-encoded)."""
 
-    __slots__ = ("data", "encoding", "max_body")
+    __slots__ = ("data", "encoding", "max_body", "masker", "content_type")
 
-    def __init__(self, data: bytes, encoding: str | None = None, max_body: int = 0):
+    def __init__(self, data: bytes, encoding: str | None = None, max_body: int = 0, masker=None,
+                 content_type: str | None = None):
         self.data = data
         self.encoding = encoding
         self.max_body = max_body
+        self.masker = masker  # a recorder.masking.Masker, or None (recorded unmasked)
+        self.content_type = content_type
 
 
 class BodyStream:
     """The state of one streamed body direction. Created on the loop, used by the writer."""
 
-    __slots__ = ("decoder", "encoding", "max_body", "recorded", "wire", "decoded", "held", "decode_error")
+    __slots__ = ("decoder", "encoding", "max_body", "recorded", "wire", "decoded", "held", "decode_error",
+                 "masker", "content_type", "mask_state")
 
-    def __init__(self, encoding: str | None = None, max_body: int = 0):
+    def __init__(self, encoding: str | None = None, max_body: int = 0, masker=None, content_type: str | None = None):
+        self.masker = masker  # a recorder.masking.Masker, or None (recorded unmasked)
+        self.content_type = content_type
+        self.mask_state = None  # the stream masker, made on the writer thread at the first chunk
         self.encoding = encoding
         self.decoder = decoder_for(encoding)
         self.max_body = max_body
@@ -67,7 +83,12 @@ def render_bodies(fields: dict) -> dict:
 
 def _cut(data: bytes, max_body: int, already: int) -> tuple[bytes, bool]:
     if max_body and already + len(data) > max_body:
-        return data[: max(0, max_body - already)], True
+        cut = data[: max(0, max_body - already)]
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return cut, True
+        return _split_utf8_tail(cut)[0], True  # text stays text
     return data, False
 
 
@@ -92,6 +113,8 @@ def render_buffered(body: BodyBytes) -> dict:
     else:
         data = wire
     size = len(data)
+    if body.masker is not None and data:
+        data = body.masker.mask_body(data, body.content_type)
     data, truncated = _cut(data, body.max_body, 0)
     rendered = format_v1.encode_body(data, size=size, truncated=truncated)
     rendered.update(note)
@@ -133,6 +156,12 @@ def render_chunk(chunk: ChunkBytes) -> dict:
         data, st.held = _split_utf8_tail(data)
     st.decoded += len(data)
     size = len(data)
+    if st.masker is not None:
+        if st.mask_state is None:
+            st.mask_state = st.masker.body_stream(st.content_type)
+        data = st.mask_state.feed(data)
+        if chunk.final:
+            data += st.mask_state.finish()
     data, truncated = _cut(data, st.max_body, st.recorded)
     st.recorded += len(data)
     rendered = format_v1.encode_body(data, size=size, truncated=truncated)

@@ -17,6 +17,7 @@ COMMANDS = {
     "verify": "verify",
     "export": "export",
     "token": "token",
+    "mask": "mask",
 }
 
 

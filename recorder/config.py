@@ -126,6 +126,9 @@ class PolicyConfig:
 class MaskingRule:
     id: str
     regex: str
+    keywords: tuple[str, ...] = ()  # lowercase literals; the rule runs only where one occurs
+    entropy: float | None = None  # minimum Shannon entropy (bits per character) of the secret
+    allowlist: tuple[str, ...] = ()  # regexes; a secret one of them finds is not masked
 
 
 @dataclass(frozen=True)
@@ -549,6 +552,12 @@ SCHEMA = _Table(dict, (
             Key("id", _Text('a rule id of lowercase letters, digits and "-", starting with a letter or digit, '
                             'e.g. "acme-token"', r"[a-z0-9][a-z0-9-]*"), doc="names the rule in mask tags"),
             Key("regex", _Regex(), doc="what to mask"),
+            Key("keywords", _ListOf(_Text(), 'an array of non-empty strings, e.g. ["acme_"]'), (),
+                "literals one of which occurs in every match; the rule only runs where one does"),
+            Key("entropy", _Number(ge=0, le=8, unit="bits per character"), None,
+                "minimum Shannon entropy of the secret"),
+            Key("allowlist", _ListOf(_Regex(), 'an array of regular expressions, e.g. ["EXAMPLE$"]'), (),
+                "regexes; a secret one of them finds is not masked"),
         )), "an array of tables, written [[masking.rules]]", unique="id"), (), "extra masking rules"),
         Key("allowlist", _ListOf(_Text(), 'an array of non-empty strings, e.g. ["sk-example-not-a-key"]'), (),
             "exact values never masked"),

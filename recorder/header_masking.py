@@ -1,13 +1,16 @@
-"""Credential headers never reach an artifact as values.
+"""Headers as they are recorded: credential values never reach an artifact.
 
-Until the masking engine lands, the values of known credential headers are replaced
-by `[MASKED:<header>:<8 hex>]`, the DESIGN.md marker: a keyed hash, so the same
-credential gets the same tag without being revealed.
+- A credential header the gateway injected is recorded as a marker naming the
+  connection, `[credential:<name>]` (DESIGN.md), never its value.
+- Any other credential header (the client's own, before it is stripped; cookies) is
+  replaced whole by `[MASKED:<header>:<8 hex>]`: a keyed hash, so the same credential
+  gets the same tag without being revealed.
+- Every other value goes through the masking engine when a Masker is given (a token in
+  a custom header, a password in a Referer URL).
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
+from recorder.masking.engine import mask_tag as _mask_tag_bytes
 
 CREDENTIAL_HEADERS = frozenset(
     {
@@ -23,22 +26,26 @@ CREDENTIAL_HEADERS = frozenset(
 
 
 def mask_tag(rule_id: str, secret: str, key: bytes) -> str:
-    digest = hmac.new(key, secret.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
-    return f"[MASKED:{rule_id}:{digest[:8]}]"
+    return _mask_tag_bytes(rule_id, secret.encode("utf-8", "surrogateescape"), key)
 
 
-def recordable_headers(items, key: bytes, injected: dict[str, str] | None = None) -> list[list[str]]:
-    """Headers as [[name, value], ...] with credential values masked. Order and case kept.
+def credential_marker(connection: str) -> str:
+    return f"[credential:{connection}]"
 
-    `injected` maps a header the gateway injected to its connection name: it is recorded
-    as the marker `[credential:<name>]`, never as a value.
-    """
+
+def recordable_headers(items, key: bytes, injected: dict[str, str] | None = None, masker=None) -> list[list[str]]:
+    """Headers as [[name, value], ...] with credentials masked. Order and case kept.
+
+    `injected` maps a lowercase header name the gateway injected to its connection's name.
+    `masker` (a recorder.masking.Masker) masks secrets in the other values."""
     out = []
     for name, value in items:
-        lower = name.lower()
-        if injected and lower in injected:
-            value = f"[credential:{injected[lower]}]"
-        elif lower in CREDENTIAL_HEADERS:
-            value = mask_tag(lower, value, key)
+        low = name.lower()
+        if injected and low in injected:
+            value = credential_marker(injected[low])
+        elif low in CREDENTIAL_HEADERS:
+            value = mask_tag(low, value, key)
+        elif masker is not None and value:
+            value = masker.mask_text(value)
         out.append([name, value])
     return out

@@ -1,0 +1,26 @@
+"""Which masker a body gets: SSE as events, JSON value by value, the rest as bytes."""
+from __future__ import annotations
+
+from recorder.masking.json_masking import mask_json_bytes
+from recorder.masking.sse import SseMasker
+from recorder.masking.stream import StreamMasker
+
+
+def is_event_stream(content_type: str | None) -> bool:
+    return bool(content_type) and "text/event-stream" in content_type.lower()
+
+
+def mask_body(masker, data: bytes, content_type: str | None = None) -> bytes:
+    if not data:
+        return data
+    if is_event_stream(content_type):
+        s = SseMasker(masker)
+        return s.feed(data) + s.finish()
+    masked = mask_json_bytes(masker, data)
+    if masked is not None:
+        return masked
+    return masker.mask_bytes(data)
+
+
+def body_stream(masker, content_type: str | None = None):
+    return SseMasker(masker) if is_event_stream(content_type) else StreamMasker(masker)
