@@ -3,13 +3,18 @@
     python scripts/bench.py [--quick] [--only small,sse,upload,throughput,rss,artifact]
                             [--json FILE] [--check] [--targets 2|7] [--tls]
 
-Three paths are measured against the same local upstream (scripts/bench_upstream.py,
+Four paths are measured against the same local upstream (scripts/bench_upstream.py,
 its own process): (1) direct, (2) plain mitmdump with `stream_large_bodies=1`, (3) the
-gateway, `mitmdump -s addons/gateway.py --set wiretrail_config=<tmp toml>`. Every
-timed loop goes round-robin over the paths, one request each per iteration (starting
-path rotated), so machine noise hits all three alike. The figures that matter are the
-ratios gateway / plain mitmdump: both run the same proxy core, so the ratio is what
-wiretrail adds. How and why: docs/performance.md.
+capture-only gateway (identity "none", no connections, unregistered hosts recorded),
+(4) the gateway with identity and credential swap on: `mitmdump -s addons/gateway.py
+--set wiretrail_config=<tmp toml>` with a development (HS256) identity, a token minted
+for the run, and a [[connections]] entry for the upstream that injects a credential.
+Every timed loop goes round-robin over the paths, one request each per iteration
+(the order cycling through every permutation), so machine noise hits them all alike. The figures that matter
+are the ratios gateway / plain mitmdump (both run the same proxy core, so the ratio is
+what wiretrail adds) and gateway - capture (what identity and the swap add, issue 3).
+The capture path takes part in the small JSON and SSE phases only. How and why:
+docs/performance.md.
 
 Exit code 0 even when a target fails, unless --check is given (then 1 on a FAIL).
 """
@@ -17,12 +22,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import ctypes
+import dataclasses
 import gc
+import functools
+import hashlib
+import itertools
 import json
+import math
 import os
 import platform
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -39,8 +51,10 @@ UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "bench_upstream.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 MiB = 1024 * 1024
 METRICS = ("small", "sse", "upload", "throughput", "rss", "artifact")
-PATHS = ("direct", "plain", "gateway")
-LABELS = {"direct": "direct", "plain": "plain mitmdump", "gateway": "gateway"}
+PATHS = ("direct", "plain", "capture", "gateway")
+LABELS = {"direct": "direct", "plain": "plain mitmdump", "capture": "capture-only", "gateway": "gateway"}
+CAPTURE_PHASES = ("warm-up", "small", "sse")  # the capture-only path takes part in these only
+IDENTITY_ISSUER, IDENTITY_AUDIENCE, IDENTITY_GROUP = "wiretrail-bench", "wiretrail", "bench"
 IO_TIMEOUT = 60.0
 
 
@@ -209,10 +223,12 @@ class Target:
     upstream_port: int
     tls: ssl.SSLContext | None = None
     connect: bool = False           # regular-mode proxy: CONNECT to the upstream first
+    connect_extra: str = ""         # extra CONNECT header lines (the proxy credentials)
     proc: subprocess.Popen | None = None
     log: Path | None = None
     storage: Path | None = None
     sent: int = 0                   # requests written, all phases (the gateway should record each)
+    refused: int = 0                # pre-flight attempts the gateway had to refuse (auth.refused)
     bad_status: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)
 
@@ -232,11 +248,14 @@ class Target:
 class Requests:
     def __init__(self, headers: list[tuple[str, str]], upload_size: int, sse_events: int, sse_delay: float):
         self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
+        self.auth = ""  # the identity token's header line (reverse mode), on every path alike
         self.upload_body = make_upload_body(upload_size)
         self.sse_events, self.sse_delay = sse_events, sse_delay
 
-    def head(self, t: Target, method: str, path: str, body_len: int | None = None, ctype: str = "") -> bytes:
-        h = f"{method} {path} HTTP/1.1\r\nHost: {t.authority}\r\nUser-Agent: wiretrail-bench\r\n{self.extra}"
+    def head(self, t: Target, method: str, path: str, body_len: int | None = None, ctype: str = "",
+             auth: str | None = None) -> bytes:
+        auth = self.auth if auth is None else auth
+        h = f"{method} {path} HTTP/1.1\r\nHost: {t.authority}\r\nUser-Agent: wiretrail-bench\r\n{auth}{self.extra}"
         if ctype:
             h += f"Content-Type: {ctype}\r\n"
         if body_len is not None:
@@ -287,6 +306,16 @@ def _parse_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
     return status, headers
 
 
+class ConnectRefused(ConnectionError):
+    def __init__(self, status: int):
+        super().__init__(f"CONNECT answered {status}")
+        self.status = status
+
+
+def connect_head(t: Target) -> bytes:
+    return f"CONNECT {t.authority} HTTP/1.1\r\nHost: {t.authority}\r\n{t.connect_extra}\r\n".encode()
+
+
 class Conn:
     """A blocking keep-alive HTTP/1.1 client connection (raw socket: minimal client cost)."""
 
@@ -299,7 +328,7 @@ class Conn:
         s = socket.create_connection(("127.0.0.1", t.port), timeout=IO_TIMEOUT)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if t.connect:
-            s.sendall(f"CONNECT {t.authority} HTTP/1.1\r\nHost: {t.authority}\r\n\r\n".encode())
+            s.sendall(connect_head(t))
             buf = b""
             while b"\r\n\r\n" not in buf:
                 data = s.recv(4096)
@@ -308,7 +337,8 @@ class Conn:
                 buf += data
             status, _ = _parse_head(buf.split(b"\r\n\r\n", 1)[0])
             if status != 200:
-                raise ConnectionError(f"CONNECT answered {status}")
+                s.close()
+                raise ConnectRefused(status)
         if t.tls:
             s = t.tls.wrap_socket(s, server_hostname="127.0.0.1")
         self.sock = s
@@ -386,7 +416,7 @@ class AsyncConn:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", t.port, local_addr=local,
                                                                  limit=1 << 20)
         if t.connect:
-            self.writer.write(f"CONNECT {t.authority} HTTP/1.1\r\nHost: {t.authority}\r\n\r\n".encode())
+            self.writer.write(connect_head(t))
             status, _ = _parse_head((await self.reader.readuntil(b"\r\n\r\n"))[:-4])
             if status != 200:
                 raise ConnectionError(f"CONNECT answered {status}")
@@ -478,6 +508,22 @@ def rotated(items, i: int):
     return list(items[i:]) + list(items[:i])
 
 
+@functools.lru_cache(maxsize=None)
+def _orders(n: int) -> list[tuple[int, ...]]:
+    orders = list(itertools.permutations(range(n)))
+    random.Random(0).shuffle(orders)
+    return orders
+
+
+def ordered(items, i: int):
+    """The i-th of all orders of `items` (a fixed shuffled sequence of the n! permutations). Over
+    n! iterations each path takes each position, and follows each other path, equally often. A
+    plain rotation keeps who-follows-whom fixed: with two identical capture-only gateways, the one
+    that always followed the other came out 0.3-0.4 ms faster (median of paired differences),
+    larger than the issue-3 target itself."""
+    return [items[k] for k in _orders(len(items))[i % math.factorial(len(items))]]
+
+
 # ------------------------------------------------------------------ phases
 
 class Bench:
@@ -489,6 +535,12 @@ class Bench:
         self.targets: dict[str, Target] = {}
         self.upstream_port = 0
         self.upstream_cert: Path | None = None
+        self.connect_extra = ""               # CONNECT header lines with the proxy credentials (--tls)
+        self.secret_file: Path | None = None  # the development identity's HS256 secret
+        self.credential_file: Path | None = None
+        self.credential = ""                  # what the gateway injects upstream
+        self.outsider_token = ""              # valid, but without the connection's group
+        self.small_samples: dict[str, list] = {}
 
     # -- set-up ------------------------------------------------------------------
 
@@ -505,19 +557,63 @@ class Bench:
             raise RuntimeError(f"the upstream did not start: {line!r}\n{tail(log)}")
         self.upstream_port = int(line.split()[1])
 
-    def gateway_toml(self, storage: Path) -> Path:
-        if self.args.gateway_config:
+    def setup_identity(self) -> None:
+        """The development identity and upstream credential of the generated gateway config, and the
+        token every client sends: reverse mode puts it where SDKs put their API key (Authorization:
+        Bearer), --tls makes it the proxy password on each CONNECT (HTTPS_PROXY=http://bench:TOKEN@...).
+        Every path gets the same bytes, so the client's side costs them all alike."""
+        token = self.args.token
+        if not self.args.gateway_config:
+            sys.path.insert(0, str(ROOT))
+            from recorder.identity import mint_dev_token
+
+            secret = secrets.token_urlsafe(48)
+            self.secret_file = self.work / "dev-secret"
+            self.secret_file.write_text(secret + "\n")
+            self.secret_file.chmod(0o600)
+            self.credential = "bench-upstream-" + secrets.token_urlsafe(24)
+            self.credential_file = self.work / "upstream-credential"
+            self.credential_file.write_text(self.credential + "\n")
+            self.credential_file.chmod(0o600)
+            mint = lambda sub, groups: mint_dev_token(secret, sub=sub, groups=groups, issuer=IDENTITY_ISSUER,
+                                                      audience=IDENTITY_AUDIENCE, ttl=12 * 3600)
+            token = mint("bench", [IDENTITY_GROUP])
+            self.outsider_token = mint("bench-outsider", ["not-" + IDENTITY_GROUP])
+        if token:
+            self.connect_extra = self.proxy_credentials(token)
+            if not self.args.tls:
+                self.req.auth = f"Authorization: Bearer {token}\r\n"
+
+    @staticmethod
+    def proxy_credentials(token: str) -> str:
+        return f"Proxy-Authorization: Basic {base64.b64encode(f'bench:{token}'.encode()).decode()}\r\n"
+
+    def gateway_toml(self, kind: str, storage: Path) -> Path:
+        if kind == "gateway" and self.args.gateway_config:
             return Path(self.args.gateway_config).resolve()
         path = storage.parent / (storage.name + ".toml")
-        path.write_text(
-            "# written by scripts/bench.py\n"
-            "[storage]\n"
-            f"dir = {json.dumps(str(storage))}\n"
-            "\n[identity]\n"
-            'mode = "none"\n'
-            "\n[policy]\n"
-            'unregistered = "record"\n'
-        )
+        text = "# written by scripts/bench.py\n[storage]\n" f"dir = {json.dumps(str(storage))}\n"
+        if kind == "capture":
+            text += '\n[identity]\nmode = "none"\n\n[policy]\nunregistered = "record"\n'
+        else:
+            # Unregistered hosts are denied: a request that missed the connection could not pass unseen.
+            text += (
+                "\n[identity]\n"
+                'mode = "jwt"\n'
+                f"issuer = {json.dumps(IDENTITY_ISSUER)}\n"
+                f"audience = {json.dumps(IDENTITY_AUDIENCE)}\n"
+                f"hs256_secret = {json.dumps('file:' + str(self.secret_file))}\n"
+                "\n[policy]\n"
+                'unregistered = "deny"\n'
+                "\n[[connections]]\n"
+                'name = "bench"\n'
+                'hosts = ["127.0.0.1"]\n'
+                f"ports = [{self.upstream_port}]\n"
+                f"credential = {json.dumps('file:' + str(self.credential_file))}\n"
+                'inject = "bearer"\n'
+                f"allow_groups = [{json.dumps(IDENTITY_GROUP)}]\n"
+            )
+        path.write_text(text)
         return path
 
     def proxy_cmd(self, kind: str, port: int, storage: Path | None) -> list[str]:
@@ -536,17 +632,18 @@ class Bench:
             script = Path(self.args.gateway_script)
             if not script.is_absolute():
                 script = ROOT / script
-            cmd += ["-s", str(script), "--set", f"wiretrail_config={self.gateway_toml(storage)}"]
+            cmd += ["-s", str(script), "--set", f"wiretrail_config={self.gateway_toml(kind, storage)}"]
         return cmd + list(self.args.mitmdump_arg)
 
     def start_proxy(self, kind: str, tag: str) -> Target:
         port = free_port()
         storage = None
-        if kind == "gateway":
+        if kind in ("gateway", "capture"):
             storage = self.work / f"sessions-{tag}"
             storage.mkdir()
         log = self.work / f"{tag}.log"
-        t = Target(kind, port, self.upstream_port, connect=self.args.tls, log=log, storage=storage)
+        t = Target(kind, port, self.upstream_port, connect=self.args.tls, connect_extra=self.connect_extra,
+                   log=log, storage=storage)
         t.proc = self.procs.spawn(self.proxy_cmd(kind, port, storage), log, cwd=str(ROOT))
         return t
 
@@ -565,12 +662,68 @@ class Bench:
             direct.tls = client_tls_context(self.upstream_cert)
         plain = self.start_proxy("plain", "plain")
         gateway = self.start_proxy("gateway", "gateway")
-        self.ready(plain, "plain mitmdump")
-        self.ready(gateway, "the gateway")
         self.targets = {"direct": direct, "plain": plain, "gateway": gateway}
+        if self.args.only & {"small", "sse"}:
+            self.targets["capture"] = self.start_proxy("capture", "capture")
+        for t in self.targets.values():
+            if t.proc:
+                self.ready(t, LABELS[t.name])
+        for t in self.paths("warm-up"):
+            self.preflight(t)
 
-    def paths(self) -> list[Target]:
-        return [self.targets[p] for p in PATHS]
+    def paths(self, phase: str | None = None) -> list[Target]:
+        """The paths a phase runs over, in PATHS order; the capture-only path only in CAPTURE_PHASES."""
+        return [self.targets[p] for p in PATHS
+                if p in self.targets and (p != "capture" or phase in CAPTURE_PHASES)]
+
+    def _probe(self, t: Target, auth: str | None = None) -> tuple[int, bytes]:
+        """One GET /whoami on a fresh connection; a CONNECT refusal gives the CONNECT's status."""
+        c, body = Conn(t), bytearray()
+        try:
+            return c.request(self.req.head(t, "GET", "/whoami", auth=auth), body.extend), bytes(body)
+        except ConnectRefused as e:
+            return e.status, b""
+        except OSError as e:
+            raise RuntimeError(f"{LABELS[t.name]}: the pre-flight request failed ({type(e).__name__}: {e})\n"
+                               f"{tail(t.log)}")
+        finally:
+            c.close()
+
+    def preflight(self, t: Target) -> None:
+        """Before anything is timed: the path answers 200. For the gateway with the generated config,
+        also that identity and the swap are really on, so the bench cannot measure a gateway that
+        refuses everything, or one that lets requests through unauthenticated or unswapped: no token
+        is refused (401 reverse, 407 regular), a valid token without the connection's group gets 403,
+        and with the bench's token the upstream receives the connection's credential and none of the
+        client's."""
+        status, body = self._probe(t)
+        if status != 200:
+            raise RuntimeError(f"{LABELS[t.name]}: the pre-flight request got {status}, not 200: "
+                               f"{body[:300].decode(errors='replace')}\n{tail(t.log)}")
+        if t.name != "gateway" or self.args.gateway_config or self.args.gateway_script == "none":
+            return
+        anon = dataclasses.replace(t, connect_extra="", bad_status={}, errors=[])
+        expected = {"no identity token": (anon, "", 407 if self.args.tls else 401),
+                    "a token without the connection's group": (
+                        dataclasses.replace(anon, connect_extra=self.proxy_credentials(self.outsider_token)),
+                        "" if self.args.tls else f"Authorization: Bearer {self.outsider_token}\r\n", 403)}
+        for what, (target, auth, want) in expected.items():
+            status, reply = self._probe(target, auth)
+            if status != want:
+                raise RuntimeError(f"the gateway answered {status} to a request with {what}, not {want}: "
+                                   f"identity or policy is not on, so the bench would not measure them\n"
+                                   f"{reply[:300].decode(errors='replace')}")
+            t.refused += 1
+        seen = json.loads(body)
+        digest = lambda v: hashlib.sha256(v.encode()).hexdigest()
+        if seen.get("authorization") != digest(f"Bearer {self.credential}"):
+            what = ("nothing" if seen.get("authorization") is None else
+                    "the client's token" if self.req.auth and seen["authorization"] == digest(self.req.auth[15:-2].strip())
+                    else "something else")
+            raise RuntimeError("the upstream did not receive the connection's credential through the gateway "
+                               f"(Authorization got {what}): the credential swap is not on\n{tail(t.log)}")
+        if seen.get("proxy-authorization") or seen.get("x-api-key"):
+            raise RuntimeError("the client's credentials reached the upstream through the gateway")
 
     def put(self, metric: str, path: str, value) -> None:
         self.results.setdefault(metric, {})[path] = value
@@ -578,13 +731,15 @@ class Bench:
     # -- sequential phases ---------------------------------------------------------
 
     def sequential(self, phase: str, n: int, one) -> dict[str, list]:
-        """Runs `one(conn, target)` n times per path, round-robin; returns the samples per path."""
-        conns = {t.name: Conn(t) for t in self.paths()}
-        samples: dict[str, list] = {t.name: [] for t in self.paths()}
+        """Runs `one(conn, target)` n times per path, round-robin (see `ordered`); returns the samples
+        per path."""
+        paths = self.paths(phase)
+        conns = {t.name: Conn(t) for t in paths}
+        samples: dict[str, list] = {t.name: [] for t in paths}
         gc.disable()
         try:
             for i in range(n):
-                for t in rotated(self.paths(), i):
+                for t in ordered(paths, i):
                     try:
                         samples[t.name].append(one(conns[t.name], t))
                     except (OSError, ValueError, IndexError) as e:
@@ -610,10 +765,15 @@ class Bench:
             c.request(data)
             return time.perf_counter() - t0
         s = self.sequential("small", self.sizes.small, one)
+        self.small_samples = s
         for path, v in s.items():
             self.put("small_p50_ms", path, _ms(pct(v, 50)))
             self.put("small_p99_ms", path, _ms(pct(v, 99)))
             self.put("small_n", path, len(v))
+        g, c = s.get("gateway"), s.get("capture")
+        if g and c and len(g) == len(c):
+            # Same iteration, same moment: the paired difference cancels slow drifts of the machine.
+            self.put("small_paired_delta_p50_ms", "gateway", _ms(pct([a - b for a, b in zip(g, c)], 50)))
 
     def run_sse(self) -> None:
         lags: dict[str, list] = {p: [] for p in PATHS}
@@ -660,8 +820,8 @@ class Bench:
         conns = {t.name: [AsyncConn(t) for _ in range(sz.concurrency)] for t in self.paths()}
         for cs in conns.values():
             await asyncio.gather(*(c.open() for c in cs))
-        done = {p: 0 for p in PATHS}
-        elapsed = {p: 0.0 for p in PATHS}
+        done = {p: 0 for p in conns}
+        elapsed = {p: 0.0 for p in conns}
 
         async def worker(c: AsyncConn, data: bytes, deadline: float, count: list) -> None:
             while time.monotonic() < deadline:
@@ -694,7 +854,7 @@ class Bench:
             for cs in conns.values():
                 for c in cs:
                     c.close()
-        for p in PATHS:
+        for p in conns:
             self.put("throughput_rps", p, round(done[p] / elapsed[p], 1) if elapsed[p] else None)
 
     # -- memory with many slow streams --------------------------------------------------
@@ -706,6 +866,8 @@ class Bench:
         gateway = self.start_proxy("gateway", "rss-gateway")
         self.ready(plain, "plain mitmdump (rss)")
         self.ready(gateway, "the gateway (rss)")
+        for t in (plain, gateway):
+            self.preflight(t)
         self.rss_targets = [plain, gateway]
         try:
             asyncio.run(self._rss([plain, gateway]))
@@ -788,6 +950,7 @@ class Bench:
         """One agent conversation that resends its whole history each turn, through a fresh gateway."""
         t = self.start_proxy("gateway", "artifact-gateway")
         self.ready(t, "the gateway (artifact)")
+        self.preflight(t)
         rng = random.Random(7)
         words = ("please fix the failing test in module where function returns wrong value after refactor "
                  "check config parser error message names key expected type also update docs and run ci").split()
@@ -818,9 +981,10 @@ class Bench:
         summary = summarize_store(t.storage)
         if self.args.gateway_script == "none":
             return
-        if summary["requests"] != self.sizes.turns or not summary["clean"]:
+        if summary["requests"] != t.sent or not summary["clean"]:
             self.notes.append(
-                f"artifact gateway: {summary['requests']} http.request records for {self.sizes.turns} turns; "
+                f"artifact gateway: {summary['requests']} http.request records for {t.sent} requests "
+                f"({self.sizes.turns} turns and a pre-flight); "
                 f"files closed cleanly: {summary['clean']}; exit code {rc}; {summary.get('error') or ''}")
 
     # -- checks ---------------------------------------------------------------------------
@@ -836,25 +1000,28 @@ class Bench:
                               f"full log: {t.log}")
 
     def finish_main(self) -> None:
-        """Stops the main proxies and checks that the gateway recorded every request it was sent."""
-        for name in ("plain", "gateway"):
+        """Stops the main proxies and checks that each gateway recorded every request it was sent."""
+        for name in ("plain", "capture", "gateway"):
             t = self.targets.get(name)
             if t and t.proc:
                 rc = self.procs.stop(t.proc)
                 self.check_log(t, "main")
                 if rc not in (0, None, -signal.SIGTERM):
                     self.notes.append(f"{name} exited with code {rc} on SIGTERM; log: {t.log}")
-        gw = self.targets.get("gateway")
-        if gw and gw.storage and self.args.gateway_script != "none" and not self.args.gateway_config:
+        for name in ("capture", "gateway"):
+            gw = self.targets.get(name)
+            if not gw or self.args.gateway_script == "none" or (name == "gateway" and self.args.gateway_config):
+                continue
             summary = summarize_store(gw.storage)
-            self.put("recorded_requests", "gateway", summary["requests"])
-            self.put("sent_requests", "gateway", gw.sent)
-            if summary["requests"] != gw.sent or not summary["clean"]:
+            self.put("recorded_requests", name, summary["requests"])
+            self.put("sent_requests", name, gw.sent)
+            if summary["requests"] != gw.sent or summary["refused"] != gw.refused or not summary["clean"]:
                 self.notes.append(
-                    f"gateway recorded {summary['requests']} http.request records for {gw.sent} requests sent; "
+                    f"{LABELS[name]} recorded {summary['requests']} http.request records for {gw.sent} requests "
+                    f"sent, {summary['refused']} auth.refused for {gw.refused} refused pre-flight attempts; "
                     f"{summary['ends']} http.end, {summary['errors']} http.error; "
                     f"session files closed cleanly: {summary['clean']} {summary.get('error') or ''}")
-        for t in self.paths() + getattr(self, "rss_targets", []):
+        for t in self.targets.values():
             if t.bad_status:
                 self.notes.append(f"{t.name}: non-200 replies {t.bad_status}")
             if t.errors:
@@ -863,7 +1030,7 @@ class Bench:
 
 def summarize_store(storage: Path) -> dict:
     """Counts records in a store's session files (tolerates an unended frame)."""
-    out = {"files": 0, "requests": 0, "ends": 0, "errors": 0, "clean": True}
+    out = {"files": 0, "requests": 0, "ends": 0, "errors": 0, "refused": 0, "clean": True}
     try:
         import zstandard
     except ImportError:
@@ -885,6 +1052,8 @@ def summarize_store(storage: Path) -> dict:
                 out["ends"] += 1
             elif b'"t":"http.error"' in line:
                 out["errors"] += 1
+            elif b'"t":"auth.refused"' in line:
+                out["refused"] += 1
             if line:
                 last = line
         if b'"t":"session.close"' not in last and b'"t":"seal"' not in last:
@@ -939,10 +1108,15 @@ class TargetCheck:
     key: str
     op: str        # "<=" or ">="
     limit: float
-    kind: str = "ratio"   # ratio (gateway/plain) | value (gateway's own figure)
+    kind: str = "ratio"   # ratio (gateway/plain) | value (gateway's own figure) | delta (gateway - capture)
 
+
+IDENTITY_LIMIT_MS = 0.2
+ENFORCED = {2: (2, 3), 7: (7,)}  # --targets N: the issues --check enforces
 
 TARGETS = [
+    TargetCheck(3, f"identity + swap over capture-only: small JSON p50 <= +{IDENTITY_LIMIT_MS} ms",
+                "small_p50_ms", "<=", IDENTITY_LIMIT_MS, "delta"),
     TargetCheck(2, "small JSON p50 <= 1.2x plain", "small_p50_ms", "<=", 1.2),
     TargetCheck(2, "SSE first event p50 <= 1.2x plain", "sse_first_p50_ms", "<=", 1.2),
     TargetCheck(2, "1 MiB request body p50 <= 1.5x plain", "upload_p50_ms", "<=", 1.5),
@@ -958,10 +1132,21 @@ TARGETS = [
 ]
 
 
+def delta(results: dict, key: str) -> float | None:
+    r = results.get(key, {})
+    g, c = r.get("gateway"), r.get("capture")
+    return None if g is None or c is None else g - c
+
+
 def evaluate(results: dict, sizes: Sizes) -> list[dict]:
     out = []
     for tc in TARGETS:
-        v = ratio(results, tc.key) if tc.kind == "ratio" else results.get(tc.key, {}).get("gateway")
+        if tc.kind == "ratio":
+            v = ratio(results, tc.key)
+        elif tc.kind == "delta":
+            v = delta(results, tc.key)
+        else:
+            v = results.get(tc.key, {}).get("gateway")
         if v is None:
             status = "n/a"
         elif tc.key == "artifact_ratio" and sizes.turns < 100:
@@ -970,7 +1155,7 @@ def evaluate(results: dict, sizes: Sizes) -> list[dict]:
             ok = v <= tc.limit if tc.op == "<=" else v >= tc.limit
             status = "PASS" if ok else "FAIL"
         out.append({"issue": tc.issue, "target": tc.label, "value": None if v is None else round(v, 3),
-                    "status": status})
+                    "status": status, "kind": tc.kind})
     return out
 
 
@@ -987,7 +1172,7 @@ def fmt(v) -> str:
 
 
 def render_table(results: dict, sizes: Sizes, markdown: bool = False) -> str:
-    head = ["metric", "direct", "plain mitmdump", "gateway", "gateway/plain"]
+    head = ["metric", "direct", "plain mitmdump", "capture-only", "gateway", "gateway/plain"]
     rows = []
     for key, label, show_ratio in ROWS:
         if key not in results:
@@ -995,7 +1180,7 @@ def render_table(results: dict, sizes: Sizes, markdown: bool = False) -> str:
         r = results[key]
         q = ratio(results, key) if show_ratio else None
         rows.append([label.format(c=sizes.concurrency, n=sizes.rss_streams, t=sizes.turns),
-                     fmt(r.get("direct")), fmt(r.get("plain")), fmt(r.get("gateway")),
+                     fmt(r.get("direct")), fmt(r.get("plain")), fmt(r.get("capture")), fmt(r.get("gateway")),
                      f"{q:.2f}x" if q is not None else ""])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -1033,7 +1218,8 @@ def parse_args(argv):
     p.add_argument("--json", metavar="FILE", help="write the results (and the machine) as JSON")
     p.add_argument("--check", action="store_true", help="exit 1 if a target of --targets fails")
     p.add_argument("--targets", type=int, choices=(2, 7), default=2,
-                   help="which issue's targets --check enforces (both sets are printed); default 2")
+                   help="which targets --check enforces: 2 = issues 2 and 3 (the default), 7 = issue 7; "
+                        "both sets are printed")
     p.add_argument("--tls", action="store_true",
                    help="regular proxy mode with CONNECT + TLS interception, and an HTTPS upstream "
                         "(default: reverse mode to a plain-HTTP upstream)")
@@ -1041,7 +1227,11 @@ def parse_args(argv):
                    help="the gateway's mitmdump script (relative to the repo); 'none' runs a second "
                         "plain mitmdump in its place (to develop the bench itself)")
     p.add_argument("--gateway-config", metavar="TOML",
-                   help="use this gateway config instead of the generated one (e.g. every feature on)")
+                   help="use this gateway config instead of the generated one (identity + swap on); the "
+                        "capture-only path keeps its generated config; send a token with --token")
+    p.add_argument("--token", metavar="JWT",
+                   help="with --gateway-config: the identity token every client sends (reverse mode: "
+                        "Authorization: Bearer; --tls: the proxy password on each CONNECT)")
     p.add_argument("--header", action="append", default=[], type=_header, metavar="NAME:VALUE",
                    help="extra header on every request (e.g. an identity token); repeatable")
     p.add_argument("--mitmdump-arg", action="append", default=[], metavar="ARG",
@@ -1059,6 +1249,8 @@ def parse_args(argv):
     if unknown:
         p.error(f"--only: unknown metric(s) {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
     args.only = only or set(METRICS)
+    if args.token and not args.gateway_config:
+        p.error("--token goes with --gateway-config; the generated config mints its own token")
     return args
 
 
@@ -1102,6 +1294,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         bench.start_upstream()
+        bench.setup_identity()
         main_metrics = [m for m in ("small", "sse", "upload", "throughput") if m in args.only]
         if main_metrics:
             bench.start_paths()
@@ -1141,12 +1334,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: the machine was busy before the run (load average {info['load_before']:.1f} on "
               f"{info['nproc']} CPUs); absolute figures are noisy, the interleaved ratios less so\n")
     print(render_table(bench.results, sizes))
-    for issue in (2, 7):
-        rows = [c for c in checks if c["issue"] == issue]
-        title = "targets (issue 2)" if issue == 2 else "later targets (issue 7, informational unless --targets 7)"
+    gateway_is = ("--gateway-config " + args.gateway_config if args.gateway_config else
+                  "identity (HS256 dev token) + allow_groups + credential swap on")
+    print(f"\ngateway: {gateway_is}; capture-only: identity \"none\", no connections "
+          f"(run in the small JSON and SSE phases only)")
+    for issues, title in (((2, 3), "targets (issues 2 and 3)"),
+                          ((7,), "later targets (issue 7, informational unless --targets 7)")):
         print(f"\n{title}:")
-        for c in rows:
-            print(f"  {c['status']:4}  {c['target']}  ({fmt(c['value'])})")
+        for c in checks:
+            if c["issue"] not in issues:
+                continue
+            if c["kind"] == "delta":
+                v = "-" if c["value"] is None else f"{c['value']:+.3f} ms"
+                over = "gateway (--gateway-config)" if args.gateway_config else "identity + swap"
+                print(f"  {c['status']:4}  {over} over capture-only: {v} p50 small JSON "
+                      f"(target <= {IDENTITY_LIMIT_MS} ms)")
+                paired = bench.results.get("small_paired_delta_p50_ms", {}).get("gateway")
+                sse = delta(bench.results, "sse_first_p50_ms")
+                extra = [f"median of paired differences {paired:+.3f} ms" if paired is not None else "",
+                         f"SSE first event p50 {sse:+.3f} ms" if sse is not None else ""]
+                if any(extra):
+                    print(f"        ({'; '.join(x for x in extra if x)})")
+            else:
+                print(f"  {c['status']:4}  {c['target']}  ({fmt(c['value'])})")
     if bench.notes:
         print("\nproblems seen:")
         for n in bench.notes:
@@ -1159,7 +1369,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": checks, "problems": bench.notes,
             "table_markdown": render_table(bench.results, sizes, markdown=True),
         }, indent=2) + "\n")
-    failed = any(c["status"] == "FAIL" for c in checks if c["issue"] == args.targets)
+    failed = any(c["status"] == "FAIL" for c in checks if c["issue"] in ENFORCED[args.targets])
     return 1 if (args.check and failed) else 0
 
 

@@ -15,11 +15,16 @@ It prints "PORT <n>" on stdout once it listens (on 127.0.0.1 only). Routes:
                                replies small JSON with the byte count
   POST /chat                   reads a chat request and replies with an assistant
                                message of a size chosen by the request (artifact test)
+  GET  /whoami                 replies with the SHA-256 (hex) of each credential header it
+                               received (authorization, x-api-key, proxy-authorization;
+                               null when absent), so the bench can check the credential swap
+                               without the upstream echoing a secret
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import random
 import ssl
@@ -170,6 +175,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 await _read_body(reader, headers)
                 q = parse_qs(urlsplit(path.decode()).query)
                 await _serve_sse(writer, int(q.get("n", ["5"])[0]), float(q.get("delay", ["0.02"])[0]))
+            elif path == b"/whoami":
+                await _read_body(reader, headers)
+                writer.write(_json_reply({
+                    name: hashlib.sha256(headers[name.encode()]).hexdigest() if name.encode() in headers else None
+                    for name in ("authorization", "x-api-key", "proxy-authorization")
+                }))
             elif path == b"/chat" and method == b"POST":
                 req = json.loads(await _read_json_body(reader, headers))
                 turn = len(req.get("messages", []))
