@@ -21,6 +21,7 @@ from addons.identity import IDENTITY, identity_of
 from addons.policy import TUNNELED, connection_of
 from addons.refusal import error_response, refusal_of
 from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
+from addons.masking import Masking
 from recorder.header_masking import recordable_headers
 from recorder.identity import Identity as VerifiedIdentity
 from recorder.sessions import Session, SessionRegistry
@@ -91,16 +92,17 @@ def _phase(flow: http.HTTPFlow) -> str:
 
 
 class Capture:
-    def __init__(self, config: WiretrailConfig):
+    def __init__(self, config: WiretrailConfig, masking: Masking | None = None):
         self.config_addon = config
+        self.masking = masking  # holds the Masker the writer thread masks every record with
         self.writer: RecordWriter | None = None
         self.registry: SessionRegistry | None = None
         self.flows: dict[str, FlowCapture] = {}
-        self.mask_key = os.urandom(32)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._expiry_task: asyncio.Task | None = None
         self._failing: set[str] = set()  # storage failure causes already logged
         self._stopped = False
+        self._fallback_key = os.urandom(32)  # header tags when no masking addon runs (addon tests)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -204,20 +206,15 @@ class Capture:
             # The headers go upstream as soon as this hook returns: record them first.
             ok = await self._record_request(flow, fc, None)
             if ok:
-                fc.streams["request"] = BodyStream(
-                    flow.request.headers.get("content-encoding"), self.cfg.capture.max_body
-                )
-                flow.request.stream = self._tee(fc, "request")
+                fc.streams["request"] = self._body_stream(flow.request)
+                prior = flow.request.stream if callable(flow.request.stream) else None
+                flow.request.stream = self._tee(fc, "request", prior)
 
     async def request(self, flow: http.HTTPFlow):
         fc = self.flows.get(flow.id)
         if fc is None or fc.refused or "request" in fc.streams:
             return
-        body = BodyBytes(
-            flow.request.raw_content or b"",
-            flow.request.headers.get("content-encoding"),
-            self.cfg.capture.max_body,
-        )
+        body = self._body_bytes(flow.request)
         fc.wire["request"] = len(body.data)
         await self._record_request(flow, fc, body)
 
@@ -229,8 +226,8 @@ class Capture:
         # resp.stream may already be set by mitmproxy's stream_large_bodies: tee it too.
         if resp.stream or _response_streams(resp, self.cfg.capture.stream_threshold):
             fc.session.record("http.response", self._response_fields(flow, None, streamed=True))
-            fc.streams["response"] = BodyStream(resp.headers.get("content-encoding"), self.cfg.capture.max_body)
-            resp.stream = self._tee(fc, "response")
+            fc.streams["response"] = self._body_stream(resp)
+            resp.stream = self._tee(fc, "response", resp.stream if callable(resp.stream) else None)
 
     def response(self, flow: http.HTTPFlow):
         fc = self.flows.get(flow.id)
@@ -240,11 +237,7 @@ class Capture:
             self._end(fc)
             return
         if "response" not in fc.streams:
-            body = BodyBytes(
-                flow.response.raw_content or b"",
-                flow.response.headers.get("content-encoding"),
-                self.cfg.capture.max_body,
-            )
+            body = self._body_bytes(flow.response)
             fc.wire["response"] = len(body.data)
             fc.session.record("http.response", self._response_fields(flow, body, streamed=False))
         self._flush_all(fc, final=True)
@@ -259,7 +252,8 @@ class Capture:
         self._flush_all(fc, final=True)
         fc.session.record(
             "http.error",
-            {"flow": fc.flow_id, "phase": _phase(flow), "message": flow.error.msg if flow.error else "unknown error"},
+            {"flow": fc.flow_id, "phase": _phase(flow),
+             "message": self._mask_text(flow.error.msg if flow.error else "unknown error")},
         )
         self._record_end(flow, fc)
         self._end(fc)
@@ -296,11 +290,11 @@ class Capture:
             "conn": flow.client_conn.id,
             "mode": flow.client_conn.proxy_mode.type_name,
             "method": req.method,
-            "url": f"{req.host}:{req.port}" if req.method == "CONNECT" else req.pretty_url,
+            "url": f"{req.host}:{req.port}" if req.method == "CONNECT" else self._mask_text(req.pretty_url),
             "status": refusal["status"],
             "reason": refusal["reason"],
             "message": refusal["message"],
-            "headers": recordable_headers(req.headers.items(multi=True), self.mask_key),
+            "headers": self._headers(req.headers),
         })
         self.registry.end_flow(session)
 
@@ -314,9 +308,9 @@ class Capture:
             "connection": conn.name if conn else None,
             "mode": flow.client_conn.proxy_mode.type_name,
             "method": req.method,
-            "url": req.pretty_url,
+            "url": self._mask_text(req.pretty_url),
             "http_version": req.http_version,
-            "headers": recordable_headers(req.headers.items(multi=True), self.mask_key, flow.metadata.get(INJECTED)),
+            "headers": self._headers(req.headers, flow.metadata.get(INJECTED)),
             "body": body,
             "streamed": body is None,
         }
@@ -341,7 +335,7 @@ class Capture:
             "status": resp.status_code,
             "reason": resp.reason,
             "http_version": resp.http_version,
-            "headers": recordable_headers(resp.headers.items(multi=True), self.mask_key),
+            "headers": self._headers(resp.headers),
             "body": body,
             "streamed": streamed,
         }
@@ -372,13 +366,40 @@ class Capture:
         self.flows.pop(fc.flow_id, None)
         self.registry.end_flow(fc.session)
 
+    # -- masking: the loop only hands the masker over; it runs on the writer thread ---------------
+
+    @property
+    def _masker(self):
+        return self.masking.masker if self.masking is not None else None
+
+    def _body_bytes(self, message: http.Message) -> BodyBytes:
+        return BodyBytes(message.raw_content or b"", message.headers.get("content-encoding"),
+                         self.cfg.capture.max_body, masker=self._masker,
+                         content_type=message.headers.get("content-type"))
+
+    def _body_stream(self, message: http.Message) -> BodyStream:
+        return BodyStream(message.headers.get("content-encoding"), self.cfg.capture.max_body,
+                          masker=self._masker, content_type=message.headers.get("content-type"))
+
+    def _headers(self, headers: http.Headers, injected: dict | None = None) -> list[list[str]]:
+        masker = self._masker
+        key = masker.key if masker is not None else self._fallback_key
+        return recordable_headers(headers.items(multi=True), key, injected, masker=masker)
+
+    def _mask_text(self, text: str) -> str:
+        # URLs and error texts are short: masked here (a query string can carry a key).
+        masker = self._masker
+        return masker.mask_text(text) if masker is not None and text else text
+
     # -- streaming ----------------------------------------------------------------------
 
-    def _tee(self, fc: FlowCapture, direction: str):
+    def _tee(self, fc: FlowCapture, direction: str, forward=None):
+        """Record each chunk as it arrived; forward it, or what `forward` (a stream callable set
+        before capture, e.g. masking of what is forwarded) makes of it."""
         interval = self.cfg.capture.chunk_interval
         buf = fc.buffers[direction]
 
-        def tee(chunk: bytes) -> bytes:
+        def tee(chunk: bytes):
             if chunk:
                 buf.append(chunk)
                 fc.wire[direction] += len(chunk)
@@ -389,7 +410,7 @@ class Capture:
                     fc.timers[direction] = self.loop.call_later(interval, self._flush, fc, direction, False)
             else:
                 self._flush(fc, direction, final=True)
-            return chunk
+            return chunk if forward is None else forward(chunk)
 
         return tee
 

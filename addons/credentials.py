@@ -40,6 +40,7 @@ class Credentials:
     def __init__(self, config: WiretrailConfig):
         self.config_addon = config
         self.values: dict[str, str] = {}  # connection name -> credential
+        self.on_reload = None  # called after a SIGHUP re-read (the masker learns new secrets)
 
     def running(self):
         if self.config_addon.current is None:
@@ -53,6 +54,8 @@ class Credentials:
     def _sighup(self):
         log.info("wiretrail: SIGHUP: re-reading upstream credentials")
         self.reload()
+        if self.on_reload is not None:
+            self.on_reload()
 
     def reload(self) -> None:
         """Read every connection's credential. One that cannot be read keeps its last good value."""

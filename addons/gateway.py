@@ -17,16 +17,21 @@ from addons.capture import Capture  # noqa: E402
 from addons.config import WiretrailConfig  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
 from addons.identity import Identity  # noqa: E402
+from addons.masking import Masking  # noqa: E402
 from addons.policy import Policy  # noqa: E402
 
 _config = WiretrailConfig()
 _identity = Identity(_config)
-_capture = Capture(_config)
+_credentials = Credentials(_config)
+_masking = Masking(_config, known_secrets=_credentials.known_secrets)
+_credentials.on_reload = _masking.refresh  # a rotated credential is masked from then on
+_capture = Capture(_config, _masking)
 
 addons = [
     _config,
     _identity,
     Policy(_config, _identity, on_tunnel=_capture.record_tunnel),
-    Credentials(_config),
+    _credentials,
+    _masking,
     _capture,
 ]

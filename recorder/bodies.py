@@ -158,7 +158,7 @@ def render_chunk(chunk: ChunkBytes) -> dict:
     size = len(data)
     if st.masker is not None:
         if st.mask_state is None:
-            st.mask_state = st.masker.body_stream(st.content_type)
+            st.mask_state = st.masker.record_stream(st.content_type)
         data = st.mask_state.feed(data)
         if chunk.final:
             data += st.mask_state.finish()

@@ -114,7 +114,7 @@ def remasked_records(read: SessionRead, rm: _Remasker, new_id: str) -> Iterator[
             key = (rec.get("flow"), rec.get("dir"))
             sm = streams.get(key)
             if sm is None:
-                sm = streams[key] = masker.body_stream(ctypes.get(key))
+                sm = streams[key] = masker.record_stream(ctypes.get(key))
             b = fields["body"]
             masked = sm.feed(format_v1.decode_body(b))
             if last_chunk.get(key) == i:

@@ -47,6 +47,12 @@ class Signer:
     def sign(self, data: bytes) -> str:
         return base64.b64encode(self.private.sign(data)).decode("ascii")
 
+    def derived_key(self, purpose: str) -> bytes:
+        """A 32-byte key for `purpose`, derived from the private key (stable across restarts)."""
+        raw = self.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                         serialization.NoEncryption())
+        return hashlib.sha256(b"wiretrail-derived-key-v1\n" + purpose.encode() + b"\n" + raw).digest()
+
     @property
     def verifier(self) -> "Verifier":
         return Verifier(self.private.public_key(), self.key_id)

@@ -537,6 +537,7 @@ class Bench:
         self.upstream_cert: Path | None = None
         self.connect_extra = ""               # CONNECT header lines with the proxy credentials (--tls)
         self.secret_file: Path | None = None  # the development identity's HS256 secret
+        self.signing_key: Path | None = None  # the Ed25519 key the gateway signs with
         self.credential_file: Path | None = None
         self.credential = ""                  # what the gateway injects upstream
         self.outsider_token = ""              # valid, but without the connection's group
@@ -566,6 +567,10 @@ class Bench:
         if not self.args.gateway_config:
             sys.path.insert(0, str(ROOT))
             from recorder.identity import mint_dev_token
+            from recorder.signing import generate
+
+            # Every feature on: the gateway signs checkpoints, seals and its ledger.
+            self.signing_key = generate(self.work / "signing-key")[0]
 
             secret = secrets.token_urlsafe(48)
             self.secret_file = self.work / "dev-secret"
@@ -593,6 +598,8 @@ class Bench:
             return Path(self.args.gateway_config).resolve()
         path = storage.parent / (storage.name + ".toml")
         text = "# written by scripts/bench.py\n[storage]\n" f"dir = {json.dumps(str(storage))}\n"
+        if kind != "capture":
+            text += f"signing_key = {json.dumps(str(self.signing_key))}\n"
         if kind == "capture":
             text += '\n[identity]\nmode = "none"\n\n[policy]\nunregistered = "record"\n'
         else:

@@ -370,10 +370,18 @@ class Masker:
         return mask_body(self, data, content_type)
 
     def body_stream(self, content_type: str | None = None):
-        """A stream masker for one streamed body: feed(bytes) -> bytes, finish() -> bytes."""
+        """A stream masker for one streamed body as it is forwarded: feed(bytes) -> bytes,
+        finish() -> bytes. SSE text held back may move to a later event."""
         from recorder.masking.bodies import body_stream
 
         return body_stream(self, content_type)
+
+    def record_stream(self, content_type: str | None = None):
+        """A stream masker for one streamed body as it is recorded: the original bytes wherever
+        nothing was masked, so the record rebuilds the exact reply."""
+        from recorder.masking.bodies import record_stream
+
+        return record_stream(self, content_type)
 
     @property
     def cache_stats(self) -> tuple[int, int]:

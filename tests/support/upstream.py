@@ -7,7 +7,8 @@ Content-Encoding, and when each streamed event left). Event content is determini
 so a test can compare what the client got and what the artifact holds byte for byte.
 
 Routes (any method unless noted):
-  POST /v1/chat/completions  OpenAI JSON, or with "stream": true OpenAI SSE (chunked)
+  POST /v1/chat/completions  OpenAI JSON, or with "stream": true OpenAI SSE (chunked); a body field
+                             "x_reply_text" makes the stream spell that text, one character per event
   POST /v1/messages          Anthropic JSON, or with "stream": true Anthropic SSE (chunked)
   POST /echo                 the request body back, with Content-Length
   /gzip                      gzip-encoded JSON (Content-Encoding: gzip, Content-Length)
@@ -151,7 +152,7 @@ def sse(data: dict | str, event: str | None = None) -> bytes:
     return f"{head}data: {text}\n\n".encode("utf-8")
 
 
-def openai_events(n: int, model: str = "gpt-test") -> list[bytes]:
+def openai_events(n: int, model: str = "gpt-test", pieces: list[str] | None = None) -> list[bytes]:
     def chunk(delta: dict, finish):
         return {
             "id": "chatcmpl-wiretrail-test",
@@ -162,8 +163,9 @@ def openai_events(n: int, model: str = "gpt-test") -> list[bytes]:
         }
 
     events = []
-    for i in range(n):
-        delta = {"role": "assistant", "content": token(i)} if i == 0 else {"content": token(i)}
+    pieces = pieces if pieces is not None else [token(i) for i in range(n)]
+    for i, piece in enumerate(pieces):
+        delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
         events.append(sse(chunk(delta, None)))
     events.append(sse(chunk({}, "stop")))
     events.append(sse("[DONE]"))
@@ -201,16 +203,17 @@ def anthropic_json(model: str = "claude-test") -> dict:
     }
 
 
-def anthropic_events(n: int, model: str = "claude-test") -> list[bytes]:
+def anthropic_events(n: int, model: str = "claude-test", pieces: list[str] | None = None) -> list[bytes]:
     message = dict(anthropic_json(model), content=[], stop_reason=None, usage={"input_tokens": 5, "output_tokens": 0})
     events = [
         sse({"type": "message_start", "message": message}, "message_start"),
         sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}, "content_block_start"),
     ]
-    for i in range(n):
+    pieces = pieces if pieces is not None else [token(i) for i in range(n)]
+    for piece in pieces:
         events.append(
             sse(
-                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token(i)}},
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
                 "content_block_delta",
             )
         )
@@ -438,7 +441,9 @@ class FakeUpstream:
             openai = ex.path == "/v1/chat/completions"
             if payload.get("stream"):
                 model = payload.get("model", "gpt-test" if openai else "claude-test")
-                events = openai_events(n, model) if openai else anthropic_events(n, model)
+                # A test can have the reply spell out a text one character per event.
+                pieces = list(payload["x_reply_text"]) if isinstance(payload.get("x_reply_text"), str) else None
+                events = openai_events(n, model, pieces) if openai else anthropic_events(n, model, pieces)
                 r.stream_head()
                 r.events(events, delay)
                 r.end_chunks()

@@ -215,3 +215,39 @@ def test_undecodable_bytes_are_masked_as_bytes():
     sm = StreamMasker(MASKER)
     out = feed_all(sm, [data[i:i + 3] for i in range(0, len(data), 3)])
     assert GITHUB_PAT.encode() not in out and out.startswith(b"\xff\xfe binary [MASKED:github-pat:")
+
+
+# -- SSE for the record: exact bytes where nothing was masked -------------------------------------
+
+def _openai_sse(pieces) -> bytes:
+    events = [orjson.dumps({"id": "c1", "object": "chat.completion.chunk",
+                            "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]})
+              for p in pieces]
+    return b"".join(b"data: " + e + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+def test_record_masker_keeps_the_original_bytes_when_there_is_no_secret():
+    from recorder.masking.sse_record import RecordSseMasker
+
+    # Pieces that make the forwarding masker hold text back ("s" could start "sk-", "to" "token").
+    data = _openai_sse(["This is", " s", "o to", "ken-free", " text, gh", "ost story"])
+    rng = random.Random(7)
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(data)), 6))
+        pieces = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
+        assert feed_all(RecordSseMasker(MASKER), pieces) == data
+    assert feed_all(SseMasker(MASKER), [data]) != data  # the forwarding masker moves text
+
+
+def test_record_masker_masks_a_secret_spelled_one_character_per_event():
+    from recorder.masking.sse_record import RecordSseMasker
+
+    data = _openai_sse(["intro, "] + list(f"key {GITHUB_PAT} end"))
+    for step in (1, 5, 64, len(data)):
+        out = feed_all(RecordSseMasker(MASKER), [data[i:i + step] for i in range(0, len(data), step)])
+        assert GITHUB_PAT.encode() not in out
+        text = "".join(orjson.loads(line[6:])["choices"][0]["delta"]["content"]
+                       for line in out.split(b"\n") if line.startswith(b"data: {"))
+        assert text.startswith("intro, key [MASKED:") and text.endswith(" end")
+        # Events before the secret started are written as they came.
+        assert out.startswith(data[:data.index(b"\n\n") + 2])

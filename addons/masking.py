@@ -1,0 +1,170 @@
+"""Masking: one Masker for the gateway, and masking of what is forwarded when asked for.
+
+Capture hands the Masker to the writer thread, which masks every body and header value
+before anything is written. This addon also applies the two options that change what
+crosses the wire, both off by default (docs/masking.md states their latency cost):
+
+  mask_responses  the client receives replies with secrets masked; streams are masked
+                  as they flow, holding back only a tail that could still be a secret.
+  mask_requests   the upstream LLM receives requests with secrets masked, so a secret the
+                  agent read never leaves the company.
+
+It sits before capture in the chain: capture's tee records what the upstream sent and
+forwards what this addon's stream callable returns.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+from mitmproxy import http
+
+from addons.config import WiretrailConfig
+from addons.refusal import REFUSAL, refuse
+from recorder.content_decoding import DecodeError, decoder_for
+from recorder.masking import Masker
+from recorder.masking.bodies import mask_body
+
+log = logging.getLogger("wiretrail")
+
+
+class Masking:
+    def __init__(self, config: WiretrailConfig, known_secrets: Callable[[], list[str]] = list):
+        self.config_addon = config
+        self.known_secrets = known_secrets  # the gateway's own credentials, read by the credentials addon
+        self.masker: Masker | None = None
+        self._known: set[str] = set()
+
+    def running(self):
+        cfg = self.config_addon.current
+        if cfg is None or self.masker is not None:
+            return
+        self.refresh()
+        options = [name for name in ("mask_requests", "mask_responses") if getattr(cfg.masking, name)]
+        if options:
+            log.info(f"wiretrail: masking what is forwarded too: {', '.join(options)}")
+
+    def refresh(self) -> None:
+        """(Re)build the masker with every secret the gateway holds. Called at start and after the
+        credentials are re-read (SIGHUP); secrets seen before stay known: old copies may still pass."""
+        cfg = self.config_addon.current
+        self._known |= set(self.known_secrets()) | set(_signing_material(self.config_addon))
+        self.masker = Masker.from_config(cfg.masking, _mask_key(self.config_addon), known_secrets=sorted(self._known))
+
+    # -- what is forwarded -------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow):
+        if flow.response is not None or REFUSAL in flow.metadata or self.masker is None:
+            return
+        masking = self.config_addon.current.masking
+        if masking.mask_responses:
+            # Plain bytes can be masked as they stream; an encoded reply would need decoding first.
+            flow.request.headers["accept-encoding"] = "identity"
+        if masking.mask_requests and _streams(flow.request):
+            if flow.request.headers.get("content-encoding", "identity").lower() != "identity":
+                refuse(flow, 415, "cannot_mask",
+                       "masking.mask_requests is on and this request body is compressed and streamed, "
+                       "so the gateway cannot mask it; send it uncompressed")
+                return
+            flow.request.stream = _masking_stream(self.masker.body_stream(flow.request.headers.get("content-type")))
+
+    def request(self, flow: http.HTTPFlow):
+        if flow.response is not None or self.masker is None or flow.request.stream:
+            return
+        if self.config_addon.current.masking.mask_requests and flow.request.raw_content:
+            _mask_message(self.masker, flow.request)
+
+    def responseheaders(self, flow: http.HTTPFlow):
+        if self.masker is None or not self.config_addon.current.masking.mask_responses:
+            return
+        if REFUSAL in flow.metadata:
+            return
+        resp = flow.response
+        if not (resp.stream or _streams_response(resp, self.config_addon.current.capture.stream_threshold)):
+            return  # buffered: masked whole in `response`
+        encoding = resp.headers.get("content-encoding")
+        decoder = decoder_for(encoding)
+        if decoder is None:
+            log.warning(f"wiretrail: cannot mask a reply in Content-Encoding {encoding!r}; it passes unmasked")
+            return
+        # The masked stream has another length, and is sent decoded.
+        resp.headers.pop("content-encoding", None)
+        resp.headers.pop("content-length", None)
+        if resp.http_version.startswith("HTTP/1"):
+            resp.headers["transfer-encoding"] = "chunked"
+        resp.stream = _masking_stream(self.masker.body_stream(resp.headers.get("content-type")), decoder)
+
+    def response(self, flow: http.HTTPFlow):
+        if self.masker is None or not self.config_addon.current.masking.mask_responses or REFUSAL in flow.metadata:
+            return
+        if not flow.response.stream and flow.response.raw_content:
+            _mask_message(self.masker, flow.response)
+
+
+def _mask_message(masker: Masker, message: http.Message) -> None:
+    content = message.get_content(strict=False)
+    masked = mask_body(masker, content, message.headers.get("content-type"), exact=False)
+    if masked != content:
+        message.content = masked  # re-encoded with the message's Content-Encoding; length updated
+
+
+def _masking_stream(stream_masker, decoder=None):
+    """A stream callable that forwards masked bytes. It never returns b"" for a held-back piece:
+    mitmproxy frames an empty chunk as the end of a chunked body."""
+
+    def forward(chunk: bytes):
+        if chunk:
+            if decoder is not None:
+                try:
+                    chunk = decoder.decode(chunk)
+                except DecodeError:
+                    chunk = b""  # undecodable: nothing unmasked goes out
+            out = stream_masker.feed(chunk) if chunk else b""
+        else:
+            tail = b""
+            if decoder is not None:
+                try:
+                    tail = decoder.flush()
+                except DecodeError:
+                    pass
+            out = (stream_masker.feed(tail) if tail else b"") + stream_masker.finish()
+        return [out] if out else []
+
+    return forward
+
+
+def _streams(req: http.Request) -> bool:
+    return bool(req.stream) or "chunked" in req.headers.get("transfer-encoding", "").lower()
+
+
+def _streams_response(resp: http.Response, threshold: int) -> bool:
+    if "text/event-stream" in resp.headers.get("content-type", "").lower():
+        return True
+    length = resp.headers.get("content-length")
+    return length is None or not length.isdigit() or int(length) > threshold
+
+
+def _signing_material(config: WiretrailConfig) -> list[str]:
+    cfg = config.current
+    material = []
+    if cfg.identity.hs256_secret is not None:
+        try:
+            material.append(cfg.identity.hs256_secret.read())
+        except Exception:  # the identity addon reports an unreadable secret
+            pass
+    if cfg.storage.signing_key is not None:
+        try:
+            material += [line for line in cfg.storage.signing_key.read_text().splitlines()
+                         if line and not line.startswith("-----")]
+        except OSError:
+            pass
+    return material
+
+
+def _mask_key(config: WiretrailConfig) -> bytes:
+    """The HMAC key of mask tags. Derived from the signing key when there is one, so one secret
+    keeps its tag across restarts; random per start otherwise."""
+    if config.signer is not None:
+        return config.signer.derived_key("mask-tags")
+    return os.urandom(32)
