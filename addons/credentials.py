@@ -28,6 +28,7 @@ log = logging.getLogger("wiretrail")
 INJECTED = "wiretrail.injected"  # flow.metadata: {header name: connection name}
 
 CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key", "proxy-authorization")
+_CLIENT_CREDENTIAL_FIELDS = frozenset(name.encode() for name in CLIENT_CREDENTIAL_HEADERS)
 INJECT_HEADER = {
     "bearer": "authorization",
     "x-api-key": "x-api-key",
@@ -89,9 +90,12 @@ class Credentials:
             for name in flow.metadata.get(TOKEN_HEADERS, ()):
                 req.headers.pop(name, None)
             return
-        for name in CLIENT_CREDENTIAL_HEADERS:
-            req.headers.pop(name, None)
-        if "key" in req.query:
+        # One pass over the raw fields: five pop() calls cost more than the rest of the swap.
+        fields = req.headers.fields
+        kept = tuple(f for f in fields if f[0].lower() not in _CLIENT_CREDENTIAL_FIELDS)
+        if len(kept) != len(fields):
+            req.headers.fields = kept
+        if "key=" in req.path and "key" in req.query:
             del req.query["key"]  # Google's API key as a query parameter
         secret = self.values.get(conn.name)
         if not secret:

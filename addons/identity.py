@@ -28,7 +28,7 @@ from recorder.identity import (
     Identity as VerifiedIdentity,
     IdentityError,
     TokenVerifier,
-    token_from_api_headers,
+    api_token_and_header,
     token_from_proxy_authorization,
 )
 
@@ -36,9 +36,6 @@ log = logging.getLogger("wiretrail")
 
 IDENTITY = "wiretrail.identity"  # flow.metadata: the VerifiedIdentity of the flow
 TOKEN_HEADERS = "wiretrail.token_headers"  # flow.metadata: headers that carried the token (stripped)
-
-_API_TOKEN_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
-
 
 def identity_of(flow: http.HTTPFlow) -> VerifiedIdentity:
     return flow.metadata.get(IDENTITY) or ANONYMOUS
@@ -129,12 +126,12 @@ class Identity:
         try:
             if is_reverse(flow):
                 status = 401
-                token = token_from_api_headers(headers)
-                carriers = [h for h in _API_TOKEN_HEADERS if token and token in headers.get(h, "")]
+                token, carrier = api_token_and_header(headers)
+                carriers = (carrier,) if carrier else ()
             else:
                 status = 407
                 token = token_from_proxy_authorization(headers.get("proxy-authorization"))
-                carriers = ["proxy-authorization"]
+                carriers = ("proxy-authorization",)
             identity = await self._authenticate(token)
         except IdentityError as e:
             refuse(flow, _status(e, status), e.reason, _proxy_message(e) if status == 407 else _api_message(e))

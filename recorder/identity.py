@@ -114,7 +114,11 @@ API_KEY_HEADERS = ("x-api-key", "api-key", "x-goog-api-key")
 
 
 def token_from_api_headers(headers: Mapping[str, str]) -> str | None:
-    """The token a reverse-mode client sent where its API key would go: "Authorization: Bearer
+    return api_token_and_header(headers)[0]
+
+
+def api_token_and_header(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(token, the header that carried it). The token a reverse-mode client sent where its API key would go: "Authorization: Bearer
     TOKEN", or x-api-key (Anthropic SDKs), api-key (Azure OpenAI) or x-goog-api-key (Gemini).
     None if there is none; IdentityError("malformed") for an Authorization that is not Bearer
     when no api-key header holds a token either."""
@@ -122,19 +126,19 @@ def token_from_api_headers(headers: Mapping[str, str]) -> str | None:
     if authorization is not None and authorization.strip():
         scheme, _, rest = authorization.strip().partition(" ")
         if scheme.lower() == "bearer" and rest.strip():
-            return rest.strip()
+            return rest.strip(), "authorization"
     for name in API_KEY_HEADERS:
         value = _header(headers, name)
         if value is not None and value.strip():
-            return value.strip()
+            return value.strip(), name
     if authorization is not None and authorization.strip():
         scheme = authorization.strip().partition(" ")[0]
         if scheme.lower() == "bearer":
-            return None  # "Bearer" with nothing after it: no token was sent
+            return None, None  # "Bearer" with nothing after it: no token was sent
         raise IdentityError("malformed", f'Authorization uses the scheme "{_scheme(scheme)}"; send '
                             "Authorization: Bearer <token> or x-api-key: <token> (set the SDK's API key "
                             "to your identity token)")
-    return None
+    return None, None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
