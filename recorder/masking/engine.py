@@ -277,6 +277,23 @@ class Masker:
             chosen.update(self._kw_rules[i])
         return [r for r in self.rules if r in chosen]
 
+    @property
+    def has_unconditional_rules(self) -> bool:
+        """Rules without keywords run on every text: no keyword prefilter can skip anything."""
+        return bool(self._always)
+
+    def keywords_in(self, data: bytes) -> list[bytes]:
+        """The rule keywords (lowercase) that occur in data, case-insensitively."""
+        if self._set is not None:
+            return [self._keywords[i] for i in self._set.Match(data) or ()]
+        low = data.lower()
+        return [kw for kw in self._keywords if kw in low]
+
+    def known_secret_in(self, data: bytes) -> bool:
+        found: list[Span] = []
+        self.known.find(data, found, self)
+        return bool(found)
+
     def find(self, data: bytes) -> list[Span]:
         """Every secret in data, non-overlapping, sorted by start."""
         found: list[Span] = []

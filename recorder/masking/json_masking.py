@@ -8,6 +8,8 @@ bytes are returned, byte for byte; something masked: re-encoded with orjson.
 """
 from __future__ import annotations
 
+import re
+
 import orjson
 
 _UNCHANGED = object()
@@ -22,23 +24,53 @@ def mask_json_bytes(masker, data: bytes) -> bytes | None:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
-    masked = _walk(masker, value, "")
+    keywords = _keywords_present(masker, data)
+    if keywords == ():
+        return data  # no rule's keyword and no known secret anywhere in the document
+    masked = _walk(masker, value, "", keywords)
     if masked is _UNCHANGED:
         return data
     return orjson.dumps(masked)
 
 
-def _walk(masker, value, key: str):
+_ASCII_ESCAPE = re.compile(rb"\\u00[0-7]", re.IGNORECASE)
+
+
+def _keywords_present(masker, data: bytes) -> tuple[str, ...] | None:
+    """The rule keywords that occur anywhere in the raw document, so that string values
+    mentioning none of them are skipped without a call into the engine (a chat body has
+    dozens of short strings). None when the raw bytes cannot tell: a \\u escape of an
+    ASCII character could spell a keyword, and known secrets are looked for everywhere."""
+    if _ASCII_ESCAPE.search(data) or masker.has_unconditional_rules:
+        return None
+    # Keywords hold no whitespace or control characters; only an escaped quote or slash
+    # differs between the raw and the decoded text.
+    if b"\\" in data:
+        data = data.replace(b'\\"', b'"').replace(b"\\/", b"/")
+    if masker.known_secret_in(data):
+        return None
+    return tuple(kw.decode("ascii") for kw in masker.keywords_in(data))
+
+
+def _mentions(keywords, text: str) -> bool:
+    low = text.casefold()  # what the engine's case-insensitive keyword match sees, or more
+    return any(kw in low for kw in keywords)
+
+
+def _walk(masker, value, key: str, keywords=None):
     if isinstance(value, str):
         if len(value) < 6:  # shorter than any secret a rule finds
             return _UNCHANGED
-        out = masker.mask_text(value, f'"{key}": "' if key else "")
+        context = f'"{key}": "' if key else ""
+        if keywords is not None and not _mentions(keywords, context + value):
+            return _UNCHANGED
+        out = masker.mask_text(value, context)
         return _UNCHANGED if out is value or out == value else out
     if isinstance(value, dict):
         changed = None
         for k, v in value.items():
-            new_v = _walk(masker, v, k)
-            new_k = masker.mask_text(k) if len(k) >= 8 else k
+            new_v = _walk(masker, v, k, keywords)
+            new_k = masker.mask_text(k) if len(k) >= 8 and (keywords is None or _mentions(keywords, k)) else k
             if new_v is not _UNCHANGED or new_k != k:
                 if changed is None:
                     changed = {}
@@ -49,7 +81,7 @@ def _walk(masker, value, key: str):
     if isinstance(value, list):
         out = None
         for i, v in enumerate(value):
-            new_v = _walk(masker, v, key)
+            new_v = _walk(masker, v, key, keywords)
             if new_v is not _UNCHANGED:
                 if out is None:
                     out = list(value)

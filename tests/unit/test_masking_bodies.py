@@ -71,11 +71,34 @@ def test_not_json_falls_back_to_text():
 
 def test_history_resent_hits_the_cache():
     m = Masker(b"c" * 32)
-    history = [("user", f"turn {i}: " + "some long prompt text " * 20) for i in range(30)]
+    # Text that names a keyword ("token"), so the engine has work to skip; strings that name
+    # none are skipped before the cache (test_json_masking_skips_strings_without_keywords).
+    history = [("user", f"turn {i}: " + "some long prompt text about the token " * 20) for i in range(30)]
     m.mask_body(chat_request(*history), "application/json")
     hits_before = m.cache_stats[0]
     m.mask_body(chat_request(*history, ("user", "one more")), "application/json")
     assert m.cache_stats[0] - hits_before >= 30
+
+
+def test_json_masking_skips_strings_without_keywords():
+    m = Masker(b"c" * 32)
+    body = chat_request(*[("user", f"turn {i}: plain words only " * 10) for i in range(20)])
+    calls = []
+    real = m.mask_bytes
+    m.mask_bytes = lambda data, context=b"": calls.append(data) or real(data, context)
+    assert m.mask_body(body, "application/json") == body
+    assert calls == []  # no rule keyword anywhere in the document: no string reaches the engine
+    secret_body = chat_request(("user", "plain words"), ("user", "token: " + GITHUB_PAT))
+    assert GITHUB_PAT.encode() not in m.mask_body(secret_body, "application/json")
+    assert len(calls) == 1  # only the string that names a keyword
+
+
+def test_json_masking_sees_keywords_behind_escapes():
+    m = Masker(b"c" * 32)
+    # "ghp_" spelled with \u escapes, and a keyword with quotes escaped inside a JSON string.
+    hidden = GITHUB_PAT.replace("ghp_", "\\u0067\\u0068\\u0070_")
+    body = ('{"messages": [{"content": "' + hidden + '"}]}').encode()
+    assert b"[MASKED:github-pat" in m.mask_body(body, "application/json")
 
 
 # -- known secrets ------------------------------------------------------------------------------
