@@ -1,6 +1,6 @@
 """Benchmark: direct vs plain mitmdump vs the wiretrail gateway, in one interleaved run.
 
-    python scripts/bench.py [--quick] [--only small,sse,upload,throughput,rss,artifact]
+    python scripts/bench.py [--quick] [--only small,sse,upload,throughput,rss,artifact,masker]
                             [--json FILE] [--check] [--targets 2|7] [--tls]
 
 Four paths are measured against the same local upstream (scripts/bench_upstream.py,
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "bench_upstream.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 MiB = 1024 * 1024
-METRICS = ("small", "sse", "upload", "throughput", "rss", "artifact")
+METRICS = ("small", "sse", "upload", "throughput", "rss", "artifact", "masker")
 PATHS = ("direct", "plain", "capture", "gateway")
 LABELS = {"direct": "direct", "plain": "plain mitmdump", "capture": "capture-only", "gateway": "gateway"}
 CAPTURE_PHASES = ("warm-up", "small", "sse")  # the capture-only path takes part in these only
@@ -951,6 +951,17 @@ class Bench:
         if not hwm_reset:
             self.notes.append("could not reset VmHWM (/proc/PID/clear_refs); peak RSS is from 0.1 s polling")
 
+    # -- masker throughput (issues 4 and 7) ------------------------------------------------
+
+    def run_masker(self) -> None:
+        """The masker alone, in this process, on one core (scripts/bench_masker.py)."""
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import bench_masker
+
+        r = bench_masker.measure(1.0 if self.sizes is not None and self.sizes.small < 1000 else 4.0, 3)
+        self.put("masker_cold_mbps", "gateway", round(r["cold"], 1))
+        self.put("masker_stream_mbps", "gateway", round(r["stream"], 1))
+
     # -- artifact size (issue 7) ------------------------------------------------------------
 
     def run_artifact(self) -> None:
@@ -1095,6 +1106,8 @@ ROWS = [
     ("artifact_raw_kib", "{t}-turn chat, raw JSON (KiB)", False),
     ("artifact_kib", "{t}-turn chat, artifact (KiB)", False),
     ("artifact_ratio", "raw JSON / artifact", False),
+    ("masker_cold_mbps", "masker, whole catalogue, cold (MB/s, one core)", False),
+    ("masker_stream_mbps", "masker, streamed 64 KiB pieces (MB/s)", False),
     ("sent_requests", "requests sent to the gateway", False),
     ("recorded_requests", "http.request records written", False),
 ]
@@ -1136,6 +1149,8 @@ TARGETS = [
     TargetCheck(7, "gateway RSS <= plain + 8 MiB per open session", "rss_gw_minus_plain_per_session_mib",
                 "<=", 8.0, "value"),
     TargetCheck(7, "artifact >= 50x smaller than the raw JSON", "artifact_ratio", ">=", 50.0, "value"),
+    TargetCheck(7, "masker >= 50 MB/s (prompt-like text, whole catalogue, cold)", "masker_cold_mbps", ">=", 50.0,
+                "value"),
 ]
 
 
@@ -1313,6 +1328,9 @@ def main(argv: list[str] | None = None) -> int:
         if "rss" in args.only:
             print("bench: rss ...", file=sys.stderr, flush=True)
             bench.run_rss()
+        if "masker" in args.only:
+            print("bench: masker ...", file=sys.stderr, flush=True)
+            bench.run_masker()
         if "artifact" in args.only:
             print("bench: artifact ...", file=sys.stderr, flush=True)
             bench.run_artifact()

@@ -62,7 +62,8 @@ def rate(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e6
 
 
-def bench(mb: float, rounds: int) -> None:
+def measure(mb: float, rounds: int) -> dict:
+    """The figures as a dict: MB/s cold, warm and streamed, and what was masked."""
     texts = corpus(int(mb * 1e6))
     nbytes = sum(map(len, texts))
     masker = Masker(os.urandom(32))
@@ -84,10 +85,17 @@ def bench(mb: float, rounds: int) -> None:
         s.finish()
         best_stream = min(best_stream, time.process_time() - t)
     masked = sum(masker.mask_bytes(x).count(b"[MASKED:") for x in texts)
-    print(f"corpus: {nbytes / 1e6:.1f} MB in {len(texts)} texts, {masked} secrets masked, {len(masker.rules)} rules")
-    print(f"cold (no cache)    {rate(nbytes, best_cold):8.1f} MB/s")
-    print(f"warm (cache hits)  {rate(nbytes, best_warm):8.1f} MB/s")
-    print(f"streamed, 64 KiB   {rate(nbytes, best_stream):8.1f} MB/s")
+    return {"texts": texts, "nbytes": nbytes, "masked": masked, "rules": len(masker.rules),
+            "cold": rate(nbytes, best_cold), "warm": rate(nbytes, best_warm), "stream": rate(nbytes, best_stream)}
+
+
+def bench(mb: float, rounds: int) -> None:
+    r = measure(mb, rounds)
+    texts, nbytes = r["texts"], r["nbytes"]
+    print(f"corpus: {nbytes / 1e6:.1f} MB in {len(texts)} texts, {r['masked']} secrets masked, {r['rules']} rules")
+    print(f"cold (no cache)    {r['cold']:8.1f} MB/s")
+    print(f"warm (cache hits)  {r['warm']:8.1f} MB/s")
+    print(f"streamed, 64 KiB   {r['stream']:8.1f} MB/s")
     try:
         from detect_secrets.core.scan import scan_line
         from detect_secrets.settings import default_settings
@@ -101,7 +109,7 @@ def bench(mb: float, rounds: int) -> None:
         for line in lines:
             list(scan_line(line))
         ds = time.process_time() - t
-    print(f"detect-secrets     {rate(sub, ds):8.1f} MB/s  (masker cold is {rate(nbytes, best_cold) / rate(sub, ds):.0f}x)")
+    print(f"detect-secrets     {rate(sub, ds):8.1f} MB/s  (masker cold is {r['cold'] / rate(sub, ds):.0f}x)")
 
 
 if __name__ == "__main__":
