@@ -20,10 +20,9 @@ import time
 import httpx
 import jwt
 import pytest
-import zstandard
 from cryptography.hazmat.primitives import serialization
 
-from tests.support.artifacts import TEST_ID_HEADER, header
+from tests.support.artifacts import TEST_ID_HEADER, header, store_bytes
 from tests.support.checks import wait_for_records
 from tests.support.clients import TIMEOUT, new_test_id, trust
 from tests.support.idp import AUDIENCE, ISSUER, LocalIdP, new_private_key
@@ -201,11 +200,7 @@ ENTRY_POINTS = {
 
 
 def artifact_bytes(gw) -> bytes:
-    """Every session file's decompressed content, as stored (an unended frame included)."""
-    out = b""
-    for path in sorted(gw.store_dir.rglob("*.jsonl.zst")):
-        out += zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
-    return out
+    return store_bytes(gw.store_dir)
 
 
 def assert_never_stored(gw, *secrets: str) -> None:

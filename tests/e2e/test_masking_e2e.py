@@ -14,9 +14,8 @@ import urllib.parse
 
 import httpx
 import pytest
-import zstandard
 
-from tests.support.artifacts import TEST_ID_HEADER
+from tests.support.artifacts import TEST_ID_HEADER, store_bytes
 from tests.support.checks import wait_for_records
 from tests.support.clients import TIMEOUT, new_test_id, read_sse, trust
 
@@ -31,10 +30,7 @@ UPSTREAM_KEY = "gw+own/" + "".join(_rng.choice(string.ascii_letters) for _ in ra
 
 
 def artifact_bytes(gw) -> bytes:
-    out = b""
-    for path in sorted(gw.store_dir.rglob("*.jsonl.zst")):
-        out += zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
-    return out
+    return store_bytes(gw.store_dir)
 
 
 def stream_chat(gw, upstream, text: str, test_id: str, *, anthropic: bool = False):

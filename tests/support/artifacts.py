@@ -138,3 +138,12 @@ def independent_chain(path: Path) -> tuple[list[dict], bool]:
         prev = hashlib.sha256(line).hexdigest()
         records.append(rec)
     return records, d.eof
+
+
+def store_bytes(store_dir: Path) -> bytes:
+    """Every session file's decompressed content, as stored (an unended frame included):
+    for asserting that a secret or token appears nowhere in the store."""
+    out = b""
+    for path in sorted(Path(store_dir).rglob("*.jsonl.zst")):
+        out += zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+    return out
