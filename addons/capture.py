@@ -25,7 +25,8 @@ from addons.masking import Masking
 from recorder.header_masking import recordable_headers
 from recorder.identity import Identity as VerifiedIdentity
 from recorder.sessions import Session, SessionRegistry
-from recorder.writer import RecordWriter, StorageError
+from recorder.writer import StorageError
+from recorder.writer_process import ProcessRecordWriter
 
 log = logging.getLogger("wiretrail")
 
@@ -95,7 +96,7 @@ class Capture:
     def __init__(self, config: WiretrailConfig, masking: Masking | None = None):
         self.config_addon = config
         self.masking = masking  # holds the Masker the writer thread masks every record with
-        self.writer: RecordWriter | None = None
+        self.writer: ProcessRecordWriter | None = None
         self.registry: SessionRegistry | None = None
         self.flows: dict[str, FlowCapture] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -121,7 +122,8 @@ class Capture:
             )
         elif signer is None:
             return  # the config addon could not load it and is stopping the gateway
-        self.writer = RecordWriter(
+        # Writing (masking, hashing, compression, disk, signing) runs in a process of its own.
+        self.writer = ProcessRecordWriter(
             fsync=cfg.storage.fsync,
             fsync_interval=cfg.storage.fsync_interval,
             on_error=self._storage_error_from_thread,
@@ -138,7 +140,7 @@ class Capture:
             max_duration=cfg.sessions.max_duration,
             signing_key_id=signer.key_id if signer else None,
         )
-        # The writer thread first recovers sessions a crash left open (ledger), then records.
+        # The writer first recovers sessions a crash left open (ledger), then records.
         self.writer.start()
         if signer is not None:
             log.info(f"wiretrail: signing checkpoints, seals and the ledger with key id {signer.key_id}")

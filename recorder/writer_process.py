@@ -1,0 +1,261 @@
+"""The record writer in a process of its own: RecordWriter's interface, its work elsewhere.
+
+Masking, rendering, hashing, compression, disk I/O and signing cost far more CPU than
+handing a record over, and in a thread they share the event loop's GIL. Here the gateway
+only pickles each operation onto a socket; recorder/writer_child.py runs the RecordWriter
+on the other end. Bodies travel without their masker: the child builds its own from the
+masker's `spec` (sent again whenever the gateway's masker is replaced, e.g. on SIGHUP),
+and a streamed body's state lives in the child under a number given here.
+
+Acks come back over the same socket and run on a reader thread here (capture's acks hop
+to the loop themselves). If the child dies, every pending and later ack fails with a
+StorageError (fail closed) and `on_error` hears it once. If the gateway dies, so does
+the child, sealing nothing.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from recorder import writer_child
+from recorder.bodies import BodyBytes, ChunkBytes
+from recorder.signing import Signer
+from recorder.writer import FSYNC_POLICIES, Ack, StorageError
+
+_HEADER = struct.Struct(">I")
+_SOCKET_BUFFER = 4 << 20
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles bodies as calls of writer_child.body/chunk, without the masker object."""
+
+    def __init__(self, file, owner: "ProcessRecordWriter"):
+        super().__init__(file, protocol=5)
+        self.owner = owner
+        self.masker = None  # a masker the child does not have yet
+
+    def reducer_override(self, obj):
+        t = type(obj)
+        if t is BodyBytes:
+            self._note(obj.masker)
+            return writer_child.body, (obj.data, obj.encoding, obj.max_body, obj.masker is not None, obj.content_type)
+        if t is ChunkBytes:
+            st = obj.stream
+            if st.ref is None:
+                st.ref = next(self.owner._refs)
+                self._note(st.masker)
+            return writer_child.chunk, (obj.data, st.ref, obj.final, st.encoding, st.max_body,
+                                        st.masker is not None, st.content_type)
+        return NotImplemented
+
+    def _note(self, masker) -> None:
+        if masker is not None and masker is not self.owner._sent_masker:
+            self.masker = masker
+
+
+class ProcessRecordWriter:
+    """RecordWriter's public interface; the writing happens in a child process."""
+
+    def __init__(
+        self,
+        *,
+        fsync: str = "batch",
+        fsync_interval: float = 0.05,
+        on_error: Callable[[StorageError], None] | None = None,
+        storage_dir: Path | None = None,
+        signer: Signer | None = None,
+        checkpoint_interval: float = 5.0,
+        retention_days: float = 0,
+        on_event: Callable[[str], None] | None = None,
+    ):
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
+        self.on_error = on_error
+        self.on_event = on_event
+        self.signer = signer
+        self._opts = {
+            "fsync": fsync, "fsync_interval": fsync_interval,
+            "storage_dir": Path(storage_dir) if storage_dir is not None else None,
+            "checkpoint_interval": checkpoint_interval, "retention_days": retention_days,
+            "signing_key": signer.key_id if signer is not None else None,
+        }
+        self._lock = threading.Lock()  # one frame at a time; guards _acks and _dead with it
+        self._acks: dict[int, Ack] = {}
+        self._ids = itertools.count(1)
+        self._refs = itertools.count(1)
+        self._sent_masker = None
+        self._dead: StorageError | None = None
+        self._stopping = False
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+        self._started = False
+
+    # -- RecordWriter's interface ---------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        ours, theirs = socket.socketpair()
+        for s in (ours, theirs):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "recorder.writer_child", str(theirs.fileno()), str(os.getpid())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self._sock = ours
+        raw = None
+        if self.signer is not None:
+            raw = self.signer.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                    serialization.NoEncryption())
+        self._send_frame(pickle.dumps(("init", self._opts, raw), protocol=5), None)
+        self._reader = threading.Thread(target=self._read, name="wiretrail-writer-acks", daemon=True)
+        self._reader.start()
+
+    def open_session(self, session_id: str, path: Path, ts: float, fields: dict, ack: Ack | None = None) -> None:
+        self._op(("open", session_id, path, ts, fields), ack)
+
+    def record(self, session_id: str, rtype: str, ts: float, fields: dict, ack: Ack | None = None) -> None:
+        self._op(("rec", session_id, rtype, ts, fields), ack)
+
+    def close_session(self, session_id: str, ts: float, fields: dict, ack: Ack | None = None) -> None:
+        self._op(("close", session_id, ts, fields), ack)
+
+    def barrier(self, ack: Ack) -> None:
+        """`ack` runs once everything queued before it is written and fsynced."""
+        self._op(("barrier",), ack)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Write everything queued, fsync, seal, and end the child. True if it ended in time."""
+        if not self._started or self._proc is None:
+            return True
+        deadline = time.monotonic() + timeout
+        if self._dead is None:
+            self._stopping = True
+            self._send_frame(pickle.dumps(("stop", timeout), protocol=5), None)
+        try:
+            rc = self._proc.wait(max(0.0, deadline - time.monotonic()) + 1.0)
+        except subprocess.TimeoutExpired:
+            return False
+        if self._reader is not None:
+            self._reader.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        return rc == 0
+
+    # -- sending ----------------------------------------------------------------------
+
+    def _op(self, msg: tuple, ack: Ack | None) -> None:
+        aid = next(self._ids) if ack is not None else None
+        buf = io.BytesIO()
+        p = _Pickler(buf, self)
+        try:
+            p.dump(msg + (aid,))  # the ack id goes last in every operation
+        except Exception as e:  # an unpicklable record must not take the gateway down
+            err = StorageError("record could not be encoded", f"{msg[0]}: {e!r}")
+            self._report(err)
+            if ack is not None:
+                _call(ack, err)
+            return
+        masker_frame = None
+        if p.masker is not None:
+            if getattr(p.masker, "spec", None) is None:  # never record unmasked: refuse instead
+                err = StorageError("record could not be encoded", "its masker was not made by Masker.from_config")
+                self._report(err)
+                if ack is not None:
+                    _call(ack, err)
+                return
+            masker_frame = pickle.dumps(("masker", getattr(p.masker, "spec", None)), protocol=5)
+        self._send_frame(buf.getvalue(), aid, ack, masker_frame, p.masker)
+
+    def _send_frame(self, data: bytes, aid: int | None = None, ack: Ack | None = None,
+                    masker_frame: bytes | None = None, masker=None) -> None:
+        failed: OSError | None = None
+        with self._lock:
+            dead = self._dead
+            if dead is None:
+                if ack is not None:
+                    self._acks[aid] = ack
+                try:
+                    if masker_frame is not None:
+                        self._sock.sendall(_HEADER.pack(len(masker_frame)) + masker_frame, socket.MSG_NOSIGNAL)
+                        self._sent_masker = masker
+                    self._sock.sendall(_HEADER.pack(len(data)) + data, socket.MSG_NOSIGNAL)
+                except OSError as e:
+                    failed = e
+        if dead is not None:
+            if ack is not None:
+                _call(ack, dead)
+        elif failed is not None:
+            # The child is gone: this ack (registered above) fails with every other pending one.
+            self._died(f"cannot hand records to it: {failed.strerror or failed}")
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        inp = self._sock.makefile("rb", buffering=1 << 16)
+        while True:
+            head = inp.read(4)
+            if len(head) < 4:
+                break
+            (n,) = _HEADER.unpack(head)
+            data = inp.read(n)
+            if len(data) < n:
+                break
+            msg = pickle.loads(data)
+            kind = msg[0]
+            if kind == "ack":
+                with self._lock:
+                    ack = self._acks.pop(msg[1], None)
+                if ack is not None:
+                    _call(ack, None if msg[2] is None else StorageError(*msg[2]))
+            elif kind == "error":
+                self._report(StorageError(msg[1], msg[2]))
+            elif kind == "event":
+                if self.on_event is not None:
+                    _call(self.on_event, msg[1])
+            elif kind == "stopped":
+                pass
+        if self._stopping:
+            self._died("it stopped", report=False)
+        else:
+            rc = self._proc.wait() if self._proc is not None else None
+            self._died(f"it ended with status {rc}")
+
+    def _died(self, why: str, report: bool = True) -> None:
+        with self._lock:
+            if self._dead is not None:
+                return
+            self._dead = StorageError("writer process gone", f"the record writer process is gone ({why})")
+            pending = list(self._acks.values())
+            self._acks.clear()
+        if report:
+            self._report(self._dead)
+        for ack in pending:
+            _call(ack, self._dead)
+
+    def _report(self, err: StorageError) -> None:
+        if self.on_error is not None:
+            _call(self.on_error, err)
+
+
+def _call(fn, arg) -> None:
+    try:
+        fn(arg)
+    except Exception:
+        pass
