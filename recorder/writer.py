@@ -199,9 +199,7 @@ class RecordWriter:
             timeout = COALESCE
             if self._dirty_fds or self._dirty_dirs:
                 timeout = min(timeout, max(0.0, self._last_fsync + self.fsync_interval - time.monotonic()))
-            self._wake.wait(timeout)
-            # Clear before draining: an op added after this point sets the event again.
-            self._wake.clear()
+            self._wait(timeout)
             if not self._ops:
                 self._tick()
                 if self._dirty_fds or self._dirty_dirs or self._ledger_dirty():
@@ -220,6 +218,12 @@ class RecordWriter:
             if self.fsync == "batch" and (self._dirty_fds or self._dirty_dirs or self._ledger_dirty()) and \
                     time.monotonic() - self._last_fsync >= self.fsync_interval:
                 self._fsync_dirty()
+
+    def _wait(self, timeout: float) -> None:
+        """Until an urgent op or the timeout. (recorder/writer_child.py reads its socket here.)"""
+        self._wake.wait(timeout)
+        # Clear before draining: an op added after this point sets the event again.
+        self._wake.clear()
 
     def _write_batch(self, batch: list) -> bool:
         acks: list[tuple[Ack, str, BaseException | None]] = []

@@ -18,8 +18,9 @@ import pickle
 import signal
 import socket
 import struct
+import select
 import sys
-import threading
+import time
 
 _HEADER = struct.Struct(">I")
 
@@ -59,63 +60,92 @@ def _error_tuple(err):
     return (getattr(err, "cause", "I/O error"), getattr(err, "detail", repr(err)))
 
 
+class _Frames:
+    """Frames read off the socket: whole ones out, a partial one kept for the next read."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = bytearray()
+
+    def read(self, block: bool) -> list | None:
+        """The frames one read brings (maybe none); None at the end of input."""
+        try:
+            data = self.sock.recv(1 << 20, 0 if block else socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            return None
+        if not data:
+            return None
+        buf = self.buf
+        buf += data
+        out, pos = [], 0
+        while len(buf) - pos >= 4:
+            (n,) = _HEADER.unpack_from(buf, pos)
+            if len(buf) - pos - 4 < n:
+                break
+            # Still pickled: a body unpickles with the masker of the frames before it applied.
+            out.append(bytes(buf[pos + 4:pos + 4 + n]))
+            pos += 4 + n
+        del buf[:pos]
+        return out
+
+
 def main(argv: list[str]) -> int:
-    global _masker
     fd, parent_pid = int(argv[0]), int(argv[1])
     _die_with_parent(parent_pid)
     sock = socket.socket(fileno=fd)
-    inp = sock.makefile("rb", buffering=1 << 20)
-    send_lock = threading.Lock()
+    frames = _Frames(sock)
 
     def send(msg) -> None:
         data = pickle.dumps(msg, protocol=5)
-        with send_lock:
-            try:
-                sock.sendall(_HEADER.pack(len(data)) + data, socket.MSG_NOSIGNAL)
-            except OSError:
-                os._exit(1)  # the parent is gone: end as it did, without sealing
+        try:
+            sock.sendall(_HEADER.pack(len(data)) + data, socket.MSG_NOSIGNAL)
+        except OSError:
+            os._exit(1)  # the parent is gone: end as it did, without sealing
 
-    def read():
-        head = inp.read(4)
-        if len(head) < 4:
-            return None
-        (n,) = _HEADER.unpack(head)
-        data = inp.read(n)
-        if len(data) < n:
-            return None
-        return pickle.loads(data)
-
-    init = read()
-    if init is None or init[0] != "init":
+    pending: list = []
+    while not pending:
+        got = frames.read(block=True)
+        if got is None:
+            os._exit(1)
+        pending += got
+    init = pickle.loads(pending.pop(0))
+    if init[0] != "init":
         os._exit(1)
     opts = dict(init[1])
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from recorder.masking import Masker
     from recorder.signing import Signer
     from recorder.writer import RecordWriter
 
-    signer = None
-    if opts.pop("signing_key") is not None:
-        signer = Signer.from_private(Ed25519PrivateKey.from_private_bytes(init[2]))
-    writer = RecordWriter(
-        **opts,
-        signer=signer,
-        on_error=lambda e: send(("error", e.cause, e.detail)),
-        on_event=lambda text: send(("event", text)),
-    )
-    writer.start()
+    class ChildWriter(RecordWriter):
+        """The RecordWriter loop on this process's main thread; it reads its socket while it waits."""
+
+        def _wait(self, timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            while not self._wake.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if not select.select([sock], [], [], left)[0]:
+                    break
+                got = frames.read(block=False)
+                if got is None:
+                    os._exit(1)  # the gateway died (or closed us without a stop): seal nothing
+                for msg in got:
+                    _apply(self, msg)
+            self._wake.clear()
 
     def acker(aid):
         if aid is None:
             return None
         return lambda err: send(("ack", aid, _error_tuple(err)))
 
-    while True:
-        msg = read()
-        if msg is None:
-            os._exit(1)  # the gateway died (or closed us without a stop): seal nothing
+    def _apply(writer, msg) -> None:
+        global _masker
+        msg = pickle.loads(msg)
         op = msg[0]
         if op == "rec":
             _, sid, rtype, ts, fields, aid = msg
@@ -129,13 +159,27 @@ def main(argv: list[str]) -> int:
         elif op == "barrier":
             writer.barrier(acker(msg[1]))
         elif op == "masker":
+            from recorder.masking import Masker
             masking, key, known = msg[1]
             _masker = Masker.from_config(masking, key, known_secrets=known)
         elif op == "stop":
-            ok = writer.stop(msg[1])
-            send(("stopped", ok))
-            sys.stdout.flush()
-            os._exit(0 if ok else 3)
+            writer._put(_STOP_OP, True)
+
+    signer = None
+    if opts.pop("signing_key") is not None:
+        signer = Signer.from_private(Ed25519PrivateKey.from_private_bytes(init[2]))
+    writer = ChildWriter(
+        **opts,
+        signer=signer,
+        on_error=lambda e: send(("error", e.cause, e.detail)),
+        on_event=lambda text: send(("event", text)),
+    )
+    from recorder.writer import _STOP as _STOP_OP  # noqa: N811 (the writer's own stop marker)
+    for msg in pending:
+        _apply(writer, msg)
+    writer._run()  # returns once a stop was written: everything drained, sealed, fsynced
+    send(("stopped", True))
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ the child, sealing nothing.
 """
 from __future__ import annotations
 
+import asyncio
+import collections
 import io
 import itertools
 import os
@@ -101,6 +103,9 @@ class ProcessRecordWriter:
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rbuf = bytearray()
+        self._out: collections.deque = collections.deque()  # frames the socket did not take yet
         self._started = False
 
     # -- RecordWriter's interface ---------------------------------------------------
@@ -126,8 +131,16 @@ class ProcessRecordWriter:
             raw = self.signer.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                                     serialization.NoEncryption())
         self._send_frame(pickle.dumps(("init", self._opts, raw), protocol=5), None)
-        self._reader = threading.Thread(target=self._read, name="wiretrail-writer-acks", daemon=True)
-        self._reader.start()
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        if self._loop is not None:
+            # Acks are read on the event loop itself: no thread to wake, no GIL to hand over.
+            self._loop.add_reader(ours.fileno(), self._on_readable)
+        else:
+            self._reader = threading.Thread(target=self._read, name="wiretrail-writer-acks", daemon=True)
+            self._reader.start()
 
     def open_session(self, session_id: str, path: Path, ts: float, fields: dict, ack: Ack | None = None) -> None:
         self._op(("open", session_id, path, ts, fields), ack)
@@ -149,7 +162,24 @@ class ProcessRecordWriter:
         deadline = time.monotonic() + timeout
         if self._dead is None:
             self._stopping = True
+            self._flush_out()
             self._send_frame(pickle.dumps(("stop", timeout), protocol=5), None)
+        if self._loop is not None and self._dead is None:
+            # The loop is held in here: read the child's last acks ourselves, up to its end
+            # (it may not end while its acks have nowhere to go).
+            self._remove_reader()
+            while self._dead is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._sock.settimeout(left)
+                try:
+                    data = self._sock.recv(1 << 20)
+                except TimeoutError:
+                    return False
+                except OSError:
+                    data = b""
+                self._received(data)
         try:
             rc = self._proc.wait(max(0.0, deadline - time.monotonic()) + 1.0)
         except subprocess.TimeoutExpired:
@@ -193,9 +223,9 @@ class ProcessRecordWriter:
                     self._acks[aid] = ack
                 try:
                     if masker_frame is not None:
-                        self._sock.sendall(_HEADER.pack(len(masker_frame)) + masker_frame, socket.MSG_NOSIGNAL)
+                        self._write(_HEADER.pack(len(masker_frame)) + masker_frame)
                         self._sent_masker = masker
-                    self._sock.sendall(_HEADER.pack(len(data)) + data, socket.MSG_NOSIGNAL)
+                    self._write(_HEADER.pack(len(data)) + data)
                 except OSError as e:
                     failed = e
         if dead is not None:
@@ -205,7 +235,92 @@ class ProcessRecordWriter:
             # The child is gone: this ack (registered above) fails with every other pending one.
             self._died(f"cannot hand records to it: {failed.strerror or failed}")
 
+    def _write(self, frame: bytes) -> None:
+        """Hand a frame to the socket, under the lock. On the loop it never blocks: what the
+        socket does not take now waits in `_out`, sent in order when the child reads on."""
+        if self._out:
+            self._out.append(memoryview(frame))
+            return
+        if self._loop is None:
+            self._sock.sendall(frame, socket.MSG_NOSIGNAL)
+            return
+        try:
+            n = self._sock.send(frame, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        if n < len(frame):
+            self._out.append(memoryview(frame)[n:])
+            self._loop.add_writer(self._sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        failed = None
+        with self._lock:
+            try:
+                while self._out:
+                    view = self._out[0]
+                    try:
+                        n = self._sock.send(view, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                    except (BlockingIOError, InterruptedError):
+                        return
+                    if n < len(view):
+                        self._out[0] = view[n:]
+                        return
+                    self._out.popleft()
+            except OSError as e:
+                failed = e
+                self._out.clear()
+            self._loop.remove_writer(self._sock.fileno())
+        if failed is not None:
+            self._died(f"cannot hand records to it: {failed.strerror or failed}")
+
+    def _flush_out(self) -> None:
+        """Send what waits in `_out`, blocking: before a stop, with the loop held anyway."""
+        with self._lock:
+            if not self._out:
+                return
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_writer(self._sock.fileno())
+            try:
+                while self._out:
+                    self._sock.sendall(self._out.popleft(), socket.MSG_NOSIGNAL)
+            except OSError:
+                self._out.clear()
+
     # -- receiving ------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._remove_reader()
+        self._received(data)
+
+    def _remove_reader(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.remove_reader(self._sock.fileno())
+            except (ValueError, RuntimeError):
+                pass
+
+    def _received(self, data: bytes) -> None:
+        """Frames from the child, read on the loop; b"" is its end."""
+        if not data:
+            self._ended()
+            return
+        buf = self._rbuf
+        buf += data
+        pos = 0
+        while len(buf) - pos >= 4:
+            (n,) = _HEADER.unpack_from(buf, pos)
+            if len(buf) - pos - 4 < n:
+                break
+            self._dispatch(pickle.loads(memoryview(buf)[pos + 4:pos + 4 + n]))
+            pos += 4 + n
+        del buf[:pos]
 
     def _read(self) -> None:
         inp = self._sock.makefile("rb", buffering=1 << 16)
@@ -217,25 +332,28 @@ class ProcessRecordWriter:
             data = inp.read(n)
             if len(data) < n:
                 break
-            msg = pickle.loads(data)
-            kind = msg[0]
-            if kind == "ack":
-                with self._lock:
-                    ack = self._acks.pop(msg[1], None)
-                if ack is not None:
-                    _call(ack, None if msg[2] is None else StorageError(*msg[2]))
-            elif kind == "error":
-                self._report(StorageError(msg[1], msg[2]))
-            elif kind == "event":
-                if self.on_event is not None:
-                    _call(self.on_event, msg[1])
-            elif kind == "stopped":
-                pass
+            self._dispatch(pickle.loads(data))
+        self._ended()
+
+    def _dispatch(self, msg) -> None:
+        kind = msg[0]
+        if kind == "ack":
+            with self._lock:
+                ack = self._acks.pop(msg[1], None)
+            if ack is not None:
+                _call(ack, None if msg[2] is None else StorageError(*msg[2]))
+        elif kind == "error":
+            self._report(StorageError(msg[1], msg[2]))
+        elif kind == "event":
+            if self.on_event is not None:
+                _call(self.on_event, msg[1])
+
+    def _ended(self) -> None:
         if self._stopping:
             self._died("it stopped", report=False)
         else:
-            rc = self._proc.wait() if self._proc is not None else None
-            self._died(f"it ended with status {rc}")
+            rc = self._proc.poll() if self._proc is not None else None
+            self._died("it ended" + (f" with status {rc}" if rc is not None else ""))
 
     def _died(self, why: str, report: bool = True) -> None:
         with self._lock:

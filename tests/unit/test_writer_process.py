@@ -115,3 +115,35 @@ def test_the_child_ends_without_sealing_when_the_gateway_is_gone(tmp_path):
     w._sock.shutdown(socket.SHUT_RDWR)  # what the child sees when the gateway dies: the end of its input
     assert w._proc.wait(10) != 0
     assert [r["t"] for r in lines_of(path)] == ["session.open", "http.request"]
+
+
+def test_on_an_event_loop_acks_arrive_on_the_loop_and_stop_drains_them(tmp_path):
+    import asyncio
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        w = ProcessRecordWriter(fsync="batch", storage_dir=tmp_path)
+        w.start()
+        path = tmp_path / "s.jsonl.zst"
+        w.open_session("s", path, 1.0, {})
+        threads = set()
+        fut = loop.create_future()
+
+        def ack(err):
+            threads.add(threading.get_ident())
+            fut.set_result(err)  # no call_soon_threadsafe needed: this runs on the loop
+
+        # Bigger than a socket buffer: sending it must not block the loop (the rest waits in _out).
+        w.record("s", "http.request", 2.0, {"body": BodyBytes(os.urandom(3 << 20).hex().encode())}, ack)
+        assert await asyncio.wait_for(fut, 20) is None
+        late = []
+        for i in range(200):
+            w.record("s", "http.chunk", 3.0, {"n": i}, late.append)
+        w.close_session("s", 4.0, {})
+        assert w.stop(20)  # with the loop held, stop itself reads the last acks
+        return threads, late
+
+    threads, late = asyncio.run(run())
+    assert threads == {threading.get_ident()}
+    assert late == [None] * 200
+    assert [r["t"] for r in lines_of(tmp_path / "s.jsonl.zst")][-1] == "session.close"
