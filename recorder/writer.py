@@ -125,6 +125,7 @@ class RecordWriter:
         retention_days: float = 0,
         on_event: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        pid: int | None = None,
     ):
         """`storage_dir` given: keep `<storage_dir>/ledger.jsonl` (recovery at start, retention).
         `signer` given: checkpoints, seals and ledger signatures. `on_event` gets one-line
@@ -139,6 +140,7 @@ class RecordWriter:
         self.checkpoint_interval = checkpoint_interval
         self.retention_days = retention_days
         self.clock = clock
+        self.pid = pid if pid is not None else os.getpid()  # the gateway's, for the ledger's gateway.start
         self.storage_dir = Path(storage_dir) if storage_dir is not None else None
         self._ledger = ledger_mod.LedgerFile(self.storage_dir, signer) if self.storage_dir is not None else None
         self._ledger_error: StorageError | None = None
@@ -453,7 +455,7 @@ class RecordWriter:
             return False
         self._ledger_error = None
         now = self.clock()
-        start = {"host": os.uname().nodename, "pid": os.getpid()}
+        start = {"host": os.uname().nodename, "pid": self.pid}
         if lg.dropped_tail:
             start["dropped_partial_bytes"] = lg.dropped_tail
             self._event(f"ledger: dropped {lg.dropped_tail} bytes of a half-written last line (a crash mid-write)")

@@ -92,6 +92,7 @@ class ProcessRecordWriter:
             "storage_dir": Path(storage_dir) if storage_dir is not None else None,
             "checkpoint_interval": checkpoint_interval, "retention_days": retention_days,
             "signing_key": signer.key_id if signer is not None else None,
+            "pid": os.getpid(),  # the ledger's gateway.start names the gateway, not the child
         }
         self._lock = threading.Lock()  # one frame at a time; guards _acks and _dead with it
         self._acks: dict[int, Ack] = {}
