@@ -95,7 +95,7 @@ def _phase(flow: http.HTTPFlow) -> str:
 class Capture:
     def __init__(self, config: WiretrailConfig, masking: Masking | None = None):
         self.config_addon = config
-        self.masking = masking  # holds the Masker the writer thread masks every record with
+        self.masking = masking  # holds the Masker; the writer process builds its own copy from it
         self.writer: ProcessRecordWriter | None = None
         self.registry: SessionRegistry | None = None
         self.flows: dict[str, FlowCapture] = {}
@@ -368,7 +368,7 @@ class Capture:
         self.flows.pop(fc.flow_id, None)
         self.registry.end_flow(fc.session)
 
-    # -- masking: the loop only hands the masker over; it runs on the writer thread ---------------
+    # -- masking: the loop only hands the masker over; bodies are masked in the writer process -----
 
     @property
     def _masker(self):
