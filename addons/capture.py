@@ -2,7 +2,7 @@
 
 Small bodies with a length are buffered and recorded whole. SSE, bodies without a
 length and large bodies are streamed: a tee forwards each chunk at once and hands a
-copy, batched by at most `capture.chunk_interval`, to the writer thread. A request
+copy, batched by at most `capture.chunk_interval`, to the writer process. A request
 goes upstream only after its record is written; if it cannot be, the client gets a
 503 and nothing is forwarded (fail closed).
 """
