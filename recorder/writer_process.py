@@ -38,6 +38,8 @@ from recorder.writer import FSYNC_POLICIES, Ack, StorageError
 
 _HEADER = struct.Struct(">I")
 _SOCKET_BUFFER = 4 << 20
+_HOLD = 0.01  # seconds a frame nobody waits for may wait for company (the child coalesces too)
+_HOLD_BYTES = 256 << 10
 
 
 class _Pickler(pickle.Pickler):
@@ -107,6 +109,10 @@ class ProcessRecordWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rbuf = bytearray()
         self._out: collections.deque = collections.deque()  # frames the socket did not take yet
+        self._held: list[bytes] = []  # frames nobody waits for, sent with the next urgent one
+        self._held_bytes = 0
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self._loop_thread: int | None = None
         self._started = False
 
     # -- RecordWriter's interface ---------------------------------------------------
@@ -137,6 +143,7 @@ class ProcessRecordWriter:
         except RuntimeError:
             self._loop = None
         if self._loop is not None:
+            self._loop_thread = threading.get_ident()
             # Acks are read on the event loop itself: no thread to wake, no GIL to hand over.
             self._loop.add_reader(ours.fileno(), self._on_readable)
         else:
@@ -163,8 +170,12 @@ class ProcessRecordWriter:
         deadline = time.monotonic() + timeout
         if self._dead is None:
             self._stopping = True
+            with self._lock:
+                if self._held:
+                    self._out.append(memoryview(self._take_held()))
             self._flush_out()
             self._send_frame(pickle.dumps(("stop", timeout), protocol=5), None)
+            self._flush_out()  # the loop is held in here: nothing else would send the rest
         if self._loop is not None and self._dead is None:
             # The loop is held in here: read the child's last acks ourselves, up to its end
             # (it may not end while its acks have nowhere to go).
@@ -212,21 +223,33 @@ class ProcessRecordWriter:
                     _call(ack, err)
                 return
             masker_frame = pickle.dumps(("masker", getattr(p.masker, "spec", None)), protocol=5)
-        self._send_frame(buf.getvalue(), aid, ack, masker_frame, p.masker)
+        urgent = ack is not None or msg[0] in ("close", "barrier")
+        self._send_frame(buf.getvalue(), aid, ack, masker_frame, p.masker, urgent)
 
     def _send_frame(self, data: bytes, aid: int | None = None, ack: Ack | None = None,
-                    masker_frame: bytes | None = None, masker=None) -> None:
+                    masker_frame: bytes | None = None, masker=None, urgent: bool = True) -> None:
         failed: OSError | None = None
         with self._lock:
             dead = self._dead
             if dead is None:
                 if ack is not None:
                     self._acks[aid] = ack
+                frame = _HEADER.pack(len(data)) + data
+                if masker_frame is not None:
+                    frame = _HEADER.pack(len(masker_frame)) + masker_frame + frame
+                    self._sent_masker = masker
                 try:
-                    if masker_frame is not None:
-                        self._write(_HEADER.pack(len(masker_frame)) + masker_frame)
-                        self._sent_masker = masker
-                    self._write(_HEADER.pack(len(data)) + data)
+                    if not urgent and self._loop is not None and threading.get_ident() == self._loop_thread:
+                        # Nobody waits for it: hold it briefly, so a small exchange costs one send
+                        # (a send wakes the child, and the wake-up is paid here, on the loop).
+                        self._held.append(frame)
+                        self._held_bytes += len(frame)
+                        if self._held_bytes >= _HOLD_BYTES:
+                            self._write(self._take_held())
+                        elif self._hold_timer is None:
+                            self._hold_timer = self._loop.call_later(_HOLD, self._send_held)
+                    else:
+                        self._write(self._take_held() + frame if self._held else frame)
                 except OSError as e:
                     failed = e
         if dead is not None:
@@ -234,6 +257,27 @@ class ProcessRecordWriter:
                 _call(ack, dead)
         elif failed is not None:
             # The child is gone: this ack (registered above) fails with every other pending one.
+            self._died(f"cannot hand records to it: {failed.strerror or failed}")
+
+    def _take_held(self) -> bytes:
+        frames = b"".join(self._held)
+        self._held.clear()
+        self._held_bytes = 0
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        return frames
+
+    def _send_held(self) -> None:
+        self._hold_timer = None
+        failed = None
+        with self._lock:
+            if self._held and self._dead is None:
+                try:
+                    self._write(self._take_held())
+                except OSError as e:
+                    failed = e
+        if failed is not None:
             self._died(f"cannot hand records to it: {failed.strerror or failed}")
 
     def _write(self, frame: bytes) -> None:

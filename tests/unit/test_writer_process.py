@@ -136,6 +136,10 @@ def test_on_an_event_loop_acks_arrive_on_the_loop_and_stop_drains_them(tmp_path)
         # Bigger than a socket buffer: sending it must not block the loop (the rest waits in _out).
         w.record("s", "http.request", 2.0, {"body": BodyBytes(os.urandom(3 << 20).hex().encode())}, ack)
         assert await asyncio.wait_for(fut, 20) is None
+        # A record nobody waits for is held a moment, then sent on its own (a timer on the loop).
+        w.record("s", "http.response", 2.5, {"quiet": True})
+        await asyncio.sleep(0.5)
+        assert [r["t"] for r in lines_of(path)][-1] == "http.response"
         late = []
         for i in range(200):
             w.record("s", "http.chunk", 3.0, {"n": i}, late.append)
