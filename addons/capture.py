@@ -2,7 +2,8 @@
 
 Small bodies with a length are buffered and recorded whole. SSE, bodies without a
 length and large bodies are streamed: a tee forwards each chunk at once and hands a
-copy, batched by at most `capture.chunk_interval`, to the writer thread. A request
+copy, batched by at most `capture.chunk_interval`, to the writer (a thread, or a process of
+its own with storage.writer = "process"). A request
 goes upstream only after its record is written; if it cannot be, the client gets a
 503 and nothing is forwarded (fail closed).
 """
@@ -26,6 +27,7 @@ from recorder.header_masking import recordable_headers
 from recorder.identity import Identity as VerifiedIdentity
 from recorder.sessions import Session, SessionRegistry
 from recorder.writer import RecordWriter, StorageError
+from recorder.writer_process import ProcessRecordWriter
 
 log = logging.getLogger("wiretrail")
 
@@ -94,8 +96,8 @@ def _phase(flow: http.HTTPFlow) -> str:
 class Capture:
     def __init__(self, config: WiretrailConfig, masking: Masking | None = None):
         self.config_addon = config
-        self.masking = masking  # holds the Masker the writer thread masks every record with
-        self.writer: RecordWriter | None = None
+        self.masking = masking  # holds the Masker (a writer process builds its own copy from it)
+        self.writer: RecordWriter | ProcessRecordWriter | None = None
         self.registry: SessionRegistry | None = None
         self.flows: dict[str, FlowCapture] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -121,7 +123,10 @@ class Capture:
             )
         elif signer is None:
             return  # the config addon could not load it and is stopping the gateway
-        self.writer = RecordWriter(
+        # Writing (masking, hashing, compression, disk, signing) runs on a thread of the gateway,
+        # or with storage.writer = "process" in a process of its own, outside the proxy's GIL.
+        writer_class = ProcessRecordWriter if cfg.storage.writer == "process" else RecordWriter
+        self.writer = writer_class(
             fsync=cfg.storage.fsync,
             fsync_interval=cfg.storage.fsync_interval,
             on_error=self._storage_error_from_thread,
@@ -138,7 +143,7 @@ class Capture:
             max_duration=cfg.sessions.max_duration,
             signing_key_id=signer.key_id if signer else None,
         )
-        # The writer thread first recovers sessions a crash left open (ledger), then records.
+        # The writer first recovers sessions a crash left open (ledger), then records.
         self.writer.start()
         if signer is not None:
             log.info(f"wiretrail: signing checkpoints, seals and the ledger with key id {signer.key_id}")
@@ -366,7 +371,7 @@ class Capture:
         self.flows.pop(fc.flow_id, None)
         self.registry.end_flow(fc.session)
 
-    # -- masking: the loop only hands the masker over; it runs on the writer thread ---------------
+    # -- masking: the loop only hands the masker over; bodies are masked by the writer -----------
 
     @property
     def _masker(self):

@@ -38,7 +38,7 @@ class BodyStream:
     """The state of one streamed body direction. Created on the loop, used by the writer."""
 
     __slots__ = ("decoder", "encoding", "max_body", "recorded", "wire", "decoded", "held", "decode_error",
-                 "masker", "content_type", "mask_state")
+                 "masker", "content_type", "mask_state", "ref")
 
     def __init__(self, encoding: str | None = None, max_body: int = 0, masker=None, content_type: str | None = None):
         self.masker = masker  # a recorder.masking.Masker, or None (recorded unmasked)
@@ -52,6 +52,7 @@ class BodyStream:
         self.wire = 0  # bytes as they crossed the wire
         self.held = b""  # an incomplete UTF-8 sequence waiting for its next byte
         self.decode_error: str | None = None
+        self.ref: int | None = None  # its number on the way to a writer process (recorder/writer_process.py)
 
 
 class ChunkBytes:

@@ -96,6 +96,7 @@ class StorageConfig:
     retention_days: int = 0
     fsync: str = "batch"  # batch | always | never
     fsync_interval: float = 0.05  # seconds; bound on a batch's fsync delay
+    writer: str = "thread"  # thread | process: where records are masked, compressed and written
 
 
 @dataclass(frozen=True)
@@ -522,6 +523,9 @@ SCHEMA = _Table(dict, (
         Key("fsync", _OneOf("batch", "always", "never"), "batch",
             "batch: fsync once per batch; always: after every record; never: leave it to the OS"),
         Key("fsync_interval", _Number(gt=0, le=10), 0.05, "seconds a batched fsync may wait"),
+        Key("writer", _OneOf("thread", "process"), "thread",
+            "thread: one writer thread in the gateway; process: a writer process of its own (more "
+            "throughput, slightly more latency per small request; docs/performance.md)"),
     ), expected="a table ([storage])"), _EMPTY_TABLE),
     Key("sessions", _Table(SessionsConfig, (
         Key("idle_timeout", _SECONDS, 1800.0, "seconds without a flow before a session closes"),

@@ -125,6 +125,7 @@ class RecordWriter:
         retention_days: float = 0,
         on_event: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        pid: int | None = None,
     ):
         """`storage_dir` given: keep `<storage_dir>/ledger.jsonl` (recovery at start, retention).
         `signer` given: checkpoints, seals and ledger signatures. `on_event` gets one-line
@@ -139,6 +140,7 @@ class RecordWriter:
         self.checkpoint_interval = checkpoint_interval
         self.retention_days = retention_days
         self.clock = clock
+        self.pid = pid if pid is not None else os.getpid()  # the gateway's, for the ledger's gateway.start
         self.storage_dir = Path(storage_dir) if storage_dir is not None else None
         self._ledger = ledger_mod.LedgerFile(self.storage_dir, signer) if self.storage_dir is not None else None
         self._ledger_error: StorageError | None = None
@@ -199,9 +201,7 @@ class RecordWriter:
             timeout = COALESCE
             if self._dirty_fds or self._dirty_dirs:
                 timeout = min(timeout, max(0.0, self._last_fsync + self.fsync_interval - time.monotonic()))
-            self._wake.wait(timeout)
-            # Clear before draining: an op added after this point sets the event again.
-            self._wake.clear()
+            self._wait(timeout)
             if not self._ops:
                 self._tick()
                 if self._dirty_fds or self._dirty_dirs or self._ledger_dirty():
@@ -220,6 +220,12 @@ class RecordWriter:
             if self.fsync == "batch" and (self._dirty_fds or self._dirty_dirs or self._ledger_dirty()) and \
                     time.monotonic() - self._last_fsync >= self.fsync_interval:
                 self._fsync_dirty()
+
+    def _wait(self, timeout: float) -> None:
+        """Until an urgent op or the timeout. (recorder/writer_child.py reads its socket here.)"""
+        self._wake.wait(timeout)
+        # Clear before draining: an op added after this point sets the event again.
+        self._wake.clear()
 
     def _write_batch(self, batch: list) -> bool:
         acks: list[tuple[Ack, str, BaseException | None]] = []
@@ -449,7 +455,7 @@ class RecordWriter:
             return False
         self._ledger_error = None
         now = self.clock()
-        start = {"host": os.uname().nodename, "pid": os.getpid()}
+        start = {"host": os.uname().nodename, "pid": self.pid}
         if lg.dropped_tail:
             start["dropped_partial_bytes"] = lg.dropped_tail
             self._event(f"ledger: dropped {lg.dropped_tail} bytes of a half-written last line (a crash mid-write)")

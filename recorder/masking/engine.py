@@ -258,8 +258,11 @@ class Masker:
         rules = [Rule(id=r.id, regex=r.regex, keywords=tuple(getattr(r, "keywords", ())),
                       entropy=getattr(r, "entropy", None), allowlist=tuple(getattr(r, "allowlist", ())))
                  for r in masking.rules]
-        return cls(key, rules=rules, builtin=masking.builtin, allowlist=masking.allowlist,
-                   known_secrets=known_secrets)
+        masker = cls(key, rules=rules, builtin=masking.builtin, allowlist=masking.allowlist,
+                     known_secrets=known_secrets)
+        # What rebuilds it in another process (the writer process gets this, not the compiled rules).
+        masker.spec = (masking, key, tuple(known_secrets))
+        return masker
 
     # -- finding ----------------------------------------------------------------------
 

@@ -1,0 +1,35 @@
+"""storage.writer = "process": the same records, masked and chained, from a writer process."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.e2e.test_masking_e2e import GITHUB_TOKEN, delta_text, stream_chat
+from tests.support.artifacts import TEST_ID_HEADER, store_bytes
+from tests.support.checks import finish, wait_for_records
+from tests.support.clients import TIMEOUT, new_test_id
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_writer_process_records_streams_and_bodies(start_gateway, upstream):
+    gw = start_gateway(config={"storage": {"writer": "process"}})
+    stream_id, json_id = new_test_id(), new_test_id()
+    text = f"token {GITHUB_TOKEN} end"
+    got = stream_chat(gw, upstream, text, stream_id)
+    assert delta_text(got.events) == text
+    r = httpx.post(gw.reverse_url + "/v1/chat/completions", json={"model": "m", "messages": [
+        {"role": "user", "content": f"my token is {GITHUB_TOKEN}"}]},
+        headers={TEST_ID_HEADER: json_id}, trust_env=False, timeout=TIMEOUT)
+    assert r.status_code == 200
+    art = wait_for_records(gw, lambda a: len([x for x in a.records if x["t"] == "http.end"]) >= 2)
+    assert art.flow(stream_id).body("response")  # the stream was recorded chunk by chunk
+    recorded = json.loads(art.flow(json_id).body("request"))
+    assert "[MASKED:github-pat" in recorded["messages"][0]["content"]
+    assert GITHUB_TOKEN.encode() not in store_bytes(gw.store_dir)
+    assert "Traceback" not in gw.log_text()
+    gw.upstream = None  # the recorded bodies are masked, so they differ from what the upstream got
+    art = finish(gw)  # SIGTERM: every session closed, its frame ended, the chain verifies
+    assert len([r for r in art.records if r["t"] == "http.request"]) == 2
