@@ -21,6 +21,7 @@ from addons.credentials import INJECTED
 from addons.identity import IDENTITY, identity_of
 from addons.policy import TUNNELED, connection_of
 from addons.refusal import error_response, refusal_of
+from addons.streaming import request_streams, response_streams
 from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
 from addons.masking import Masking
 from recorder.header_masking import recordable_headers
@@ -31,7 +32,6 @@ from recorder.writer_process import ProcessRecordWriter
 
 log = logging.getLogger("wiretrail")
 
-_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 _MAX_BATCH_BYTES = 1 << 20  # a fast stream is recorded in batches of at most 1 MiB
 
 
@@ -53,30 +53,6 @@ class FlowCapture:
         self.wire = {"request": 0, "response": 0}
         self.refused = False
         self.ended = False
-
-
-def _length(headers: http.Headers) -> int | None:
-    try:
-        return int(headers["content-length"])
-    except (KeyError, ValueError):
-        return None
-
-
-def _request_streams(req: http.Request, threshold: int) -> bool:
-    if "chunked" in req.headers.get("transfer-encoding", "").lower():
-        return True
-    length = _length(req.headers)
-    if length is None:
-        # HTTP/2 and HTTP/3 bodies need no length header; a body-carrying method may stream.
-        return not req.http_version.startswith("HTTP/1") and req.method not in _BODYLESS_METHODS
-    return length > threshold
-
-
-def _response_streams(resp: http.Response, threshold: int) -> bool:
-    if resp.headers.get("content-type", "").lower().startswith("text/event-stream"):
-        return True
-    length = _length(resp.headers)
-    return length is None or length > threshold
 
 
 def _phase(flow: http.HTTPFlow) -> str:
@@ -207,7 +183,7 @@ class Capture:
         session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
         fc = FlowCapture(flow.id, session)
         self.flows[flow.id] = fc
-        if _request_streams(flow.request, self.cfg.capture.stream_threshold):
+        if request_streams(flow.request, self.cfg.capture.stream_threshold):
             # The headers go upstream as soon as this hook returns: record them first.
             ok = await self._record_request(flow, fc, None)
             if ok:
@@ -229,7 +205,7 @@ class Capture:
             return
         resp = flow.response
         # resp.stream may already be set by mitmproxy's stream_large_bodies: tee it too.
-        if resp.stream or _response_streams(resp, self.cfg.capture.stream_threshold):
+        if response_streams(resp, self.cfg.capture.stream_threshold):
             fc.session.record("http.response", self._response_fields(flow, None, streamed=True))
             fc.streams["response"] = self._body_stream(resp)
             resp.stream = self._tee(fc, "response", resp.stream if callable(resp.stream) else None)

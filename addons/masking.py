@@ -22,6 +22,7 @@ from mitmproxy import http
 
 from addons.config import WiretrailConfig
 from addons.refusal import REFUSAL, refuse
+from addons.streaming import request_streams, response_streams
 from recorder.content_decoding import DecodeError, decoder_for
 from recorder.masking import Masker
 from recorder.masking.bodies import mask_body
@@ -61,13 +62,18 @@ class Masking:
         if masking.mask_responses:
             # Plain bytes can be masked as they stream; an encoded reply would need decoding first.
             flow.request.headers["accept-encoding"] = "identity"
-        if masking.mask_requests and _streams(flow.request):
+        threshold = self.config_addon.current.capture.stream_threshold
+        if masking.mask_requests and request_streams(flow.request, threshold):
             if flow.request.headers.get("content-encoding", "identity").lower() != "identity":
                 refuse(flow, 415, "cannot_mask",
                        "masking.mask_requests is on and this request body is compressed and streamed, "
                        "so the gateway cannot mask it; send it uncompressed")
                 return
-            flow.request.stream = _masking_stream(self.masker.body_stream(flow.request.headers.get("content-type")))
+            req = flow.request
+            # The masked body has another length: send it chunked (HTTP/2 frames need no length).
+            if req.headers.pop("content-length", None) is not None and req.http_version.startswith("HTTP/1"):
+                req.headers["transfer-encoding"] = "chunked"
+            req.stream = _masking_stream(self.masker.body_stream(req.headers.get("content-type")))
 
     def request(self, flow: http.HTTPFlow):
         if flow.response is not None or self.masker is None or flow.request.stream:
@@ -81,7 +87,7 @@ class Masking:
         if REFUSAL in flow.metadata:
             return
         resp = flow.response
-        if not (resp.stream or _streams_response(resp, self.config_addon.current.capture.stream_threshold)):
+        if not response_streams(resp, self.config_addon.current.capture.stream_threshold):
             return  # buffered: masked whole in `response`
         encoding = resp.headers.get("content-encoding")
         decoder = decoder_for(encoding)
@@ -132,17 +138,6 @@ def _masking_stream(stream_masker, decoder=None):
         return [out] if out else []
 
     return forward
-
-
-def _streams(req: http.Request) -> bool:
-    return bool(req.stream) or "chunked" in req.headers.get("transfer-encoding", "").lower()
-
-
-def _streams_response(resp: http.Response, threshold: int) -> bool:
-    if "text/event-stream" in resp.headers.get("content-type", "").lower():
-        return True
-    length = resp.headers.get("content-length")
-    return length is None or not length.isdigit() or int(length) > threshold
 
 
 def _signing_material(config: WiretrailConfig) -> list[str]:

@@ -138,6 +138,14 @@ def test_mask_requests_keeps_secrets_from_the_upstream(start_gateway, upstream):
     assert r.status_code == 200
     sent = upstream.exchange(stream_id).body
     assert GITHUB_TOKEN.encode() not in sent and b"prefix [MASKED:github-pat" in sent and sent.endswith(b'x"}')
+    # A body over capture.stream_threshold with a Content-Length streams too: masked as well.
+    big_id = new_test_id()
+    big = json.dumps({"doc": "y" * 300_000 + f" {GITHUB_TOKEN} " + "z" * 1000}).encode()
+    r = httpx.post(gw.reverse_url + "/echo", content=big, headers={TEST_ID_HEADER: big_id},
+                   trust_env=False, timeout=TIMEOUT)
+    assert r.status_code == 200
+    sent = upstream.exchange(big_id).body
+    assert GITHUB_TOKEN.encode() not in sent and b"[MASKED:github-pat" in sent and sent.endswith(b'z"}')
 
 
 def test_the_gateways_own_credential_is_masked_in_any_encoding(start_gateway, upstream, tmp_path):
