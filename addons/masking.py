@@ -79,7 +79,11 @@ class Masking:
         if flow.response is not None or self.masker is None or flow.request.stream:
             return
         if self.config_addon.current.masking.mask_requests and flow.request.raw_content:
-            _mask_message(self.masker, flow.request)
+            if not _mask_message(self.masker, flow.request):
+                refuse(flow, 415, "cannot_mask",
+                       f"masking.mask_requests is on and the request body's Content-Encoding "
+                       f"{flow.request.headers.get('content-encoding')!r} cannot be decoded, so the gateway "
+                       "cannot mask it; send it uncompressed")
 
     def responseheaders(self, flow: http.HTTPFlow):
         if self.masker is None or not self.config_addon.current.masking.mask_responses:
@@ -92,7 +96,10 @@ class Masking:
         encoding = resp.headers.get("content-encoding")
         decoder = decoder_for(encoding)
         if decoder is None:
-            log.warning(f"wiretrail: cannot mask a reply in Content-Encoding {encoding!r}; it passes unmasked")
+            # Asked for identity and got something else: unmasked bytes must not reach the client.
+            log.error(f"wiretrail: a reply in Content-Encoding {encoding!r} cannot be masked "
+                      f"(masking.mask_responses); the connection is closed: {flow.request.pretty_url}")
+            flow.kill()
             return
         # The masked stream has another length, and is sent decoded.
         resp.headers.pop("content-encoding", None)
@@ -104,15 +111,22 @@ class Masking:
     def response(self, flow: http.HTTPFlow):
         if self.masker is None or not self.config_addon.current.masking.mask_responses or REFUSAL in flow.metadata:
             return
-        if not flow.response.stream and flow.response.raw_content:
-            _mask_message(self.masker, flow.response)
+        if not flow.response.stream and flow.response.raw_content and not _mask_message(self.masker, flow.response):
+            log.error(f"wiretrail: a reply in Content-Encoding {flow.response.headers.get('content-encoding')!r} "
+                      f"cannot be masked (masking.mask_responses); the connection is closed: {flow.request.pretty_url}")
+            flow.kill()
 
 
-def _mask_message(masker: Masker, message: http.Message) -> None:
-    content = message.get_content(strict=False)
+def _mask_message(masker: Masker, message: http.Message) -> bool:
+    """Mask the message's body in place. False when its Content-Encoding cannot be undone."""
+    try:
+        content = message.get_content(strict=True)
+    except ValueError:
+        return False
     masked = mask_body(masker, content, message.headers.get("content-type"), exact=False)
     if masked != content:
         message.content = masked  # re-encoded with the message's Content-Encoding; length updated
+    return True
 
 
 def _masking_stream(stream_masker, decoder=None):
