@@ -27,6 +27,7 @@ import json
 import socket
 import ssl
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -321,6 +322,13 @@ class FakeUpstream:
 
     # -- serving ------------------------------------------------------------------------
 
+    def _note_dropped(self, stage: str, e: BaseException) -> None:
+        # A connection the upstream drops shows as a 502 in a test; say why on stderr, which
+        # pytest prints with the failure (a rare drop under heavy load was once seen).
+        if not self._stopped.is_set():
+            print(f"fake upstream: connection dropped during {stage}: {type(e).__name__}: {e}",
+                  file=sys.stderr, flush=True)
+
     def _accept_loop(self) -> None:
         while not self._stopped.is_set():
             try:
@@ -333,7 +341,8 @@ class FakeUpstream:
         raw.settimeout(60)
         try:
             sock = self._ctx.wrap_socket(raw, server_side=True)
-        except (OSError, ssl.SSLError):
+        except (OSError, ssl.SSLError) as e:
+            self._note_dropped("TLS handshake", e)
             raw.close()
             return
         with self._lock:
@@ -355,8 +364,9 @@ class FakeUpstream:
                     break
                 if outcome != "keep-alive" or (ex.header("connection") or "").lower() == "close":
                     break
-        except (_ClientGone, OSError, ssl.SSLError, ValueError):
-            pass
+        except (_ClientGone, OSError, ssl.SSLError, ValueError) as e:
+            if not isinstance(e, _ClientGone):
+                self._note_dropped("serving", e)
         finally:
             if ex is not None:
                 ex.done.set()
