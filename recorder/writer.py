@@ -25,7 +25,7 @@ from pathlib import Path
 import zstandard
 
 from recorder import format_v1, ledger as ledger_mod, recovery, retention
-from recorder.bodies import BodyBytes, ChunkBytes, render_bodies
+from recorder.bodies import render_bodies
 from recorder.signing import Signer
 
 Ack = Callable[[BaseException | None], None]
@@ -338,13 +338,7 @@ class RecordWriter:
 
     def _abandon(self, sf: _SessionFile) -> None:
         """Close a session whose storage failed: the ledger gets what reached the disk."""
-        if sf.fd >= 0:
-            self._dirty_fds.discard(sf.fd)
-            try:
-                os.close(sf.fd)
-            except OSError:
-                pass
-            sf.fd = -1
+        self._close_fd(sf)
         self._files.pop(sf.session_id, None)
         if sf.in_ledger:
             if sf.durable_records == 0:
@@ -354,6 +348,15 @@ class RecordWriter:
                 except OSError:
                     pass
             self._ledger_end(sf)
+
+    def _close_fd(self, sf: _SessionFile) -> None:
+        if sf.fd >= 0:
+            self._dirty_fds.discard(sf.fd)
+            try:
+                os.close(sf.fd)
+            except OSError:
+                pass
+            sf.fd = -1
 
     def _create(self, session_id: str, path: Path) -> _SessionFile:
         try:
@@ -378,15 +381,9 @@ class RecordWriter:
     def _finish(self, sf: _SessionFile) -> None:
         if sf.error is None:
             self._write_all(sf, sf.cobj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
-        if sf.fd >= 0:
-            if sf.error is None and self.fsync != "never":
-                self._fsync_fd(sf)
-            self._dirty_fds.discard(sf.fd)
-            try:
-                os.close(sf.fd)
-            except OSError:
-                pass
-            sf.fd = -1
+        if sf.fd >= 0 and sf.error is None and self.fsync != "never":
+            self._fsync_fd(sf)
+        self._close_fd(sf)
         self._files.pop(sf.session_id, None)
         if sf.in_ledger:
             self._ledger_end(sf)
