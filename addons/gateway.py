@@ -1,6 +1,7 @@
 """The wiretrail gateway: `mitmdump -s addons/gateway.py --set wiretrail_config=gateway.toml`.
 
-`addons` lists the chain in order. Config comes first: every other addon reads it.
+`addons` lists the chain in order. The start-up gate comes first: flows that arrive before
+wiretrail is running wait there. Config is next: every other addon reads it.
 Identity, policy and credentials decide in `requestheaders` (and `http_connect`),
 before capture records the request and before anything goes upstream.
 """
@@ -19,7 +20,9 @@ from addons.credentials import Credentials  # noqa: E402
 from addons.identity import Identity  # noqa: E402
 from addons.masking import Masking  # noqa: E402
 from addons.policy import Policy  # noqa: E402
+from addons.startup import StartupGate  # noqa: E402
 
+_gate = StartupGate()  # mitmproxy listens before `running`: flows wait for it
 _config = WiretrailConfig()
 _identity = Identity(_config)
 _credentials = Credentials(_config)
@@ -28,10 +31,12 @@ _credentials.on_reload = _masking.refresh  # a rotated credential is masked from
 _capture = Capture(_config, _masking)
 
 addons = [
+    _gate,
     _config,
     _identity,
     Policy(_config, _identity, on_tunnel=_capture.record_tunnel),
     _credentials,
     _masking,
     _capture,
+    _gate.opener(),  # last: opens the gate once every addon above has run `running`
 ]

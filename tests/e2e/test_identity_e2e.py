@@ -10,6 +10,7 @@ marker; the client's token and placeholder key never reach the upstream or the a
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import hmac
 import json
@@ -24,11 +25,14 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.support.artifacts import TEST_ID_HEADER, header, store_bytes
 from tests.support.checks import wait_for_records
+from tests.support.gateway import REPO_ROOT
 from tests.support.clients import TIMEOUT, new_test_id, trust
 from tests.support.idp import AUDIENCE, ISSUER, LocalIdP, new_private_key
 from tests.support.plain_upstream import PlainUpstream
 
 pytestmark = pytest.mark.e2e
+
+SLOW_START_SCRIPT = REPO_ROOT / "tests" / "support" / "slow_start_gateway.py"
 
 # Built at run time so the repository holds nothing that looks like a live key.
 UPSTREAM_KEY = "sk-" + "upstream" + hashlib.sha256(b"wiretrail-test-upstream").hexdigest()[:32]
@@ -339,6 +343,25 @@ def test_a_good_token_at_every_entry_point_swaps_in_the_gateway_credential(jwt_g
                           and r["identity"]["groups"] == ["engineering"] and r["identity"]["iss"] == ISSUER
                           and r["identity"]["email"] == "alice@example.com" for r in opened)
     assert_never_stored(gw, UPSTREAM_KEY, token, PLACEHOLDER_KEY)
+
+
+def test_flows_that_arrive_while_the_gateway_starts_wait_for_identity(start_gateway, idp, upstream, plain, key_file):
+    # mitmdump accepts connections before wiretrail's addons have run `running`; this script
+    # stretches that window to 1.5 s and the flows below land in it. None may pass
+    # unauthenticated (a CONNECT let through then is an anonymous tunnel for its whole life),
+    # and none may fail for being early.
+    gw = start_gateway(config=jwt_config(idp), extra_toml=connections_toml(upstream, plain, key_file),
+                       script=SLOW_START_SCRIPT)
+    assert "recording sessions" not in gw.log_text()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        tokenless_connect = pool.submit(via_connect, gw, upstream, plain, "")
+        good_plain = pool.submit(via_plain_proxy, gw, upstream, plain, _good_token(idp))
+        tokenless_reverse = pool.submit(via_reverse_bearer, gw, upstream, plain, "")
+        assert tokenless_connect.result().status == 407
+        answer = good_plain.result()
+        assert answer.status == 200, answer.body
+        assert tokenless_reverse.result().status == 401
+    assert len(plain.received) == 1 and upstream.exchanges == []
 
 
 def test_a_record_only_connection_passes_the_clients_own_key_but_never_the_token(jwt_gateway, idp, upstream, plain):
