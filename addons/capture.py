@@ -80,6 +80,7 @@ class Capture:
         self._expiry_task: asyncio.Task | None = None
         self._failing: set[str] = set()  # storage failure causes already logged
         self._stopped = False
+        self._flush_scheduled = False
         self._fallback_key = os.urandom(32)  # header tags when no masking addon runs (addon tests)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -346,6 +347,16 @@ class Capture:
         fc.timers.clear()
         self.flows.pop(fc.flow_id, None)
         self.registry.end_flow(fc.session)
+        if not self._flush_scheduled:
+            # After this step, once the reply is on its way: the writer then writes the
+            # exchange's last records while the loop idles, not in the next request's ack.
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_writer)
+
+    def _flush_writer(self) -> None:
+        self._flush_scheduled = False
+        if not self._stopped:
+            self.writer.flush_soon()
 
     # -- masking: the loop only hands the masker over; bodies are masked by the writer -----------
 

@@ -158,6 +158,8 @@ def main(argv: list[str]) -> int:
             writer.close_session(sid, ts, fields, acker(aid))
         elif op == "barrier":
             writer.barrier(acker(msg[1]))
+        elif op == "flush":
+            writer.flush_soon()
         elif op == "masker":
             from recorder.masking import Masker
             masking, key, known = msg[1]

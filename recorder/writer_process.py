@@ -163,6 +163,10 @@ class ProcessRecordWriter:
         """`ack` runs once everything queued before it is written and fsynced."""
         self._op(("barrier",), ack)
 
+    def flush_soon(self) -> None:
+        """Send what is held and have the child write it now (see RecordWriter.flush_soon)."""
+        self._op(("flush",), None)
+
     def stop(self, timeout: float = 30.0) -> bool:
         """Write everything queued, fsync, seal, and end the child. True if it ended in time."""
         if not self._started or self._proc is None:
@@ -223,7 +227,7 @@ class ProcessRecordWriter:
                     _call(ack, err)
                 return
             masker_frame = pickle.dumps(("masker", getattr(p.masker, "spec", None)), protocol=5)
-        urgent = ack is not None or msg[0] in ("close", "barrier")
+        urgent = ack is not None or msg[0] in ("close", "barrier", "flush")
         self._send_frame(buf.getvalue(), aid, ack, masker_frame, p.masker, urgent)
 
     def _send_frame(self, data: bytes, aid: int | None = None, ack: Ack | None = None,
