@@ -1,7 +1,9 @@
 """The wiretrail gateway: `mitmdump -s addons/gateway.py --set wiretrail_config=gateway.toml`.
 
-`addons` lists the chain in order. The start-up gate comes first: flows that arrive before
-wiretrail is running wait there. Config is next: every other addon reads it.
+`parts` lists the addons in order; mitmproxy sees them as one addon, `AddonChain`
+(addons/chain.py), which dispatches each event once and fails a flow closed when a part
+raises. The start-up gate comes first: flows that arrive before wiretrail is running wait
+there. Config is next: every other part reads it.
 Identity, policy and credentials decide in `requestheaders` (and `http_connect`),
 before capture records the request and before anything goes upstream.
 """
@@ -15,6 +17,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from addons.capture import Capture  # noqa: E402
+from addons.chain import AddonChain  # noqa: E402
 from addons.config import WiretrailConfig  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
 from addons.identity import Identity  # noqa: E402
@@ -30,7 +33,7 @@ _masking = Masking(_config, known_secrets=_credentials.known_secrets)
 _credentials.on_reload = _masking.refresh  # a rotated credential is masked from then on
 _capture = Capture(_config, _masking)
 
-addons = [
+parts = [
     _gate,
     _config,
     _identity,
@@ -38,5 +41,7 @@ addons = [
     _credentials,
     _masking,
     _capture,
-    _gate.opener(),  # last: opens the gate once every addon above has run `running`
+    _gate.opener(),  # last: opens the gate once every part above has run `running`
 ]
+
+addons = [AddonChain(parts)]

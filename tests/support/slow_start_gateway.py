@@ -10,6 +10,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from addons import gateway  # noqa: E402
+from addons.chain import AddonChain  # noqa: E402
 
 SECONDS = float(os.environ.get("SLOW_START_SECONDS", "1.5"))
 
@@ -20,4 +21,4 @@ class SlowStart:
 
 
 # Right after the start-up gate: config, identity and capture all start late.
-addons = [gateway.addons[0], SlowStart(), *gateway.addons[1:]]
+addons = [AddonChain([gateway.parts[0], SlowStart(), *gateway.parts[1:]])]

@@ -1,0 +1,90 @@
+"""AddonChain: the parts in order, one dispatch per event, and flows failed closed."""
+import asyncio
+import json
+
+from mitmproxy.test import taddons, tflow
+
+from addons.chain import AddonChain
+from addons.refusal import REFUSAL
+
+
+class Part:
+    def __init__(self, name, calls, fail_on=()):
+        self.name, self.calls, self.fail_on = name, calls, set(fail_on)
+
+    def _hit(self, hook):
+        self.calls.append((self.name, hook))
+        if hook in self.fail_on:
+            raise RuntimeError(f"{self.name} broke in {hook}")
+
+    async def requestheaders(self, flow):
+        await asyncio.sleep(0)
+        self._hit("requestheaders")
+
+    def request(self, flow):
+        self._hit("request")
+
+    def response(self, flow):
+        self._hit("response")
+
+    def running(self):
+        self._hit("running")
+
+    def done(self):
+        self._hit("done")
+
+
+def chain_of(*fail_on):
+    calls = []
+    parts = [Part(f"p{i}", calls, fails) for i, fails in enumerate(fail_on)]
+    return AddonChain(parts), calls
+
+
+def test_hooks_run_in_order_and_async_ones_are_awaited():
+    chain, calls = chain_of((), (), ())
+    flow = tflow.tflow()
+    asyncio.run(chain.requestheaders(flow))
+    chain.request(flow)
+    assert calls == [("p0", "requestheaders"), ("p1", "requestheaders"), ("p2", "requestheaders"),
+                     ("p0", "request"), ("p1", "request"), ("p2", "request")]
+    assert flow.response is None
+    assert not hasattr(chain, "http_connect")  # no part has it: mitmproxy skips the chain
+
+
+def test_an_exception_before_upstream_answers_500_and_the_later_parts_still_see_the_flow():
+    for hook, run in [("requestheaders", lambda c, f: asyncio.run(c.requestheaders(f))),
+                      ("request", lambda c, f: c.request(f))]:
+        chain, calls = chain_of((), (hook,), ())
+        flow = tflow.tflow()
+        with taddons.context():
+            run(chain, flow)
+        assert flow.response.status_code == 500, hook
+        body = json.loads(flow.response.content)
+        assert body["error"]["code"] == "internal_error" and "not forwarded" in body["error"]["message"]
+        assert flow.metadata[REFUSAL]["reason"] == "internal_error"  # capture records the attempt
+        assert ("p2", hook) in calls
+
+
+def test_an_exception_after_upstream_is_logged_and_the_reply_still_reaches_the_other_parts():
+    chain, calls = chain_of(("response",), ())
+    flow = tflow.tflow(resp=True)
+    with taddons.context():
+        chain.response(flow)
+    assert calls == [("p0", "response"), ("p1", "response")]
+    assert flow.response.status_code == 200  # the upstream's reply, untouched
+
+
+def test_a_part_that_fails_to_start_stops_the_gateway_and_the_rest_does_not_start():
+    chain, calls = chain_of((), ("running",), ())
+    with taddons.context() as tctx:
+        stopped = []
+        tctx.master.shutdown = lambda: stopped.append(True)
+        chain.running()
+    assert calls == [("p0", "running"), ("p1", "running")] and stopped == [True]
+
+
+def test_done_reaches_every_part_even_after_one_fails():
+    chain, calls = chain_of(("done",), ())
+    with taddons.context():
+        chain.done()
+    assert calls == [("p0", "done"), ("p1", "done")]
