@@ -197,8 +197,10 @@ def _cost(key) -> int:
     return (len(key[0]) + len(key[1]) if isinstance(key, tuple) else len(key)) * 2 + 100
 
 
-MIN_CACHED = 16  # shorter texts are masked again: the lookup would cost about as much
 MIN_SECRET_TEXT = 6  # no rule matches fewer bytes than this (known secrets are 8 or more)
+# Short texts are cached too: JSON keys such as "prompt_tokens" name a rule keyword, so
+# each costs a regex run, and they recur in every reply.
+MIN_CACHED = MIN_SECRET_TEXT
 
 
 class Masker:
