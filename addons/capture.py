@@ -10,6 +10,7 @@ goes upstream only after its record is written; if it cannot be, the client gets
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -81,6 +82,8 @@ class Capture:
         self._failing: set[str] = set()  # storage failure causes already logged
         self._stopped = False
         self._flush_scheduled = False
+        self._acked: collections.deque = collections.deque()  # (future, error) from the writer
+        self._acks_scheduled = False
         self._fallback_key = os.urandom(32)  # header tags when no masking addon runs (addon tests)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -434,10 +437,14 @@ class Capture:
 
     async def _write_and_wait(self, session: Session, rtype: str, fields: dict) -> BaseException | None:
         fut = self.loop.create_future()
-        loop = self.loop
 
-        def ack(err):
-            loop.call_soon_threadsafe(_resolve, fut, err)
+        def ack(err):  # on the writer's thread
+            self._acked.append((fut, err))
+            if not self._acks_scheduled:
+                # One wake-up of the loop per batch of acks, not one per ack: each costs a
+                # syscall on the writer's thread and a GIL hand-off.
+                self._acks_scheduled = True
+                self.loop.call_soon_threadsafe(self._resolve_acked)
 
         session.record(rtype, fields, ack=ack)
         err = await fut
@@ -445,6 +452,12 @@ class Capture:
             log.warning("wiretrail: storage recovered; recording again")
             self._failing.clear()
         return err
+
+    def _resolve_acked(self) -> None:
+        # Cleared before draining: an ack appended after this line schedules another call.
+        self._acks_scheduled = False
+        while self._acked:
+            _resolve(*self._acked.popleft())
 
     def _storage_error_from_thread(self, err: StorageError) -> None:
         if self.loop is not None and not self.loop.is_closed():
