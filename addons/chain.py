@@ -25,7 +25,9 @@ from addons.refusal import refuse
 log = logging.getLogger("wiretrail")
 
 BEFORE_UPSTREAM = ("http_connect", "requestheaders", "request")
-AFTER_UPSTREAM = ("responseheaders", "response", "error", "tls_clienthello")
+# After upstream, and tls_clienthello (if policy fails there, the connection is intercepted
+# and its requests are checked as usual): logged, and the other parts still run.
+LOGGED = ("responseheaders", "response", "error", "tls_clienthello")
 # Errors in these reach mitmproxy: `load` and `configure` raise OptionsError on a bad config.
 PASSED_THROUGH = ("load", "configure")
 
@@ -33,7 +35,7 @@ PASSED_THROUGH = ("load", "configure")
 class AddonChain:
     def __init__(self, parts: list):
         self.parts = list(parts)
-        for hook in BEFORE_UPSTREAM + AFTER_UPSTREAM + PASSED_THROUGH + ("running", "done"):
+        for hook in BEFORE_UPSTREAM + LOGGED + PASSED_THROUGH + ("running", "done"):
             handlers = [getattr(p, hook) for p in self.parts if callable(getattr(p, hook, None))]
             if not handlers:
                 continue
