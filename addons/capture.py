@@ -22,7 +22,7 @@ from addons.credentials import INJECTED
 from addons.identity import IDENTITY, identity_of
 from addons.policy import TUNNELED, connection_of
 from addons.refusal import error_response, refusal_of
-from addons.streaming import request_streams, response_streams
+from addons.streaming import header_values, request_streams, response_streams
 from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
 from addons.masking import Masking
 from recorder.header_masking import recordable_headers
@@ -34,6 +34,7 @@ from recorder.writer_process import ProcessRecordWriter
 log = logging.getLogger("wiretrail")
 
 _MAX_BATCH_BYTES = 1 << 20  # a fast stream is recorded in batches of at most 1 MiB
+_URL_CACHE_SIZE = 4096  # recorded URLs remembered; an agent calls the same few again and again
 
 
 class FlowCapture:
@@ -41,6 +42,7 @@ class FlowCapture:
 
     __slots__ = (
         "flow_id", "session", "streams", "buffers", "buffered", "timers", "chunk_n", "wire", "refused", "ended",
+        "completion",
     )
 
     def __init__(self, flow_id: str, session: Session):
@@ -54,6 +56,8 @@ class FlowCapture:
         self.wire = {"request": 0, "response": 0}
         self.refused = False
         self.ended = False
+        # (handle, flow) of the response's records, due on the loop's next step once the reply is sent
+        self.completion: tuple[asyncio.Handle, http.HTTPFlow] | None = None
 
 
 def _phase(flow: http.HTTPFlow) -> str:
@@ -85,6 +89,8 @@ class Capture:
         self._acked: collections.deque = collections.deque()  # (future, error) from the writer
         self._acks_scheduled = False
         self._fallback_key = os.urandom(32)  # header tags when no masking addon runs (addon tests)
+        self._urls: dict[tuple, str] = {}  # request line and Host -> the URL as recorded (masked)
+        self._urls_masker = None  # the masker those were masked with
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -148,6 +154,9 @@ class Capture:
         if self._expiry_task is not None:
             self._expiry_task.cancel()
         for fc in list(self.flows.values()):
+            if fc.completion is not None:
+                self._complete_now(fc)  # answered, its records not yet made
+                continue
             # Streams still open at shutdown: keep what arrived, and say why it stops here.
             self._flush_all(fc, final=True)
             fc.session.record(
@@ -216,7 +225,16 @@ class Capture:
 
     def response(self, flow: http.HTTPFlow):
         fc = self.flows.get(flow.id)
-        if fc is None or fc.ended:
+        if fc is None or fc.ended or fc.completion is not None:
+            return
+        # mitmproxy sends the reply when this hook returns. Its records (header masking,
+        # the body handed to the writer) are made right after, on the loop's next step,
+        # so they do not delay it. Nothing else of this flow can run in between.
+        fc.completion = (self.loop.call_soon(self._complete, flow, fc), flow)
+
+    def _complete(self, flow: http.HTTPFlow, fc: FlowCapture) -> None:
+        fc.completion = None
+        if fc.ended:
             return
         if fc.refused:
             self._end(fc)
@@ -229,9 +247,19 @@ class Capture:
         self._record_end(flow, fc)
         self._end(fc)
 
+    def _complete_now(self, fc: FlowCapture) -> None:
+        handle, flow = fc.completion
+        handle.cancel()
+        self._complete(flow, fc)
+
     def error(self, flow: http.HTTPFlow):
         fc = self.flows.get(flow.id)
         if fc is None or fc.ended:
+            return
+        if fc.completion is not None:
+            # The reply was complete before this error (a client gone right after it): it is
+            # recorded as it was answered, as if the error had come a moment later.
+            self._complete_now(fc)
             return
         # Keep whatever arrived before the failure, decoder tail included.
         self._flush_all(fc, final=True)
@@ -293,7 +321,7 @@ class Capture:
             "connection": conn.name if conn else None,
             "mode": flow.client_conn.proxy_mode.type_name,
             "method": req.method,
-            "url": self._mask_text(req.pretty_url),
+            "url": self._recorded_url(req),
             "http_version": req.http_version,
             "headers": self._headers(req.headers, flow.metadata.get(INJECTED)),
             "body": body,
@@ -368,18 +396,34 @@ class Capture:
         return self.masking.masker if self.masking is not None else None
 
     def _body_bytes(self, message: http.Message) -> BodyBytes:
-        return BodyBytes(message.raw_content or b"", message.headers.get("content-encoding"),
-                         self.cfg.capture.max_body, masker=self._masker,
-                         content_type=message.headers.get("content-type"))
+        encoding, content_type = header_values(message.headers, b"content-encoding", b"content-type")
+        return BodyBytes(message.raw_content or b"", encoding, self.cfg.capture.max_body,
+                         masker=self._masker, content_type=content_type)
 
     def _body_stream(self, message: http.Message) -> BodyStream:
-        return BodyStream(message.headers.get("content-encoding"), self.cfg.capture.max_body,
-                          masker=self._masker, content_type=message.headers.get("content-type"))
+        encoding, content_type = header_values(message.headers, b"content-encoding", b"content-type")
+        return BodyStream(encoding, self.cfg.capture.max_body, masker=self._masker, content_type=content_type)
 
     def _headers(self, headers: http.Headers, injected: dict | None = None) -> list[list[str]]:
         masker = self._masker
         key = masker.key if masker is not None else self._fallback_key
         return recordable_headers(headers.items(multi=True), key, injected, masker=masker)
+
+    def _recorded_url(self, req: http.Request) -> str:
+        """req.pretty_url, masked. Building it costs more than the rest of the request record
+        (it parses the Host header each time), so each distinct request line is done once."""
+        d = req.data
+        key = (d.method, d.scheme, d.host, d.port, d.path, d.authority, d.http_version, header_values(d.headers, b"host")[0])
+        masker = self._masker
+        if masker is not self._urls_masker:  # a new masker (SIGHUP) may mask more
+            self._urls.clear()
+            self._urls_masker = masker
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[key] = self._mask_text(req.pretty_url)
+        return url
 
     def _mask_text(self, text: str) -> str:
         # URLs and error texts are short: masked here (a query string can carry a key).

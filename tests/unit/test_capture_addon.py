@@ -271,3 +271,83 @@ def test_flows_before_running_are_refused_not_passed_unrecorded(tmp_path):
 
     f = run(main())
     assert f.response is not None and f.response.status_code == 503
+
+
+def test_a_reply_is_recorded_on_the_next_loop_step_not_before_it_is_sent(tmp_path):
+    # mitmproxy sends the reply when the response hook returns; the records follow at once.
+    async def main():
+        async with gateway(tmp_path) as g:
+            f = tflow.tflow()
+            await g.capture.requestheaders(f)
+            await g.capture.request(f)
+            f.response = tutils.tresp(content=b'{"id": "r1"}')
+            g.capture.responseheaders(f)
+            g.capture.response(f)
+            fc = g.capture.flows[f.id]
+            assert fc.completion is not None and not fc.ended, "nothing recorded inside the hook"
+            await asyncio.sleep(0)
+            assert f.id not in g.capture.flows, "recorded on the loop's next step"
+            return g.stop(), f.id
+
+    (s,), fid = run(main())
+    assert [r["t"] for r in s.records if r.get("flow") == fid] == ["http.request", "http.response", "http.end"]
+    assert rebuild_body(s.records, fid, "response") == b'{"id": "r1"}'
+
+
+@pytest.mark.parametrize("then", ["error", "shutdown"])
+def test_a_reply_answered_just_before_an_error_or_shutdown_is_still_recorded(tmp_path, then):
+    async def main():
+        async with gateway(tmp_path) as g:
+            f = tflow.tflow()
+            await g.capture.requestheaders(f)
+            await g.capture.request(f)
+            f.response = tutils.tresp(content=b'{"id": "r2"}')
+            g.capture.responseheaders(f)
+            g.capture.response(f)
+            if then == "error":
+                f.error = Error("Client disconnected.")
+                g.capture.error(f)
+            return g.stop(), f.id  # stop: done() runs before the loop's next step
+
+    (s,), fid = run(main())
+    assert s.state == "closed", s.problems
+    assert [r["t"] for r in s.records if r.get("flow") == fid] == ["http.request", "http.response", "http.end"]
+    assert rebuild_body(s.records, fid, "response") == b'{"id": "r2"}'
+
+
+@pytest.mark.parametrize(
+    "fields, names, expected",
+    [
+        ([(b"Content-Type", b"text/event-stream")], (b"content-type",), ["text/event-stream"]),
+        ([(b"X-A", b"1"), (b"x-a", b"2")], (b"x-a", b"x-b"), ["1, 2", None]),  # folded, as Headers.get does
+        ([(b"Host", b"h\xffx")], (b"host",), [http.Headers([(b"Host", b"h\xffx")]).get("host")]),
+        ([], (b"content-length",), [None]),
+    ],
+)
+def test_header_values_reads_like_headers_get(fields, names, expected):
+    from addons.streaming import header_values
+    headers = http.Headers(fields)
+    assert header_values(headers, *names) == expected
+    assert expected == [headers.get(n.decode()) for n in names]
+
+
+def test_the_recorded_url_is_the_masked_pretty_url_and_follows_a_new_masker(tmp_path):
+    from recorder.masking.engine import Masker
+
+    class Holder:
+        masker = Masker(b"k" * 32)
+
+    capture = Capture(WiretrailConfig(), Holder())
+    secret = "sk-proj-" + "A1b2C3d4" * 5
+    cases = [
+        tflow.treq(host="api.example", port=443, scheme=b"https", path=b"/v1/chat?x=1"),
+        tflow.treq(authority=b"api.example:8443", host="api.example", port=8443, scheme=b"https", path=b"/v1/m"),
+        tflow.treq(host="10.0.0.1", port=80, scheme=b"http", path=b"/p?key=" + secret.encode()),
+    ]
+    cases[0].headers["host"] = "front.example"
+    for req in cases:
+        for _ in range(2):  # the second time from the cache
+            assert capture._recorded_url(req) == Holder.masker.mask_text(req.pretty_url)
+    assert secret not in capture._recorded_url(cases[2])
+    Holder.masker = Masker(b"j" * 32)  # a new masker (SIGHUP): another key, other tags
+    assert capture._recorded_url(cases[2]) == Holder.masker.mask_text(cases[2].pretty_url)
