@@ -1,6 +1,7 @@
 """The connections registry: which registered upstream a request is for."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 
@@ -22,6 +23,7 @@ def match_connection(connections, host: str, port: int):
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback_host(host: str | None) -> bool:
     """localhost or a loopback address: traffic that never leaves the machine."""
     if not host:
