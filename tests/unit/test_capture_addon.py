@@ -273,16 +273,22 @@ def test_flows_before_running_are_refused_not_passed_unrecorded(tmp_path):
     assert f.response is not None and f.response.status_code == 503
 
 
+async def answered(g: Gateway, body: bytes) -> http.HTTPFlow:
+    """A flow through every capture hook up to `response` (mitmproxy sends the reply after it)."""
+    f = tflow.tflow()
+    await g.capture.requestheaders(f)
+    await g.capture.request(f)
+    f.response = tutils.tresp(content=body)
+    g.capture.responseheaders(f)
+    g.capture.response(f)
+    return f
+
+
 def test_a_reply_is_recorded_on_the_next_loop_step_not_before_it_is_sent(tmp_path):
     # mitmproxy sends the reply when the response hook returns; the records follow at once.
     async def main():
         async with gateway(tmp_path) as g:
-            f = tflow.tflow()
-            await g.capture.requestheaders(f)
-            await g.capture.request(f)
-            f.response = tutils.tresp(content=b'{"id": "r1"}')
-            g.capture.responseheaders(f)
-            g.capture.response(f)
+            f = await answered(g, b'{"id": "r1"}')
             fc = g.capture.flows[f.id]
             assert fc.completion is not None and not fc.ended, "nothing recorded inside the hook"
             await asyncio.sleep(0)
@@ -298,12 +304,7 @@ def test_a_reply_is_recorded_on_the_next_loop_step_not_before_it_is_sent(tmp_pat
 def test_a_reply_answered_just_before_an_error_or_shutdown_is_still_recorded(tmp_path, then):
     async def main():
         async with gateway(tmp_path) as g:
-            f = tflow.tflow()
-            await g.capture.requestheaders(f)
-            await g.capture.request(f)
-            f.response = tutils.tresp(content=b'{"id": "r2"}')
-            g.capture.responseheaders(f)
-            g.capture.response(f)
+            f = await answered(g, b'{"id": "r2"}')
             if then == "error":
                 f.error = Error("Client disconnected.")
                 g.capture.error(f)
