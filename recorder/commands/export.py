@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from recorder.commands.show import NotFound, find_session
+from recorder.commands.show import NotFound, add_session_arguments, find_session
 from recorder.export_har import export_har
 from recorder.export_mitm import export_mitm
 from recorder.reader import read_session
@@ -22,9 +22,7 @@ def add_parser(subparsers) -> None:
             "file (mitmproxy -r FILE, mitmweb -r FILE). Give one or both."
         ),
     )
-    p.add_argument("session", metavar="SESSION", help="a session file, or a session id (or a unique prefix of one)")
-    p.add_argument("--dir", metavar="DIR", help="the session store to look the id up in; default ./sessions")
-    p.add_argument("--config", metavar="PATH", help="look the id up in storage.dir of this gateway config")
+    add_session_arguments(p)
     p.add_argument("--har", metavar="FILE", help="write HAR 1.2 here")
     p.add_argument("--mitm", metavar="FILE", help="write a mitmproxy flow file here")
 

@@ -35,9 +35,7 @@ def add_parser(subparsers) -> None:
             "messages, tool calls and results, the reply (assembled from its stream), model, usage, timing."
         ),
     )
-    p.add_argument("session", metavar="SESSION", help="a session file, or a session id (or a unique prefix of one)")
-    p.add_argument("--dir", metavar="DIR", help="the session store to look the id up in; default ./sessions")
-    p.add_argument("--config", metavar="PATH", help="look the id up in storage.dir of this gateway config")
+    add_session_arguments(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="the transcript as one JSON document")
     out.add_argument("--records", action="store_true", help="one line per record instead of the transcript")
@@ -53,6 +51,13 @@ def add_parser(subparsers) -> None:
 
 class NotFound(Exception):
     pass
+
+
+def add_session_arguments(p) -> None:
+    """SESSION, --dir and --config: what find_session looks a session up with."""
+    p.add_argument("session", metavar="SESSION", help="a session file, or a session id (or a unique prefix of one)")
+    p.add_argument("--dir", metavar="DIR", help="the session store to look the id up in; default ./sessions")
+    p.add_argument("--config", metavar="PATH", help="look the id up in storage.dir of this gateway config")
 
 
 def find_session(session: str, dir_arg: str | None, config_arg: str | None) -> Path:
