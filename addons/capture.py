@@ -511,8 +511,9 @@ class Capture:
         # Once per cause, not once per request.
         if err.cause not in self._failing:
             self._failing.add(err.cause)
+            until = "" if err.cause == "writer failed" else " until storage recovers"
             log.error(f"wiretrail: cannot record ({err.cause}): {err.detail}; "
-                      + ("refusing traffic with 503 until storage recovers" if self.cfg.storage.fail_closed
+                      + (f"refusing traffic with 503{until}" if self.cfg.storage.fail_closed
                          else "traffic passes UNRECORDED (fail_closed = false)"))
 
 

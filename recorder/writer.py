@@ -19,6 +19,7 @@ import errno
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -156,6 +157,7 @@ class RecordWriter:
         self._dirty_fds: set[int] = set()
         self._dirty_dirs: set[Path] = set()
         self._last_fsync = time.monotonic()
+        self._inflight: list | None = None  # the batch being written, until its acks are called
         self._thread = threading.Thread(target=self._run, name="wiretrail-writer", daemon=True)
         self._started = False
 
@@ -200,6 +202,35 @@ class RecordWriter:
     # -- the writer thread ---------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except Exception as e:
+            # A bug, not a storage error. Waiting callers must not hang: from here on every
+            # operation is answered with this error (fail closed), until the stop.
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            err = StorageError("writer failed", f"the record writer failed ({type(e).__name__}: {e}, at "
+                               f"{os.path.basename(where.filename)}:{where.lineno}); records queued since its "
+                               "last write are lost and nothing more can be recorded: restart the gateway")
+            self._report(err)
+            self._refuse_until_stop(err)
+
+    def _refuse_until_stop(self, err: StorageError) -> None:
+        inflight, self._inflight = self._inflight, None
+        for op in inflight or ():
+            if op is not _STOP and op.ack is not None:
+                self._call_ack(op.ack, err)
+            if op is _STOP:
+                return
+        while True:
+            while self._ops:
+                op = self._ops.popleft()
+                if op is _STOP:
+                    return
+                if op.ack is not None:
+                    self._call_ack(op.ack, err)
+            self._wait(COALESCE)
+
+    def _serve(self) -> None:
         if self._ledger is not None:
             self._open_ledger()
         while True:
@@ -216,6 +247,7 @@ class RecordWriter:
                 batch = []
                 while self._ops and len(batch) < _MAX_BATCH:
                     batch.append(self._ops.popleft())
+                self._inflight = batch  # answered with the error if this batch fails unexpectedly
                 if self._write_batch(batch):
                     self._fsync_dirty()
                     if self._ledger is not None:
@@ -276,6 +308,7 @@ class RecordWriter:
             self._call_ack(ack, err)
         for ack in barriers:
             self._call_ack(ack, None)
+        self._inflight = None
         if self.fsync == "batch" and time.monotonic() - self._last_fsync >= self.fsync_interval:
             self._fsync_dirty()
         return stop

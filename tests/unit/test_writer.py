@@ -97,6 +97,32 @@ def test_unencodable_record_does_not_kill_the_thread(tmp_path):
     assert [orjson.loads(x)["t"] for x in decompress_lines(path)] == ["session.open", "y", "session.close"]
 
 
+@pytest.mark.parametrize("fails_in", ["_flush_block", "_flush_ledger"])
+def test_a_writer_bug_fails_every_waiting_and_later_record_instead_of_hanging(tmp_path, monkeypatch, fails_in):
+    """An unexpected exception on the writer thread must not leave requests waiting forever."""
+    errors = []
+    w = RecordWriter(on_error=errors.append)
+
+    def broken(*a):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(w, fails_in, broken)
+    w.start()
+    w.open_session("s", tmp_path / "s.jsonl.zst", 1.0, {})
+    acks = [wait_ack() for _ in range(3)]
+    w.record("s", "http.request", 1.0, {"flow": "f1"}, acks[0][0])
+    assert acks[0][1].wait(5), "the record in the failing batch was never answered"
+    time.sleep(0.05)  # the thread now answers from its failed state
+    w.record("s", "http.request", 2.0, {"flow": "f2"}, acks[1][0])
+    w.barrier(acks[2][0])
+    for ack, done, box in acks:
+        assert done.wait(5), "a record after the failure was never answered"
+        assert isinstance(box["err"], StorageError) and box["err"].cause == "writer failed"
+    assert [e.cause for e in errors] == ["writer failed"]
+    assert "RuntimeError: boom" in errors[0].detail and "restart the gateway" in errors[0].detail
+    assert w.stop(timeout=5)
+
+
 def test_many_sessions_interleaved_from_threads(tmp_path):
     w = RecordWriter(fsync_interval=0.005)
     w.start()
