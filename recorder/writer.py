@@ -156,7 +156,10 @@ class RecordWriter:
         self._files: dict[str, _SessionFile] = {}
         self._dirty_fds: set[int] = set()
         self._dirty_dirs: set[Path] = set()
-        self._last_fsync = time.monotonic()
+        # When the oldest write not yet fsynced was made: the group's fsync is due one
+        # fsync_interval later, not at once after a quiet spell, when it would compete with
+        # the request that was just acknowledged on its way upstream.
+        self._oldest_unsynced = time.monotonic()
         self._inflight: list | None = None  # the batch being written, until its acks are called
         self._thread = threading.Thread(target=self._run, name="wiretrail-writer", daemon=True)
         self._started = False
@@ -236,7 +239,7 @@ class RecordWriter:
         while True:
             timeout = COALESCE
             if self._dirty_fds or self._dirty_dirs:
-                timeout = min(timeout, max(0.0, self._last_fsync + self.fsync_interval - time.monotonic()))
+                timeout = min(timeout, max(0.0, self._oldest_unsynced + self.fsync_interval - time.monotonic()))
             self._wait(timeout)
             if not self._ops:
                 self._tick()
@@ -255,7 +258,7 @@ class RecordWriter:
                     return
             self._tick()
             if self.fsync == "batch" and (self._dirty_fds or self._dirty_dirs or self._ledger_dirty()) and \
-                    time.monotonic() - self._last_fsync >= self.fsync_interval:
+                    time.monotonic() - self._oldest_unsynced >= self.fsync_interval:
                 self._fsync_dirty()
 
     def _wait(self, timeout: float) -> None:
@@ -309,7 +312,7 @@ class RecordWriter:
         for ack in barriers:
             self._call_ack(ack, None)
         self._inflight = None
-        if self.fsync == "batch" and time.monotonic() - self._last_fsync >= self.fsync_interval:
+        if self.fsync == "batch" and time.monotonic() - self._oldest_unsynced >= self.fsync_interval:
             self._fsync_dirty()
         return stop
 
@@ -402,6 +405,7 @@ class RecordWriter:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise StorageError(describe_oserror(e), f"cannot create {path}: {e.strerror}") from e
+        self._mark_unsynced()
         self._dirty_dirs.add(path.parent)
         return _SessionFile(session_id, path, fd)
 
@@ -437,6 +441,7 @@ class RecordWriter:
             self._report(sf.error)
             return
         if self.fsync != "never":
+            self._mark_unsynced()
             self._dirty_fds.add(sf.fd)
 
     def _fsync_fd(self, sf: _SessionFile) -> None:
@@ -469,7 +474,11 @@ class RecordWriter:
                     pass  # the directory entry is made durable with the next fsync that works
         self._dirty_fds.clear()
         self._dirty_dirs.clear()
-        self._last_fsync = time.monotonic()
+
+    def _mark_unsynced(self) -> None:
+        """Before a write that an fsync must follow: a clean writer starts a new group."""
+        if not (self._dirty_fds or self._dirty_dirs or self._ledger_dirty()):
+            self._oldest_unsynced = time.monotonic()
 
     # -- ledger, checkpoints on a timer, retention ---------------------------------------
 
@@ -540,6 +549,7 @@ class RecordWriter:
                 return None
             if time.monotonic() - self._last_ledger_try < 1.0 or not self._open_ledger():
                 return self._ledger_error
+        self._mark_unsynced()
         try:
             lg.flush()
         except OSError as e:

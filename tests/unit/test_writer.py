@@ -14,6 +14,7 @@ from recorder import format_v1
 from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.ids import is_session_id, new_session_id
 from recorder.sessions import SessionRegistry
+from recorder import writer as writer_module
 from recorder.writer import RecordWriter, StorageError
 
 
@@ -121,6 +122,42 @@ def test_a_writer_bug_fails_every_waiting_and_later_record_instead_of_hanging(tm
     assert [e.cause for e in errors] == ["writer failed"]
     assert "RuntimeError: boom" in errors[0].detail and "restart the gateway" in errors[0].detail
     assert w.stop(timeout=5)
+
+
+def test_batch_fsync_waits_one_interval_after_the_first_write_of_a_group(tmp_path, monkeypatch):
+    """After a quiet spell the group fsync is not run at once, next to the request that was
+    just acknowledged on its way upstream, but within fsync_interval of that write."""
+    monkeypatch.setattr(writer_module, "COALESCE", 5.0)  # only the interval decides here
+    w = RecordWriter(fsync="batch", fsync_interval=0.3)
+    synced = []
+    real = w._fsync_fd
+    monkeypatch.setattr(w, "_fsync_fd", lambda sf: (synced.append(time.monotonic()), real(sf)))
+    w.start()
+    w.open_session("s", tmp_path / "s.jsonl.zst", 1.0, {})
+
+    def write_acked(flow):
+        ack, done, box = wait_ack()
+        written = time.monotonic()
+        w.record("s", "http.request", 2.0, {"flow": flow}, ack)
+        assert done.wait(5) and box["err"] is None
+        return written
+
+    def wait_synced(count):
+        deadline = time.monotonic() + 5
+        while len(synced) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(synced) == count, "the group was never fsynced"
+
+    write_acked("f1")
+    wait_synced(1)
+    time.sleep(0.5)  # a quiet spell longer than the interval
+    written = write_acked("f2")
+    time.sleep(0.1)
+    assert len(synced) == 1, "the group fsync ran right after the ack"
+    wait_synced(2)
+    assert synced[1] - written >= 0.25
+    w.close_session("s", 3.0, {})
+    assert w.stop()
 
 
 def test_many_sessions_interleaved_from_threads(tmp_path):
