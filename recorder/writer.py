@@ -218,12 +218,9 @@ class RecordWriter:
             self._refuse_until_stop(err)
 
     def _refuse_until_stop(self, err: StorageError) -> None:
-        inflight, self._inflight = self._inflight, None
-        for op in inflight or ():
-            if op is not _STOP and op.ack is not None:
-                self._call_ack(op.ack, err)
-            if op is _STOP:
-                return
+        # The failed batch first (none of its acks ran), then everything queued after it.
+        self._ops.extendleft(reversed(self._inflight or ()))
+        self._inflight = None
         while True:
             while self._ops:
                 op = self._ops.popleft()
