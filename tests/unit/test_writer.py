@@ -16,6 +16,7 @@ from recorder.ids import is_session_id, new_session_id
 from recorder.sessions import SessionRegistry
 from recorder import writer as writer_module
 from recorder.writer import RecordWriter, StorageError
+from tests.support.acks import wait_ack
 
 
 def decompress_lines(path: Path) -> list[bytes]:
@@ -28,17 +29,6 @@ def frame_ended(path: Path) -> bool:
     d = zstandard.ZstdDecompressor().decompressobj()
     d.decompress(path.read_bytes())
     return d.eof
-
-
-def wait_ack():
-    done = threading.Event()
-    box = {}
-
-    def ack(err):
-        box["err"] = err
-        done.set()
-
-    return ack, done, box
 
 
 @pytest.mark.parametrize("fsync", ["batch", "always", "never"])

@@ -15,6 +15,7 @@ from recorder.masking import Masker
 from recorder.signing import Signer
 from recorder.writer import StorageError
 from recorder.writer_process import ProcessRecordWriter
+from tests.support.acks import wait_ack
 
 TOKEN = "ghp_" + "x7Kq2mZpR4tVw9yB3nLc8dFh6jGs1aEoUiT5"
 
@@ -24,17 +25,6 @@ def lines_of(path: Path) -> list[dict]:
     return [orjson.loads(x) for x in data.split(b"\n") if x]
 
 
-def acker():
-    done = threading.Event()
-    box = {}
-
-    def ack(err):
-        box["err"] = err
-        done.set()
-
-    return ack, done, box
-
-
 def test_records_bodies_streams_and_seal_written_by_the_child(tmp_path):
     signer = Signer.from_private(Ed25519PrivateKey.generate())
     masker = Masker.from_config(MaskingConfig(), b"k" * 32)
@@ -42,7 +32,7 @@ def test_records_bodies_streams_and_seal_written_by_the_child(tmp_path):
     w.start()
     path = tmp_path / "2026/01/01/s.jsonl.zst"
     w.open_session("s", path, 1.0, {"session": "s"})
-    ack, done, box = acker()
+    ack, done, box = wait_ack()
     body = f'{{"token": "{TOKEN}"}}'.encode()
     w.record("s", "http.request", 2.0, {"flow": "f", "body": BodyBytes(body, masker=masker,
                                                                        content_type="application/json")}, ack)
@@ -86,7 +76,7 @@ def test_a_dead_child_fails_every_pending_and_later_ack(tmp_path):
     w.start()
     path = tmp_path / "s.jsonl.zst"
     w.open_session("s", path, 1.0, {})
-    ack, done, box = acker()
+    ack, done, box = wait_ack()
     w.record("s", "http.request", 2.0, {}, ack)
     assert done.wait(10) and box["err"] is None
     os.kill(w._proc.pid, signal.SIGKILL)
@@ -94,7 +84,7 @@ def test_a_dead_child_fails_every_pending_and_later_ack(tmp_path):
     deadline = time.monotonic() + 10
     while not errors and time.monotonic() < deadline:
         time.sleep(0.01)
-    ack, done, box = acker()
+    ack, done, box = wait_ack()
     w.record("s", "http.request", 3.0, {}, ack)
     assert done.wait(10) and isinstance(box["err"], StorageError)
     assert box["err"].cause == "writer process gone"
@@ -108,7 +98,7 @@ def test_the_child_ends_without_sealing_when_the_gateway_is_gone(tmp_path):
     w.start()
     path = tmp_path / "s.jsonl.zst"
     w.open_session("s", path, 1.0, {})
-    ack, done, box = acker()
+    ack, done, box = wait_ack()
     w.record("s", "http.request", 2.0, {}, ack)
     assert done.wait(10) and box["err"] is None
     import socket
