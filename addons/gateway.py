@@ -20,6 +20,7 @@ from addons.capture import Capture  # noqa: E402
 from addons.chain import AddonChain  # noqa: E402
 from addons.config import WiretrailConfig  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
+from addons.heap import FreezeStartupHeap  # noqa: E402
 from addons.identity import Identity  # noqa: E402
 from addons.masking import Masking  # noqa: E402
 from addons.policy import Policy  # noqa: E402
@@ -41,6 +42,7 @@ parts = [
     _credentials,
     _masking,
     _capture,
+    FreezeStartupHeap(),  # after every part has built what it keeps
     _gate.opener(),  # last: opens the gate once every part above has run `running`
 ]
 
