@@ -33,6 +33,7 @@ from recorder.writer_process import ProcessRecordWriter
 
 log = logging.getLogger("wiretrail")
 
+NOT_RESPONDING = "storage not responding"  # the cause when a record is late past storage.write_timeout
 _MAX_BATCH_BYTES = 1 << 20  # a fast stream is recorded in batches of at most 1 MiB
 _URL_CACHE_SIZE = 4096  # recorded URLs remembered; an agent calls the same few again and again
 
@@ -88,6 +89,11 @@ class Capture:
         self._flush_scheduled = False
         self._acked: collections.deque = collections.deque()  # (future, error) from the writer
         self._acks_scheduled = False
+        # (deadline, future) of the records requests wait for, oldest first: a write stuck in
+        # the kernel (a hung disk or NFS mount) must not hold requests forever.
+        self._waiting: collections.deque = collections.deque()
+        self._write_timeout = 30.0
+        self._watch_task: asyncio.Task | None = None
         self._fallback_key = os.urandom(32)  # header tags when no masking addon runs (addon tests)
         self._urls: dict[tuple, str] = {}  # request line and Host -> the URL as recorded (masked)
         self._urls_masker = None  # the masker those were masked with
@@ -140,6 +146,8 @@ class Capture:
             )
         log.info(f"wiretrail: recording sessions under {cfg.storage.dir}")
         self._expiry_task = asyncio.ensure_future(self._expire_sessions())
+        self._write_timeout = cfg.storage.write_timeout
+        self._watch_task = asyncio.ensure_future(self._watch_writes())
 
     async def _expire_sessions(self):
         interval = max(0.05, min(1.0, self.cfg.sessions.idle_timeout / 4))
@@ -147,12 +155,36 @@ class Capture:
             await asyncio.sleep(interval)
             self.registry.expire()
 
+    async def _watch_writes(self):
+        interval = max(0.05, min(1.0, self._write_timeout / 4))
+        while not self._stopped:
+            await asyncio.sleep(interval)
+            self.expire_waits()
+
+    def expire_waits(self) -> None:
+        """Answer requests whose record was not written within storage.write_timeout."""
+        now = self.loop.time()
+        waiting = self._waiting
+        err = None
+        while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
+            fut = waiting.popleft()[1]
+            if not fut.done():
+                err = err or StorageError(
+                    NOT_RESPONDING, f"a record was not written within {self._write_timeout:g} s "
+                    f"(storage.write_timeout); the disk or network file system under {self.cfg.storage.dir} "
+                    "may be hung")
+                fut.set_result(err)
+        if err is not None:
+            self._storage_error(err)
+
     def done(self):
         if self._stopped or self.writer is None:
             return
         self._stopped = True
         if self._expiry_task is not None:
             self._expiry_task.cancel()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         for fc in list(self.flows.values()):
             if fc.completion is not None:
                 self._complete_now(fc)  # answered, its records not yet made
@@ -330,11 +362,15 @@ class Capture:
         err = await self._write_and_wait(fc.session, "http.request", fields)
         if err is None:
             return True
-        self.registry.mark_failed(fc.session, err)
+        late = getattr(err, "cause", None) == NOT_RESPONDING
+        if not late:
+            self.registry.mark_failed(fc.session, err)
         if not self.cfg.storage.fail_closed:
             log.warning(f"wiretrail: UNRECORDED flow {req.method} {req.pretty_url}: {err}")
             return True
-        fc.refused = True
+        # A late record is still queued: the 503 is recorded after it, so the session shows
+        # the request was not forwarded. A failed one had nothing written; nor has its refusal.
+        fc.refused = not late
         flow.response = error_response(
             flow, 503, "not_recorded", "wiretrail could not record this request, so it was not forwarded. "
             "The gateway operator has been told; retry later.", {"retry-after": "5"},
@@ -491,17 +527,22 @@ class Capture:
                 self.loop.call_soon_threadsafe(self._resolve_acked)
 
         session.record(rtype, fields, ack=ack)
-        err = await fut
-        if err is None and self._failing:
-            log.warning("wiretrail: storage recovered; recording again")
-            self._failing.clear()
-        return err
+        if NOT_RESPONDING in self._failing:
+            # Storage is stuck: refuse at once rather than after another write_timeout. The
+            # record stays queued; its ack, when it comes, says storage is back.
+            return StorageError(NOT_RESPONDING, "earlier records are still not written")
+        self._waiting.append((self.loop.time() + self._write_timeout, fut))
+        return await fut
 
     def _resolve_acked(self) -> None:
         # Cleared before draining: an ack appended after this line schedules another call.
         self._acks_scheduled = False
         while self._acked:
-            _resolve(*self._acked.popleft())
+            fut, err = self._acked.popleft()
+            if err is None and self._failing:
+                log.warning("wiretrail: storage recovered; recording again")
+                self._failing.clear()
+            _resolve(fut, err)
 
     def _storage_error_from_thread(self, err: StorageError) -> None:
         if self.loop is not None and not self.loop.is_closed():

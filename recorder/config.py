@@ -97,6 +97,7 @@ class StorageConfig:
     fsync: str = "batch"  # batch | always | never
     fsync_interval: float = 0.05  # seconds; bound on a batch's fsync delay
     writer: str = "thread"  # thread | process: where records are masked, compressed and written
+    write_timeout: float = 30.0  # seconds a request waits for its record before 503 "storage not responding"
 
 
 @dataclass(frozen=True)
@@ -526,6 +527,9 @@ SCHEMA = _Table(dict, (
         Key("writer", _OneOf("thread", "process"), "thread",
             "thread: one writer thread in the gateway; process: a writer process of its own (more "
             "throughput, slightly more latency per small request; docs/performance.md)"),
+        Key("write_timeout", _Number(gt=0, le=3600), 30.0,
+            "seconds a request waits for its record to be written before it is refused with 503 "
+            "(a hung disk or network file system)"),
     ), expected="a table ([storage])"), _EMPTY_TABLE),
     Key("sessions", _Table(SessionsConfig, (
         Key("idle_timeout", _SECONDS, 1800.0, "seconds without a flow before a session closes"),

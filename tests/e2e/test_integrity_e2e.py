@@ -1,7 +1,7 @@
 """End to end: a real gateway signs its sessions and keeps the ledger; `wiretrail verify`
 catches each kind of tampering on that real store; a kill -9 is recovered honestly at the
 next start; a full disk refuses traffic instead of losing records; retention deletes old
-sessions and leaves a ledger that still verifies."""
+sessions and leaves a ledger that still verifies; a hung disk gets 503 after\nstorage.write_timeout instead of hanging requests."""
 from __future__ import annotations
 
 import hashlib
@@ -378,6 +378,78 @@ def test_disk_full(small_tmpfs, start_gateway, upstream, tmp_path, fail_closed):
     assert failed and all(e["cause"] == "disk full" for e in failed), ledger_entries(store)
     kept = [e for e in failed if e["file"] == "kept"]
     assert res.stdout.count("unsealed (storage error)") == len(kept), res.stdout
+
+
+# -- hung storage -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def freezable_fs(tmp_path):
+    """An ext4 loop mount that `fsfreeze` can stop: every write to it blocks in the kernel until
+    thawed, as on a hung disk or NFS mount. Yields (mountpoint, freeze, thaw)."""
+    img, mnt = tmp_path / "fs.img", tmp_path / "ext4"
+    mnt.mkdir()
+    with open(img, "wb") as fh:
+        fh.truncate(32 << 20)
+    for cmd in (["mkfs.ext4", "-q", "-F", str(img)], ["mount", "-o", "loop", str(img), str(mnt)]):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except FileNotFoundError as e:
+            pytest.skip(f"cannot make a freezable file system here: {e}")
+        if proc.returncode != 0:
+            pytest.skip(f"cannot make a freezable file system here ({cmd[0]}): {proc.stderr.strip()}")
+
+    def freeze():
+        subprocess.run(["fsfreeze", "-f", str(mnt)], check=True, timeout=30)
+
+    def thaw():
+        subprocess.run(["fsfreeze", "-u", str(mnt)], capture_output=True, timeout=30)
+
+    try:
+        yield mnt, freeze, thaw
+    finally:
+        thaw()  # a frozen mount would hang the gateway's stop and the umount
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def test_hung_storage_refuses_with_503_after_write_timeout_and_recovers(freezable_fs, start_gateway, upstream,
+                                                                        tmp_path):
+    mnt, freeze, thaw = freezable_fs
+    priv, pub = keygen(tmp_path / "keys")
+    store = mnt / "store"
+    timeout = 3.0
+    gw = start_gateway(config=signed(store, priv, write_timeout=timeout))
+    with httpx_client(gw, "reverse") as client:
+        assert post(client, new_test_id()).status_code == 200  # the session and ledger exist
+        freeze()
+        try:
+            first, later = new_test_id(), new_test_id()
+            t0 = time.monotonic()
+            r = post(client, first)
+            waited = time.monotonic() - t0
+            assert r.status_code == 503 and r.json()["error"]["code"] == "not_recorded", r.text
+            assert waited >= timeout * 0.9, waited  # it waited for the write, then gave up
+            t0 = time.monotonic()
+            r = post(client, later)
+            assert r.status_code == 503, r.text
+            assert time.monotonic() - t0 < timeout * 0.8  # refused at once: storage is known stuck
+            assert upstream.received(first) == [] and upstream.received(later) == []
+            log = gw.log_text()
+            assert log.count("cannot record (storage not responding)") == 1, log
+            assert "write_timeout" in log and str(mnt) in log, log
+        finally:
+            thaw()
+        # The stuck writes complete; traffic resumes.
+        assert wait_until(lambda: post(client, new_test_id()).status_code == 200, 10)
+        assert "storage recovered; recording again" in gw.log_text()
+    assert gw.stop() == 0
+    assert_every_upstream_request_recorded(upstream, Artifacts(store))
+    arts = Artifacts(store)
+    for tid in (first, later):  # late, not lost: what was asked, and the 503 that was answered
+        flow = arts.flow(tid)
+        assert flow.request is not None and flow.response is not None and flow.response["status"] == 503, flow.describe()
+    res = verify("--key", pub, store)
+    assert res.returncode == 0, res.stdout
 
 
 # -- retention -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ hard to provoke from outside (the stream callable, fail closed, error phases).
 """
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,15 +15,17 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addons.capture import Capture
 from addons.config import WiretrailConfig
+from recorder.writer import RecordWriter
 from recorder.reader import iter_session_files, read_session, rebuild_body
 
 
-def write_config(tmp_path: Path, extra: str = "") -> Path:
+def write_config(tmp_path: Path, extra: str = "", storage: str = "") -> Path:
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(
         f"""
 [storage]
 dir = "store"
+{storage}
 [identity]
 mode = "none"
 [policy]
@@ -93,8 +96,8 @@ class Gateway:
         return [read_session(p) for p in iter_session_files(self.store)]
 
 
-def gateway(tmp_path, extra=""):
-    cfg_path = write_config(tmp_path, extra)
+def gateway(tmp_path, extra="", storage=""):
+    cfg_path = write_config(tmp_path, extra, storage)
 
     class Ctx:
         async def __aenter__(self):
@@ -191,6 +194,50 @@ def test_unwritable_storage_fails_closed_with_503(tmp_path):
     f = run(main())
     assert f.response is not None and f.response.status_code == 503
     assert "could not record" in json.loads(f.response.content)["error"]["message"]
+
+
+def test_a_write_stuck_past_write_timeout_is_refused_then_recorded_late_with_its_503(tmp_path, monkeypatch):
+    stuck, release = threading.Event(), threading.Event()
+    write_all = RecordWriter._write_all
+
+    def hung_write_all(self, sf, data):  # a write that does not return, as on a hung NFS mount
+        if stuck.is_set():
+            release.wait(30)
+        return write_all(self, sf, data)
+
+    monkeypatch.setattr(RecordWriter, "_write_all", hung_write_all)
+
+    async def main():
+        async with gateway(tmp_path, storage="write_timeout = 0.2") as g:
+            await g.exchange(tflow.tflow(), tutils.tresp())
+            stuck.set()
+            refused = []
+            for _ in range(2):  # the first waits write_timeout; the second is refused at once
+                f = tflow.tflow()
+                await g.capture.requestheaders(f)
+                await g.capture.request(f)
+                assert f.response is not None and f.response.status_code == 503
+                g.capture.response(f)
+                refused.append(f)
+            assert not release.is_set() and g.capture._failing == {"storage not responding"}
+            stuck.clear()
+            release.set()
+            for _ in range(250):  # the late records' acks end the refusals
+                if not g.capture._failing:
+                    break
+                await asyncio.sleep(0.02)
+            f = tflow.tflow()
+            await g.capture.requestheaders(f)
+            await g.capture.request(f)
+            assert f.response is None and not g.capture._failing
+            return refused, g.stop()
+
+    refused, sessions = run(main())
+    records = [r for s in sessions for r in s.records]
+    for f in refused:
+        mine = [r["t"] for r in records if r.get("flow") == f.id]
+        assert mine[:2] == ["http.request", "http.response"], mine
+        assert next(r for r in records if r.get("flow") == f.id and r["t"] == "http.response")["status"] == 503
 
 
 def test_fail_open_lets_traffic_pass_when_configured(tmp_path):

@@ -59,6 +59,8 @@ def error_of(text: str, base_dir: Path = Path("/cfg")) -> str:
     (BASE + '[policy]\nunregistered = "allow"', 'policy.unregistered: expected one of "deny", "tunnel", "record"'),
     ('[storage]\ndir = "s"\nfsync_interval = 11\n[identity]\nmode = "none"',
      "storage.fsync_interval: expected a number of seconds in (0, 10], got 11"),
+    ('[storage]\ndir = "s"\nwrite_timeout = 0\n[identity]\nmode = "none"',
+     "storage.write_timeout: expected a number of seconds in (0, 3600], got 0"),
     ('[storage]\ndir = "s"\ncheckpoint_interval = 0\n[identity]\nmode = "none"',
      "storage.checkpoint_interval: expected a number of seconds > 0, got 0"),
     ('[storage]\ndir = "s"\nretention_days = 1.5\n[identity]\nmode = "none"',
