@@ -43,7 +43,7 @@ class FlowCapture:
 
     __slots__ = (
         "flow_id", "session", "streams", "buffers", "buffered", "timers", "chunk_n", "wire", "refused", "ended",
-        "completion",
+        "completion", "request_recorded",
     )
 
     def __init__(self, flow_id: str, session: Session):
@@ -57,6 +57,7 @@ class FlowCapture:
         self.wire = {"request": 0, "response": 0}
         self.refused = False
         self.ended = False
+        self.request_recorded = False  # its http.request was handed to the writer (in requestheaders if streamed)
         # (handle, flow) of the response's records, due on the loop's next step once the reply is sent
         self.completion: tuple[asyncio.Handle, http.HTTPFlow] | None = None
 
@@ -92,7 +93,7 @@ class Capture:
         # (deadline, future) of the records requests wait for, oldest first: a write stuck in
         # the kernel (a hung disk or NFS mount) must not hold requests forever.
         self._waiting: collections.deque = collections.deque()
-        self._write_timeout = 30.0
+        self._write_timeout = 0.0  # storage.write_timeout, from `running`
         self._watch_task: asyncio.Task | None = None
         self._fallback_key = os.urandom(32)  # header tags when no masking addon runs (addon tests)
         self._urls: dict[tuple, str] = {}  # request line and Host -> the URL as recorded (masked)
@@ -145,23 +146,17 @@ class Capture:
                 "traffic passes UNRECORDED and each such flow is logged"
             )
         log.info(f"wiretrail: recording sessions under {cfg.storage.dir}")
-        self._expiry_task = asyncio.ensure_future(self._expire_sessions())
         self._write_timeout = cfg.storage.write_timeout
-        self._watch_task = asyncio.ensure_future(self._watch_writes())
+        self._expiry_task = asyncio.ensure_future(self._every(cfg.sessions.idle_timeout / 4, self.registry.expire))
+        self._watch_task = asyncio.ensure_future(self._every(self._write_timeout / 4, self._expire_waits))
 
-    async def _expire_sessions(self):
-        interval = max(0.05, min(1.0, self.cfg.sessions.idle_timeout / 4))
+    async def _every(self, seconds: float, tick) -> None:
+        interval = max(0.05, min(1.0, seconds))
         while not self._stopped:
             await asyncio.sleep(interval)
-            self.registry.expire()
+            tick()
 
-    async def _watch_writes(self):
-        interval = max(0.05, min(1.0, self._write_timeout / 4))
-        while not self._stopped:
-            await asyncio.sleep(interval)
-            self.expire_waits()
-
-    def expire_waits(self) -> None:
+    def _expire_waits(self) -> None:
         """Answer requests whose record was not written within storage.write_timeout."""
         now = self.loop.time()
         waiting = self._waiting
@@ -238,7 +233,7 @@ class Capture:
 
     async def request(self, flow: http.HTTPFlow):
         fc = self.flows.get(flow.id)
-        if fc is None or fc.refused or "request" in fc.streams:
+        if fc is None or fc.refused or fc.request_recorded:
             return
         body = self._body_bytes(flow.request)
         fc.wire["request"] = len(body.data)
@@ -359,6 +354,7 @@ class Capture:
             "body": body,
             "streamed": body is None,
         }
+        fc.request_recorded = True
         err = await self._write_and_wait(fc.session, "http.request", fields)
         if err is None:
             return True

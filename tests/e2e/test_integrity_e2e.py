@@ -433,7 +433,11 @@ def test_hung_storage_refuses_with_503_after_write_timeout_and_recovers(freezabl
             r = post(client, later)
             assert r.status_code == 503, r.text
             assert time.monotonic() - t0 < timeout * 0.8  # refused at once: storage is known stuck
+            streamed = new_test_id()  # a body of unknown length: its record is made in requestheaders
+            r = client.post("/echo", content=iter([b"x" * 1000, b"y" * 1000]), headers={"x-test-id": streamed})
+            assert r.status_code == 503, r.text
             assert upstream.received(first) == [] and upstream.received(later) == []
+            assert upstream.received(streamed) == []
             log = gw.log_text()
             assert log.count("cannot record (storage not responding)") == 1, log
             assert "write_timeout" in log and str(mnt) in log, log
@@ -445,9 +449,10 @@ def test_hung_storage_refuses_with_503_after_write_timeout_and_recovers(freezabl
     assert gw.stop() == 0
     assert_every_upstream_request_recorded(upstream, Artifacts(store))
     arts = Artifacts(store)
-    for tid in (first, later):  # late, not lost: what was asked, and the 503 that was answered
+    for tid in (first, later, streamed):  # late, not lost: what was asked, and the 503 that was answered
         flow = arts.flow(tid)
         assert flow.request is not None and flow.response is not None and flow.response["status"] == 503, flow.describe()
+        assert len(flow.of("http.request")) == 1, flow.describe()
     res = verify("--key", pub, store)
     assert res.returncode == 0, res.stdout
 
