@@ -43,7 +43,7 @@ class FlowCapture:
 
     __slots__ = (
         "flow_id", "session", "streams", "buffers", "buffered", "timers", "chunk_n", "wire", "refused", "ended",
-        "completion", "request_recorded",
+        "completion", "request_recorded", "response_head",
     )
 
     def __init__(self, flow_id: str, session: Session):
@@ -60,6 +60,8 @@ class FlowCapture:
         self.request_recorded = False  # its http.request was handed to the writer (in requestheaders if streamed)
         # (handle, flow) of the response's records, due on the loop's next step once the reply is sent
         self.completion: tuple[asyncio.Handle, http.HTTPFlow] | None = None
+        # (flow, time) of a streamed reply's headers: recorded with its first batch, not before its first chunk
+        self.response_head: tuple[http.HTTPFlow, float] | None = None
 
 
 def _phase(flow: http.HTTPFlow) -> str:
@@ -246,7 +248,9 @@ class Capture:
         resp = flow.response
         # resp.stream may already be set by mitmproxy's stream_large_bodies: tee it too.
         if response_streams(resp, self.cfg.capture.stream_threshold):
-            fc.session.record("http.response", self._response_fields(flow, None, streamed=True))
+            # Its http.response record (header masking, the writer's queue) waits for the stream's
+            # first batch, so the first event is forwarded without it; `time` keeps when it came.
+            fc.response_head = (flow, time.time())
             fc.streams["response"] = self._body_stream(resp)
             resp.stream = self._tee(fc, "response", resp.stream if callable(resp.stream) else None)
 
@@ -493,6 +497,10 @@ class Capture:
         buf = fc.buffers[direction]
         if stream is None or fc.session.closed:
             return
+        if fc.response_head is not None and direction == "response":
+            flow, at = fc.response_head
+            fc.response_head = None
+            fc.session.record("http.response", self._response_fields(flow, None, streamed=True), ts=at)
         # An empty final batch still goes to the writer when the stream carried data: it
         # flushes the decoder and any held-back UTF-8 tail, which live on the writer thread.
         if not buf and (not final or fc.chunk_n[direction] == 0):

@@ -6,6 +6,7 @@ hard to provoke from outside (the stream callable, fail closed, error phases).
 import asyncio
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,45 @@ def test_sse_reply_is_teed_and_rebuilds_exactly(tmp_path):
     resp = next(r for r in s.records if r["t"] == "http.response")
     assert resp["streamed"] is True and resp["body"] is None
     assert rebuild_body(s.records, fid, "response") == b"".join(events)
+
+
+@pytest.mark.parametrize("then", ["stream ends", "client gone", "shutdown"])
+def test_a_streamed_reply_head_is_recorded_with_its_first_batch_not_before_its_first_chunk(tmp_path, then):
+    # The first event goes out before the reply's http.response record is made (header
+    # masking, the writer's queue); the record keeps the time the headers came, and however
+    # the stream ends it is there, before the reply's chunks and the flow's end or error.
+    async def main():
+        async with gateway(tmp_path) as g:
+            f = tflow.tflow()
+            await g.capture.requestheaders(f)
+            await g.capture.request(f)
+            f.response = tutils.tresp()
+            f.response.headers["content-type"] = "text/event-stream"
+            del f.response.headers["content-length"]
+            session = g.capture.flows[f.id].session
+            before, made = time.time(), session.records
+            g.capture.responseheaders(f)
+            came = time.time()
+            assert f.response.stream(b"data: one\n\n") == b"data: one\n\n"
+            assert session.records == made, "nothing is recorded before the first chunk is forwarded"
+            if then == "stream ends":
+                f.response.stream(b"")
+                g.capture.response(f)
+                await asyncio.sleep(0)
+            elif then == "client gone":
+                f.error = Error("Client disconnected.")
+                g.capture.error(f)
+            return g.stop(), f.id, before, came
+
+    (s,), fid, before, came = run(main())
+    assert s.state == "closed", s.problems
+    mine = [r for r in s.records if r.get("flow") == fid]
+    assert [r["t"] for r in mine][:3] == ["http.request", "http.response", "http.chunk"], [r["t"] for r in mine]
+    assert [r["t"] for r in mine][-1] == {"stream ends": "http.end", "client gone": "http.end", "shutdown": "http.error"}[then]
+    head = mine[1]
+    assert head["streamed"] is True and head["status"] == 200
+    assert before <= head["ts"] <= came <= mine[2]["ts"], "the record keeps when the headers came"
+    assert rebuild_body(s.records, fid, "response") == b"data: one\n\n"
 
 
 def test_large_request_body_streams_through_the_tee(tmp_path):
