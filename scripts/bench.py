@@ -63,10 +63,10 @@ IO_TIMEOUT = 60.0
 @dataclass
 class Sizes:
     small: int = 1000            # sequential small JSON requests per path
-    sse: int = 30                # SSE streams per path
+    sse: int = 100               # SSE streams per path (30 gave a noisy p50)
     sse_events: int = 5          # events per stream
     sse_delay: float = 0.02      # seconds between events
-    upload: int = 20             # 1 MiB request bodies per path
+    upload: int = 60             # 1 MiB request bodies per path
     upload_size: int = MiB
     concurrency: int = 20        # clients for the throughput figure
     tput_seconds: float = 5.0    # per path, in slices of tput_slice
