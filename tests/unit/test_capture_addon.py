@@ -92,6 +92,14 @@ class Gateway:
             flow.response.content = None
         self.capture.response(flow)
 
+    async def sse_reply_coming(self, flow: http.HTTPFlow) -> None:
+        """The request recorded and sent; its SSE reply's headers in, `responseheaders` not yet run."""
+        await self.capture.requestheaders(flow)
+        await self.capture.request(flow)
+        flow.response = tutils.tresp()
+        flow.response.headers["content-type"] = "text/event-stream"
+        del flow.response.headers["content-length"]
+
     def stop(self):
         self.capture.done()
         return [read_session(p) for p in iter_session_files(self.store)]
@@ -168,11 +176,7 @@ def test_a_streamed_reply_head_is_recorded_with_its_first_batch_not_before_its_f
     async def main():
         async with gateway(tmp_path) as g:
             f = tflow.tflow()
-            await g.capture.requestheaders(f)
-            await g.capture.request(f)
-            f.response = tutils.tresp()
-            f.response.headers["content-type"] = "text/event-stream"
-            del f.response.headers["content-length"]
+            await g.sse_reply_coming(f)
             session = g.capture.flows[f.id].session
             before, made = time.time(), session.records
             g.capture.responseheaders(f)
@@ -333,10 +337,7 @@ def test_client_gone_mid_stream_keeps_what_arrived(tmp_path):
     async def main():
         async with gateway(tmp_path) as g:
             f = tflow.tflow()
-            await g.capture.requestheaders(f)
-            await g.capture.request(f)
-            f.response = tutils.tresp()
-            f.response.headers["content-type"] = "text/event-stream"
+            await g.sse_reply_coming(f)
             g.capture.responseheaders(f)
             f.response.stream(b"data: one\n\n")
             f.error = Error("Client disconnected.")
