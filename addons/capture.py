@@ -17,12 +17,14 @@ import time
 
 from mitmproxy import http
 
+from addons import proxy_control
 from addons.config import WiretrailConfig
 from addons.credentials import INJECTED
 from addons.identity import IDENTITY, identity_of
 from addons.policy import TUNNELED, connection_of
 from addons.refusal import error_response, refusal_of
 from addons.streaming import header_values, request_streams, response_streams
+from addons.trailers import TRAILERS_STRIPPED
 from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
 from addons.masking import Masking
 from recorder.header_masking import recordable_headers
@@ -34,6 +36,8 @@ from recorder.writer_process import ProcessRecordWriter
 log = logging.getLogger("wiretrail")
 
 NOT_RESPONDING = "storage not responding"  # the cause when a record is late past storage.write_timeout
+NOT_RECORDED = ("wiretrail could not record this request, so it was not forwarded. "
+                "The gateway operator has been told; retry later.")
 _MAX_BATCH_BYTES = 1 << 20  # a fast stream is recorded in batches of at most 1 MiB
 _URL_CACHE_SIZE = 4096  # recorded URLs remembered; an agent calls the same few again and again
 
@@ -42,12 +46,14 @@ class FlowCapture:
     """What the capture keeps for one flow between its hooks."""
 
     __slots__ = (
-        "flow_id", "session", "streams", "buffers", "buffered", "timers", "chunk_n", "wire", "refused", "ended",
-        "completion", "request_recorded", "response_head",
+        "flow_id", "flow", "session", "streams", "buffers", "buffered", "timers", "chunk_n", "wire", "refused",
+        "ended", "completion", "request_recorded", "response_head", "finished", "request_acks", "request_done",
+        "response_waits", "abort",
     )
 
-    def __init__(self, flow_id: str, session: Session):
-        self.flow_id = flow_id
+    def __init__(self, flow: http.HTTPFlow, session: Session):
+        self.flow_id = flow.id
+        self.flow = flow
         self.session = session
         self.streams: dict[str, BodyStream] = {}
         self.buffers: dict[str, list[bytes]] = {"request": [], "response": []}
@@ -62,6 +68,23 @@ class FlowCapture:
         self.completion: tuple[asyncio.Handle, http.HTTPFlow] | None = None
         # (flow, time) of a streamed reply's headers: recorded with its first batch, not before its first chunk
         self.response_head: tuple[http.HTTPFlow, float] | None = None
+        self.finished: set[str] = set()  # directions whose final batch went to the writer
+        # A streamed request's batches, each a future of the writer's answer: its end goes
+        # upstream only once all of them are written (docs/integrity.md).
+        self.request_acks: set[asyncio.Future] = set()  # those not yet answered, or failed
+        self.request_done = False  # a streamed request's end (and trailers) is recorded
+        self.response_waits = False  # its reply ended first (bidirectional): completed with the request
+        self.abort: tuple[str, str] | None = None  # (phase, message) when the gateway ended the flow
+
+
+def _side(message: str, phase: str) -> str | None:
+    """Which side ended the exchange, where the error says so."""
+    low = message.lower()
+    if phase == "client":
+        return "client"
+    if phase == "connect" or "server" in low:
+        return "server"
+    return None
 
 
 def _phase(flow: http.HTTPFlow) -> str:
@@ -223,7 +246,7 @@ class Capture:
             return
         peer = flow.client_conn.peername or ("", 0)
         session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
-        fc = FlowCapture(flow.id, session)
+        fc = FlowCapture(flow, session)
         self.flows[flow.id] = fc
         if request_streams(flow.request, self.cfg.capture.stream_threshold):
             # The headers go upstream as soon as this hook returns: record them first.
@@ -235,11 +258,35 @@ class Capture:
 
     async def request(self, flow: http.HTTPFlow):
         fc = self.flows.get(flow.id)
-        if fc is None or fc.refused or fc.request_recorded:
+        if fc is None or fc.refused:
+            return
+        if fc.request_recorded:
+            if "request" in fc.streams:
+                await self._end_request_stream(flow, fc)
             return
         body = self._body_bytes(flow.request)
         fc.wire["request"] = len(body.data)
         await self._record_request(flow, fc, body)
+
+    async def _end_request_stream(self, flow: http.HTTPFlow, fc: FlowCapture) -> None:
+        """A streamed request's end (and trailers) goes upstream when this hook returns: only
+        once every batch of its body is written. Otherwise the upstream side is aborted, so
+        the upstream never has a complete request that is not on the record."""
+        self._flush(fc, "request", final=True)
+        err = None
+        for fut in list(fc.request_acks):
+            err = err or await fut
+        fc.request_acks.clear()
+        if err is None and flow.request.trailers:
+            err = await self._write_and_wait(fc.session, "http.trailers", self._trailer_fields(flow, "request"))
+        if err is not None and fc.abort is None:
+            if self._unrecorded(flow, fc, err):
+                await self._abort(fc, 503, "request", self._not_recorded_message(err))
+                return
+        fc.request_done = True
+        if fc.response_waits:
+            fc.response_waits = False
+            self._complete(flow, fc)
 
     def responseheaders(self, flow: http.HTTPFlow):
         fc = self.flows.get(flow.id)
@@ -274,7 +321,16 @@ class Capture:
             body = self._body_bytes(flow.response)
             fc.wire["response"] = len(body.data)
             fc.session.record("http.response", self._response_fields(flow, body, streamed=False))
+            fc.streams["response"] = None  # recorded: a later call (a waiting request stream) does not repeat it
+        if "request" in fc.streams and not fc.request_done and fc.abort is None:
+            # The reply ended while the request still streams (bidirectional): the flow ends
+            # with the request, whose end is recorded before it goes upstream.
+            self._flush(fc, "response", final=True)
+            fc.response_waits = True
+            return
         self._flush_all(fc, final=True)
+        if flow.response is not None and flow.response.trailers:
+            fc.session.record("http.trailers", self._trailer_fields(flow, "response"))
         self._record_end(flow, fc)
         self._end(fc)
 
@@ -294,13 +350,20 @@ class Capture:
             return
         # Keep whatever arrived before the failure, decoder tail included.
         self._flush_all(fc, final=True)
-        fc.session.record(
-            "http.error",
-            {"flow": fc.flow_id, "phase": _phase(flow),
-             "message": self._mask_text(flow.error.msg if flow.error else "unknown error")},
-        )
+        fc.session.record("http.error", self._error_fields(flow, fc))
         self._record_end(flow, fc)
         self._end(fc)
+
+    def _error_fields(self, flow: http.HTTPFlow, fc: FlowCapture) -> dict:
+        if fc.abort is not None:  # the gateway ended it: say why, not what mitmproxy saw next
+            phase, message = fc.abort
+            return {"flow": fc.flow_id, "phase": phase, "message": message, "by": "gateway"}
+        msg = flow.error.msg if flow.error else "unknown error"
+        fields = {"flow": fc.flow_id, "phase": _phase(flow), "message": self._mask_text(msg)}
+        side = _side(msg, fields["phase"])
+        if side is not None:
+            fields["by"] = side
+        return fields
 
     def record_tunnel(self, client, host: str, port: int, ident: VerifiedIdentity) -> None:
         """An unregistered host passed through uninspected (policy "tunnel"): note who and where."""
@@ -359,23 +422,57 @@ class Capture:
             "streamed": body is None,
         }
         fc.request_recorded = True
-        err = await self._write_and_wait(fc.session, "http.request", fields)
-        if err is None:
-            return True
-        late = getattr(err, "cause", None) == NOT_RESPONDING
-        if not late:
-            self.registry.mark_failed(fc.session, err)
-        if not self.cfg.storage.fail_closed:
-            log.warning(f"wiretrail: UNRECORDED flow {req.method} {req.pretty_url}: {err}")
+        writes = [self._write_and_wait(fc.session, "http.request", fields)]
+        if body is not None and req.trailers:  # buffered: its trailers go upstream right after it
+            writes.append(self._write_and_wait(fc.session, "http.trailers", self._trailer_fields(flow, "request")))
+        err = None
+        for write in writes:
+            err = err or await write
+        if err is None or not self._unrecorded(flow, fc, err):
             return True
         # A late record is still queued: the 503 is recorded after it, so the session shows
         # the request was not forwarded. A failed one had nothing written; nor has its refusal.
-        fc.refused = not late
-        flow.response = error_response(
-            flow, 503, "not_recorded", "wiretrail could not record this request, so it was not forwarded. "
-            "The gateway operator has been told; retry later.", {"retry-after": "5"},
-        )
+        fc.refused = getattr(err, "cause", None) != NOT_RESPONDING
+        flow.response = error_response(flow, 503, "not_recorded", NOT_RECORDED, {"retry-after": "5"})
         return False
+
+    def _unrecorded(self, flow: http.HTTPFlow, fc: FlowCapture, err: BaseException) -> bool:
+        """A record of this request failed. True: refuse it (fail closed); False: it passes,
+        logged (storage.fail_closed = false)."""
+        if getattr(err, "cause", None) != NOT_RESPONDING:
+            self.registry.mark_failed(fc.session, err)
+        if not self.cfg.storage.fail_closed:
+            log.warning(f"wiretrail: UNRECORDED flow {flow.request.method} {flow.request.pretty_url}: {err}")
+            return False
+        return True
+
+    @staticmethod
+    def _not_recorded_message(err: BaseException) -> str:
+        cause = getattr(err, "cause", None) or "storage error"
+        return f"not recorded ({cause}): the request was not completed upstream; the client got 503"
+
+    async def _abort(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
+        """End the flow now: its upstream side is reset, so the upstream never gets the rest of
+        the request; the client gets `status` (or a reset, once its reply began). `error` records
+        (phase, message)."""
+        if fc.abort is not None or fc.ended:
+            return
+        fc.abort = (phase, message)
+        client_message = NOT_RECORDED if status == 503 else message
+        if not await proxy_control.abort(fc.flow, status, f"wiretrail: {client_message}"):
+            log.error(f"wiretrail: could not end flow {fc.flow_id} ({message}): it is no longer live")
+
+    def _abort_soon(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
+        if fc.abort is None and not fc.ended:
+            asyncio.ensure_future(self._abort(fc, status, phase, message))
+
+    def _trailer_fields(self, flow: http.HTTPFlow, direction: str) -> dict:
+        message = flow.request if direction == "request" else flow.response
+        fields = {"flow": flow.id, "dir": direction, "headers": self._headers(message.trailers)}
+        stripped = flow.metadata.get(TRAILERS_STRIPPED) if direction == "request" else None
+        if stripped:
+            fields["stripped"] = stripped
+        return fields
 
     def _response_fields(self, flow: http.HTTPFlow, body: BodyBytes | None, *, streamed: bool) -> dict:
         resp = flow.response
@@ -505,12 +602,38 @@ class Capture:
         # flushes the decoder and any held-back UTF-8 tail, which live on the writer thread.
         if not buf and (not final or fc.chunk_n[direction] == 0):
             return
+        if final:
+            if direction in fc.finished:
+                return
+            fc.finished.add(direction)
         data = b"".join(buf)
         buf.clear()
         fc.buffered[direction] = 0
         fields = {"flow": fc.flow_id, "dir": direction, "n": fc.chunk_n[direction], "body": ChunkBytes(data, stream, final)}
         fc.chunk_n[direction] += 1
-        fc.session.record("http.chunk", fields)
+        if direction == "request" and fc.abort is None:
+            fc.request_acks.add(self._record_acked(fc, fields))
+        else:
+            fc.session.record("http.chunk", fields)
+            if self._failing and self.cfg.storage.fail_closed and direction == "response":
+                # Storage fails: the rest of the reply is not forwarded unrecorded (rule 2).
+                self._abort_soon(fc, 502, "response", f"not recorded ({next(iter(self._failing))}): the rest "
+                                 "of the reply was not forwarded")
+
+    def _record_acked(self, fc: FlowCapture, fields: dict) -> asyncio.Future:
+        """Record a batch of a streamed request; a failure aborts the flow at once, before more
+        of the body (and certainly before its end) goes upstream."""
+        fut = self._write(fc.session, "http.chunk", fields)
+
+        def written(f: asyncio.Future) -> None:
+            err = f.result()
+            if err is None:
+                fc.request_acks.discard(f)
+            elif fc.abort is None and not fc.ended and self._unrecorded(fc.flow, fc, err):
+                self._abort_soon(fc, 503, "request", self._not_recorded_message(err))
+
+        fut.add_done_callback(written)
+        return fut
 
     def _flush_all(self, fc: FlowCapture, final: bool) -> None:
         for direction in ("request", "response"):
@@ -520,6 +643,10 @@ class Capture:
     # -- writing ------------------------------------------------------------------------
 
     async def _write_and_wait(self, session: Session, rtype: str, fields: dict) -> BaseException | None:
+        return await self._write(session, rtype, fields)
+
+    def _write(self, session: Session, rtype: str, fields: dict) -> asyncio.Future:
+        """Hand a record to the writer; the future gets None once it is written, or the error."""
         fut = self.loop.create_future()
 
         def ack(err):  # on the writer's thread
@@ -534,9 +661,11 @@ class Capture:
         if NOT_RESPONDING in self._failing:
             # Storage is stuck: refuse at once rather than after another write_timeout. The
             # record stays queued; its ack, when it comes, says storage is back.
-            return StorageError(NOT_RESPONDING, "earlier records are still not written")
+            fut = self.loop.create_future()
+            fut.set_result(StorageError(NOT_RESPONDING, "earlier records are still not written"))
+            return fut
         self._waiting.append((self.loop.time() + self._write_timeout, fut))
-        return await fut
+        return fut
 
     def _resolve_acked(self) -> None:
         # Cleared before draining: an ack appended after this line schedules another call.

@@ -63,9 +63,10 @@ class Exchange:
     path: str
     query: dict
     headers: list  # [(name, value), ...] as received
-    body: bytes = b""
+    body: bytes = b""  # as much of the body as arrived
     started_at: float = 0.0  # request headers read
-    received_at: float = 0.0  # request body read
+    received_at: float = 0.0  # request body read: the upstream has the whole request
+    trailers: list = field(default_factory=list)  # [(name, value), ...] of a chunked body's trailer section
     status: int | None = None
     response_headers: list = field(default_factory=list)
     response_body: bytes = b""  # what was sent, before Content-Encoding
@@ -248,6 +249,7 @@ class FakeUpstream:
         self._ctx = ca.server_context()
         self._lock = threading.Lock()
         self._exchanges: list[Exchange] = []
+        self._started: list[Exchange] = []  # every request whose headers arrived, complete or not
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._stopped = threading.Event()
@@ -301,6 +303,12 @@ class FakeUpstream:
     def received(self, test_id: str) -> list[Exchange]:
         """The exchanges whose request carried `x-test-id: <test_id>`."""
         return [ex for ex in self.exchanges if ex.test_id == test_id]
+
+    def started(self, test_id: str) -> list[Exchange]:
+        """Requests with `x-test-id: <test_id>` whose headers arrived, complete or not: one
+        whose body never ended has `received_at` 0 and the part of the body that came."""
+        with self._lock:
+            return [ex for ex in self._started if ex.test_id == test_id]
 
     def exchange(self, test_id: str, timeout: float = 10.0) -> Exchange:
         """The one exchange with `x-test-id: <test_id>`, once the upstream is through with it
@@ -404,29 +412,39 @@ class FakeUpstream:
             headers=headers,
             started_at=time.time(),
         )
+        with self._lock:
+            self._started.append(ex)
         if self.on_request_headers is not None:
             self.on_request_headers(ex)
         if (ex.header("expect") or "").lower() == "100-continue":
             sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         if "chunked" in (ex.header("transfer-encoding") or "").lower():
-            body = bytearray()
             while True:
                 size_line = rfile.readline(65537)
                 if not size_line:
                     raise ValueError("request body ended inside a chunk")
                 size = int(size_line.split(b";")[0].strip(), 16)
                 if size == 0:
-                    while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
+                    while (line := rfile.readline(65537)) not in (b"\r\n", b"\n", b""):
+                        name, _, value = line.decode("latin-1").rstrip("\r\n").partition(":")
+                        ex.trailers.append((name.strip(), value.strip()))
+                    if not line:
+                        raise ValueError("request body ended inside its trailer section")
                     break
-                body += rfile.read(size)
+                while size:
+                    data = rfile.read1(size)
+                    if not data:
+                        raise ValueError("request body ended inside a chunk")
+                    ex.body += data
+                    size -= len(data)
                 rfile.readline(65537)
-            ex.body = bytes(body)
         elif ex.header("content-length"):
             n = int(ex.header("content-length"))
-            ex.body = rfile.read(n)
-            if len(ex.body) != n:
-                raise ValueError("request body shorter than its Content-Length")
+            while len(ex.body) < n:
+                data = rfile.read1(n - len(ex.body))
+                if not data:
+                    raise ValueError("request body shorter than its Content-Length")
+                ex.body += data
         ex.received_at = time.time()
         return ex
 
