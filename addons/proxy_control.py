@@ -184,6 +184,11 @@ def _route_abort(self, event: AbortFlow):
             if not isinstance(server_layer, _http2.Http2Client) or stream.stream_id in server_layer.our_stream_id:
                 yield from self.event_to_child(server_layer, http_layers.RequestProtocolError(
                     stream.stream_id, event.message, code=status_codes.CLIENT_CLOSED_REQUEST))
+        client_layer = self.connections.get(self.context.client)
+        sent = getattr(client_layer, "response", None)
+        if isinstance(client_layer, _http1.Http1Server) and sent is not None and sent.status_code < 200:
+            # Only a "100 Continue" went out: the client still gets the error, not a bare close.
+            client_layer.response = None
         yield from self.event_to_child(stream, http_layers.ResponseProtocolError(
             stream.stream_id, event.message, code=event.status))
         return
