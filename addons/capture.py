@@ -30,7 +30,7 @@ from addons.masking import Masking
 from recorder.header_masking import recordable_headers
 from recorder.identity import Identity as VerifiedIdentity
 from recorder.sessions import Session, SessionRegistry
-from recorder.writer import RecordWriter, StorageError
+from recorder.writer import RECORD_LOST, RECORD_REPAIRED, RecordWriter, StorageError
 from recorder.writer_process import ProcessRecordWriter
 
 log = logging.getLogger("wiretrail")
@@ -682,6 +682,13 @@ class Capture:
             self.loop.call_soon_threadsafe(self._storage_error, err)
 
     def _storage_error(self, err: StorageError) -> None:
+        if err.cause in (RECORD_LOST, RECORD_REPAIRED):
+            # One record of one flow, not storage: logged each time; a lost one ends its flow.
+            log.error(f"wiretrail: {err.cause}: {err.detail}")
+            fc = self.flows.get(err.flow) if err.flow else None
+            if err.cause == RECORD_LOST and fc is not None and self.cfg.storage.fail_closed:
+                self._abort_soon(fc, 502, "record", f"a record of this exchange could not be written: {err.detail}")
+            return
         # Once per cause, not once per request.
         if err.cause not in self._failing:
             self._failing.add(err.cause)

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import zstandard
 
-from recorder import format_v1, ledger as ledger_mod, recovery, retention
-from recorder.bodies import render_bodies
+from recorder import format_v1, ledger as ledger_mod, record_repair, recovery, retention
 from recorder.signing import Signer
 
 Ack = Callable[[BaseException | None], None]
@@ -38,12 +37,18 @@ _ZSTD_LEVEL = 3
 
 
 class StorageError(OSError):
-    """A record could not be persisted. `cause` says why, for logging once per cause."""
+    """A record could not be persisted. `cause` says why, for logging once per cause; `flow`
+    names the flow when one record of it is concerned (RECORD_LOST, RECORD_REPAIRED)."""
 
-    def __init__(self, cause: str, detail: str):
+    def __init__(self, cause: str, detail: str, flow: str | None = None):
         super().__init__(f"{cause}: {detail}")
         self.cause = cause
         self.detail = detail
+        self.flow = flow
+
+
+RECORD_LOST = "record lost"  # it could not be written at all: an http.error stands in its place
+RECORD_REPAIRED = "record repaired"  # written, with the values that could not be encoded repaired
 
 
 def describe_oserror(e: OSError) -> str:
@@ -344,13 +349,17 @@ class RecordWriter:
         if isinstance(op, _Close) and isinstance(fields.get("counts"), dict):
             # What the file holds, counted here: checkpoints included, the seal not.
             fields = dict(fields, counts=dict(fields["counts"], records=sf.chain.seq + 1))
-        try:
-            fields = render_bodies(fields)
-            line = sf.chain.next_line(rtype, op.ts, fields)
-        except Exception as e:  # a record that cannot be encoded must not kill the thread
-            err = StorageError("record could not be encoded", f"{rtype}: {e!r}")
+        # A record that cannot be rendered or encoded is written repaired, or an http.error
+        # takes its place: nothing is dropped without a trace (recorder/record_repair.py).
+        line, problem = record_repair.line_for(sf.chain, rtype, op.ts, fields)
+        err = None
+        if problem is not None:
+            lost = problem.startswith("lost")
+            err = StorageError(RECORD_LOST if lost else RECORD_REPAIRED, f"{rtype} in session {sf.session_id}: "
+                               f"{problem}", flow=fields.get("flow") if isinstance(fields.get("flow"), str) else None)
             self._report(err)
-            return err
+            if not lost:
+                err = None
         sf.pending.append(line)
         sf.records += 1
         sf.unsigned += 1
@@ -364,7 +373,7 @@ class RecordWriter:
             if self.signer is not None:
                 self._sign(sf, "seal")
             closing.append((sf, op))
-        return None
+        return err
 
     def _sign(self, sf: _SessionFile, rtype: str) -> None:
         """Append a checkpoint or seal: it signs its own seq and prev (docs/format.md)."""

@@ -173,7 +173,7 @@ def main(argv: list[str]) -> int:
     writer = ChildWriter(
         **opts,
         signer=signer,
-        on_error=lambda e: send(("error", e.cause, e.detail)),
+        on_error=lambda e: send(("error", e.cause, e.detail, getattr(e, "flow", None))),
         on_event=lambda text: send(("event", text)),
     )
     from recorder.writer import _STOP as _STOP_OP  # noqa: N811 (the writer's own stop marker)

@@ -392,7 +392,7 @@ class ProcessRecordWriter:
             if ack is not None:
                 _call(ack, None if msg[2] is None else StorageError(*msg[2]))
         elif kind == "error":
-            self._report(StorageError(msg[1], msg[2]))
+            self._report(StorageError(*msg[1:]))
         elif kind == "event":
             if self.on_event is not None:
                 _call(self.on_event, msg[1])

@@ -38,6 +38,7 @@ import h2.events
 import h2.exceptions
 
 from tests.support.tls import TestCA
+from tests.support.upstream import nested_json
 
 _END = object()  # the end of a stream's request body, in its handler's queue
 
@@ -302,14 +303,6 @@ def _reset(conn: _Conn, st: H2Stream) -> None:
 
 def _never(conn: _Conn, st: H2Stream) -> None:
     st.read_all(timeout=3600)  # until the gateway gives up on it (a reset) or the connection goes
-
-
-NESTED_SECRET = "sk-proj-" + "N3st3dS3cr3tValue0123456789abcdefXYZW"
-
-
-def nested_json(depth: int, secret: str = NESTED_SECRET) -> bytes:
-    """`depth` levels of {"a": ...} with {"api_key": secret} at the bottom."""
-    return b'{"a": ' * depth + json.dumps({"api_key": secret}).encode() + b"}" * depth
 
 
 def _nested(conn: _Conn, st: H2Stream) -> None:

@@ -15,6 +15,8 @@ Routes (any method unless noted):
   /gzip-sse                  gzip-encoded SSE, one Z_SYNC_FLUSH per event, chunked
   /reset-mid-stream          SSE headers and two events, then a TCP reset (SO_LINGER 0)
   /slow-sse?n=&delay=        n SSE events `delay` seconds apart, chunked
+  /nested?depth=             a JSON reply nested `depth` levels deep (default 300), a secret at the bottom
+  /nested-sse?depth=         SSE whose third event is such a JSON document
 
 Streams take their event count and spacing from the upstream's `sse_events` and
 `sse_delay`, overridable per request with the headers x-upstream-events and
@@ -236,6 +238,15 @@ def anthropic_events(n: int, model: str = "claude-test", pieces: list[str] | Non
 
 def slow_events(n: int) -> list[bytes]:
     return [sse({"i": i, "text": token(i)}) for i in range(n)]
+
+
+NESTED_SECRET = "sk-proj-" + "N3st3dS3cr3tValue0123456789abcdefXYZW"
+
+
+def nested_json(depth: int, secret: str = NESTED_SECRET) -> bytes:
+    """`depth` levels of {"a": ...} with {"api_key": secret} at the bottom: too deep to mask
+    value by value, and a rule keyword in it."""
+    return b'{"a": ' * depth + json.dumps({"api_key": secret}).encode() + b"}" * depth
 
 
 GZIP_JSON = json.dumps({"compressed": True, "text": JSON_REPLY_TEXT, "items": list(range(50))}).encode()
@@ -499,6 +510,15 @@ class FakeUpstream:
             time.sleep(0.3)  # let the gateway read and forward both events before the reset
             ex.error = "reset by design"
             return "reset"
+        if ex.path == "/nested":
+            r.full(200, nested_json(int(ex.query.get("depth", 300))), "application/json")
+            return "keep-alive"
+        if ex.path == "/nested-sse":
+            r.stream_head()
+            deep = b"data: " + nested_json(int(ex.query.get("depth", 300))) + b"\n\n"
+            r.events(slow_events(2) + [deep] + slow_events(2), 0.02)
+            r.end_chunks()
+            return "keep-alive"
         if ex.path == "/slow-sse":
             r.stream_head()
             r.events(slow_events(n), delay)
