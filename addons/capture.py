@@ -14,6 +14,7 @@ import collections
 import logging
 import os
 import time
+import uuid
 
 from mitmproxy import http
 
@@ -382,15 +383,7 @@ class Capture:
             return
         refusal = refusal_of(flow)
         peer = flow.client_conn.peername or ("", 0)
-        ident: VerifiedIdentity | None = flow.metadata.get(IDENTITY)
-        if ident is not None:
-            key, record = ident.key(), ident.record()
-        else:
-            # Nobody was verified: the refused attempts from one address share a session.
-            key = "refused " + peer[0]
-            record = {"sub": None, "email": None, "name": None, "groups": [], "iss": None,
-                      "method": self.cfg.identity.mode, "authenticated": False}
-        session = self.registry.begin_flow(key, record, (peer[0], peer[1]))
+        session = self._attempt_session(flow.metadata.get(IDENTITY), peer)
         req = flow.request
         session.record("auth.refused", {
             "flow": flow.id,
@@ -403,6 +396,27 @@ class Capture:
             "message": refusal["message"],
             "headers": self._headers(req.headers),
         })
+        self.registry.end_flow(session)
+
+    def _attempt_session(self, ident: VerifiedIdentity | None, peer) -> Session:
+        """The session of an attempt that is not an exchange (a refusal, a timed-out connection)."""
+        if ident is not None and (ident.authenticated or self.cfg.identity.mode == "none"):
+            key, record = ident.key(), ident.record()
+        else:
+            # Nobody was verified: the refused attempts from one address share a session.
+            key = "refused " + peer[0]
+            record = {"sub": None, "email": None, "name": None, "groups": [], "iss": None,
+                      "method": self.cfg.identity.mode, "authenticated": False}
+        return self.registry.begin_flow(key, record, (peer[0], peer[1]))
+
+    def record_connection_error(self, client, ident: VerifiedIdentity | None, phase: str, message: str) -> None:
+        """A client connection the gateway ended before any request was complete (a header
+        timeout): an http.error of its own flow, with the connection id."""
+        if self.registry is None or self._stopped:
+            return
+        session = self._attempt_session(ident, client.peername or ("", 0))
+        session.record("http.error", {"flow": str(uuid.uuid4()), "conn": client.id, "phase": phase,
+                                      "message": message, "by": "gateway"})
         self.registry.end_flow(session)
 
     async def _record_request(self, flow: http.HTTPFlow, fc: FlowCapture, body: BodyBytes | None) -> bool:
@@ -465,6 +479,14 @@ class Capture:
     def _abort_soon(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
         if fc.abort is None and not fc.ended:
             asyncio.ensure_future(self._abort(fc, status, phase, message))
+
+    def end_flow(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
+        """End a flow in progress (the timeouts): recorded as an http.error with `phase`."""
+        self._abort_soon(fc, status, phase, message)
+
+    def paused(self, client) -> bool:
+        """Reading from this client connection is paused: the store is behind (back-pressure)."""
+        return False
 
     def _trailer_fields(self, flow: http.HTTPFlow, direction: str) -> dict:
         message = flow.request if direction == "request" else flow.response

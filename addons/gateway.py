@@ -25,6 +25,7 @@ from addons.identity import Identity  # noqa: E402
 from addons.masking import Masking  # noqa: E402
 from addons.policy import Policy  # noqa: E402
 from addons.startup import StartupGate  # noqa: E402
+from addons.timeouts import Timeouts  # noqa: E402
 from addons.trailers import Trailers  # noqa: E402
 
 _gate = StartupGate()  # mitmproxy listens before `running`: flows wait for it
@@ -44,6 +45,7 @@ parts = [
     _masking,
     Trailers(_config, _masking),  # request trailers stripped of credentials before capture records them
     _capture,
+    Timeouts(_config, _identity, _capture),  # header, idle and upstream-response timeouts
     FreezeStartupHeap(),  # after every part has built what it keeps
     _gate.opener(),  # last: opens the gate once every part above has run `running`
 ]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from mitmproxy import ctx, http
 from mitmproxy.connection import Client
 from mitmproxy.net.http import status_codes
-from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy import commands, events, layer, tunnel
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1, _http2
 
@@ -280,6 +280,49 @@ class Pauses:
 
 
 # -- timeouts -------------------------------------------------------------------------------------
+
+HEADER, IDLE, BUSY, OPAQUE = "header", "idle", "busy", "opaque"
+
+
+def client_phase(handler) -> str:
+    """What a client connection is doing, read from its layers:
+    HEADER  a request has begun (bytes of its headers, or a TLS handshake) but is not complete;
+    IDLE    between exchanges, nothing received of the next;
+    BUSY    an exchange is in progress;
+    OPAQUE  upgraded or tunnelled (WebSocket, raw TCP): no HTTP to judge."""
+    client = handler.client
+    lay = handler.layer
+    for _ in range(64):  # a stack is a handful of layers deep
+        if isinstance(lay, layer.NextLayer):
+            if lay.layer is None:
+                return HEADER  # no byte yet, or not enough to tell the protocol
+            lay = lay.layer
+        elif isinstance(lay, tunnel.TunnelLayer):
+            if lay.tunnel_connection is client and lay.tunnel_state is tunnel.TunnelState.ESTABLISHING:
+                return HEADER
+            lay = lay.child_layer
+        elif isinstance(lay, HttpLayer):
+            server = lay.connections.get(client)
+            if isinstance(server, _http1.Http1Server):
+                if server.state == server.passthrough:  # CONNECT, or an upgrade
+                    lay = getattr(lay.streams.get(server.stream_id), "child_layer", None)
+                    if lay is None:
+                        return BUSY
+                    continue
+                if server.state == server.read_headers:
+                    return HEADER if len(server.buf) else IDLE
+                return BUSY
+            if isinstance(server, _http2.Http2Server):
+                if server.streams:
+                    return BUSY
+                return HEADER if getattr(server.h2_conn.incoming_buffer, "data", b"") else IDLE
+            return BUSY
+        else:
+            nxt = getattr(lay, "child_layer", None) or getattr(lay.__dict__.get("_handle_event"), "__self__", None)
+            if not isinstance(nxt, layer.Layer) or nxt is lay:
+                return OPAQUE
+            lay = nxt
+    return BUSY
 
 
 def live_clients() -> list:

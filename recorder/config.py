@@ -160,6 +160,13 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True)
+class TimeoutsConfig:
+    request_header: float = 30.0  # seconds from a request's first byte (or a connection's start) to its complete headers
+    idle: float = 300.0  # seconds with nothing moving: an idle connection closes, a stalled exchange ends
+    upstream_response: float = 600.0  # seconds from a request's end to the upstream's response headers
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     storage: StorageConfig
     sessions: SessionsConfig
@@ -168,6 +175,7 @@ class GatewayConfig:
     masking: MaskingConfig
     capture: CaptureConfig
     connections: tuple[ConnectionConfig, ...]
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     source: Path | None = None  # None = the embedded default
 
 
@@ -575,6 +583,16 @@ SCHEMA = _Table(dict, (
         Key("chunk_interval", _Number(gt=0, le=5), 0.1, "seconds of streamed data batched per http.chunk"),
         Key("max_body", _Size(" (0 = no limit)"), 0, "bytes recorded per body or stream direction"),
     ), expected="a table ([capture])"), _EMPTY_TABLE),
+    Key("timeouts", _Table(TimeoutsConfig, (
+        Key("request_header", _Number(gt=0, le=3600), 30.0,
+            "seconds a client has to complete a request's headers, from its first byte (or the connection's start, "
+            "TLS handshake included); then the connection is closed and the attempt recorded"),
+        Key("idle", _Number(gt=0, le=86400), 300.0,
+            "seconds with nothing moving on a client connection: between exchanges it is closed; an exchange "
+            "whose body stalls is ended (504, or a reset once its reply began) and recorded"),
+        Key("upstream_response", _Number(gt=0, le=86400), 600.0,
+            "seconds from a request's end to the upstream's response headers; then the client gets 504, recorded"),
+    ), expected="a table ([timeouts])"), _EMPTY_TABLE),
     Key("connections", _Tables(_Table(ConnectionConfig, (
         Key("name", _Text(), doc="the connection's name, recorded with each request"),
         Key("hosts", _ListOf(_Host(), 'a non-empty array of host names, e.g. ["api.openai.com"]', min_items=1),

@@ -15,6 +15,7 @@ Routes (any method unless noted):
   /gzip-sse                  gzip-encoded SSE, one Z_SYNC_FLUSH per event, chunked
   /reset-mid-stream          SSE headers and two events, then a TCP reset (SO_LINGER 0)
   /slow-sse?n=&delay=        n SSE events `delay` seconds apart, chunked
+  /never                     reads the request and never answers (until the connection closes)
   /nested?depth=             a JSON reply nested `depth` levels deep (default 300), a secret at the bottom
   /nested-sse?depth=         SSE whose third event is such a JSON document
 
@@ -510,6 +511,14 @@ class FakeUpstream:
             time.sleep(0.3)  # let the gateway read and forward both events before the reset
             ex.error = "reset by design"
             return "reset"
+        if ex.path == "/never":
+            try:  # never answers: waits until the gateway gives up and closes the connection
+                while sock.recv(65536):
+                    pass
+            except (OSError, ssl.SSLError):
+                pass
+            ex.error = "closed by the gateway"
+            return "closed"
         if ex.path == "/nested":
             r.full(200, nested_json(int(ex.query.get("depth", 300))), "application/json")
             return "keep-alive"
