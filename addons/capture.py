@@ -122,6 +122,11 @@ class Capture:
         self._write_timeout = 0.0  # storage.write_timeout, from `running`
         self._watch_task: asyncio.Task | None = None
         self._fallback_key = os.urandom(32)  # header tags when no masking addon runs (addon tests)
+        # Back-pressure: client connections whose reading is paused while the writer is behind.
+        self._pauses = proxy_control.Pauses()
+        self._queue_limit = 0  # storage.queue_limit, from `running`
+        self._pause_task: asyncio.Task | None = None
+        self._behind_logged = -1e9  # time.monotonic() of the last "the store is behind" warning
         self._urls: dict[tuple, str] = {}  # request line and Host -> the URL as recorded (masked)
         self._urls_masker = None  # the masker those were masked with
 
@@ -154,7 +159,9 @@ class Capture:
             checkpoint_interval=cfg.storage.checkpoint_interval,
             retention_days=cfg.storage.retention_days,
             on_event=lambda text: log.warning(f"wiretrail: {text}"),
+            queue_limit=cfg.storage.queue_limit,
         )
+        self._queue_limit = cfg.storage.queue_limit
         self.registry = SessionRegistry(
             self.writer,
             cfg.storage.dir,
@@ -217,9 +224,14 @@ class Capture:
                 {"flow": fc.flow_id, "phase": "shutdown", "message": "the gateway shut down with the flow in progress"},
             )
             self._end(fc)
+        self._pauses.resume_all()
+        proxy_control.stop_serving()
         self.registry.close_all("shutdown")
-        if not self.writer.stop(timeout=30):
-            log.error("wiretrail: the writer did not finish within 30 s; the newest records may be missing")
+        bound = self.cfg.storage.stop_timeout
+        if not self.writer.stop(timeout=bound):
+            log.error(f"wiretrail: the writer did not finish within {bound:g} s (storage.stop_timeout); the gateway "
+                      f"stops anyway. NOT WRITTEN: {self.writer.unwritten()}. The sessions concerned stay "
+                      "unsealed; the next start recovers what reached the disk (docs/integrity.md)")
 
     # -- hooks ------------------------------------------------------------------------
 
@@ -486,7 +498,31 @@ class Capture:
 
     def paused(self, client) -> bool:
         """Reading from this client connection is paused: the store is behind (back-pressure)."""
-        return False
+        return self._pauses.paused(client)
+
+    def _slow_down(self, fc: FlowCapture) -> None:
+        """The writer holds more than storage.queue_limit body bytes: read no more from this
+        flow's client connection (and its server connections) until it is back under half."""
+        if self._pauses.paused(fc.flow.client_conn) or not self._pauses.pause(fc.flow.client_conn):
+            return
+        if self._pause_task is None or self._pause_task.done():
+            now = time.monotonic()
+            logged = now - self._behind_logged >= 30  # once per episode, at most every 30 s
+            if logged:
+                self._behind_logged = now
+                log.warning(f"wiretrail: the store is behind ({self.writer.pending_bytes() >> 20} MiB waiting to be "
+                            "written, storage.queue_limit); reading is paused on the connections that feed it")
+            self._pause_task = asyncio.ensure_future(self._resume_when_written(logged))
+
+    async def _resume_when_written(self, logged: bool) -> None:
+        while len(self._pauses) and not self._stopped:
+            await asyncio.sleep(0.05)
+            if self.writer.pending_bytes() <= self._queue_limit // 2:
+                n = len(self._pauses)
+                self._pauses.resume_all()
+                if logged:
+                    log.info(f"wiretrail: the store caught up; reading resumed on {n} connection(s)")
+                    logged = False
 
     def _trailer_fields(self, flow: http.HTTPFlow, direction: str) -> dict:
         message = flow.request if direction == "request" else flow.response
@@ -591,6 +627,7 @@ class Capture:
         """Record each chunk as it arrived; forward it, or what `forward` (a stream callable set
         before capture, e.g. masking of what is forwarded) makes of it."""
         interval = self.cfg.capture.chunk_interval
+        limit = self._queue_limit
         buf = fc.buffers[direction]
 
         def tee(chunk: bytes):
@@ -602,6 +639,8 @@ class Capture:
                     self._flush(fc, direction, final=False)
                 elif direction not in fc.timers and not fc.ended:
                     fc.timers[direction] = self.loop.call_later(interval, self._flush, fc, direction, False)
+                if limit and self.writer.pending_bytes() + fc.buffered[direction] > limit:
+                    self._slow_down(fc)
             else:
                 self._flush(fc, direction, final=True)
             return chunk if forward is None else forward(chunk)

@@ -344,3 +344,26 @@ def close_client(handler, why: str) -> None:
     io = handler.transports.get(handler.client)
     if io is not None and io.handler is not None:
         io.handler.cancel(why)
+
+
+def stop_serving() -> None:
+    """At shutdown: close the listening sockets and every connection now. mitmproxy leaves them
+    to the process's exit, which a writer thread stuck in the kernel (a hung disk) can delay
+    without bound; until then a client would connect and wait for nothing."""
+    try:
+        server = ctx.master.addons.get("proxyserver")
+    except Exception:
+        return
+    if server is None:
+        return
+    for instance in list(server.servers):
+        for listener in list(getattr(instance, "_servers", ())):
+            try:
+                listener.close()
+            except Exception:
+                pass
+    for handler in list(server.connections.values()):
+        for io in list(handler.transports.values()):
+            transport = getattr(io.writer, "transport", None)
+            if transport is not None:
+                transport.abort()

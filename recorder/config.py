@@ -98,6 +98,8 @@ class StorageConfig:
     fsync_interval: float = 0.05  # seconds; bound on a batch's fsync delay
     writer: str = "thread"  # thread | process: where records are masked, compressed and written
     write_timeout: float = 30.0  # seconds a request waits for its record before 503 "storage not responding"
+    queue_limit: int = 64 * 1024 * 1024  # body bytes waiting for the writer before streams are slowed
+    stop_timeout: float = 10.0  # seconds shutdown waits for the writer; then it says what was not written
 
 
 @dataclass(frozen=True)
@@ -538,6 +540,12 @@ SCHEMA = _Table(dict, (
         Key("write_timeout", _Number(gt=0, le=3600), 30.0,
             "seconds a request waits for its record to be written before it is refused with 503 "
             "(a hung disk or network file system)"),
+        Key("queue_limit", _Size(" (0 = no limit)"), 64 * 1024 * 1024,
+            "body bytes waiting to be written beyond which the gateway stops reading from the connections that "
+            "send streamed bodies, until the store catches up (back-pressure)"),
+        Key("stop_timeout", _Number(gt=0, le=3600), 10.0,
+            "seconds shutdown waits for the writer to finish; then the gateway stops anyway and logs what was "
+            "not written"),
     ), expected="a table ([storage])"), _EMPTY_TABLE),
     Key("sessions", _Table(SessionsConfig, (
         Key("idle_timeout", _SECONDS, 1800.0, "seconds without a flow before a session closes"),

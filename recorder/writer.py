@@ -26,6 +26,7 @@ from pathlib import Path
 import zstandard
 
 from recorder import format_v1, ledger as ledger_mod, record_repair, recovery, retention
+from recorder.bodies import BodyBytes, ChunkBytes
 from recorder.signing import Signer
 
 Ack = Callable[[BaseException | None], None]
@@ -69,10 +70,20 @@ class _Open:
 
 
 class _Record:
-    __slots__ = ("session_id", "rtype", "ts", "fields", "ack")
+    __slots__ = ("session_id", "rtype", "ts", "fields", "ack", "size")
 
-    def __init__(self, session_id, rtype, ts, fields, ack):
+    def __init__(self, session_id, rtype, ts, fields, ack, size=0):
         self.session_id, self.rtype, self.ts, self.fields, self.ack = session_id, rtype, ts, fields, ack
+        self.size = size  # body bytes it carries, for the queue's back-pressure
+
+
+def body_size(fields: dict) -> int:
+    """The body bytes a record's fields carry (what makes a writer queue large)."""
+    n = 0
+    for value in fields.values():
+        if isinstance(value, (BodyBytes, ChunkBytes)):
+            n += len(value.data)
+    return n
 
 
 class _Close:
@@ -132,6 +143,7 @@ class RecordWriter:
         on_event: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         pid: int | None = None,
+        queue_limit: int = 0,
     ):
         """`storage_dir` given: keep `<storage_dir>/ledger.jsonl` (recovery at start, retention).
         `signer` given: checkpoints, seals and ledger signatures. `on_event` gets one-line
@@ -145,6 +157,7 @@ class RecordWriter:
         self.signer = signer
         self.checkpoint_interval = checkpoint_interval
         self.retention_days = retention_days
+        self.queue_limit = queue_limit  # body bytes queued beyond which the feeding side is slowed (0: none)
         self.clock = clock
         self.pid = pid if pid is not None else os.getpid()  # the gateway's, for the ledger's gateway.start
         self.storage_dir = Path(storage_dir) if storage_dir is not None else None
@@ -166,6 +179,8 @@ class RecordWriter:
         # the request that was just acknowledged on its way upstream.
         self._oldest_unsynced = time.monotonic()
         self._inflight: list | None = None  # the batch being written, until its acks are called
+        self._queued_in = 0  # body bytes handed over (the loop's count)
+        self._queued_out = 0  # body bytes written, or failed (the writer thread's count)
         self._thread = threading.Thread(target=self._run, name="wiretrail-writer", daemon=True)
         self._started = False
 
@@ -180,7 +195,31 @@ class RecordWriter:
         self._put(_Open(session_id, path, ts, fields, ack), ack is not None)
 
     def record(self, session_id: str, rtype: str, ts: float, fields: dict, ack: Ack | None = None) -> None:
-        self._put(_Record(session_id, rtype, ts, fields, ack), ack is not None)
+        size = body_size(fields)
+        self._queued_in += size  # only the loop adds; only the writer thread adds to _queued_out
+        self._put(_Record(session_id, rtype, ts, fields, ack, size), ack is not None)
+
+    def pending_bytes(self) -> int:
+        """Body bytes handed over and not yet written: what back-pressure watches."""
+        return self._queued_in - self._queued_out
+
+    def unwritten(self) -> str:
+        """What is queued or being written, in words (for a stop that timed out)."""
+        for _ in range(3):
+            try:
+                ops = list(self._inflight or ()) + list(self._ops)
+                break
+            except RuntimeError:  # the deque moved under us: the writer is alive after all
+                continue
+        else:
+            return "unknown (the writer was busy)"
+        records = [op for op in ops if isinstance(op, (_Open, _Record, _Close))]
+        if not records:
+            return "nothing"
+        sessions = sorted({op.session_id for op in records})
+        shown = ", ".join(sessions[:5]) + (f" and {len(sessions) - 5} more" if len(sessions) > 5 else "")
+        return (f"{len(records)} record(s) with {self.pending_bytes()} body bytes, of {len(sessions)} session(s) "
+                f"({shown})")
 
     def close_session(self, session_id: str, ts: float, fields: dict, ack: Ack | None = None) -> None:
         self._put(_Close(session_id, ts, fields, ack), True)
@@ -231,6 +270,8 @@ class RecordWriter:
                 op = self._ops.popleft()
                 if op is _STOP:
                     return
+                if isinstance(op, _Record):
+                    self._queued_out += op.size  # not written, but no longer held for writing
                 if op.ack is not None:
                     self._call_ack(op.ack, err)
             self._wait(COALESCE)
@@ -313,6 +354,7 @@ class RecordWriter:
             self._call_ack(ack, err)
         for ack in barriers:
             self._call_ack(ack, None)
+        self._queued_out += sum(op.size for op in batch if isinstance(op, _Record))
         self._inflight = None
         if self.fsync == "batch" and time.monotonic() - self._oldest_unsynced >= self.fsync_interval:
             self._fsync_dirty()

@@ -124,6 +124,11 @@ def main(argv: list[str]) -> int:
         """The RecordWriter loop on this process's main thread; it reads its socket while it waits."""
 
         def _wait(self, timeout: float) -> None:
+            if self.queue_limit and self.pending_bytes() > self.queue_limit:
+                # Behind: read no more until this is written; the gateway then sees its own
+                # queue grow and slows the connections that feed it (back-pressure).
+                self._wake.clear()
+                return
             deadline = time.monotonic() + timeout
             while not self._wake.is_set():
                 left = deadline - time.monotonic()

@@ -424,8 +424,17 @@ class FakeUpstream:
             headers=headers,
             started_at=time.time(),
         )
+        ex.body = bytearray()  # grows as the body arrives; bytes once read (or the connection ends)
         with self._lock:
             self._started.append(ex)
+        try:
+            self._read_body(sock, rfile, ex)
+        finally:
+            ex.body = bytes(ex.body)
+        ex.received_at = time.time()
+        return ex
+
+    def _read_body(self, sock, rfile, ex: Exchange) -> None:
         if self.on_request_headers is not None:
             self.on_request_headers(ex)
         if (ex.header("expect") or "").lower() == "100-continue":
@@ -457,8 +466,6 @@ class FakeUpstream:
                 if not data:
                     raise ValueError("request body shorter than its Content-Length")
                 ex.body += data
-        ex.received_at = time.time()
-        return ex
 
     def _stream_params(self, ex: Exchange) -> tuple[int, float]:
         n = int(ex.query.get("n") or ex.header("x-upstream-events") or self.sse_events)
