@@ -40,6 +40,9 @@ NOT_RESPONDING = "storage not responding"  # the cause when a record is late pas
 NOT_RECORDED = ("wiretrail could not record this request, so it was not forwarded. "
                 "The gateway operator has been told; retry later.")
 _MAX_BATCH_BYTES = 1 << 20  # a fast stream is recorded in batches of at most 1 MiB
+# A request's end waits for its last batch to be written: smaller batches let the writer work
+# while the rest of the body arrives, so less is left to write when the end comes.
+_MAX_REQUEST_BATCH_BYTES = 256 << 10
 _URL_CACHE_SIZE = 4096  # recorded URLs remembered; an agent calls the same few again and again
 
 
@@ -628,6 +631,7 @@ class Capture:
         before capture, e.g. masking of what is forwarded) makes of it."""
         interval = self.cfg.capture.chunk_interval
         limit = self._queue_limit
+        batch = _MAX_REQUEST_BATCH_BYTES if direction == "request" else _MAX_BATCH_BYTES
         buf = fc.buffers[direction]
 
         def tee(chunk: bytes):
@@ -635,7 +639,7 @@ class Capture:
                 buf.append(chunk)
                 fc.wire[direction] += len(chunk)
                 fc.buffered[direction] += len(chunk)
-                if fc.buffered[direction] >= _MAX_BATCH_BYTES:
+                if fc.buffered[direction] >= batch:
                     self._flush(fc, direction, final=False)
                 elif direction not in fc.timers and not fc.ended:
                     fc.timers[direction] = self.loop.call_later(interval, self._flush, fc, direction, False)
