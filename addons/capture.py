@@ -52,7 +52,7 @@ class FlowCapture:
     __slots__ = (
         "flow_id", "flow", "session", "streams", "buffers", "buffered", "timers", "chunk_n", "wire", "refused",
         "ended", "completion", "request_recorded", "response_head", "finished", "request_acks", "request_done",
-        "response_waits", "abort",
+        "response_waits", "abort", "unrecorded",
     )
 
     def __init__(self, flow: http.HTTPFlow, session: Session):
@@ -79,6 +79,7 @@ class FlowCapture:
         self.request_done = False  # a streamed request's end (and trailers) is recorded
         self.response_waits = False  # its reply ended first (bidirectional): completed with the request
         self.abort: tuple[str, str] | None = None  # (phase, message) when the gateway ended the flow
+        self.unrecorded = False  # fail_closed = false: a record of it failed and that was logged
 
 
 def _side(message: str, phase: str) -> str | None:
@@ -471,7 +472,9 @@ class Capture:
         if getattr(err, "cause", None) != NOT_RESPONDING:
             self.registry.mark_failed(fc.session, err)
         if not self.cfg.storage.fail_closed:
-            log.warning(f"wiretrail: UNRECORDED flow {flow.request.method} {flow.request.pretty_url}: {err}")
+            if not fc.unrecorded:  # once per flow, not once per batch of a long upload
+                fc.unrecorded = True
+                log.warning(f"wiretrail: UNRECORDED flow {flow.request.method} {flow.request.pretty_url}: {err}")
             return False
         return True
 
