@@ -229,13 +229,14 @@ class Capture:
             )
             self._end(fc)
         self._pauses.resume_all()
-        proxy_control.stop_serving()
         self.registry.close_all("shutdown")
         bound = self.cfg.storage.stop_timeout
         if not self.writer.stop(timeout=bound):
             log.error(f"wiretrail: the writer did not finish within {bound:g} s (storage.stop_timeout); the gateway "
                       f"stops anyway. NOT WRITTEN: {self.writer.unwritten()}. The sessions concerned stay "
                       "unsealed; the next start recovers what reached the disk (docs/integrity.md)")
+            # A writer stuck in the kernel can keep the process from exiting: serve nothing meanwhile.
+            proxy_control.stop_serving()
 
     # -- hooks ------------------------------------------------------------------------
 

@@ -347,9 +347,9 @@ def close_client(handler, why: str) -> None:
 
 
 def stop_serving() -> None:
-    """At shutdown: close the listening sockets and every connection now. mitmproxy leaves them
-    to the process's exit, which a writer thread stuck in the kernel (a hung disk) can delay
-    without bound; until then a client would connect and wait for nothing."""
+    """At a shutdown whose writer is stuck: close the listening sockets and every connection
+    now. mitmproxy leaves them to the process's exit, which a writer thread stuck in the kernel
+    (a hung disk) delays without bound; until then a client would connect and wait for nothing."""
     try:
         server = ctx.master.addons.get("proxyserver")
     except Exception:

@@ -37,6 +37,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
+from tests.support.listener import listen_loopback, stop_listening
 from tests.support.tls import TestCA
 from tests.support.upstream import nested_json
 
@@ -336,19 +337,14 @@ class H2Upstream:
         self.routes[path] = handler
 
     def start(self) -> "H2Upstream":
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", 0))
-        s.listen(64)
-        self._listener = s
-        self.port = s.getsockname()[1]
-        threading.Thread(target=self._accept, name="h2-upstream-accept", daemon=True).start()
+        self._listener = listen_loopback(self._serve, "h2-upstream", self._stopped)
+        self.port = self._listener.getsockname()[1]
         return self
 
     def stop(self) -> None:
         self._stopped.set()
         if self._listener is not None:
-            self._listener.close()
+            stop_listening(self._listener)
         with self._lock:
             conns = list(self._conns)
         for c in conns:
@@ -392,14 +388,6 @@ class H2Upstream:
     def _add(self, st: H2Stream) -> None:
         with self._lock:
             self._streams.append(st)
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                raw, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(raw,), daemon=True, name="h2-upstream-conn").start()
 
     def _serve(self, raw: socket.socket) -> None:
         raw.settimeout(None)

@@ -37,6 +37,7 @@ import zlib
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
+from tests.support.listener import listen_loopback, stop_listening
 from tests.support.tls import TestCA
 
 # Deterministic stream content; a multi-byte character in it checks that text split
@@ -273,22 +274,14 @@ class FakeUpstream:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> "FakeUpstream":
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", 0))
-        s.listen(128)
-        self._listener = s
-        self.port = s.getsockname()[1]
-        threading.Thread(target=self._accept_loop, name="fake-upstream-accept", daemon=True).start()
+        self._listener = listen_loopback(self._serve, "fake-upstream", self._stopped)
+        self.port = self._listener.getsockname()[1]
         return self
 
     def stop(self) -> None:
         self._stopped.set()
         if self._listener is not None:
-            try:
-                self._listener.close()
-            except OSError:
-                pass
+            stop_listening(self._listener)
         with self._lock:
             conns = list(self._conns)
         for c in conns:
@@ -348,14 +341,6 @@ class FakeUpstream:
         if not self._stopped.is_set():
             print(f"fake upstream: connection dropped during {stage}: {type(e).__name__}: {e}",
                   file=sys.stderr, flush=True)
-
-    def _accept_loop(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                raw, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(raw,), name="fake-upstream-conn", daemon=True).start()
 
     def _serve(self, raw: socket.socket) -> None:
         raw.settimeout(60)
