@@ -276,12 +276,13 @@ class Capture:
             fc.wire["response"] = len(body.data)
             fc.session.record("http.response", self._response_fields(flow, body, streamed=False))
         self._flush_all(fc, final=True)
-        if flow.error is not None:
+        killed = flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
+        if killed:
             # Killed in `response` by a part of the gateway: the reply was not forwarded.
             fc.session.record("http.error", {"flow": fc.flow_id, "phase": "response", "message": self._mask_text(
                 flow.metadata.get(KILLED) or flow.error.msg)})
         self._record_end(flow, fc)
-        if flow.websocket is not None and flow.error is None:
+        if flow.websocket is not None and not killed:
             return  # it goes on as a WebSocket; addons/websocket.py ends it with its ws.close
         self._end(fc)
 

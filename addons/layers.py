@@ -70,6 +70,10 @@ def _children(node):
         child = getattr(node, name, None)
         if isinstance(child, layer.Layer):
             yield child
+    for name in ("_handle_event", "_handle"):  # a layer that hands its events to a child it keeps nowhere else
+        child = getattr(getattr(node, name, None), "__self__", None)
+        if isinstance(child, layer.Layer) and child is not node:
+            yield child
     streams = getattr(node, "streams", None)
     if isinstance(streams, dict):
         yield from streams.values()

@@ -19,7 +19,7 @@ import logging
 import time
 import weakref
 
-from mitmproxy import http, tcp
+from mitmproxy import ctx, http, tcp
 from mitmproxy.proxy import layer, layers
 
 from addons.capture import KILLED, NOT_RESPONDING, Capture
@@ -68,33 +68,38 @@ class RawTcp:
         return ident, (not verifier_on) or ident is not ANONYMOUS
 
     def next_layer(self, nextlayer: layer.NextLayer):
+        if nextlayer.layer is None:
+            # mitmproxy's own NextLayer addon comes after the scripts: let it decide first, then check.
+            builtin = ctx.master.addons.get("nextlayer")
+            if builtin is not None:
+                builtin.next_layer(nextlayer)
         top = nextlayer.layer
         raw = raw_layer_in(top) if top is not None else None
         if raw is None:
             return
-        ctx = nextlayer.context
+        context = nextlayer.context
         protocol = protocol_of(raw)
         ignored = isinstance(raw, layers.TCPLayer) and raw.flow is None
-        address = ctx.server.address
+        address = context.server.address
         host, port = (address[0], address[1]) if address else (None, None)
-        ident, authenticated = self._caller(ctx.client)
+        ident, authenticated = self._caller(context.client)
         decision = decide_raw(self.config_addon.current, host, port, protocol=protocol, identity=ident,
                               authenticated=authenticated, ignored=ignored)
         if decision.action == "tunnel":
             if ignored:
                 return  # mitmproxy passes it untouched (ignore_hosts), to an unregistered host
             if raw is top:
-                nextlayer.layer = layers.TCPLayer(ctx, ignore=True)
-                self.capture.record_tunnel(ctx.client, host, port, ident)
+                nextlayer.layer = layers.TCPLayer(context, ignore=True)
+                self.capture.record_tunnel(context.client, host, port, ident)
                 return
             decision = RawDecision("refuse", None, "tunnel", f"raw {protocol.upper()} to {host}:{port} "
                                    "inside another protocol cannot be tunnelled")
         if decision.action == "refuse":
-            nextlayer.layer = RefusedLayer(ctx, decision.message)
-            self._record_refused(ctx.client, host, port, decision, protocol, ident)
+            nextlayer.layer = RefusedLayer(context, decision.message)
+            self._record_refused(context.client, host, port, decision, protocol, ident)
             return
         # record
-        self.decided[raw.flow] = _Decided(decision, ident, _via(ctx))
+        self.decided[raw.flow] = _Decided(decision, ident, _via(context))
         guard_tcp(raw, lambda f=raw.flow: self._refused(f))
 
     def response(self, flow: http.HTTPFlow):

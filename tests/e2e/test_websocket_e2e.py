@@ -19,6 +19,7 @@ import subprocess
 import pytest
 
 from tests.support.artifacts import Artifacts, header, store_bytes
+from tests.support.disk import fill, small_tmpfs
 from tests.support.gateway import WIRETRAIL
 from tests.support.idp import AUDIENCE, ISSUER, LocalIdP
 from tests.support.ws_client import WsClient, WsRefused
@@ -205,3 +206,30 @@ def test_a_secret_split_across_frames_and_messages_is_masked(ws_gateway, ws_upst
     assert plain.startswith("token [MASKED:") and plain.endswith(" !"), plain
     # Nothing was masked in the first delta: it is recorded byte for byte.
     assert texts[3] == json.dumps(deltas[0])
+
+
+def test_a_client_message_that_cannot_be_recorded_is_not_forwarded_and_the_websocket_closes(
+        tmp_path, start_gateway, idp, ws_upstream, key_file):
+    with small_tmpfs(tmp_path) as mnt:
+        config = ws_config(idp)
+        config["storage"] = {"dir": mnt / "store"}
+        gw = start_gateway(config=config, extra_toml=ws_connection(ws_upstream, key_file))
+        token = idp.token("alice", groups=["engineering"])
+        client = WsClient.through_proxy(gw, ws_upstream.host, "/echo", token=token)
+        client.send_text("before the disk filled")
+        assert client.recv(1) == [("text", b"before the disk filled")]
+        filler = fill(mnt)
+        marker = "must-not-arrive-" + os.urandom(32 * 1024).hex()  # 64 KiB: no block has room for it
+        client.send_text(marker)
+        assert client.wait(lambda c: c.closed is not None, timeout=15), "the gateway did not close the WebSocket"
+        assert client.closed[0] == 1013 and "not forwarded" in client.closed[1], client.closed
+        assert client.received == [("text", b"before the disk filled")]
+        up = ws_upstream.connection()
+        assert up.wait(lambda c: c.closed is not None)
+        assert up.closed[0] == 1013, up.closed  # the upstream was closed too ...
+        assert [d for _, d, _ in up.messages] == [b"before the disk filled"]  # ... and never got the message
+        log = gw.log_text()
+        assert "cannot record (disk full)" in log and "closing the WebSocket" in log, log
+        filler.unlink()
+        assert gw.stop() == 0
+        assert marker.encode() not in store_bytes(mnt / "store")
