@@ -9,6 +9,8 @@ What it does with a connection depends on the upgrade's path:
   /v1/responses   OpenAI's Responses API over WebSocket: each `response.create` message is
                   answered with the response.* events a `responder` makes (tests/support/openai_fake.py)
   /raw            not a WebSocket: answers 101 with `Upgrade: foo` and then echoes raw bytes
+Plain HTTP requests (no upgrade) are answered too: GET /v1/models, and POST /v1/responses with
+the responder's events as SSE.
 
 On /echo, a text message {"x_fake": "send", "messages": [{"text": ..} | {"text_b64": ..} | {"b64": ..},
 ...], "frames": n} makes the server send those messages (text, text given in base64, binary), each
@@ -39,6 +41,7 @@ class WsConnection:
     messages: list = field(default_factory=list)  # (kind "text"/"binary", bytes, frames)
     closed: tuple | None = None  # (code, reason) the client sent, or ("eof", None)
     raw: bytes = b""  # what arrived after a non-WebSocket 101 (/raw)
+    http: tuple | None = None  # (method, body) of a plain HTTP request (not an upgrade)
     changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     def header(self, name: str) -> str | None:
@@ -166,6 +169,9 @@ class FakeWsUpstream:
         if path.startswith("/raw"):
             self._raw(sock, head)
             return
+        if b"upgrade: websocket" not in head.lower():
+            self._http(sock, head)
+            return
         ws = WSConnection(ConnectionType.SERVER)
         ws.receive_data(head)
         conn = None
@@ -235,6 +241,43 @@ class FakeWsUpstream:
             sock.sendall(ws.send(ev.TextMessage(data.decode())))
         else:
             sock.sendall(ws.send(ev.BytesMessage(data)))
+
+    def _http(self, sock, head: bytes) -> None:
+        """Plain HTTP/1.1 beside the WebSockets: GET /v1/models, and POST /v1/responses answered
+        with the responder's events as SSE (the Responses API's HTTP fallback)."""
+        rfile = sock.makefile("rb")
+        data = head
+        while True:
+            request, _, rest = data.partition(b"\r\n\r\n")
+            lines = request.decode("latin-1").split("\r\n")
+            method, target = lines[0].split(" ")[:2]
+            headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:] if ":" in line]
+            conn = WsConnection(path=target, headers=headers)
+            length = int(conn.header("content-length") or 0)
+            while len(rest) < length:
+                more = sock.recv(65536)
+                if not more:
+                    return
+                rest += more
+            body, data = rest[:length], rest[length:]
+            conn.http = (method, body)
+            with self._lock:
+                self._conns.append(conn)
+            if target.startswith("/v1/responses") and method == "POST" and self.responder is not None:
+                out = self.responder.sse(json.loads(body))
+                ctype = "text/event-stream"
+            elif target.startswith("/v1/models"):
+                out, ctype = json.dumps({"object": "list", "data": [], "models": []}).encode(), "application/json"
+            else:
+                out, ctype = b'{"error": {"message": "no such route"}}', "application/json"
+            status = "200 OK" if ctype == "text/event-stream" or target.startswith("/v1/models") else "404 Not Found"
+            sock.sendall(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(out)}\r\n\r\n"
+                         .encode() + out)
+            while b"\r\n\r\n" not in data:
+                more = sock.recv(65536)
+                if not more:
+                    return
+                data += more
 
     def _raw(self, sock, head: bytes) -> None:
         lines = head.split(b"\r\n\r\n", 1)
