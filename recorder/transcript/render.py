@@ -184,7 +184,8 @@ def _tcp_lines(ex, style: Style, limit: int | None, safe) -> list[str]:
 
 def turn_json(turn: Turn) -> dict:
     ex = turn.exchange
-    out: dict = {"n": ex.index, "flow": ex.flow, "ts": ex.ts, "kind": ex.kind, "method": ex.method, "url": ex.url}
+    out: dict = {"n": ex.index, "flow": ex.flow, "ts": turn.ts if turn.ts is not None else ex.ts, "kind": ex.kind,
+                 "method": ex.method, "url": ex.url}
     if ex.kind != "http":
         out.update({k: v for k, v in (ex.other or {}).items() if k not in ("v", "seq", "t", "ts", "prev", "flow")})
         return out
