@@ -99,6 +99,14 @@ def the_ws_flow(art: Artifacts) -> list[dict]:
 
 def test_messages_both_ways_are_recorded_in_order_and_the_upgrade_gets_the_credential_swap(
         ws_gateway, ws_upstream, idp):
+    # Identity and policy decide the upgrade as any request: nothing reaches the upstream without them.
+    with pytest.raises(WsRefused) as e:
+        WsClient.through_proxy(ws_gateway, ws_upstream.host, "/echo", token=None)
+    assert e.value.status == 407
+    with pytest.raises(WsRefused) as e:
+        WsClient.through_proxy(ws_gateway, ws_upstream.host, "/echo", token=idp.token("bob", groups=["sales"]))
+    assert e.value.status == 403
+    assert ws_upstream.connections == []
     token = idp.token("alice", groups=["engineering"])
     client = WsClient.through_proxy(ws_gateway, ws_upstream.host, "/echo", token=token,
                                     headers=[("Authorization", f"Bearer {CLIENT_KEY}"), ("x-api-key", CLIENT_KEY)])
@@ -124,6 +132,7 @@ def test_messages_both_ways_are_recorded_in_order_and_the_upgrade_gets_the_crede
     assert up.closed == (1000, "done here")
 
     art = Artifacts(ws_gateway.store_dir)
+    assert sorted(r["status"] for r in art.records if r["t"] == "auth.refused") == [403, 407]
     recs = the_ws_flow(art)
     types = [r["t"] for r in recs]
     assert types[:4] == ["http.request", "http.response", "http.end", "ws.open"], types
@@ -149,17 +158,6 @@ def test_messages_both_ways_are_recorded_in_order_and_the_upgrade_gets_the_crede
     res = subprocess.run([str(WIRETRAIL), "verify", str(ws_gateway.store_dir)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert all(s.state in ("sealed", "closed") for s in art.sessions), art.summary()
-
-
-def test_the_upgrade_is_refused_without_a_valid_identity_and_outside_the_groups(ws_gateway, ws_upstream, idp):
-    with pytest.raises(WsRefused) as e:
-        WsClient.through_proxy(ws_gateway, ws_upstream.host, "/echo", token=None)
-    assert e.value.status == 407
-    token = idp.token("bob", groups=["sales"])
-    with pytest.raises(WsRefused) as e:
-        WsClient.through_proxy(ws_gateway, ws_upstream.host, "/echo", token=token)
-    assert e.value.status == 403
-    assert ws_upstream.connections == []  # nothing reached the upstream
 
 
 def test_a_secret_split_across_frames_and_messages_is_masked(ws_gateway, ws_upstream, idp):
@@ -233,3 +231,26 @@ def test_a_client_message_that_cannot_be_recorded_is_not_forwarded_and_the_webso
         filler.unlink()
         assert gw.stop() == 0
         assert marker.encode() not in store_bytes(mnt / "store")
+
+
+def test_reverse_mode_websocket_takes_the_identity_token_as_api_key_and_sends_the_gateways(
+        start_gateway, idp, ws_upstream, key_file):
+    gw = start_gateway(config=ws_config(idp), extra_toml=ws_connection(ws_upstream, key_file),
+                       upstream_url=f"https://127.0.0.1:{ws_upstream.port}")
+    with pytest.raises(WsRefused) as e:
+        WsClient.direct(gw.reverse_port, "/echo", headers=[("Authorization", f"Bearer {CLIENT_KEY}")])
+    assert e.value.status == 401 and ws_upstream.connections == []
+    token = idp.token("alice", groups=["engineering"])
+    client = WsClient.direct(gw.reverse_port, "/echo", headers=[("Authorization", f"Bearer {token}")])
+    client.send_text("through the reverse listener")
+    assert client.recv(1) == [("text", b"through the reverse listener")]
+    client.close()
+    up = ws_upstream.connection()
+    assert up.wait(lambda c: c.closed is not None)
+    assert gw.stop() == 0
+    assert up.header_values("authorization") == [f"Bearer {UPSTREAM_KEY}"]
+    assert token not in json.dumps(up.headers)
+    recs = the_ws_flow(Artifacts(gw.store_dir))
+    assert [(r["from"], body_bytes(r)) for r in recs if r["t"] == "ws.message"] == [
+        ("client", b"through the reverse listener"), ("server", b"through the reverse listener")]
+    assert recs[0]["mode"] == "reverse"

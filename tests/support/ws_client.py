@@ -61,6 +61,12 @@ class WsClient:
         return cls._upgrade(sock, host, path, headers, timeout)
 
     @classmethod
+    def direct(cls, port: int, path: str, *, host: str = "127.0.0.1", headers=(), timeout: float = 10.0) -> "WsClient":
+        """Plain ws:// to a listener on 127.0.0.1 (the gateway's reverse mode)."""
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        return cls._upgrade(sock, f"{host}:{port}", path, headers, timeout)
+
+    @classmethod
     def _upgrade(cls, sock, host: str, path: str, headers, timeout: float) -> "WsClient":
         ws = WSConnection(ConnectionType.CLIENT)
         extra = [(k.encode(), v.encode()) for k, v in headers]
