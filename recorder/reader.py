@@ -417,9 +417,14 @@ def _number(value) -> int:
 
 
 def _flow_bytes(recs: list[dict]) -> int:
+    # A WebSocket's or raw TCP flow's messages are counted in its ws.close / tcp.close.
+    after = sum(sum(_number(v) for v in rec["size"].values()) for rec in recs
+                if rec.get("t") in ("ws.close", "tcp.close") and isinstance(rec.get("size"), dict))
     for rec in recs:
         if rec.get("t") == "http.end" and isinstance(rec.get("size"), dict):
-            return sum(_number(v) for v in rec["size"].values())
+            return sum(_number(v) for v in rec["size"].values()) + after
+    if after:
+        return after
     total = 0
     for rec in recs:
         if rec.get("t") in ("http.request", "http.response", "http.chunk") and isinstance(rec.get("body"), dict):

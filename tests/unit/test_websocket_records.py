@@ -12,7 +12,7 @@ import zstandard
 from recorder import format_v1
 from recorder.config import MaskingConfig
 from recorder.masking import Masker
-from recorder.reader import read_session
+from recorder.reader import read_session, summarize
 from recorder.websocket_records import WsState, ws_close_fields, ws_message_fields
 from recorder.writer import RecordWriter
 from recorder.writer_process import ProcessRecordWriter
@@ -168,6 +168,7 @@ def test_the_websocket_vector_matches_the_codec_the_file_and_the_spec(tmp_path):
     path.write_bytes(cobj.compress(b"".join(x + b"\n" for x in lines)) + cobj.flush())
     r = read_session(path)
     assert r.problems == [] and r.state == "closed"
+    assert summarize(r).bytes == 55 + 57  # ls counts the WebSocket's messages (ws.close size)
 
 
 @pytest.mark.parametrize("rtype, fields, problem", [
