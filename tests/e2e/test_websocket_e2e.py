@@ -254,3 +254,23 @@ def test_reverse_mode_websocket_takes_the_identity_token_as_api_key_and_sends_th
     assert [(r["from"], body_bytes(r)) for r in recs if r["t"] == "ws.message"] == [
         ("client", b"through the reverse listener"), ("server", b"through the reverse listener")]
     assert recs[0]["mode"] == "reverse"
+
+
+def test_mask_requests_and_mask_responses_mask_websocket_messages_as_they_are_forwarded(
+        start_gateway, idp, ws_upstream, key_file):
+    config = ws_config(idp)
+    config["masking"] = {"mask_requests": True, "mask_responses": True}
+    gw = start_gateway(config=config, extra_toml=ws_connection(ws_upstream, key_file))
+    client = WsClient.through_proxy(gw, ws_upstream.host, "/echo", token=idp.token("alice", groups=["engineering"]))
+    client.send_text(json.dumps({"x_fake": "send", "messages": [{"text_b64": b64(f"server says {SPLIT_SECRET}")}]}))
+    [(kind, got)] = client.recv(1)
+    assert SPLIT_SECRET.encode() not in got and got.startswith(b"server says [MASKED:")
+    client.send_text(f"client says {SPLIT_SECRET}")
+    [(kind, echoed)] = client.recv(1)
+    client.close()
+    up = ws_upstream.connection()
+    assert up.wait(lambda c: c.closed is not None)
+    assert gw.stop() == 0
+    sent = up.messages[1][1]  # the upstream's own log: what it received
+    assert SPLIT_SECRET.encode() not in sent and sent.startswith(b"client says [MASKED:")
+    assert SPLIT_SECRET.encode() not in store_bytes(gw.store_dir)
