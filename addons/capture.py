@@ -33,6 +33,7 @@ from recorder.writer_process import ProcessRecordWriter
 
 log = logging.getLogger("wiretrail")
 
+KILLED = "wiretrail.killed"  # flow.metadata: why a part killed the flow in `response` (recorded)
 NOT_RESPONDING = "storage not responding"  # the cause when a record is late past storage.write_timeout
 _MAX_BATCH_BYTES = 1 << 20  # a fast stream is recorded in batches of at most 1 MiB
 _URL_CACHE_SIZE = 4096  # recorded URLs remembered; an agent calls the same few again and again
@@ -275,7 +276,14 @@ class Capture:
             fc.wire["response"] = len(body.data)
             fc.session.record("http.response", self._response_fields(flow, body, streamed=False))
         self._flush_all(fc, final=True)
+        killed = flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
+        if killed:
+            # Killed in `response` by a part of the gateway: the reply was not forwarded.
+            fc.session.record("http.error", {"flow": fc.flow_id, "phase": "response", "message": self._mask_text(
+                flow.metadata.get(KILLED) or flow.error.msg)})
         self._record_end(flow, fc)
+        if flow.websocket is not None and not killed:
+            return  # it goes on as a WebSocket; addons/websocket.py ends it with its ws.close
         self._end(fc)
 
     def _complete_now(self, fc: FlowCapture) -> None:

@@ -24,7 +24,9 @@ from addons.heap import FreezeStartupHeap  # noqa: E402
 from addons.identity import Identity  # noqa: E402
 from addons.masking import Masking  # noqa: E402
 from addons.policy import Policy  # noqa: E402
+from addons.raw_tcp import RawTcp  # noqa: E402
 from addons.startup import StartupGate  # noqa: E402
+from addons.websocket import WebSocketCapture  # noqa: E402
 
 _gate = StartupGate()  # mitmproxy listens before `running`: flows wait for it
 _config = WiretrailConfig()
@@ -41,6 +43,8 @@ parts = [
     Policy(_config, _identity, on_tunnel=_capture.record_tunnel),
     _credentials,
     _masking,
+    RawTcp(_config, _identity, _capture, _masking),  # before capture: a refused 101 is killed first
+    WebSocketCapture(_config, _capture, _masking),  # before capture: its `done` closes open WebSockets first
     _capture,
     FreezeStartupHeap(),  # after every part has built what it keeps
     _gate.opener(),  # last: opens the gate once every part above has run `running`

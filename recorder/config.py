@@ -122,6 +122,7 @@ class IdentityConfig:
 @dataclass(frozen=True)
 class PolicyConfig:
     unregistered: str = "deny"  # deny | tunnel | record
+    raw_tcp: str = "refuse"  # refuse | record: bytes that are not HTTP (nor WebSocket) inside a tunnel
 
 
 @dataclass(frozen=True)
@@ -551,6 +552,9 @@ SCHEMA = _Table(dict, (
     Key("policy", _Table(PolicyConfig, (
         Key("unregistered", _OneOf("deny", "tunnel", "record"), "deny",
             "hosts no connection matches: deny, tunnel (not intercepted, not recorded) or record"),
+        Key("raw_tcp", _OneOf("refuse", "record"), "refuse",
+            "bytes that are not HTTP or WebSocket (raw TCP, an unknown protocol): refuse closes the "
+            "connection before anything goes upstream; record records both directions as tcp.* records"),
     ), expected="a table ([policy])"), _EMPTY_TABLE),
     Key("masking", _Table(MaskingConfig, (
         Key("builtin", _Bool(), True, "use the built-in secret patterns"),

@@ -41,6 +41,13 @@ REQUIRED: dict[str, dict[str, object]] = {
     "http.chunk": {"flow": str, "dir": str, "body": dict},
     "http.end": {"flow": str, "size": _ANY, "duration_ms": _ANY, "ttfb_ms": _ANY},
     "http.error": {"flow": str, "phase": str, "message": str},
+    "ws.open": {"flow": str, "conn": _ANY, "connection": _STR_OR_NULL, "url": str},
+    "ws.message": {"flow": str, "from": str, "n": int, "kind": str, "body": dict},
+    "ws.close": {"flow": str, "code": _ANY, "by": _STR_OR_NULL, "messages": dict},
+    "tcp.open": {"flow": str, "conn": _ANY, "connection": _STR_OR_NULL, "host": _STR_OR_NULL, "port": _ANY},
+    "tcp.message": {"flow": str, "from": str, "n": int, "body": dict},
+    "tcp.close": {"flow": str, "messages": dict, "size": dict},
+    "tcp.refused": {"conn": _ANY, "host": _STR_OR_NULL, "port": _ANY, "reason": str, "message": str},
     "session.close": {"reason": str, "counts": dict},
     "checkpoint": {"key": str, "sig": str},
     "seal": {"key": str, "sig": str},
@@ -229,7 +236,11 @@ def _check_fields(seq: int, rec: dict) -> list[Problem]:
             out.append(Problem(seq, "field", f"{t}: field \"{key}\" has the wrong type ({type(rec[key]).__name__})"))
     if t == "http.chunk" and rec.get("dir") not in ("request", "response", None):
         out.append(Problem(seq, "field", f"http.chunk: dir {rec.get('dir')!r} is not \"request\" or \"response\""))
-    if t in ("http.request", "http.response", "http.chunk") and isinstance(rec.get("body"), dict):
+    if t in ("ws.message", "tcp.message") and rec.get("from") not in ("client", "server", None):
+        out.append(Problem(seq, "field", f"{t}: from {rec.get('from')!r} is not \"client\" or \"server\""))
+    if t == "ws.message" and rec.get("kind") not in ("text", "binary", None):
+        out.append(Problem(seq, "field", f"ws.message: kind {rec.get('kind')!r} is not \"text\" or \"binary\""))
+    if t in ("http.request", "http.response", "http.chunk", "ws.message", "tcp.message") and isinstance(rec.get("body"), dict):
         p = _check_body(seq, f"{t}: body", rec["body"])
         if p:
             out.append(p)
@@ -406,9 +417,14 @@ def _number(value) -> int:
 
 
 def _flow_bytes(recs: list[dict]) -> int:
+    # A WebSocket's or raw TCP flow's messages are counted in its ws.close / tcp.close.
+    after = sum(sum(_number(v) for v in rec["size"].values()) for rec in recs
+                if rec.get("t") in ("ws.close", "tcp.close") and isinstance(rec.get("size"), dict))
     for rec in recs:
         if rec.get("t") == "http.end" and isinstance(rec.get("size"), dict):
-            return sum(_number(v) for v in rec["size"].values())
+            return sum(_number(v) for v in rec["size"].values()) + after
+    if after:
+        return after
     total = 0
     for rec in recs:
         if rec.get("t") in ("http.request", "http.response", "http.chunk") and isinstance(rec.get("body"), dict):

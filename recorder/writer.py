@@ -27,6 +27,7 @@ import zstandard
 
 from recorder import format_v1, ledger as ledger_mod, recovery, retention
 from recorder.bodies import render_bodies
+from recorder.ws_masking import held_records
 from recorder.signing import Signer
 
 Ack = Callable[[BaseException | None], None]
@@ -35,6 +36,14 @@ FSYNC_POLICIES = ("batch", "always", "never")
 _MAX_BATCH = 512
 COALESCE = 0.02  # seconds a record nobody waits for may sit before it is written
 _ZSTD_LEVEL = 3
+
+
+def _chained(chain: format_v1.Chain, records: list[tuple]) -> list[bytes]:
+    """Lines for several records, all or none: the chain moves only once every one encoded."""
+    scratch = format_v1.Chain(chain.seq, chain.prev)
+    lines = [scratch.next_line(rtype, ts, render_bodies(fields)) for rtype, ts, fields in records]
+    chain.seq, chain.prev = scratch.seq, scratch.prev
+    return lines
 
 
 class StorageError(OSError):
@@ -345,15 +354,20 @@ class RecordWriter:
             # What the file holds, counted here: checkpoints included, the seal not.
             fields = dict(fields, counts=dict(fields["counts"], records=sf.chain.seq + 1))
         try:
-            fields = render_bodies(fields)
-            line = sf.chain.next_line(rtype, op.ts, fields)
+            held = held_records(rtype, op.ts, fields)  # WebSocket messages masking holds (ws_masking.py)
+            if held is None:
+                lines = [sf.chain.next_line(rtype, op.ts, render_bodies(fields))]
+            else:
+                lines = _chained(sf.chain, held)
         except Exception as e:  # a record that cannot be encoded must not kill the thread
             err = StorageError("record could not be encoded", f"{rtype}: {e!r}")
             self._report(err)
             return err
-        sf.pending.append(line)
-        sf.records += 1
-        sf.unsigned += 1
+        if not lines:
+            return None
+        sf.pending.extend(lines)
+        sf.records += len(lines)
+        sf.unsigned += len(lines)
         touched[sf.session_id] = sf
         if isinstance(op, _Open) and self._ledger is not None:
             self._ledger.append(ledger_mod.SESSION_OPEN, op.ts, {

@@ -45,6 +45,26 @@ def chunk(data: bytes, ref: int, final: bool, encoding, max_body: int, masked: b
     return ChunkBytes(data, stream, final)
 
 
+def ws_message(data: bytes, text: bool, ref: int, max_body: int, hold: bool, masked: bool, before: int | None):
+    from recorder.ws_masking import WsDirection, WsMessageBody
+
+    def direction_of(r: int, hold: bool):
+        d = _streams.get(r)
+        if d is None:
+            d = _streams[r] = WsDirection(_masker if masked else None, max_body, hold)
+        return d
+
+    direction = direction_of(ref, hold)
+    if before is not None and direction.before is None:
+        direction.before = direction_of(before, True)
+    return WsMessageBody(data, text, direction)
+
+
+def ws_flush(refs: tuple):
+    from recorder.ws_masking import WsDirection, WsFlush
+    return WsFlush(*(_streams.pop(ref, None) or WsDirection() for ref in refs))
+
+
 def _die_with_parent(parent_pid: int) -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

@@ -58,6 +58,7 @@ class Turn:
     conversation: str | None = None
     new_messages: list[Message] | None = None  # filled by conversation.mark_new
     history_note: str | None = None
+    ts: float | None = None  # when this turn's request was made, where that is not the exchange's start (WebSocket)
 
 
 def text_of(value) -> str:
