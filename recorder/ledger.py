@@ -142,10 +142,19 @@ def read_ledger(path: str | os.PathLike, verifiers: list[Verifier] | None = None
     *complete, tail = data.split(b"\n")
     result.partial_tail = len(tail)
     result.size_complete = len(data) - len(tail)
-    result.lines = complete
+    check_lines(result, complete, verifiers)
+    result.problems.extend(result.state.problems)
+    return result
+
+
+def check_lines(result: LedgerRead, lines: list[bytes], verifiers: list[Verifier] | None) -> None:
+    """Check complete ledger lines that follow result.lines (chain from result.head, seq, signatures)
+    and fold them into result. A reader that follows a growing ledger calls it with each new part.
+    Problems of the folded state (result.state.problems) are the caller's to collect."""
     by_id = {v.key_id: v for v in verifiers or []}
-    prev = format_v1.ZERO_HASH
-    for i, line in enumerate(complete):
+    prev = result.head
+    for i, line in enumerate(lines, start=len(result.lines)):
+        result.lines.append(line)
         try:
             e = orjson.loads(line)
             if not isinstance(e, dict):
@@ -179,8 +188,6 @@ def read_ledger(path: str | os.PathLike, verifiers: list[Verifier] | None = None
         result.state.apply(e)
         prev = format_v1.line_hash(line)
     result.head = prev
-    result.problems.extend(result.state.problems)
-    return result
 
 
 # -- writing (the writer thread) -----------------------------------------------------------
