@@ -132,7 +132,11 @@ class Base(tornado.web.RequestHandler):
         raise tornado.web.Finish()
 
     async def run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, fn, *args)
+        """fn(*args) on a worker thread; the index's background pass gives way meanwhile."""
+        def job():
+            with self.ctx.index.serving():
+                return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, job)
 
     def page(self, name: str, **values):
         values.setdefault("reviewer", self.reviewer)
