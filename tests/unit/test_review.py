@@ -415,8 +415,10 @@ def test_login_sets_a_strict_httponly_cookie_and_refuses_other_sites(served):
         cookie = r.headers["set-cookie"]
         assert cookie.startswith(f"{COOKIE}=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
         assert c.get("/").status_code == 200
-        r = c.post("/login", data={"token": token()}, headers={"Origin": "http://evil.example"})
-        assert r.status_code == 403
+        for other_site in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site", "Origin": "null"},
+                           {"Sec-Fetch-Site": "same-site"}):
+            r = c.post("/login", data={"token": token()}, headers=other_site)
+            assert r.status_code == 403 and "set-cookie" not in r.headers, other_site
         r = c.post("/login", data={"token": token(groups=("eng",))}, headers={"Origin": base})
         assert r.status_code == 403 and "not a reviewer" in r.text
     nonce = ctx.auth.login_link(token())
@@ -454,3 +456,50 @@ def test_live_poll_changes_when_the_file_grows(served):
         time.sleep(0.01)
         assert c.get(f"/s/{s['carol'].id}/poll").json()["version"] != before
         assert 'data-live="0"' in c.get(f"/s/{s['alice'].id}").text
+
+
+def _rechain_ledger(path: Path, edit_at: int) -> None:
+    """Edit one ledger entry and re-chain the lines after it, keeping their signatures (what
+    someone without the key can do)."""
+    import hashlib
+
+    import orjson
+
+    lines = path.read_bytes().splitlines()
+    out, prev = [], "0" * 64
+    for i, line in enumerate(lines):
+        e = orjson.loads(line)
+        if i == edit_at:
+            e["ts"] = e["ts"] + 1
+        e["prev"] = prev
+        new = orjson.dumps(e) if i >= edit_at else line
+        out.append(new)
+        prev = hashlib.sha256(new).hexdigest()
+    path.write_bytes(b"\n".join(out) + b"\n")
+
+
+@pytest.mark.parametrize("edit_at", [1, -1])
+def test_a_rewritten_ledger_is_caught_with_one_signature_check_per_batch(store, edit_at):
+    st, s = store
+    ledger = st.dir / "ledger.jsonl"
+    n = len(ledger.read_bytes().splitlines())
+    _rechain_ledger(ledger, edit_at % n)
+    page = index_of(st).page(Filters())
+    assert any("ledger signature does not verify" in p for p in page.ledger_problems), page.ledger_problems
+    assert index_of(st, keyed=False).page(Filters()).ledger_problems == []  # the chain alone cannot tell
+
+
+def test_the_ledger_is_followed_as_it_grows(tmp_path):
+    st = Store(tmp_path)
+    w = st.session("a")
+    w.chat([{"role": "user", "content": "1"}], reply_text="ok")
+    w.leave_open()
+    idx = index_of(st)
+    deadline = time.monotonic() + 10
+    while idx.page(Filters()).matched != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert idx.page(Filters()).rows[0].integrity.state == "open"
+    w.close()
+    st.writer.stop()
+    page = idx.page(Filters())
+    assert page.rows[0].integrity.state == "verified" and page.ledger_problems == []
