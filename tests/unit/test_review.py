@@ -238,6 +238,7 @@ def test_turns_diffs_tool_calls_and_unknown_records(store):
     assert ("masked", "[MASKED:openai-key:0123abcd]") in [(x.kind, x.text) for x in result.text]
     assert t3.protocol == "mcp" and t3.messages[0].parts[0].label == "tool call search [1]"
     assert refused.refusal == "forbidden: not in group"
+    assert [t.tool_calls for t in turns] == [1, 0, 1, 0]  # the model's call counts where it was made, not where echoed
     assert t1.duration == "420 ms" and t1.ttfb == "250 ms" and t1.usage == "tokens 100 in, 20 out"
     assert [r.t for r in t1.records] == ["http.request", "http.response", "http.end"]
     assert t1.records[0].anchor == f"seq-{t1.first_seq}"
