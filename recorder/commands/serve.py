@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import ipaddress
 import signal
 import sys
 import threading
@@ -50,17 +49,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     from recorder.config import ConfigError, load_config
+    from recorder.connections import is_loopback_host
     from recorder.identity import TokenVerifier, mint_dev_token
     from recorder.review.auth import ReviewAuth
     from recorder.review.index import SessionIndex
@@ -109,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         host, port = parse_listen(args.listen or config.review.listen)
     except ValueError as e:
         return _fail(str(e))
-    if not _loopback(host):
+    if not is_loopback_host(host):
         print(f"wiretrail serve: warning: listening on {host}, not loopback, over plain http: the login cookie "
               "carries the identity token; put the page behind a TLS reverse proxy", file=sys.stderr)
 

@@ -20,7 +20,7 @@ import zstandard
 
 from recorder.identity import mint_dev_token
 from tests.support.clients import trust
-from tests.support.review_browser import NO_SCRIPT_RAN, Serve, chromium, need_chromium
+from tests.support.review_browser import NO_SCRIPT_RAN, Serve, chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(300)]
 

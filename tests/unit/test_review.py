@@ -178,14 +178,18 @@ def test_bad_filters_say_what_to_give(query, message):
         Filters.from_query(lambda n: query.get(n, ""))
 
 
-def test_paging(tmp_path):
+def small_sessions(tmp_path, n: int) -> Store:
     st = Store(tmp_path)
-    for i in range(7):
+    for i in range(n):
         w = st.session(f"u{i}")
         w.chat([{"role": "user", "content": str(i)}], reply_text="ok")
         w.close()
     st.writer.stop()
-    idx = index_of(st)
+    return st
+
+
+def test_paging(tmp_path):
+    idx = index_of(small_sessions(tmp_path, 7))
     p1, p2, p3 = (idx.page(Filters(), page, 3) for page in (1, 2, 3))
     assert [r.sub for r in p1.rows] == ["u6", "u5", "u4"] and p1.has_next
     assert [r.sub for r in p2.rows] == ["u3", "u2", "u1"] and p2.has_next
@@ -193,13 +197,7 @@ def test_paging(tmp_path):
 
 
 def test_the_first_page_reads_only_what_it_shows(tmp_path):
-    st = Store(tmp_path)
-    for i in range(12):
-        w = st.session(f"u{i}")
-        w.chat([{"role": "user", "content": str(i)}], reply_text="ok")
-        w.close()
-    st.writer.stop()
-    idx = index_of(st)
+    idx = index_of(small_sessions(tmp_path, 12))
     page = idx.page(Filters(), 1, 5)
     assert page.has_next and page.matched is None and page.indexed == 6  # 5 shown + 1 that proves a next page
     assert idx.warm() == 12
@@ -504,3 +502,12 @@ def test_the_ledger_is_followed_as_it_grows(tmp_path):
     st.writer.stop()
     page = idx.page(Filters())
     assert page.rows[0].integrity.state == "verified" and page.ledger_problems == []
+
+
+def test_a_link_from_another_site_reloads_once_to_send_the_strict_cookie(served):
+    base, s, _, _ = served
+    with httpx.Client(base_url=base, trust_env=False) as c:
+        r = c.get(f"/s/{s['alice'].id}", headers={"Sec-Fetch-Site": "cross-site"})
+        assert r.status_code == 401 and '<meta http-equiv="refresh" content="0">' in r.text
+        r = c.get(f"/s/{s['alice'].id}", headers={"Sec-Fetch-Site": "same-origin"})  # the reload: no loop
+        assert r.status_code == 401 and "http-equiv" not in r.text
