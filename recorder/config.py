@@ -117,6 +117,7 @@ class IdentityConfig:
     groups_claim: str = "groups"
     leeway: float = 30.0
     jwks_refresh_interval: float = 30.0  # seconds between JWKS fetches that an unknown kid triggers
+    review_groups: tuple[str, ...] = ()  # groups whose members may use `wiretrail serve`; empty = nobody
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,12 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True)
+class ReviewConfig:
+    listen: str = "127.0.0.1:8090"  # where `wiretrail serve` listens
+    verify_keys: tuple[Path, ...] = ()  # public keys the review page verifies signatures with
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     storage: StorageConfig
     sessions: SessionsConfig
@@ -169,6 +176,7 @@ class GatewayConfig:
     masking: MaskingConfig
     capture: CaptureConfig
     connections: tuple[ConnectionConfig, ...]
+    review: ReviewConfig = ReviewConfig()
     source: Path | None = None  # None = the embedded default
 
 
@@ -548,6 +556,8 @@ SCHEMA = _Table(dict, (
         Key("leeway", _Number(ge=0), 30.0, "seconds of clock skew allowed on exp/nbf/iat"),
         Key("jwks_refresh_interval", _Number(gt=0, le=3600), 30.0,
             "seconds between the JWKS fetches an unknown kid triggers (a rate limit)"),
+        Key("review_groups", _NAMES, (), "groups whose members may read sessions with `wiretrail serve`; "
+            "empty = nobody"),
     ), check=_check_identity, expected="a table ([identity])"), _EMPTY_TABLE),
     Key("policy", _Table(PolicyConfig, (
         Key("unregistered", _OneOf("deny", "tunnel", "record"), "deny",
@@ -591,6 +601,12 @@ SCHEMA = _Table(dict, (
         Key("allow_groups", _NAMES, (), "groups allowed to use it; empty = any authenticated identity"),
     )), "an array of tables, written [[connections]]", unique="name", check=_check_connection_hosts),
         (), "registered upstreams"),
+    Key("review", _Table(ReviewConfig, (
+        Key("listen", _Text('an address "HOST:PORT", e.g. "127.0.0.1:8090"', r"\S+:\d{1,5}"), "127.0.0.1:8090",
+            "where `wiretrail serve` listens"),
+        Key("verify_keys", _ListOf(_PathValue(), 'an array of paths, e.g. ["keys/gateway.pub"]'), (),
+            "the gateway's public keys (PEM), kept outside the store, that the review page checks signatures with"),
+    ), expected="a table ([review])"), _EMPTY_TABLE),
 ))
 
 
@@ -660,6 +676,7 @@ audience = "wiretrail"
 hs256_secret = "file:keys/dev-identity.secret"   # made on first start, mode 0600
 groups_claim = "groups"
 leeway = 30
+review_groups = ["reviewers"]   # who may read sessions with `wiretrail serve`
 
 [policy]
 unregistered = "record"
@@ -684,6 +701,10 @@ name = "anthropic"
 hosts = ["api.anthropic.com"]
 credential = "none"
 inject = "none"
+
+[review]
+listen = "127.0.0.1:8090"             # wiretrail serve
+verify_keys = ["keys/gateway.pub"]    # the demo's public key; a real deployment keeps it off the gateway host
 """
 
 _TOML_AT = re.compile(r"(.*) \(at line (\d+), column (\d+)\)\Z", re.DOTALL)

@@ -142,10 +142,26 @@ def read_ledger(path: str | os.PathLike, verifiers: list[Verifier] | None = None
     *complete, tail = data.split(b"\n")
     result.partial_tail = len(tail)
     result.size_complete = len(data) - len(tail)
-    result.lines = complete
+    check_lines(result, complete, verifiers)
+    result.problems.extend(result.state.problems)
+    return result
+
+
+def check_lines(result: LedgerRead, lines: list[bytes], verifiers: list[Verifier] | None, *,
+                every_signature: bool = True) -> None:
+    """Check complete ledger lines that follow result.lines (chain from result.head, seq, signatures)
+    and fold them into result. A reader that follows a growing ledger calls it with each new part.
+    Problems of the folded state (result.state.problems) are the caller's to collect.
+
+    every_signature=False checks the signature of the last signed line only, when every line
+    before it is chained intact: each signature covers its line's `prev`, so it commits to every
+    line before it. If anything is wrong, every signature is checked, to name the lines."""
     by_id = {v.key_id: v for v in verifiers or []}
-    prev = format_v1.ZERO_HASH
-    for i, line in enumerate(complete):
+    prev = result.head
+    problems_before = len(result.problems)
+    deferred: list[tuple[int, Verifier, bytes, str]] = []
+    for i, line in enumerate(lines, start=len(result.lines)):
+        result.lines.append(line)
         try:
             e = orjson.loads(line)
             if not isinstance(e, dict):
@@ -173,14 +189,25 @@ def read_ledger(path: str | os.PathLike, verifiers: list[Verifier] | None = None
                 v = by_id.get(kid)
                 if v is None:
                     result.problems.append((i, f"ledger entry signed by key {kid}, not by the --key given"))
-                elif not v.verify(LEDGER_CONTEXT + unsigned, sig):
-                    result.problems.append((i, "ledger signature does not verify: the entry was altered or forged"))
+                elif every_signature:
+                    if not v.verify(LEDGER_CONTEXT + unsigned, sig):
+                        result.problems.append((i, _BAD_LEDGER_SIG))
+                else:
+                    deferred.append((i, v, unsigned, sig))
         result.entries.append(e)
         result.state.apply(e)
         prev = format_v1.line_hash(line)
     result.head = prev
-    result.problems.extend(result.state.problems)
-    return result
+    if deferred:
+        i, v, unsigned, sig = deferred[-1]
+        if len(result.problems) > problems_before or not v.verify(LEDGER_CONTEXT + unsigned, sig):
+            for i, v, unsigned, sig in deferred:
+                if not v.verify(LEDGER_CONTEXT + unsigned, sig):
+                    result.problems.append((i, _BAD_LEDGER_SIG))
+            result.problems.sort(key=lambda p: -1 if p[0] is None else p[0])
+
+
+_BAD_LEDGER_SIG = "ledger signature does not verify: the entry was altered or forged"
 
 
 # -- writing (the writer thread) -----------------------------------------------------------

@@ -304,19 +304,7 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
         if lv is not None and p.is_dir():
             scope = _relative(p, lpath.parent)
             present = {_relative(f, lpath.parent) for f in found}
-            for entry in lv.read.state.sessions.values():
-                if scope and not entry.path.startswith(scope + "/"):
-                    continue
-                if entry.state == "deleted":
-                    lv.deleted += 1
-                    continue
-                if entry.state == "failed" and entry.end.get("file") == "removed":
-                    continue  # storage failed before any record reached the disk; the writer removed it
-                if entry.path not in present:
-                    lv.missing.append((entry, f"session file deleted or moved: the ledger opened session "
-                                              f"{entry.session} here at ledger seq {entry.open_seq}"
-                                              + (f" and recorded it {entry.state} at seq {entry.end_seq}"
-                                                 if entry.end_seq is not None else "")))
+            check_missing(lv, present, scope)
     report = Report(files, list(ledgers.values()))
     for seq, head in anchors or []:
         hits = [lv for lv in report.ledgers if seq < len(lv.read.lines)
@@ -326,6 +314,24 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
                 f"anchor seq {seq} sha256 {head}: no ledger checked has that entry: the ledger was cut "
                 "back, rewritten or replaced since the anchor was taken")
     return report
+
+
+def check_missing(lv: LedgerVerdict, present: set[str], scope: str = "") -> None:
+    """Ledger entries (under `scope`) whose file is not among `present` (paths relative to the
+    store) go into lv.missing; sessions retention deleted are counted in lv.deleted."""
+    for entry in lv.read.state.sessions.values():
+        if scope and not entry.path.startswith(scope + "/"):
+            continue
+        if entry.state == "deleted":
+            lv.deleted += 1
+            continue
+        if entry.state == "failed" and entry.end.get("file") == "removed":
+            continue  # storage failed before any record reached the disk; the writer removed it
+        if entry.path not in present:
+            lv.missing.append((entry, f"session file deleted or moved: the ledger opened session "
+                                      f"{entry.session} here at ledger seq {entry.open_seq}"
+                                      + (f" and recorded it {entry.state} at seq {entry.end_seq}"
+                                         if entry.end_seq is not None else "")))
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -127,7 +127,7 @@ def table(rows: list[tuple[str, ...]]) -> list[str]:
     return [fmt(HEADERS)] + [fmt(r) for r in rows]
 
 
-def _hosts(records: list[dict]) -> set[str]:
+def hosts_of(records: list[dict]) -> set[str]:
     out = set()
     for r in records:
         if r.get("t") in ("http.request", "auth.refused") and isinstance(r.get("url"), str):
@@ -139,7 +139,7 @@ def _hosts(records: list[dict]) -> set[str]:
     return out
 
 
-def _host_matches(hosts: set[str], want: str) -> bool:
+def host_matches(hosts: set[str], want: str) -> bool:
     want = want.lower().strip(".")
     return any(h == want or h.endswith("." + want) for h in hosts)
 
@@ -159,7 +159,7 @@ def select(d: Path, args) -> list[tuple[SessionSummary, dict]]:
         read = read_session(f)
         if getattr(args, "user", None) and not _identity_matches(read, args.user):
             continue
-        if getattr(args, "host", None) and not _host_matches(_hosts(read.records), args.host):
+        if getattr(args, "host", None) and not host_matches(hosts_of(read.records), args.host):
             continue
         s = summarize(read)
         if since is not None and (s.end if s.end is not None else float("inf")) < since:

@@ -103,7 +103,7 @@ def body_preview(body) -> str:
     return f"body {size_text}{note}: <binary>"
 
 
-def _details(rec: dict) -> tuple[str, str]:
+def record_details(rec: dict) -> tuple[str, str]:
     """(summary, body preview) of one record."""
     t = rec.get("t")
     if t == "session.open":
@@ -186,7 +186,7 @@ def header(read: SessionRead) -> list[str]:
 def record_lines(rec: dict) -> list[str]:
     flow = rec.get("flow")
     short = flow[:8] if isinstance(flow, str) else ""
-    summary, body = _details(rec)
+    summary, body = record_details(rec)
     seq = rec.get("seq")
     first = f"{seq if isinstance(seq, int) else '?':>5} {_clock(rec.get('ts'))} {str(rec.get('t')):<14} {short:<8}  {summary}"
     out = [safe(first.rstrip())]

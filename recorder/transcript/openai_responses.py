@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from recorder.transcript.exchange import Exchange
-from recorder.transcript.model import Message, Part, Turn, load_json, parse_json_args, text_of
+from recorder.transcript.model import Message, Part, Turn, load_json, parse_json_args, text_of, tool_table
 from recorder.transcript.sse import is_sse, parse_sse
 
 PROTOCOL = "openai.responses"
@@ -94,6 +94,8 @@ def apply_request(turn: Turn, req: dict) -> None:
         turn.notes.append(f"continues response {req['previous_response_id']}")
     else:
         turn.conversation = PROTOCOL + ":" + (turn.messages[0].fingerprint() if turn.messages else "")
+    if isinstance(req.get("tools"), list):
+        turn.tools = tool_table(req["tools"], lambda t: t.get("name") or t.get("type"))
     if req.get("tools"):
         turn.notes.append("tools offered: " + ", ".join(str(t.get("name") or t.get("type")) for t in req["tools"] if isinstance(t, dict)))
 
