@@ -24,6 +24,7 @@ from addons.heap import FreezeStartupHeap  # noqa: E402
 from addons.identity import Identity  # noqa: E402
 from addons.masking import Masking  # noqa: E402
 from addons.policy import Policy  # noqa: E402
+from addons.postgres import Postgres  # noqa: E402
 from addons.startup import StartupGate  # noqa: E402
 
 _gate = StartupGate()  # mitmproxy listens before `running`: flows wait for it
@@ -42,6 +43,7 @@ parts = [
     _credentials,
     _masking,
     _capture,
+    Postgres(_config, _identity, _masking, _credentials, _capture),  # database front ends; after capture (its sessions)
     FreezeStartupHeap(),  # after every part has built what it keeps
     _gate.opener(),  # last: opens the gate once every part above has run `running`
 ]
