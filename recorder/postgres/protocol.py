@@ -250,6 +250,11 @@ def parse_function_call(body: bytes) -> tuple[int, list[int], list[bytes | None]
     return oid, formats, args
 
 
+def parse_parameter_description(body: bytes) -> list[int]:
+    r = Reader(body)
+    return [r.uint32() for _ in range(r.int16())]
+
+
 def parse_row_description(body: bytes) -> list[tuple[str, int, int]]:
     """[(column name, type oid, format code)]."""
     r = Reader(body)

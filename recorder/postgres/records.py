@@ -245,6 +245,10 @@ class Tracker:
                                 q.columns = cols
                 else:
                     p.columns = cols
+            elif mtype == b"t":
+                p = self._head()
+                if p is not None and p.kind == b"D" and p.name.startswith("S"):
+                    self.statements[p.name[1:]] = pg.parse_parameter_description(body)  # types the server chose
             elif mtype == b"C":
                 self._complete(pg.Reader(body).cstr())
             elif mtype == b"I":

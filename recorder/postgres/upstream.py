@@ -87,7 +87,11 @@ async def connect(s: UpstreamSettings, password: str | None, startup: dict[str, 
     the gateway's). Raises UpstreamError with a message for the client."""
     where = f"{s.host}:{s.port}"
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(s.host, s.port), s.connect_timeout)
+        if s.host.startswith("/"):  # a Unix socket directory, as in libpq
+            opening = asyncio.open_unix_connection(f"{s.host}/.s.PGSQL.{s.port}")
+        else:
+            opening = asyncio.open_connection(s.host, s.port)
+        reader, writer = await asyncio.wait_for(opening, s.connect_timeout)
     except (OSError, asyncio.TimeoutError) as e:
         raise UpstreamError("08001", f"the gateway cannot reach the database at {where}: "
                             f"{getattr(e, 'strerror', None) or type(e).__name__}") from None
@@ -107,7 +111,7 @@ async def connect(s: UpstreamSettings, password: str | None, startup: dict[str, 
 
 async def _login(s, reader, writer, password, startup) -> Upstream:
     up = Upstream(reader, writer)
-    if s.tls != "disable":
+    if s.tls != "disable" and not s.host.startswith("/"):
         writer.write(pg.request_packet(pg.SSL_REQUEST))
         answer = await reader.readexactly(1)
         if answer == b"S":
@@ -123,7 +127,7 @@ async def _login(s, reader, writer, password, startup) -> Upstream:
     params = {"user": s.user, **({"database": s.database or startup.get("database") or s.user}), **params}
     writer.write(pg.startup_packet(params))
     scram: ScramClient | None = None
-    cleartext_ok = up.tls is not None or is_loopback_host(s.host)
+    cleartext_ok = up.tls is not None or is_loopback_host(s.host) or s.host.startswith("/")
     while True:
         mtype, body = await read_message(reader)
         if mtype == b"R":

@@ -20,7 +20,7 @@ TYPE_NAMES = {
 
 _EPOCH_2000 = datetime.datetime(2000, 1, 1)
 _DATE_2000 = datetime.date(2000, 1, 1)
-_TEXTUAL = {18, 19, 25, 114, 142, 705, 1042, 1043, 0}
+_TEXTUAL = {18, 19, 25, 114, 142, 1042, 1043}  # binary format = the text's bytes
 
 
 def type_name(oid: int) -> str:
