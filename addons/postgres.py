@@ -92,6 +92,7 @@ class Postgres:
             password=lambda: self.credentials.values.get(conn.name),
             fail_closed=cfg.storage.fail_closed,
             identity_mode=cfg.identity.mode,
+            leeway=cfg.identity.leeway,
         )
 
     def _tls(self, conn: ConnectionConfig) -> tuple[ssl.SSLContext, ssl.SSLContext]:

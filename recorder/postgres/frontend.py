@@ -82,6 +82,7 @@ class Hooks:
     password: Callable[[], str | None]  # the gateway's database credential, read now
     fail_closed: bool = True
     identity_mode: str = "jwt"
+    leeway: float = 30.0  # identity.leeway: a connection ends once its token expired this long ago
 
 
 class Refused(Exception):
@@ -230,6 +231,7 @@ class ClientConnection:
         self.ended = False
         self.bytes = {"client": 0, "server": 0}
         self.sock: socket.socket | None = None
+        self.expires: float | None = None  # when the token the connection was opened with stops being good
 
     # -- records ----------------------------------------------------------------------
 
@@ -312,6 +314,8 @@ class ClientConnection:
             self.ended = True
             return  # a CancelRequest, handled
         identity = startup
+        if identity.expires is not None:
+            self.expires = identity.expires + self.hooks.leeway
         self.session = self.hooks.session_for(identity, self.peer)
         self.fe.connections[self.id] = self
         if self.fe.stopping:
@@ -334,9 +338,11 @@ class ClientConnection:
         self.tracker = Tracker(self.id, self.record, self.hooks.masker, sample_rows=self.s.sample_rows,
                                max_value=self.s.max_value)
         up = self.upstream
+        masker = self.hooks.masker()
+        params = {k: masker.mask_text(v) if masker is not None and v else v for k, v in self.params.items()}
         fields = {
             "conn": self.id, "connection": self.s.name,
-            "client": {"ip": self.peer[0], "port": self.peer[1], "tls": self.tls, "params": self.params},
+            "client": {"ip": self.peer[0], "port": self.peer[1], "tls": self.tls, "params": params},
             "upstream": {"host": self.s.upstream.host, "port": self.s.upstream.port, "user": self.s.upstream.user,
                          "database": self.s.upstream.database or self.params.get("database") or self.s.upstream.user,
                          "tls": up.tls, "auth": up.auth, "backend_pid": up.key[0] if up.key else None},
@@ -497,6 +503,11 @@ class ClientConnection:
                 data = b""
             if not data:
                 return ("client" if tracker.terminated else "client_gone", None, None)
+            if self.expires is not None and time.time() > self.expires:
+                # As for an HTTP tunnel that outlived its token: the client reconnects with a fresh one.
+                return ("token_expired", "the identity token expired; nothing more was forwarded",
+                        (INVALID_PASSWORD, "wiretrail: the identity token this connection was opened with has "
+                         "expired, so this was not sent to the database; reconnect with a new token"))
             self.bytes["client"] += len(data)
             try:
                 records = tracker.client(split.feed(data))

@@ -94,10 +94,11 @@ class Statement:
     replayed_error: str | None = None
     replayed_tag: str | None = None
     replayed_message: str | None = None
+    ran: bool = False
 
     @property
     def same(self) -> bool:
-        return self.skip is None and self.recorded_rows == self.replayed_rows and \
+        return self.skip is None and self.ran and self.recorded_rows == self.replayed_rows and \
             self.recorded_error == self.replayed_error
 
     def json(self) -> dict:
@@ -105,6 +106,8 @@ class Statement:
                "recorded_error": self.recorded_error, "recorded_tag": self.recorded_tag}
         if self.skip:
             out["skipped"] = self.skip
+        elif not self.ran:
+            out["would_run"] = True
         else:
             out.update(replayed_rows=self.replayed_rows, replayed_error=self.replayed_error,
                        replayed_tag=self.replayed_tag, same=self.same)
@@ -141,6 +144,7 @@ def plan(records: list[dict], *, allow_writes: bool) -> list[Statement]:
 
 
 async def _run_one(up, st: Statement, read_only: bool) -> None:
+    st.ran = True
     w, r = up.writer, up.reader
     if read_only:
         w.write(pg.query_message("BEGIN TRANSACTION READ ONLY"))
@@ -196,14 +200,19 @@ def table(planned: list[Statement]) -> list[str]:
         if st.skip:
             out.append(f"     skipped ({st.skip})  {rec.strip()}")
             continue
+        if not st.ran:
+            out.append(f"     would run (dry run)  {rec.strip()}")
+            continue
         got = f"replayed {st.replayed_tag or ''}" + (f" ERROR {st.replayed_error}: {st.replayed_message}"
                                                       if st.replayed_error else "")
         verdict = "same" if st.same else "DIFFERENT"
         out.append(f"     {verdict}: {rec.strip()} (rows {st.recorded_rows});  {got.strip()} (rows {st.replayed_rows})"
                    + ("  [masked values sent as masked text]" if st.masked else ""))
-    ran = [s for s in planned if not s.skip]
+    ran = [s for s in planned if s.ran]
     differ = [s for s in ran if not s.same]
-    out.append(f"{len(ran)} statement(s) replayed, {len(differ)} different, {len(planned) - len(ran)} skipped")
+    skipped = sum(1 for s in planned if s.skip)
+    out.append(f"{len(ran)} statement(s) replayed, {len(differ)} different, {skipped} skipped"
+               + ("" if ran or not planned else " (dry run: nothing sent)"))
     return out
 
 

@@ -451,3 +451,69 @@ def test_replay_against_a_second_database_gives_the_same_row_counts(db, pg):
     assert "UPDATE 10" in r.stdout, r.stdout
     with pg.app("sandbox") as app:
         assert app.execute("SELECT count(*) FROM t_rep WHERE v = 'changed'").fetchone()[0] == 10
+
+
+# -- the README's path for a new user ---------------------------------------------------------
+
+
+def test_readme_database_setup_works_as_written(pg, tmp_path, monkeypatch):
+    from recorder.dev_secret import ensure_dev_secret
+    from tests.support.gateway import free_port
+    from tests.support.pg_gateway import wait_listening
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Databases (PostgreSQL)", 1)[1].split("\n## ", 1)[0]
+    toml = re.search(r"```toml\n(.*?)```", section, re.DOTALL).group(1)
+    psql_line = next(ln for ln in section.splitlines() if ln.startswith("psql "))
+    token_line = next(ln for ln in section.splitlines() if "wiretrail token" in ln)
+    port = free_port()
+    toml = toml.replace('"127.0.0.1:15432"', f'"127.0.0.1:{port}"').replace('"127.0.0.1:5432"', f'"127.0.0.1:{pg.port}"')
+    assert f"127.0.0.1:{port}" in toml and f"127.0.0.1:{pg.port}" in toml, "the README's example changed shape"
+    monkeypatch.setenv("PG_APP_PASSWORD", pg.app_password)
+    work = tmp_path / "newcomer"
+    (work / "keys").mkdir(parents=True)
+    subprocess.run([str(WIRETRAIL), "keygen", "keys"], cwd=work, check=True, capture_output=True)
+    ensure_dev_secret(work / "keys" / "dev-identity.secret")  # what the demo's first start makes
+    from tests.support.gateway import Gateway
+
+    gw = Gateway(work, "https://127.0.0.1:9", pg.ca.cert_path)
+    gw.config_text = toml
+    try:
+        gw.start()
+        wait_listening(port)
+        args = token_line.split("$(", 1)[1].rstrip(")").split()
+        args = [a.replace('"$USER"', "newcomer") for a in args]
+        tok = subprocess.run([str(WIRETRAIL), *args[1:]], cwd=work, capture_output=True, text=True, timeout=30)
+        assert tok.returncode == 0, tok.stderr
+        token = tok.stdout.strip()
+        cmd = psql_line[len("psql "):].strip().strip('"')
+        cmd = (cmd.replace("15432", str(port)).replace("$USER", "newcomer")
+               .replace("$HOME/.mitmproxy/mitmproxy-ca-cert.pem", str(gw.ca_path)).replace("$WIRETRAIL_TOKEN", token))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        res = subprocess.run(["psql", "-X", "-w", cmd, "-c", "SELECT current_user, 'hello from the README'"],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert "hello from the README" in res.stdout and " app " in res.stdout, res.stdout + res.stderr
+        with psycopg.connect(host="127.0.0.1", port=port, dbname="app", user="me", password=token,
+                             sslmode="verify-full", sslrootcert=str(gw.ca_path)) as c:
+            assert c.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        gw.stop()
+    recs = [r for r in Artifacts(work / "sessions").records if r["t"] == "pg.query"]
+    assert any("hello from the README" in r["sql"] for r in recs)
+    assert pg.app_password not in gw.log_text()
+
+
+def test_a_connection_ends_when_its_token_expires(db, pg):
+    d = db(config={"identity": {"leeway": 0}})
+    token = d.token(ttl=3)
+    c = d.connect(token)
+    assert c.execute("SELECT 'while-valid'").fetchone() == ("while-valid",)
+    expires = time.time() + 3
+    while time.time() < expires + 0.2:  # a deadline, not a guess: the token says when it ends
+        time.sleep(0.1)
+    mark = pg.log_mark()
+    with pytest.raises(psycopg.OperationalError, match="expired"):
+        c.execute("SELECT 'after-expiry'")
+    assert "after-expiry" not in pg.log_since(mark)
+    recs = d.wait_records(lambda rs: of(rs, "pg.end"))
+    assert of(recs, "pg.end")[0]["reason"] == "token_expired"
