@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from recorder.connections import is_loopback_host
 from recorder.dev_secret import ensure_dev_secret
 
 
@@ -585,7 +586,7 @@ def _check_connections(connections: tuple[ConnectionConfig, ...], at: str) -> No
             raise ConfigError("give both tls_cert and tls_key, or neither (the gateway then issues a certificate "
                               "from its mitmproxy CA)", key=f"{item}.{'tls_key' if conn.tls_key is None else 'tls_cert'}")
         host, port = split_host_port(conn.listen)
-        if conn.allow_plaintext and not _is_loopback(host):
+        if conn.allow_plaintext and not is_loopback_host(host):
             raise ConfigError(f"allow_plaintext is only allowed on a loopback listen address (127.0.0.1, ::1, "
                               f"localhost), not {host}: a token sent without TLS could be read on the network",
                               key=f"{item}.allow_plaintext")
@@ -594,15 +595,6 @@ def _check_connections(connections: tuple[ConnectionConfig, ...], at: str) -> No
                               key=f"{item}.listen")
         listens[(host, port)] = i
     _check_connection_hosts(connections, at)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_connection_hosts(connections: tuple[ConnectionConfig, ...], at: str) -> None:

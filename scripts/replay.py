@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import orjson  # noqa: E402
 
 from recorder import replay  # noqa: E402
+from recorder.postgres import replay as pg_replay  # noqa: E402
 from recorder.commands.ls import safe  # noqa: E402
 from recorder.commands.show import NotFound, find_session  # noqa: E402
 
@@ -59,14 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     if (args.target is None) == (args.pg is None):
         print("replay: give --target URL (HTTP) or --pg CONNINFO (database), one of them", file=err)
         return 2
-    if args.pg is not None:
-        return _replay_database(args)
     try:
         path = find_session(args.session, args.dir, args.config)
         extra = [replay.parse_header(h) for h in args.header]
         read, warnings = replay.check_artifact(path, force=args.force)
-        planned = replay.plan(read, args.target, flows=args.flow, only=args.only, extra_headers=extra)
-    except (NotFound, replay.ReplayUsageError) as e:
+        if args.pg is not None:
+            planned = pg_replay.plan(read.records, allow_writes=args.allow_writes)
+            target = pg_replay.parse_target(args.pg)
+        else:
+            planned = replay.plan(read, args.target, flows=args.flow, only=args.only, extra_headers=extra)
+    except (NotFound, replay.ReplayUsageError, pg_replay.ReplayUsageError) as e:
         print(f"replay: {e}", file=err)
         return 2
     except replay.ReplayRefused as e:
@@ -75,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     for w in warnings:
         print(f"replay: {safe(w)}", file=err)
     if not planned:
-        print("replay: no request to replay (check --flow / --only)", file=err)
+        print("replay: no request to replay (check --flow / --only)" if args.pg is None
+              else "replay: the session has no database statement", file=err)
         return 2
+    if args.pg is not None:
+        return _replay_database(args, read, warnings, planned, target)
     if args.dry_run:
         if args.json:
             doc = {"session": read.session_id, "target": args.target, "dry_run": True,
@@ -104,30 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
-def _replay_database(args) -> int:
-    from recorder.postgres import replay as pg_replay
-
+def _replay_database(args, read, warnings, planned, target) -> int:
     err = sys.stderr
-    try:
-        path = find_session(args.session, args.dir, args.config)
-        read, warnings = replay.check_artifact(path, force=args.force)
-        planned = pg_replay.plan(read.records, allow_writes=args.allow_writes)
-        target = pg_replay.parse_target(args.pg)
-    except (NotFound, pg_replay.ReplayUsageError) as e:
-        print(f"replay: {e}", file=err)
-        return 2
-    except replay.ReplayRefused as e:
-        print("replay: " + "\n".join(safe(line) for line in str(e).split("\n")), file=err)
-        return 1
-    for w in warnings:
-        print(f"replay: {safe(w)}", file=err)
-    if not planned:
-        print("replay: the session has no database statement", file=err)
-        return 2
     if not args.dry_run:
         try:
             asyncio.run(pg_replay.run(target, planned, allow_writes=args.allow_writes))
-        except (pg_replay.UpstreamError, OSError) as e:
+        except (pg_replay.UpstreamError, pg_replay.pg.ProtocolError, asyncio.IncompleteReadError, OSError) as e:
             print(f"replay: cannot replay on the sandbox database: {e}", file=err)
             return 1
     if args.json:

@@ -200,6 +200,14 @@ async def _peek(sock: socket.socket, timeout: float) -> bytes:
     return sock.recv(1, socket.MSG_PEEK)
 
 
+async def _read(reader: asyncio.StreamReader) -> bytes:
+    """The next bytes, or b"" once the peer is gone (closed, reset, or a TLS error)."""
+    try:
+        return await reader.read(READ_SIZE)
+    except (ConnectionError, OSError, ssl.SSLError):
+        return b""
+
+
 async def _streams(sock: socket.socket, ctx: ssl.SSLContext | None):
     """Reader and writer for an accepted socket, server side (so start_tls upgrades as a server)."""
     loop = asyncio.get_running_loop()
@@ -497,10 +505,7 @@ class ClientConnection:
         split = pg.Splitter(CLIENT_KEEP)
         tracker = self.tracker
         while True:
-            try:
-                data = await reader.read(READ_SIZE)
-            except (ConnectionError, OSError, ssl.SSLError):
-                data = b""
+            data = await _read(reader)
             if not data:
                 return ("client" if tracker.terminated else "client_gone", None, None)
             if self.expires is not None and time.time() > self.expires:
@@ -529,10 +534,7 @@ class ClientConnection:
         split = pg.Splitter(SERVER_KEEP | ({b"D"} if self.s.sample_rows else frozenset()))
         tracker = self.tracker
         while True:
-            try:
-                data = await reader.read(READ_SIZE)
-            except (ConnectionError, OSError, ssl.SSLError):
-                data = b""
+            data = await _read(reader)
             if not data:
                 if tracker.terminated:
                     return ("client", None, None)

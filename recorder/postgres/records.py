@@ -106,9 +106,7 @@ class Tracker:
         out: list[tuple[str, dict]] = []
         for mtype, body, size in messages:
             if mtype == b"d":
-                if self.copy is not None:
-                    self.copy["bytes"] += size
-                    self.copy["messages"] += 1
+                self._copy_data(size)
                 continue
             if mtype == b"Q":
                 n = self._next()
@@ -177,6 +175,12 @@ class Tracker:
                 self.terminated = True
         return out
 
+    def _copy_data(self, size: int) -> None:
+        """CopyData of the COPY in progress, either way: counted, never kept."""
+        if self.copy is not None:
+            self.copy["bytes"] += size
+            self.copy["messages"] += 1
+
     def started(self) -> None:
         """The messages just recorded were forwarded now: their durations start here."""
         now = self.clock()
@@ -224,9 +228,7 @@ class Tracker:
                         self._sample(p, body)
                 continue
             if mtype == b"d":
-                if self.copy is not None:
-                    self.copy["bytes"] += size
-                    self.copy["messages"] += 1
+                self._copy_data(size)
                 continue
             if mtype == b"T":
                 cols = pg.parse_row_description(body)
