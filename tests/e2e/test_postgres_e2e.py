@@ -189,13 +189,26 @@ def test_asyncpg_named_prepared_statements_binary_parameters_and_direct_tls(db, 
     assert [t["direct"] for t in tls] == [False, True]
 
 
-def test_md5_upstream_login(db, pg):
-    d = db(user="app_md5", password=pg.md5_password)
-    res = d.psql("-c", "SELECT current_user")
-    assert "app_md5" in res.stdout, res.stderr
-    recs = d.wait_records(lambda rs: of(rs, "pg.connect"))
-    assert of(recs, "pg.connect")[0]["upstream"]["auth"] == "md5"
+def test_own_certificate_plaintext_on_loopback_and_md5_upstream(db, pg):
+    d = db(user="app_md5", password=pg.md5_password, tls_cert=str(pg.ca.server_cert_path),
+           tls_key=str(pg.ca.server_key_path), allow_plaintext=True)
+    res = d.psql("-c", "SELECT current_user", sslmode="verify-full", sslrootcert=str(pg.ca.cert_path))
+    assert "app_md5" in res.stdout, res.stderr  # the configured certificate verifies against its CA
+    res = d.psql("-c", "SELECT 'over plain text'", sslmode="disable")
+    assert "over plain text" in res.stdout, res.stderr  # allow_plaintext, on a loopback listen address
+    recs = d.wait_records(lambda rs: len(of(rs, "pg.connect")) == 2)
+    connects = of(recs, "pg.connect")
+    assert [c["upstream"]["auth"] for c in connects] == ["md5", "md5"]
+    assert connects[0]["client"]["tls"]["version"].startswith("TLS") and connects[1]["client"]["tls"] is None
     assert pg.md5_password.encode() not in d.store_text()
+
+
+def test_client_certificate_upstream_login(db, pg):
+    d = db(user="app_cert", credential=None, client_cert=str(pg.client_cert), client_key=str(pg.client_key))
+    res = d.psql("-c", "SELECT current_user")
+    assert "app_cert" in res.stdout, res.stderr
+    recs = d.wait_records(lambda rs: of(rs, "pg.connect"))
+    assert of(recs, "pg.connect")[0]["upstream"]["auth"] == "certificate"
 
 
 # -- identity ---------------------------------------------------------------------------------

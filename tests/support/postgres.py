@@ -28,6 +28,7 @@ from tests.support.tls import TestCA
 
 APP_USER, APP_DB = "app", "app"
 MD5_USER = "app_md5"
+CERT_USER = "app_cert"  # logs in with a client certificate (hba "cert")
 
 
 def pg_bin(name: str) -> str:
@@ -93,7 +94,9 @@ class PgServer:
         self._own(pwfile, 0o600)
         self._run(pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=scram-sha-256",
                   f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale", "--no-sync")
-        for src, name in ((self.ca.server_cert_path, "server.crt"), (self.ca.server_key_path, "server.key")):
+        client_ca = self._make_client_certs()
+        for src, name in ((self.ca.server_cert_path, "server.crt"), (self.ca.server_key_path, "server.key"),
+                          (client_ca, "client-ca.crt")):
             dst = self.data / name
             shutil.copy(src, dst)
             self._own(dst, 0o600)
@@ -106,6 +109,7 @@ unix_socket_directories = '{self.root}'
 ssl = on
 ssl_cert_file = 'server.crt'
 ssl_key_file = 'server.key'
+ssl_ca_file = 'client-ca.crt'
 password_encryption = 'scram-sha-256'
 log_connections = on
 log_disconnections = on
@@ -118,6 +122,7 @@ max_connections = 60
 """)
         (self.data / "pg_hba.conf").write_text(
             "local all all trust\n"
+            f"hostssl all {CERT_USER} 127.0.0.1/32 cert\n"
             f"host all {MD5_USER} 127.0.0.1/32 md5\n"
             "hostssl all all 127.0.0.1/32 scram-sha-256\n"
             "host all all 127.0.0.1/32 scram-sha-256\n")
@@ -130,7 +135,44 @@ max_connections = 60
             c.execute("SET password_encryption = 'md5'")
             c.execute(f"CREATE ROLE {MD5_USER} LOGIN PASSWORD '{self.md5_password}'")
             c.execute(f"GRANT ALL ON DATABASE {APP_DB} TO {MD5_USER}")
+            c.execute(f"CREATE ROLE {CERT_USER} LOGIN")
         return self
+
+    def _make_client_certs(self) -> Path:
+        """A CA the server trusts for client certificates, and a certificate for CERT_USER
+        (self.client_cert, self.client_key). Returns the CA certificate's path."""
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+
+        def name(cn):
+            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+        ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        ca = (x509.CertificateBuilder().subject_name(name("client CA")).issuer_name(name("client CA"))
+              .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+              .sign(ca_key, hashes.SHA256()))
+        cert = (x509.CertificateBuilder().subject_name(name(CERT_USER)).issuer_name(ca.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+                .sign(ca_key, hashes.SHA256()))
+        certs = self.root / "client"
+        certs.mkdir()
+        self.client_cert, self.client_key = certs / "client.crt", certs / "client.key"
+        self.client_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.client_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+        self.client_key.chmod(0o600)
+        ca_path = certs / "ca.crt"
+        ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        return ca_path
 
     def _start_server(self) -> None:
         r = self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log_path), "-w", "-t", "60", "start",
