@@ -533,3 +533,18 @@ def test_a_connection_ends_when_its_token_expires(db, pg):
     assert "after-expiry" not in pg.log_since(mark)
     recs = d.wait_records(lambda rs: of(rs, "pg.end"))
     assert of(recs, "pg.end")[0]["reason"] == "token_expired"
+
+
+def test_gateway_shutdown_ends_database_connections_on_the_record(db, pg):
+    d = db()
+    c = d.connect()
+    assert c.execute("SELECT 'before shutdown'").fetchone() == ("before shutdown",)
+    assert d.gw.stop() == 0
+    with pytest.raises(psycopg.OperationalError):
+        c.execute("SELECT 'after shutdown'")
+    c.close()
+    arts = Artifacts(d.gw.store_dir)
+    recs = [r for r in arts.records if r["t"].startswith("pg.")]
+    assert of(recs, "pg.end")[0]["reason"] == "shutdown"
+    assert all(s.state in ("closed", "sealed") for s in arts.sessions), arts.summary()
+    assert d.gw.verify_cli().returncode == 0
