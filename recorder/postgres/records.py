@@ -34,7 +34,9 @@ REQUIRED: dict[str, dict[str, object]] = {
 }
 
 # Message types whose bodies are read; the others (DataRow, CopyData) are only counted.
-CLIENT_KEEP = frozenset(bytes([c]) for c in b"QPBEDCSHFXcfp")
+CLIENT_KEEP = frozenset(bytes([c]) for c in b"QPBEDCSHFXcf")
+# What a client may send once it is in. Anything else is refused, not forwarded unrecorded.
+CLIENT_TYPES = CLIENT_KEEP | {b"d"}
 SERVER_KEEP = frozenset(bytes([c]) for c in b"TCEIsZGHW12n3tS")
 SERVER_KEEP_SAMPLED = SERVER_KEEP | {b"D"}
 SAMPLE_VALUE_MAX = 1024  # characters (or bytes) kept of one sampled cell
@@ -173,6 +175,8 @@ class Tracker:
                     self.copy["failed"] = True
             elif mtype == b"X":
                 self.terminated = True
+            elif mtype not in CLIENT_TYPES:
+                raise pg.ProtocolError(f"unexpected message type {mtype!r} from the client")
         return out
 
     def _copy_data(self, size: int) -> None:

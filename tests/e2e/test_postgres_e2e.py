@@ -24,7 +24,7 @@ from tests.e2e.test_integrity_e2e import fill, small_tmpfs  # noqa: F401 (a fixt
 from tests.support.artifacts import Artifacts
 from tests.support.gateway import WIRETRAIL, REPO_ROOT
 from tests.support.pg_gateway import PgGateway
-from tests.support.postgres import PgServer, available
+from tests.support.postgres import PgServer, available, pg_bin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not available(), reason="PostgreSQL is not installed "
                                                   "(apt-get install postgresql)")]
@@ -367,6 +367,12 @@ def test_database_restart_mid_session(db, start_gateway, tmp_path, pg):
         assert end["reason"] == "server_closed", end
         assert any(e.get("sqlstate") == "57P01" for e in of(recs, "pg.error", conn=first)), recs
         assert len({s.session_id for s in Artifacts(d.gw.store_dir).sessions}) == 1  # one identity, one session
+        # The database down: the client is told, and the attempt is on the record.
+        own._run(pg_bin("pg_ctl"), "-D", str(own.data), "-m", "fast", "-w", "stop")
+        with pytest.raises(psycopg.OperationalError, match="cannot reach the database"):
+            d.connect()
+        recs = d.wait_records(lambda rs: of(rs, "pg.error", phase="connect"))
+        assert of(recs, "pg.end")[-1]["reason"] == "connect_failed"
     finally:
         own.stop()
 

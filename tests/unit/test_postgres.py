@@ -153,6 +153,12 @@ def test_a_multi_statement_query_gets_one_result_per_statement_and_copy_counts_b
     assert results[1]["copy"] == {"dir": "in", "bytes": 6, "messages": 2}
 
 
+def test_a_message_type_the_tracker_does_not_know_is_refused_not_forwarded():
+    t = Tracker("c1", lambda *a: None, lambda: None)
+    with pytest.raises(pg.ProtocolError, match="unexpected message type b'p'"):
+        t.client(pg.Splitter().feed(pg.query_message("SELECT 1") + pg.password_message(b"x\0")))
+
+
 def test_samples_are_capped_and_off_by_default():
     client = pg.query_message("SELECT g FROM s")
     rows = b"".join(pg.message(b"D", b"\0\x01\0\0\0\x01" + str(i).encode()) for i in range(5))
