@@ -278,7 +278,7 @@ class ClientConnection:
         for w in (self.writer, self.upstream.writer if self.upstream else None):
             if w is not None and not w.is_closing():
                 try:
-                    w.transport.abort() if self.ended and w is not self.writer else w.close()
+                    w.close()  # after what is queued (a Terminate, a FATAL) is sent
                 except Exception:
                     pass
         if self.writer is None and self.sock is not None:
