@@ -554,3 +554,29 @@ def test_gateway_shutdown_ends_database_connections_on_the_record(db, pg):
     assert of(recs, "pg.end")[0]["reason"] == "shutdown"
     assert all(s.state in ("closed", "sealed") for s in arts.sessions), arts.summary()
     assert d.gw.verify_cli().returncode == 0
+
+
+def test_a_taken_listen_port_stops_start_up_with_a_clear_message(pg, tmp_path):
+    import socket
+
+    from tests.support.gateway import Gateway, GatewayStartError
+    from tests.support.pg_gateway import connection_toml, identity_config
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "pw").write_text(pg.app_password)
+        (tmp_path / "secret").write_text("s" * 48)
+        gw = Gateway(tmp_path / "gw", "https://127.0.0.1:9", pg.ca.cert_path,
+                     config=identity_config(tmp_path / "secret"),
+                     extra_toml=connection_toml(pg, port, tmp_path / "pw"))
+        try:
+            gw.start()
+        except GatewayStartError:
+            pass
+        deadline = time.monotonic() + 20
+        while gw.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not gw.alive(), "the gateway kept running without its database listener"
+    assert f"connection 'appdb': cannot listen on 127.0.0.1:{port}" in gw.log_text(), gw.log_text()
