@@ -571,7 +571,7 @@ def _check_connections(connections: tuple[ConnectionConfig, ...], at: str) -> No
             continue
         for name in ("listen", "upstream", "user"):
             if getattr(conn, name) is None:
-                raise ConfigError(f'missing; a connection of kind "postgres" needs listen, upstream and user',
+                raise ConfigError('missing; a connection of kind "postgres" needs listen, upstream and user',
                                   key=f"{item}.{name}")
         if conn.hosts or conn.ports:
             raise ConfigError('a connection of kind "postgres" is reached on its listen address, not by host; '

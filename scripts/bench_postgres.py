@@ -28,7 +28,6 @@ import os
 import pwd
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import Procs, free_port, make_upstream_cert, tail, wait_listening  # noqa: E402
+from bench import Procs, free_port, make_upstream_cert, wait_listening  # noqa: E402
 
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 PATHS = ("direct", "plain", "gateway")

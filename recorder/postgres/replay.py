@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from recorder.postgres import protocol as pg
 from recorder.postgres.sqlkind import kind
 from recorder.postgres.transcript import statements
-from recorder.postgres.upstream import UpstreamError, UpstreamSettings, connect, read_message
+from recorder.postgres.upstream import UpstreamError, UpstreamSettings, connect, read_message  # noqa: F401 (UpstreamError: for callers)
 
 MASKED = "[MASKED:"
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 
@@ -485,21 +486,24 @@ def test_readme_database_setup_works_as_written(pg, tmp_path, monkeypatch):
 
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme.split("## Databases (PostgreSQL)", 1)[1].split("\n## ", 1)[0]
-    toml = re.search(r"```toml\n(.*?)```", section, re.DOTALL).group(1)
+    setup = re.search(r"```sh\n(.*?\nTOML\n)", section, re.DOTALL).group(1)  # the lines that write gateway.toml
     psql_line = next(ln for ln in section.splitlines() if ln.startswith("psql "))
     token_line = next(ln for ln in section.splitlines() if "wiretrail token" in ln)
     port = free_port()
-    toml = toml.replace('"127.0.0.1:15432"', f'"127.0.0.1:{port}"').replace('"127.0.0.1:5432"', f'"127.0.0.1:{pg.port}"')
-    assert f"127.0.0.1:{port}" in toml and f"127.0.0.1:{pg.port}" in toml, "the README's example changed shape"
+    setup = (setup.replace(".venv/bin/python", sys.executable).replace('"127.0.0.1:15432"', f'"127.0.0.1:{port}"')
+             .replace('"127.0.0.1:5432"', f'"127.0.0.1:{pg.port}"'))
+    assert f"127.0.0.1:{port}" in setup and f"127.0.0.1:{pg.port}" in setup, "the README's example changed shape"
     monkeypatch.setenv("PG_APP_PASSWORD", pg.app_password)
     work = tmp_path / "newcomer"
     (work / "keys").mkdir(parents=True)
+    # What the demo's first start (`bash scripts/start.sh`) leaves in keys/.
     subprocess.run([str(WIRETRAIL), "keygen", "keys"], cwd=work, check=True, capture_output=True)
-    ensure_dev_secret(work / "keys" / "dev-identity.secret")  # what the demo's first start makes
+    ensure_dev_secret(work / "keys" / "dev-identity.secret")
+    subprocess.run(["bash", "-c", setup], cwd=work, check=True, timeout=60)
     from tests.support.gateway import Gateway
 
     gw = Gateway(work, "https://127.0.0.1:9", pg.ca.cert_path)
-    gw.config_text = toml
+    gw.config_text = (work / "gateway.toml").read_text()
     try:
         gw.start()
         wait_listening(port)
