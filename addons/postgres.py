@@ -136,7 +136,8 @@ def _load_issued(context: ssl.SSLContext, listen_host: str) -> None:
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
-            sans.append(x509.DNSName(name))
+            if name.isascii() and name.replace("-", "").replace(".", "").isalnum():
+                sans.append(x509.DNSName(name))  # a host name a certificate can carry
     cn = listen_host if listen_host not in ("0.0.0.0", "::", "") else socket.gethostname()
     entry = ctx.master.addons.get("tlsconfig").certstore.get_cert(cn, sans)
     pem = entry.cert.to_pem() + entry.privatekey.private_bytes(
