@@ -136,7 +136,11 @@ class Tracker:
                 if any(result_formats):
                     fields["result_formats"] = "binary" if all(result_formats) else result_formats
                 out.append(("pg.bind", fields))
-                self.portals[portal] = (stmt, self.stmt_columns.get(stmt))
+                cols = self.stmt_columns.get(stmt)
+                if cols is not None:  # a statement's description has no formats: the Bind chooses them
+                    cols = [(c[0], c[1], result_formats[i] if len(result_formats) > 1 else
+                             (result_formats[0] if result_formats else 0)) for i, c in enumerate(cols)]
+                self.portals[portal] = (stmt, cols)
                 self.pending.append(_Pending(b"B", n, portal))
             elif mtype == b"E":
                 portal, max_rows = pg.parse_execute(body)

@@ -287,3 +287,18 @@ def test_reader_reports_a_pg_record_without_its_required_fields():
     assert [p.message for p in problems] == ['pg.query: missing field "n"', 'pg.query: missing field "sql"']
     assert re.search("wrong type", str(_check_fields(3, {"v": 1, "t": "pg.result", "ts": 1.0, "conn": "c", "n": "x",
                                                           "tag": None, "rows": None})))
+
+
+def test_sampled_cells_of_a_binary_result_are_decoded_with_the_formats_the_bind_chose():
+    # asyncpg: Describe the statement (no formats yet), then Bind asking for binary results.
+    desc = pg.message(b"T", b"\0\x01n\0" + bytes(6) + struct.pack("!I", 23) + bytes(6) + b"\0\0")
+    emitted = []
+    t = Tracker("c1", lambda rt, f: emitted.append(f), lambda: None, sample_rows=1)
+    t.client(pg.Splitter().feed(pg.parse_message("s1", "SELECT 7") + pg.describe_message("S", "s1") + pg.SYNC))
+    t.server(pg.Splitter().feed(pg.message(b"1") + pg.message(b"t", b"\0\0") + desc + pg.ready_for_query()))
+    bind = pg.message(b"B", pg.cstr("") + pg.cstr("s1") + b"\0\0" + b"\0\0" + b"\0\x01\0\x01")
+    t.client(pg.Splitter().feed(bind + pg.execute_message() + pg.SYNC))
+    t.server(pg.Splitter().feed(pg.message(b"2") + pg.message(b"D", b"\0\x01\0\0\0\x04" + struct.pack("!i", 7))
+                                + pg.message(b"C", pg.cstr("SELECT 1")) + pg.ready_for_query()))
+    result = next(f for f in emitted if f.get("tag") == "SELECT 1")
+    assert result["sample"] == [[{"type": "int4", "binary": True, "text": "7"}]]
