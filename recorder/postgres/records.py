@@ -255,6 +255,10 @@ class Tracker:
                                 q.columns = cols
                 else:
                     p.columns = cols
+            elif mtype == b"V":  # FunctionCallResponse
+                p = self._head()
+                if p is not None and p.kind == b"F":
+                    self._result(p, tag="FUNCTION CALL")
             elif mtype == b"t":
                 p = self._head()
                 if p is not None and p.kind == b"D" and p.name.startswith("S"):

@@ -584,3 +584,16 @@ def test_a_taken_listen_port_stops_start_up_with_a_clear_message(pg, tmp_path):
             time.sleep(0.05)
         assert not gw.alive(), "the gateway kept running without its database listener"
     assert f"connection 'appdb': cannot listen on 127.0.0.1:{port}" in gw.log_text(), gw.log_text()
+
+
+def test_fast_path_function_calls_are_recorded(db, pg, tmp_path):
+    d = db()
+    blob = tmp_path / "blob.txt"
+    blob.write_bytes(b"large object content\n" * 100)
+    res = d.psql("-c", f"\\lo_import {blob}")  # libpq's large-object calls use the FunctionCall message
+    assert res.returncode == 0 and "lo_import" in res.stdout, res.stdout + res.stderr
+    recs = d.wait_records(lambda rs: of(rs, "pg.end"))
+    calls = of(recs, "pg.function")
+    assert calls, recs
+    answered = {r["n"] for r in of(recs, "pg.result") if r.get("tag") == "FUNCTION CALL"}
+    assert {c["n"] for c in calls} <= answered
