@@ -65,10 +65,17 @@ def statements(records: list[dict]) -> list[dict]:
             key = (cid, r.get("n"))
             target = by_key.get(key)
             if target is None and key in pending_errors:  # an error at Parse or Bind
-                target = dict(pending_errors.pop(key), kind="statement", conn=c.number, n=r.get("n"),
-                              ts=r.get("ts"), results=[])
+                failed = pending_errors.pop(key)
+                # Its Execute, recorded before the answer came, never ran: the error is its answer.
+                target = next((e for e in reversed(out) if e["kind"] == "statement" and e["conn"] == c.number
+                               and not e["results"] and e["sql"] == failed["sql"]
+                               and isinstance(e.get("n"), int) and isinstance(r.get("n"), int) and e["n"] > r["n"]),
+                              None)
+                if target is None:
+                    target = dict(failed, kind="statement", conn=c.number, n=r.get("n"), ts=r.get("ts"), results=[])
+                    out.append(target)
+                target["failed_at"] = failed["phase"]
                 by_key[key] = target
-                out.append(target)
             if target is None:
                 target = {"kind": "statement", "conn": c.number, "n": r.get("n"), "ts": r.get("ts"),
                           "sql": "<no statement recorded>", "results": []}
@@ -85,12 +92,12 @@ def statements(records: list[dict]) -> list[dict]:
     return out
 
 
-def _result_line(res: dict) -> str:
+def _result_line(res: dict, failed_at: str | None = None) -> str:
     err = res.get("error")
     ms = res.get("duration_ms")
     timing = f"  ({ms} ms)" if isinstance(ms, (int, float)) else ""
     if err:
-        text = f"-- ERROR {err.get('sqlstate')}: {err.get('message')}"
+        text = f"-- ERROR {err.get('sqlstate')}" + (f" at {failed_at}" if failed_at else "") + f": {err.get('message')}"
         if err.get("detail"):
             text += f" ({err['detail']})"
         return text + timing
@@ -132,7 +139,7 @@ def sql_log_lines(records: list[dict]) -> list[str]:
             if e.get("params"):
                 out.append(pad + "-- " + ", ".join(f"${i + 1} = {display(p)}" for i, p in enumerate(e["params"])))
             for res in e["results"]:
-                out.append(pad + _result_line(res))
+                out.append(pad + _result_line(res, e.get("failed_at")))
                 for row in (res.get("sample") or []):
                     out.append(pad + "--   " + " | ".join(display(v) for v in row))
             if not e["results"]:

@@ -302,3 +302,18 @@ def test_sampled_cells_of_a_binary_result_are_decoded_with_the_formats_the_bind_
                                 + pg.message(b"C", pg.cstr("SELECT 1")) + pg.ready_for_query()))
     result = next(f for f in emitted if f.get("tag") == "SELECT 1")
     assert result["sample"] == [[{"type": "int4", "binary": True, "text": "7"}]]
+
+
+def test_an_error_at_bind_is_the_answer_of_its_execute_in_the_sql_log():
+    recs = [
+        {"t": "pg.parse", "conn": "c", "n": 0, "statement": "", "sql": "SELECT $1 / 0", "ts": 1.0},
+        {"t": "pg.bind", "conn": "c", "n": 1, "portal": "", "statement": "", "params": [{"type": "int2", "text": "1"}],
+         "ts": 1.0},
+        {"t": "pg.execute", "conn": "c", "n": 2, "portal": "", "ts": 1.0},
+        {"t": "pg.result", "conn": "c", "n": 1, "tag": None, "rows": None,
+         "error": {"sqlstate": "22012", "message": "division by zero"}, "ts": 1.1},
+    ]
+    lines = sql_log_lines(recs)
+    assert sum("SELECT $1 / 0" in ln for ln in lines) == 1, lines
+    assert any("-- ERROR 22012 at bind: division by zero" in ln for ln in lines), lines
+    assert not any("no answer recorded" in ln for ln in lines), lines
