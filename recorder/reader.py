@@ -448,6 +448,8 @@ def summarize(read: SessionRead) -> SessionSummary:
         client=None if ip is None else (f"[{ip}]:{port}" if ":" in str(ip) else f"{ip}:{port}"),
         client_ip=ip,
         exchanges=sum(1 for r in read.records if r.get("t") in EXCHANGE_TYPES),
-        bytes=sum(_flow_bytes(recs) for recs in flow_records(read.records).values()),
+        bytes=sum(_flow_bytes(recs) for recs in flow_records(read.records).values())
+        + sum(_number(v) for r in read.records if r.get("t") == "pg.end" and isinstance(r.get("bytes"), dict)
+              for v in r["bytes"].values()),  # database connections: bytes from both sides
         records=len(read.records),
     )

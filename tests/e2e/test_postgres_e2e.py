@@ -120,6 +120,10 @@ def test_psql_session_is_recorded_before_it_runs_and_reads_as_a_sql_log(db, pg):
         assert needle in text, text
     ls = subprocess.run([str(WIRETRAIL), "ls", str(d.gw.store_dir)], capture_output=True, text=True)
     assert "appdb" in ls.stdout and "alice" in ls.stdout, ls.stdout
+    row = next(json.loads(ln) for ln in subprocess.run(
+        [str(WIRETRAIL), "ls", "--json", str(d.gw.store_dir)], capture_output=True, text=True).stdout.splitlines()
+        if "appdb" in ln)
+    assert row["databases"] == ["appdb"] and row["exchanges"] == len(queries) and row["bytes"] > len(script)
     ver = d.gw.verify_cli()
     assert ver.returncode == 0, ver.stdout + ver.stderr
     # The gateway's database password is nowhere: not in the store, not in the gateway's log.
