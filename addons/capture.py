@@ -101,6 +101,9 @@ class Capture:
         self._fallback_key = os.urandom(32)  # header tags when no masking addon runs (addon tests)
         self._urls: dict[tuple, str] = {}  # request line and Host -> the URL as recorded (masked)
         self._urls_masker = None  # the masker those were masked with
+        # Called first in `done`, before sessions close: other front ends (addons/postgres.py)
+        # end their connections there, so their last records still reach the sessions.
+        self.before_stop: list = []
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -179,6 +182,11 @@ class Capture:
         if self._stopped or self.writer is None:
             return
         self._stopped = True
+        for stop in self.before_stop:
+            try:
+                stop()
+            except Exception:
+                log.exception("wiretrail: stopping a front end failed")
         if self._expiry_task is not None:
             self._expiry_task.cancel()
         if self._watch_task is not None:
@@ -326,16 +334,7 @@ class Capture:
         if self.registry is None or self._stopped:
             return
         refusal = refusal_of(flow)
-        peer = flow.client_conn.peername or ("", 0)
-        ident: VerifiedIdentity | None = flow.metadata.get(IDENTITY)
-        if ident is not None:
-            key, record = ident.key(), ident.record()
-        else:
-            # Nobody was verified: the refused attempts from one address share a session.
-            key = "refused " + peer[0]
-            record = {"sub": None, "email": None, "name": None, "groups": [], "iss": None,
-                      "method": self.cfg.identity.mode, "authenticated": False}
-        session = self.registry.begin_flow(key, record, (peer[0], peer[1]))
+        session = self.session_for(flow.metadata.get(IDENTITY), flow.client_conn.peername or ("", 0))
         req = flow.request
         session.record("auth.refused", {
             "flow": flow.id,
@@ -349,6 +348,18 @@ class Capture:
             "headers": self._headers(req.headers),
         })
         self.registry.end_flow(session)
+
+    def session_for(self, ident: VerifiedIdentity | None, peer: tuple) -> Session:
+        """The session of this identity and client address, counting one more flow (end it with
+        registry.end_flow). `ident` None: nobody was verified, and the refused attempts from one
+        address share a session. Also for other front ends (addons/postgres.py)."""
+        if ident is not None:
+            key, record = ident.key(), ident.record()
+        else:
+            key = "refused " + peer[0]
+            record = {"sub": None, "email": None, "name": None, "groups": [], "iss": None,
+                      "method": self.cfg.identity.mode, "authenticated": False}
+        return self.registry.begin_flow(key, record, (peer[0], peer[1]))
 
     async def _record_request(self, flow: http.HTTPFlow, fc: FlowCapture, body: BodyBytes | None) -> bool:
         """Write the http.request record and wait until it is written. False if refused."""
@@ -545,6 +556,10 @@ class Capture:
             return StorageError(NOT_RESPONDING, "earlier records are still not written")
         self._waiting.append((self.loop.time() + self._write_timeout, fut))
         return await fut
+
+    # Public: other front ends (addons/postgres.py) record before they forward, with the same
+    # fail-closed wait, write_timeout and storage-error logging as HTTP requests.
+    write_and_wait = _write_and_wait
 
     def _resolve_acked(self) -> None:
         # Cleared before draining: an ack appended after this line schedules another call.

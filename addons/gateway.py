@@ -24,6 +24,7 @@ from addons.heap import FreezeStartupHeap  # noqa: E402
 from addons.identity import Identity  # noqa: E402
 from addons.masking import Masking  # noqa: E402
 from addons.policy import Policy  # noqa: E402
+from addons.postgres import Postgres  # noqa: E402
 from addons.raw_tcp import RawTcp  # noqa: E402
 from addons.startup import StartupGate  # noqa: E402
 from addons.websocket import WebSocketCapture  # noqa: E402
@@ -46,6 +47,7 @@ parts = [
     RawTcp(_config, _identity, _capture, _masking),  # before capture: a refused 101 is killed first
     WebSocketCapture(_config, _capture, _masking),  # before capture: its `done` closes open WebSockets first
     _capture,
+    Postgres(_config, _identity, _masking, _credentials, _capture),  # database front ends; after capture (its sessions)
     FreezeStartupHeap(),  # after every part has built what it keeps
     _gate.opener(),  # last: opens the gate once every part above has run `running`
 ]

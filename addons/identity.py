@@ -93,6 +93,9 @@ class Identity:
             return await asyncio.to_thread(self.verifier.verify, token)
         return self.verifier.verify(token)  # hs256 or a local JWKS file: no I/O
 
+    # Public: other front ends (addons/postgres.py) check a token exactly as HTTP does.
+    authenticate = _authenticate
+
     async def http_connect(self, flow: http.HTTPFlow):
         if self.verifier is None:
             self.by_client[flow.client_conn] = ANONYMOUS

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from recorder.connections import is_loopback_host
 from recorder.dev_secret import ensure_dev_secret
 
 
@@ -147,11 +148,25 @@ class MaskingConfig:
 @dataclass(frozen=True)
 class ConnectionConfig:
     name: str
-    hosts: tuple[str, ...]
+    hosts: tuple[str, ...] = ()  # required for kind "http"
     ports: tuple[int, ...] = ()
     credential: SecretRef | None = None  # None when "none" (record only)
     inject: str = "bearer"  # bearer | x-api-key | api-key | x-goog-api-key | none
     allow_groups: tuple[str, ...] = ()
+    # kind "postgres" (docs/configuration.md, "Database connections"): the keys below
+    kind: str = "http"  # http | postgres
+    listen: str | None = None  # "host:port" where database clients connect
+    upstream: str | None = None  # "host:port" of the database
+    database: str | None = None  # the one database clients may ask for; None = the client's choice
+    user: str | None = None  # the gateway's database role
+    upstream_tls: str = "require"  # disable | prefer | require | verify-full
+    upstream_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    tls_cert: Path | None = None  # what clients see; default: issued by the gateway's mitmproxy CA
+    tls_key: Path | None = None
+    allow_plaintext: bool = False  # clients without TLS, on a loopback listen address only
+    sample_rows: int = 0  # rows per result recorded as a masked sample; 0 = none
 
 
 @dataclass(frozen=True)
@@ -336,6 +351,49 @@ class _Host(_Kind):
         raise self.bad(at, value)
 
 
+def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """("host", port) of "host:port", "[v6]:port" (or "host" with a default port). ValueError if not."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else None
+        if rest and not rest.startswith(":"):
+            raise ValueError(text)
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            host, port_text = text, None
+        elif ":" in host:
+            raise ValueError(text)  # a bare IPv6 address needs brackets
+    if port_text is None:
+        if default_port is None:
+            raise ValueError(text)
+        port = default_port
+    elif port_text.isdigit() and 1 <= int(port_text) <= 65535:
+        port = int(port_text)
+    else:
+        raise ValueError(text)
+    if not host or any(c.isspace() or c in "/@" for c in host):
+        raise ValueError(text)
+    return host, port
+
+
+class _HostPort(_Kind):
+    def __init__(self, default_port: int | None, example: str):
+        self.default_port = default_port
+        self.expected = (f'"host:port" (e.g. "{example}"; an IPv6 address in brackets)'
+                         + (f", the port defaults to {default_port}" if default_port else ""))
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, str):
+            raise self.bad(at, value)
+        try:
+            split_host_port(value, self.default_port)
+        except ValueError:
+            raise self.bad(at, value) from None
+        return value
+
+
 class _PathValue(_Kind):
     expected = "a path (a relative path starts at the config file's directory)"
 
@@ -500,6 +558,54 @@ def _check_identity(identity: IdentityConfig, at: str) -> None:
                           f'got both {" and ".join(given)}', key=at)
 
 
+_POSTGRES_ONLY = ("listen", "upstream", "database", "user", "upstream_ca", "client_cert", "client_key",
+                  "tls_cert", "tls_key")
+
+
+def _check_connections(connections: tuple[ConnectionConfig, ...], at: str) -> None:
+    """Each kind's own keys; then the hosts of http connections."""
+    listens: dict[tuple[str, int], int] = {}
+    for i, conn in enumerate(connections):
+        item = f"{at}[{i}]"
+        if conn.kind == "http":
+            if not conn.hosts:
+                raise ConfigError('missing; expected a non-empty array of host names, e.g. ["api.openai.com"]',
+                                  key=f"{item}.hosts")
+            for name in _POSTGRES_ONLY:
+                if getattr(conn, name) is not None:
+                    raise ConfigError('only for kind = "postgres" (this connection is kind "http")', key=f"{item}.{name}")
+            if conn.allow_plaintext or conn.sample_rows:
+                name = "allow_plaintext" if conn.allow_plaintext else "sample_rows"
+                raise ConfigError('only for kind = "postgres" (this connection is kind "http")', key=f"{item}.{name}")
+            continue
+        for name in ("listen", "upstream", "user"):
+            if getattr(conn, name) is None:
+                raise ConfigError('missing; a connection of kind "postgres" needs listen, upstream and user',
+                                  key=f"{item}.{name}")
+        if conn.hosts or conn.ports:
+            raise ConfigError('a connection of kind "postgres" is reached on its listen address, not by host; '
+                              "leave hosts and ports out", key=f"{item}.{'hosts' if conn.hosts else 'ports'}")
+        if conn.credential is None and conn.client_cert is None:
+            raise ConfigError('a connection of kind "postgres" needs the gateway\'s database credential: '
+                              'credential = "env:NAME" or "file:PATH", or client_cert (and client_key)',
+                              key=f"{item}.credential")
+        if conn.client_key is not None and conn.client_cert is None:
+            raise ConfigError("client_key needs client_cert", key=f"{item}.client_key")
+        if (conn.tls_cert is None) != (conn.tls_key is None):
+            raise ConfigError("give both tls_cert and tls_key, or neither (the gateway then issues a certificate "
+                              "from its mitmproxy CA)", key=f"{item}.{'tls_key' if conn.tls_key is None else 'tls_cert'}")
+        host, port = split_host_port(conn.listen)
+        if conn.allow_plaintext and not is_loopback_host(host):
+            raise ConfigError(f"allow_plaintext is only allowed on a loopback listen address (127.0.0.1, ::1, "
+                              f"localhost), not {host}: a token sent without TLS could be read on the network",
+                              key=f"{item}.allow_plaintext")
+        if (host, port) in listens:
+            raise ConfigError(f"{conn.listen} is already the listen address of {at}[{listens[(host, port)]}]",
+                              key=f"{item}.listen")
+        listens[(host, port)] = i
+    _check_connection_hosts(connections, at)
+
+
 def _check_connection_hosts(connections: tuple[ConnectionConfig, ...], at: str) -> None:
     """The first matching connection wins, so a later entry for the same host and port would never
     be used (its credential and groups silently ignored)."""
@@ -591,15 +697,30 @@ SCHEMA = _Table(dict, (
     ), expected="a table ([capture])"), _EMPTY_TABLE),
     Key("connections", _Tables(_Table(ConnectionConfig, (
         Key("name", _Text(), doc="the connection's name, recorded with each request"),
-        Key("hosts", _ListOf(_Host(), 'a non-empty array of host names, e.g. ["api.openai.com"]', min_items=1),
-            doc="hosts this connection matches"),
+        Key("hosts", _ListOf(_Host(), 'a non-empty array of host names, e.g. ["api.openai.com"]', min_items=1), (),
+            "hosts this connection matches (kind http; required there)"),
         Key("ports", _ListOf(_Number(integer=True, ge=1, le=65535, expected="a port number 1..65535"),
                              "an array of port numbers, e.g. [443]"), (), "ports it matches; empty = any"),
         Key("credential", _Secret(allow_none=True), None, "the upstream credential the gateway injects"),
         Key("inject", _OneOf("bearer", "x-api-key", "api-key", "x-goog-api-key", "none"), "bearer",
             "how the credential is sent upstream"),
         Key("allow_groups", _NAMES, (), "groups allowed to use it; empty = any authenticated identity"),
-    )), "an array of tables, written [[connections]]", unique="name", check=_check_connection_hosts),
+        Key("kind", _OneOf("http", "postgres"), "http", "http: an API reached through the proxy; postgres: a database"),
+        Key("listen", _HostPort(None, "127.0.0.1:15432"), None, "postgres: where database clients connect"),
+        Key("upstream", _HostPort(5432, "db.internal:5432"), None, "postgres: the database's host and port"),
+        Key("database", _Text(), None, "postgres: the one database clients may ask for; default: their choice"),
+        Key("user", _Text(), None, "postgres: the gateway's database role"),
+        Key("upstream_tls", _OneOf("disable", "prefer", "require", "verify-full"), "require",
+            "postgres: TLS to the database"),
+        Key("upstream_ca", _PathValue(), None, "postgres: CA bundle that verify-full checks the database against"),
+        Key("client_cert", _PathValue(), None, "postgres: client certificate the gateway logs in with"),
+        Key("client_key", _PathValue(), None, "postgres: its private key"),
+        Key("tls_cert", _PathValue(), None, "postgres: the certificate clients see (default: from the mitmproxy CA)"),
+        Key("tls_key", _PathValue(), None, "postgres: its private key"),
+        Key("allow_plaintext", _Bool(), False, "postgres: accept clients without TLS (loopback listen only)"),
+        Key("sample_rows", _Number(integer=True, ge=0, le=1000, unit="rows"), 0,
+            "postgres: rows per result recorded as a masked sample; 0 = none"),
+    )), "an array of tables, written [[connections]]", unique="name", check=_check_connections),
         (), "registered upstreams"),
     Key("review", _Table(ReviewConfig, (
         Key("listen", _Text('an address "HOST:PORT", e.g. "127.0.0.1:8090"', r"\S+:\d{1,5}"), "127.0.0.1:8090",

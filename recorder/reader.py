@@ -16,6 +16,7 @@ import orjson
 import zstandard
 
 from recorder import format_v1
+from recorder.postgres.records import REQUIRED as PG_REQUIRED
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -51,6 +52,7 @@ REQUIRED: dict[str, dict[str, object]] = {
     "session.close": {"reason": str, "counts": dict},
     "checkpoint": {"key": str, "sig": str},
     "seal": {"key": str, "sig": str},
+    **PG_REQUIRED,
 }
 
 
@@ -393,6 +395,9 @@ def rebuild_body(records: list[dict], flow_id: str, dir: str) -> bytes:
     return b"".join(format_v1.decode_body(r.get("body")) for r in chunks)
 
 
+EXCHANGE_TYPES = ("http.request", "pg.query", "pg.execute", "pg.function")  # a database statement is an exchange
+
+
 @dataclass(frozen=True)
 class SessionSummary:
     """What `wiretrail ls` and the header of `wiretrail show` say about a session."""
@@ -407,7 +412,7 @@ class SessionSummary:
     authenticated: bool | None
     client: str | None  # "ip:port"
     client_ip: str | None
-    exchanges: int  # http.request records
+    exchanges: int  # http.request records and database statements (EXCHANGE_TYPES)
     bytes: int  # body bytes per flow: http.end sizes, else the recorded body sizes
     records: int
 
@@ -458,7 +463,9 @@ def summarize(read: SessionRead) -> SessionSummary:
         authenticated=identity.get("authenticated"),
         client=None if ip is None else (f"[{ip}]:{port}" if ":" in str(ip) else f"{ip}:{port}"),
         client_ip=ip,
-        exchanges=sum(1 for r in read.records if r.get("t") == "http.request"),
-        bytes=sum(_flow_bytes(recs) for recs in flow_records(read.records).values()),
+        exchanges=sum(1 for r in read.records if r.get("t") in EXCHANGE_TYPES),
+        bytes=sum(_flow_bytes(recs) for recs in flow_records(read.records).values())
+        + sum(_number(v) for r in read.records if r.get("t") == "pg.end" and isinstance(r.get("bytes"), dict)
+              for v in r["bytes"].values()),  # database connections: bytes from both sides
         records=len(read.records),
     )

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from recorder.postgres.transcript import databases
 from recorder.reader import SessionSummary, iter_session_files, read_session, summarize
 
 DEFAULT_DIR = "sessions"
@@ -117,14 +118,15 @@ HEADERS = ("SESSION", "START (UTC)", "DURATION", "IDENTITY", "CLIENT", "EXCHANGE
 RIGHT = {"EXCHANGES", "BYTES"}
 
 
-def table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
+def table(rows: list[tuple[str, ...]], databases: bool = False) -> list[str]:
+    headers = HEADERS + (("DATABASE",) if databases else ())
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def fmt(cells):
-        out = [c.rjust(w) if h in RIGHT else c.ljust(w) for c, w, h in zip(cells, widths, HEADERS)]
+        out = [c.rjust(w) if h in RIGHT else c.ljust(w) for c, w, h in zip(cells, widths, headers)]
         return "  ".join(out).rstrip()
 
-    return [fmt(HEADERS)] + [fmt(r) for r in rows]
+    return [fmt(headers)] + [fmt(r) for r in rows]
 
 
 def hosts_of(records: list[dict]) -> set[str]:
@@ -136,6 +138,8 @@ def hosts_of(records: list[dict]) -> set[str]:
                 out.add(host.lower())
         elif r.get("t") == "tunnel" and isinstance(r.get("host"), str):
             out.add(r["host"].lower())
+        elif r.get("t") == "pg.connect" and isinstance((r.get("upstream") or {}).get("host"), str):
+            out.add(r["upstream"]["host"].lower())
     return out
 
 
@@ -151,7 +155,8 @@ def _identity_matches(read, want: str) -> bool:
 
 
 def select(d: Path, args) -> list[tuple[SessionSummary, dict]]:
-    """(summary, identity) of the sessions the filters keep, oldest first."""
+    """(summary, identity) of the sessions the filters keep, oldest first. The identity dict
+    also carries "_databases": the database connections the session used."""
     since = parse_time(args.since) if getattr(args, "since", None) else None
     until = parse_time(args.until) if getattr(args, "until", None) else None
     out = []
@@ -159,7 +164,8 @@ def select(d: Path, args) -> list[tuple[SessionSummary, dict]]:
         read = read_session(f)
         if getattr(args, "user", None) and not _identity_matches(read, args.user):
             continue
-        if getattr(args, "host", None) and not host_matches(hosts_of(read.records), args.host):
+        dbs = databases(read.records)
+        if getattr(args, "host", None) and not (host_matches(hosts_of(read.records), args.host) or args.host in dbs):
             continue
         s = summarize(read)
         if since is not None and (s.end if s.end is not None else float("inf")) < since:
@@ -167,7 +173,7 @@ def select(d: Path, args) -> list[tuple[SessionSummary, dict]]:
         if until is not None and (s.start if s.start is not None else float("-inf")) > until:
             continue
         ident = (read.open_record or {}).get("identity") or {}
-        out.append((s, ident if isinstance(ident, dict) else {}))
+        out.append((s, dict(ident if isinstance(ident, dict) else {}, _databases=dbs)))
     out.sort(key=lambda x: (x[0].start if x[0].start is not None else float("-inf"), str(x[0].session_id or x[0].path)))
     return out
 
@@ -185,9 +191,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         for s, ident in selected:
+            dbs = ident.pop("_databases", [])
             doc = {
                 "session": s.session_id, "path": str(s.path), "start": s.start, "end": s.end, "duration_s": s.duration,
                 "identity": ident, "client": s.client, "exchanges": s.exchanges, "bytes": s.bytes, "state": s.state,
+                "databases": dbs,
             }
             sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         return 0
@@ -197,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = []
     unauthenticated = False
+    with_db = any(ident.get("_databases") for _, ident in selected)
     for s, ident in selected:
         who = s.sub or "-"
         if isinstance(ident.get("email"), str) and ident["email"] and ident["email"] != who:
@@ -214,9 +223,9 @@ def run(args: argparse.Namespace) -> int:
                 str(s.exchanges),
                 human_bytes(s.bytes),
                 s.state,
-            )
+            ) + ((", ".join(ident.get("_databases") or []) or "-",) if with_db else ())
         )
-    for line in table([tuple(safe(c) for c in r) for r in rows]):
+    for line in table([tuple(safe(c) for c in r) for r in rows], with_db):
         print(line)
     if unauthenticated:
         print("* not authenticated: recorded without a verified identity")
