@@ -271,11 +271,11 @@ def test_record_checks_version_fields_and_order(tmp_path):
 
 def test_unsupported_version_and_unknown_types(tmp_path):
     chain = format_v1.Chain()
-    lines = [chain.next_line("session.open", 1.0, open_fields()), chain.next_line("pg.query", 2.0, {"flow": "t1"})]
+    lines = [chain.next_line("session.open", 1.0, open_fields()), chain.next_line("smtp.message", 2.0, {"flow": "t1"})]
     path = tmp_path / "s.jsonl.zst"
     write_lines(path, lines)
     r = read_session(path)
-    assert r.problems == [] and r.records[1]["t"] == "pg.query"  # kept, chained, not an error
+    assert r.problems == [] and r.records[1]["t"] == "smtp.message"  # kept, chained, not an error
     v2 = orjson.loads(lines[1])
     v2["v"] = 2
     lines[1] = orjson.dumps(v2)

@@ -50,7 +50,7 @@ def build(tmp_path: Path) -> tuple[Store, dict]:
     a.chat(msgs2, reply_text="done", tools=tools2, usage=(300, 7))
     a.mcp_call("search", {"q": "x"}, "found it")
     a.refused()
-    a.raw("pg.query", {"sql": "select 1", "rows": {"odd": ["shape"]}})
+    a.raw("smtp.message", {"sql": "select 1", "rows": {"odd": ["shape"]}})
     a.close()
     b = st.session("bob", ip="10.0.0.10")
     b.chat([{"role": "user", "content": "hi"}], reply_text="hello", status=429)
@@ -241,7 +241,7 @@ def test_turns_diffs_tool_calls_and_unknown_records(store):
     assert [r.t for r in t1.records] == ["http.request", "http.response", "http.end"]
     assert t1.records[0].anchor == f"seq-{t1.first_seq}"
     unknown = [it for it in view.items if not isinstance(it, TurnView)]
-    assert [(r.t, r.known) for r in unknown] == [("pg.query", False)]
+    assert [(r.t, r.known) for r in unknown] == [("smtp.message", False)]
     assert ("rows", '{\n "odd": [\n  "shape"\n ]\n}') in [(k, "".join(x.text for x in v)) for k, v in unknown[0].fields]
     assert [r.t for r in view.session_records] == ["session.open", "session.close", "seal"]
     assert view.identity["sub"] == "alice" and view.integrity.state == "verified" and view.tool_calls == 2
