@@ -16,6 +16,7 @@ import os
 import time
 
 from mitmproxy import http
+from mitmproxy.addons.errorcheck import ErrorCheckHandler
 
 from addons.config import WiretrailConfig
 from addons.credentials import INJECTED
@@ -130,7 +131,7 @@ class Capture:
             signer=signer,
             checkpoint_interval=cfg.storage.checkpoint_interval,
             retention_days=cfg.storage.retention_days,
-            on_event=lambda text: (log.error if isinstance(text, Alarm) else log.warning)(f"wiretrail: {text}"),
+            on_event=_log_event,
             anchors=AnchorSpec.from_config(cfg.anchors),
         )
         self.registry = SessionRegistry(
@@ -575,6 +576,13 @@ class Capture:
             log.error(f"wiretrail: cannot record ({err.cause}): {err.detail}; "
                       + (f"refusing traffic with 503{until}" if self.cfg.storage.fail_closed
                          else "traffic passes UNRECORDED (fail_closed = false)"))
+
+
+def _log_event(text: str) -> None:
+    """The writer's notes: an Alarm is an error, except while mitmproxy still starts up, when any
+    error makes it exit (addons/errorcheck.py); then it is a warning, loud in its own words."""
+    starting = any(isinstance(h, ErrorCheckHandler) for h in logging.getLogger().handlers)
+    (log.error if isinstance(text, Alarm) and not starting else log.warning)(f"wiretrail: {text}")
 
 
 def _resolve(fut: asyncio.Future, err) -> None:

@@ -167,6 +167,7 @@ class RecordWriter:
             self._anchorer = Anchorer(anchors, signer=signer, store=self.storage_dir, host=os.uname().nodename,
                                       on_event=self._event, alarm=Alarm)
         self._anchored: tuple | None = None  # the head last handed to the anchorer
+        self._anchors_refusing = False
         self._next_scan = 0.0
         self._next_retention = 0.0
         self._last_ledger_try = 0.0
@@ -669,8 +670,16 @@ class RecordWriter:
             self._anchorer.offer(lg.id, *head)
 
     def _anchor_refusal(self) -> StorageError | None:
+        """[anchors] fail_closed: the error records are answered with while a sink fails too long."""
         why = self._anchorer.refusal()
-        return StorageError("anchors failing", why) if why else None
+        if why is None:
+            self._anchors_refusing = False
+            return None
+        err = StorageError("anchors failing", why)
+        if not self._anchors_refusing:
+            self._anchors_refusing = True
+            self._report(err)  # logged once, as any cause of refusal
+        return err
 
     def _tick(self) -> None:
         """Work due by time: checkpoints of quiet sessions, a ledger retry, retention."""
