@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(verify.CHAINS_ONLY_NOTE)
     if report.damaged:
-        if any(lv.read.unsigned for lv in report.ledgers):
+        if any(not lv.read.signed_by for lv in report.ledgers):
             print("the damage above is the ledger's word, and the ledger is UNSIGNED: anyone who can write the "
                   "store could have written it")
         elif not verifiers:
