@@ -25,11 +25,11 @@ def add_parser(subparsers) -> None:
             "the gateway anchored outside the store."
         ),
         epilog=(
-            "exit codes: 0 intact (sealed, closed, or an unsealed tail after a crash); "
-            "1 tampered with or broken (named: file, seq, what is wrong); 2 usage error; "
-            "3 damaged, not tampered: the gateway's own ledger (signed, when checked with --key) says it "
-            "could not write some records (disk full, storage gone) and everything else is intact. "
-            "1 wins over 3: damage never hides tampering."
+            f"exit codes: {verify.INTACT} intact (sealed, closed, or an unsealed tail after a crash); "
+            f"{verify.TAMPERED} tampered with or broken (named: file, seq, what is wrong); {verify.USAGE} usage "
+            f"error; {verify.DAMAGED} damaged, not tampered: the gateway's own ledger (signed, when checked with "
+            "--key) says it could not write some records (disk full, storage gone) and everything else is "
+            f"intact. {verify.TAMPERED} wins over {verify.DAMAGED}: damage never hides tampering."
         ),
     )
     p.add_argument(
@@ -72,19 +72,19 @@ def run(args: argparse.Namespace) -> int:
     for key in args.key or []:
         if not Path(key).is_file():
             print(f"wiretrail verify: --key {key}: no such file", file=sys.stderr)
-            return 2
+            return verify.USAGE
         try:
             verifiers.append(load_verifier(key))
         except SigningKeyError as e:
             print(f"wiretrail verify: --key: {e}", file=sys.stderr)
-            return 2
+            return verify.USAGE
     anchors = []
     for a in args.anchor:
         m = _ANCHOR.fullmatch(a.strip().lower())
         if not m:
             print(f"wiretrail verify: --anchor {a!r}: expected SEQ:SHA256, e.g. 41:3f2a...(64 hex digits)",
                   file=sys.stderr)
-            return 2
+            return verify.USAGE
         anchors.append((int(m.group(1)), m.group(2)))
     anchored, anchor_problems = None, []
     if args.anchors:
@@ -94,18 +94,18 @@ def run(args: argparse.Namespace) -> int:
                 got, problems = read_anchors(path)
             except OSError as e:
                 print(f"wiretrail verify: --anchors {path}: {e.strerror or e}", file=sys.stderr)
-                return 2
+                return verify.USAGE
             if not got and not problems:
                 print(f"wiretrail verify: --anchors {path}: no anchor in it (lines holding "
                       '{"wiretrail_anchor":1,...})', file=sys.stderr)
-                return 2
+                return verify.USAGE
             anchored += got
             anchor_problems += problems
     try:
         files = verify.collect_files(args.paths)
     except FileNotFoundError as e:
         print(f"wiretrail verify: {e}", file=sys.stderr)
-        return 2
+        return verify.USAGE
     # With anchors, an empty store is a finding (the anchored ledger is gone), not a usage error.
     if not files and not anchored and not any(verify.find_ledger(Path(p)) for p in args.paths):
         print(
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             "point it at the storage dir or at a session file",
             file=sys.stderr,
         )
-        return 2
+        return verify.USAGE
     report = verify.verify_paths(args.paths, verifiers or None, anchors, anchored, need_ledger=not args.no_ledger)
     report.anchor_issues[:0] = anchor_problems
     for v in report.files:

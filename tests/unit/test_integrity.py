@@ -682,3 +682,14 @@ def test_on_a_full_disk_the_ledger_says_at_once_which_sessions_failed(tiny_tmpfs
     w.stop()
     report = verify.verify_paths([store], [signer.verifier])
     assert report.code == verify.DAMAGED and len(report.ledgers[0].damage) == 20
+
+
+def test_verify_help_and_integrity_doc_give_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["verify", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "integrity.md").read_text()
+    for code, word in ((verify.INTACT, "intact"), (verify.TAMPERED, "tampered with or broken"),
+                       (verify.USAGE, "usage error"), (verify.DAMAGED, "damaged, not tampered")):
+        assert f"{code} {word}" in text
+        assert f"| {code} | {word}" in doc
