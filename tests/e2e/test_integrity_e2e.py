@@ -24,7 +24,7 @@ import zstandard
 
 from tests.support.anchor_sinks import HttpAnchorSink, SyslogAnchorSink
 from tests.support.artifacts import Artifacts
-from tests.support.checks import assert_every_upstream_request_recorded
+from tests.support.checks import assert_every_upstream_request_recorded, wait_until
 from tests.support.clients import httpx_client, new_test_id
 from tests.support.gateway import WIRETRAIL
 
@@ -79,15 +79,6 @@ def ledger_entries(store: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(x) for x in path.read_bytes().split(b"\n") if x]
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def post(client: httpx.Client, tid: str, body: bytes | None = None) -> httpx.Response:
@@ -337,31 +328,35 @@ def test_ledger_rollback_with_its_newest_session_is_caught_by_anchors(start_gate
     assert_caught(verify("--key", pub, "--anchors", audit / "anchors.jsonl", store), "match no ledger checked")
 
 
-def test_a_failing_anchor_sink_is_logged_and_recording_goes_on(start_gateway, upstream, tmp_path):
-    priv, pub = keygen(tmp_path / "keys")
-    store = tmp_path / "store"
+@pytest.fixture
+def down_http_sink(tmp_path):
+    """An HTTP anchor sink that answers 503 until the test sets its status to 200."""
     sink = HttpAnchorSink(tmp_path / "http.jsonl").start()
     sink.status = 503
-    try:
-        gw = start_gateway(config={**signed(store, priv), "sessions": {"idle_timeout": 0.3},
-                                   "anchors": {"http": sink.url, "interval": 0.05}})
-        with httpx_client(gw, "reverse") as client:
-            first = new_test_id()
-            assert post(client, first).status_code == 200
-            assert wait_until(lambda: "ANCHOR FAILED" in gw.log_text())
-            log = gw.log_text()
-            assert f"{sink.url} answered HTTP 503" in log and "still recording, retrying" in log, log
-            assert "not anchored outside the store" in log
-            later = new_test_id()
-            assert post(client, later).status_code == 200  # recording goes on (not fail_closed)
-            assert upstream.received(first) and upstream.received(later)
-            sink.status = 200
-            assert wait_until(lambda: "works again" in gw.log_text(), 20)
-            assert wait_until(lambda: sum(e["t"] == "session.close" for e in ledger_entries(store)) >= 1)
-            assert post(client, new_test_id()).status_code == 200
-        assert gw.stop() == 0
-    finally:
-        sink.stop()
+    yield sink
+    sink.stop()
+
+
+def test_a_failing_anchor_sink_is_logged_and_recording_goes_on(start_gateway, upstream, tmp_path, down_http_sink):
+    priv, pub = keygen(tmp_path / "keys")
+    store, sink = tmp_path / "store", down_http_sink
+    gw = start_gateway(config={**signed(store, priv), "sessions": {"idle_timeout": 0.3},
+                               "anchors": {"http": sink.url, "interval": 0.05}})
+    with httpx_client(gw, "reverse") as client:
+        first = new_test_id()
+        assert post(client, first).status_code == 200
+        assert wait_until(lambda: "ANCHOR FAILED" in gw.log_text())
+        log = gw.log_text()
+        assert f"{sink.url} answered HTTP 503" in log and "still recording, retrying" in log, log
+        assert "not anchored outside the store" in log
+        later = new_test_id()
+        assert post(client, later).status_code == 200  # recording goes on (not fail_closed)
+        assert upstream.received(first) and upstream.received(later)
+        sink.status = 200
+        assert wait_until(lambda: "works again" in gw.log_text(), 20)
+        assert wait_until(lambda: sum(e["t"] == "session.close" for e in ledger_entries(store)) >= 1)
+        assert post(client, new_test_id()).status_code == 200
+    assert gw.stop() == 0
     assert sink.answered(ok=False) >= 1 and sink.answered(ok=True) >= 1
     # What the sink took after it recovered covers everything before it: the ledger verifies against it.
     res = verify("--key", pub, "--anchors", sink.path, store)
@@ -369,29 +364,23 @@ def test_a_failing_anchor_sink_is_logged_and_recording_goes_on(start_gateway, up
     assert "; nothing newer" in res.stdout, res.stdout
 
 
-def test_anchors_fail_closed_refuses_traffic_while_a_sink_fails(start_gateway, upstream, tmp_path):
+def test_anchors_fail_closed_refuses_traffic_while_a_sink_fails(start_gateway, upstream, tmp_path, down_http_sink):
     priv, pub = keygen(tmp_path / "keys")
-    store = tmp_path / "store"
-    sink = HttpAnchorSink(tmp_path / "http.jsonl").start()
-    sink.status = 500
-    try:
-        gw = start_gateway(config={**signed(store, priv),
-                                   "anchors": {"http": sink.url, "interval": 0.05, "fail_closed": True,
-                                               "max_lag": 1}})
-        with httpx_client(gw, "reverse") as client:
-            assert wait_until(lambda: "ANCHOR FAILED" in gw.log_text())
-            assert "traffic is refused if it lasts 1 s" in gw.log_text()
-            assert wait_until(lambda: post(client, new_test_id()).status_code == 503, 10)
-            refused = new_test_id()
-            r = post(client, refused)
-            assert r.status_code == 503 and r.json()["error"]["code"] == "not_recorded", r.text
-            assert upstream.received(refused) == []
-            assert "cannot record (anchors failing)" in gw.log_text()
-            sink.status = 200
-            assert wait_until(lambda: post(client, new_test_id()).status_code == 200, 40)
-        assert gw.stop() == 0
-    finally:
-        sink.stop()
+    store, sink = tmp_path / "store", down_http_sink
+    gw = start_gateway(config={**signed(store, priv),
+                               "anchors": {"http": sink.url, "interval": 0.05, "fail_closed": True, "max_lag": 1}})
+    with httpx_client(gw, "reverse") as client:
+        assert wait_until(lambda: "ANCHOR FAILED" in gw.log_text())
+        assert "traffic is refused if it lasts 1 s" in gw.log_text()
+        assert wait_until(lambda: post(client, new_test_id()).status_code == 503, 10)
+        refused = new_test_id()
+        r = post(client, refused)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_recorded", r.text
+        assert upstream.received(refused) == []
+        assert "cannot record (anchors failing)" in gw.log_text()
+        sink.status = 200
+        assert wait_until(lambda: post(client, new_test_id()).status_code == 200, 40)
+    assert gw.stop() == 0
     res = verify("--key", pub, "--anchors", sink.path, store)
     assert res.returncode == 0, res.stdout
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from recorder import anchors, cli, format_v1, ledger, signing, verify
 from recorder.sessions import SessionRegistry
 from recorder.writer import Alarm, RecordWriter
+from tests.support.checks import wait_until
 
 IDENTITY = {"sub": "alice", "email": None, "groups": [], "iss": None, "method": "none", "authenticated": False}
 
@@ -582,35 +583,26 @@ def anchorer_with(sink, signer, **spec) -> tuple[anchors.Anchorer, list]:
     return a, events
 
 
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 def test_anchorer_sends_the_newest_head_logs_failures_and_recovers(keys, monkeypatch):
     signer = signing.load_signer(keys[0])
     sink = FakeSink()
     monkeypatch.setattr(anchors, "MAX_BACKOFF", 0.05)
     a, events = anchorer_with(sink, signer, fail_closed=True, max_lag=0.2)
     a.offer("L" * 64, 0, "h0", "gateway.start")
-    assert wait_for(lambda: sink.lines)
+    assert wait_until(lambda: sink.lines)
     sink.fail = True
     a.offer("L" * 64, 1, "h1", "session.open")
-    assert wait_for(lambda: any("ANCHOR FAILED" in e for e in events))
+    assert wait_until(lambda: any("ANCHOR FAILED" in e for e in events))
     alarm = next(e for e in events if "ANCHOR FAILED" in e)
     assert isinstance(alarm, Alarm) and "the fake sink is down" in alarm and "ledger entries after seq 0 are" in alarm
     assert a.refusal() is None or "fail_closed" in a.refusal()
-    assert wait_for(lambda: a.refusal() is not None)  # failing longer than max_lag
+    assert wait_until(lambda: a.refusal() is not None)  # failing longer than max_lag
     assert "no ledger head reached the anchor sink fake sink" in a.refusal()
     for i in range(2, 6):  # heads made while it fails are merged into the newest
         a.offer("L" * 64, i, f"h{i}", "session.close")
     sink.fail = False
-    assert wait_for(lambda: any("works again" in e for e in events))
-    assert wait_for(lambda: json.loads(sink.lines[-1])["seq"] == 5)
+    assert wait_until(lambda: any("works again" in e for e in events))
+    assert wait_until(lambda: json.loads(sink.lines[-1])["seq"] == 5)
     assert a.refusal() is None
     assert [json.loads(x)["seq"] for x in sink.lines] == [0, 5]
     last = json.loads(sink.lines[-1])
@@ -657,7 +649,7 @@ def test_on_a_full_disk_the_ledger_says_at_once_which_sessions_failed(tiny_tmpfs
     store = tiny_tmpfs / "store"
     w = writer(store, signer)
     reg = SessionRegistry(w, store, idle_timeout=60, max_duration=600, signing_key_id=signer.key_id)
-    assert wait_for(lambda: (store / ledger.LEDGER_NAME).exists())
+    assert wait_until(lambda: (store / ledger.LEDGER_NAME).exists())
     fd = os.open(tiny_tmpfs / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         while True:
