@@ -16,6 +16,7 @@ import os
 import time
 
 from mitmproxy import http
+from mitmproxy.addons.errorcheck import ErrorCheckHandler
 
 from addons.config import WiretrailConfig
 from addons.credentials import INJECTED
@@ -28,7 +29,8 @@ from addons.masking import Masking
 from recorder.header_masking import recordable_headers
 from recorder.identity import Identity as VerifiedIdentity
 from recorder.sessions import Session, SessionRegistry
-from recorder.writer import RecordWriter, StorageError
+from recorder.anchors import AnchorSpec
+from recorder.writer import Alarm, RecordWriter, StorageError
 from recorder.writer_process import ProcessRecordWriter
 
 log = logging.getLogger("wiretrail")
@@ -133,7 +135,8 @@ class Capture:
             signer=signer,
             checkpoint_interval=cfg.storage.checkpoint_interval,
             retention_days=cfg.storage.retention_days,
-            on_event=lambda text: log.warning(f"wiretrail: {text}"),
+            on_event=_log_event,
+            anchors=AnchorSpec.from_config(cfg.anchors),
         )
         self.registry = SessionRegistry(
             self.writer,
@@ -146,6 +149,8 @@ class Capture:
         self.writer.start()
         if signer is not None:
             log.info(f"wiretrail: signing checkpoints, seals and the ledger with key id {signer.key_id}")
+        anchors = self._anchors_text(cfg)
+        log.info(f"wiretrail: {anchors}")
         if not cfg.storage.fail_closed:
             log.warning(
                 "wiretrail: storage.fail_closed = false: if a record cannot be written, "
@@ -155,6 +160,17 @@ class Capture:
         self._write_timeout = cfg.storage.write_timeout
         self._expiry_task = asyncio.ensure_future(self._every(cfg.sessions.idle_timeout / 4, self.registry.expire))
         self._watch_task = asyncio.ensure_future(self._every(self._write_timeout / 4, self._expire_waits))
+
+    @staticmethod
+    def _anchors_text(cfg) -> str:
+        a = cfg.anchors
+        sinks = [f"{kind} {where}" for kind, where in (("file", a.file), ("syslog", a.syslog), ("http", a.http))
+                 if where]
+        if not sinks:
+            return ("no [anchors]: the ledger head is not sent outside the store, so cutting its newest entries "
+                    "would not show (docs/integrity.md)")
+        return ("anchoring each ledger head to " + ", ".join(sinks)
+                + (f" (fail_closed: traffic is refused after {a.max_lag:g} s of failure)" if a.fail_closed else ""))
 
     async def _every(self, seconds: float, tick) -> None:
         interval = max(0.05, min(1.0, seconds))
@@ -583,6 +599,13 @@ class Capture:
             log.error(f"wiretrail: cannot record ({err.cause}): {err.detail}; "
                       + (f"refusing traffic with 503{until}" if self.cfg.storage.fail_closed
                          else "traffic passes UNRECORDED (fail_closed = false)"))
+
+
+def _log_event(text: str) -> None:
+    """The writer's notes: an Alarm is an error, except while mitmproxy still starts up, when any
+    error makes it exit (addons/errorcheck.py); then it is a warning, loud in its own words."""
+    starting = any(isinstance(h, ErrorCheckHandler) for h in logging.getLogger().handlers)
+    (log.error if isinstance(text, Alarm) and not starting else log.warning)(f"wiretrail: {text}")
 
 
 def _resolve(fut: asyncio.Future, err) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from recorder.connections import is_loopback_host
+from recorder.anchors import SYSLOG_FACILITIES
 from recorder.dev_secret import ensure_dev_secret
 
 
@@ -183,6 +184,19 @@ class ReviewConfig:
 
 
 @dataclass(frozen=True)
+class AnchorsConfig:
+    file: Path | None = None  # a file outside the store: one line appended per ledger head
+    syslog: str | None = None  # "/dev/log" (a local socket) or "udp:HOST:PORT"
+    syslog_facility: str = "authpriv"
+    http: str | None = None  # POSTed to as application/json
+    http_token: SecretRef | None = None  # sent as Authorization: Bearer
+    interval: float = 1.0  # seconds: at most one anchor per sink this often
+    timeout: float = 5.0  # seconds one send may take
+    fail_closed: bool = False
+    max_lag: float = 60.0  # seconds a sink may fail before fail_closed refuses traffic
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     storage: StorageConfig
     sessions: SessionsConfig
@@ -192,6 +206,7 @@ class GatewayConfig:
     capture: CaptureConfig
     connections: tuple[ConnectionConfig, ...]
     review: ReviewConfig = ReviewConfig()
+    anchors: AnchorsConfig = AnchorsConfig()
     source: Path | None = None  # None = the embedded default
 
 
@@ -622,6 +637,25 @@ def _check_connection_hosts(connections: tuple[ConnectionConfig, ...], at: str) 
             seen.setdefault(host, []).append(i)
 
 
+def _check_anchors(anchors: AnchorsConfig, at: str) -> None:
+    if anchors.http_token is not None:
+        if anchors.http is None:
+            raise ConfigError("is set, but there is no http sink to send it to", key=f"{at}.http_token")
+        if not anchors.http.startswith("https://"):
+            raise ConfigError("an http:// sink would carry the token in clear text; use https://",
+                              key=f"{at}.http_token")
+    if anchors.fail_closed and not (anchors.file or anchors.syslog or anchors.http):
+        raise ConfigError("is true, but no sink is set (file, syslog or http)", key=f"{at}.fail_closed")
+
+
+def _check_gateway(values: dict, at: str) -> None:
+    """An anchor kept in the store proves nothing: whoever rewrites the store rewrites it too."""
+    file, store = values["anchors"].file, values["storage"].dir
+    if file is not None and (file.absolute() == store.absolute() or store.absolute() in file.absolute().parents):
+        raise ConfigError(f"{file} is inside storage.dir ({store}): whoever can roll the ledger back can "
+                          "edit it too; put it on another mount, or use syslog or http", key="anchors.file")
+
+
 # -- the schema: every section and key -----------------------------------------------------------
 
 _SECONDS = _Number(gt=0)
@@ -728,7 +762,21 @@ SCHEMA = _Table(dict, (
         Key("verify_keys", _ListOf(_PathValue(), 'an array of paths, e.g. ["keys/gateway.pub"]'), (),
             "the gateway's public keys (PEM), kept outside the store, that the review page checks signatures with"),
     ), expected="a table ([review])"), _EMPTY_TABLE),
-))
+    Key("anchors", _Table(AnchorsConfig, (
+        Key("file", _PathValue(), None, "a file outside the store that each signed ledger head is appended to"),
+        Key("syslog", _Text('a unix socket path ("/dev/log") or "udp:HOST:PORT"',
+                            r"/\S+|udp:(?:[^\s:\[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}"), None,
+            "a syslog socket each signed ledger head is sent to"),
+        Key("syslog_facility", _OneOf(*SYSLOG_FACILITIES), "authpriv", "the syslog facility of those messages"),
+        Key("http", _Text('an http(s) URL, e.g. "https://audit.example.com/wiretrail/anchors"', r"https?://\S+"),
+            None, "a URL each signed ledger head is POSTed to"),
+        Key("http_token", _Secret(allow_none=False), None, "a bearer token for the http sink"),
+        Key("interval", _Number(gt=0, le=3600), 1.0, "seconds: at most one anchor per sink this often"),
+        Key("timeout", _Number(gt=0, le=120), 5.0, "seconds one send may take"),
+        Key("fail_closed", _Bool(), False, "true: refuse traffic (503) while a sink fails for longer than max_lag"),
+        Key("max_lag", _Number(gt=0, le=86400), 60.0, "seconds a sink may fail before fail_closed refuses traffic"),
+    ), check=_check_anchors, expected="a table ([anchors])"), _EMPTY_TABLE),
+), check=_check_gateway)
 
 
 def iter_keys(table: _Table = SCHEMA, at: str = "") -> Iterator[tuple[str, Key]]:

@@ -20,6 +20,7 @@ import socket
 import struct
 import select
 import sys
+import threading
 import time
 
 _HEADER = struct.Struct(">I")
@@ -117,10 +118,13 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=fd)
     frames = _Frames(sock)
 
+    send_lock = threading.Lock()  # the anchor thread sends events too
+
     def send(msg) -> None:
         data = pickle.dumps(msg, protocol=5)
         try:
-            sock.sendall(_HEADER.pack(len(data)) + data, socket.MSG_NOSIGNAL)
+            with send_lock:
+                sock.sendall(_HEADER.pack(len(data)) + data, socket.MSG_NOSIGNAL)
         except OSError:
             os._exit(1)  # the parent is gone: end as it did, without sealing
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from recorder import writer_child
+from recorder.anchors import AnchorSpec
 from recorder.bodies import BodyBytes, ChunkBytes
 from recorder.signing import Signer
 from recorder.writer import FSYNC_POLICIES, Ack, StorageError
@@ -97,6 +98,7 @@ class ProcessRecordWriter:
         checkpoint_interval: float = 5.0,
         retention_days: float = 0,
         on_event: Callable[[str], None] | None = None,
+        anchors: AnchorSpec | None = None,
     ):
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
@@ -109,6 +111,7 @@ class ProcessRecordWriter:
             "checkpoint_interval": checkpoint_interval, "retention_days": retention_days,
             "signing_key": signer.key_id if signer is not None else None,
             "pid": os.getpid(),  # the ledger's gateway.start names the gateway, not the child
+            "anchors": anchors,  # the child sends the ledger heads it writes
         }
         self._lock = threading.Lock()  # one frame at a time; guards _acks and _dead with it
         self._acks: dict[int, Ack] = {}
