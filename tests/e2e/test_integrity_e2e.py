@@ -671,8 +671,9 @@ def test_retention_deletes_old_sessions_and_the_ledger_still_verifies(start_gate
     gw2 = start_gateway(config=signed(store, priv, retention_days=1))
     monkeypatch.delenv("PYTHONPATH")
     monkeypatch.delenv("WIRETRAIL_TEST_TIME_SHIFT")
-    assert wait_until(lambda: sum(e["t"] == "session.deleted" for e in ledger_entries(store)) == 2)
-    assert not any(f.exists() for f in old)
+    # The tombstone is written before the file goes: wait for both.
+    assert wait_until(lambda: sum(e["t"] == "session.deleted" for e in ledger_entries(store)) == 2
+                      and not any(f.exists() for f in old))
     with httpx_client(gw2, "reverse") as client:
         assert post(client, new_test_id()).status_code == 200
     assert gw2.stop() == 0
