@@ -29,7 +29,7 @@ from addons.startup import StartupGate  # noqa: E402
 _gate = StartupGate()  # mitmproxy listens before `running`: flows wait for it
 _config = WiretrailConfig()
 _identity = Identity(_config)
-_credentials = Credentials(_config)
+_credentials = Credentials(_config, _identity)
 _masking = Masking(_config, known_secrets=_credentials.known_secrets)
 _credentials.on_reload = _masking.refresh  # a rotated credential is masked from then on
 _capture = Capture(_config, _masking)

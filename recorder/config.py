@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from recorder.client_credentials import INJECT_MODES, query_key
 from recorder.dev_secret import ensure_dev_secret
 
 
@@ -122,6 +123,8 @@ class IdentityConfig:
 @dataclass(frozen=True)
 class PolicyConfig:
     unregistered: str = "deny"  # deny | tunnel | record
+    resolve_timeout: float = 5.0  # seconds a destination's DNS lookup may take before it is refused
+    resolve_interval: float = 60.0  # seconds a lookup is reused; registered hosts are looked up again this often
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ class ConnectionConfig:
     credential: SecretRef | None = None  # None when "none" (record only)
     inject: str = "bearer"  # bearer | x-api-key | api-key | x-goog-api-key | none
     allow_groups: tuple[str, ...] = ()
+    strip_cookies: bool = True  # where the gateway injects: the client's cookies do not go upstream
+    keep_query: tuple[str, ...] = ()  # credential-like query names that pass anyway (as compared: query_key)
 
 
 @dataclass(frozen=True)
@@ -325,6 +330,17 @@ class _Host(_Kind):
             if len(name) <= 253 and _HOSTNAME.fullmatch(name):
                 return value
         raise self.bad(at, value)
+
+
+class _QueryName(_Kind):
+    """A query parameter name, kept as the credential swap compares it (recorder.client_credentials)."""
+
+    expected = 'a query parameter name, e.g. "token"'
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, str) or not query_key(value):
+            raise self.bad(at, value)
+        return query_key(value)
 
 
 class _PathValue(_Kind):
@@ -551,6 +567,10 @@ SCHEMA = _Table(dict, (
     Key("policy", _Table(PolicyConfig, (
         Key("unregistered", _OneOf("deny", "tunnel", "record"), "deny",
             "hosts no connection matches: deny, tunnel (not intercepted, not recorded) or record"),
+        Key("resolve_timeout", _Number(gt=0, le=60), 5.0,
+            "seconds a destination's DNS lookup may take; past it, or when it fails, the destination is refused"),
+        Key("resolve_interval", _Number(ge=1, le=86400), 60.0,
+            "seconds a DNS answer is reused; the registered hosts are looked up again this often"),
     ), expected="a table ([policy])"), _EMPTY_TABLE),
     Key("masking", _Table(MaskingConfig, (
         Key("builtin", _Bool(), True, "use the built-in secret patterns"),
@@ -582,9 +602,12 @@ SCHEMA = _Table(dict, (
         Key("ports", _ListOf(_Number(integer=True, ge=1, le=65535, expected="a port number 1..65535"),
                              "an array of port numbers, e.g. [443]"), (), "ports it matches; empty = any"),
         Key("credential", _Secret(allow_none=True), None, "the upstream credential the gateway injects"),
-        Key("inject", _OneOf("bearer", "x-api-key", "api-key", "x-goog-api-key", "none"), "bearer",
-            "how the credential is sent upstream"),
+        Key("inject", _OneOf(*INJECT_MODES), "bearer", "how the credential is sent upstream"),
         Key("allow_groups", _NAMES, (), "groups allowed to use it; empty = any authenticated identity"),
+        Key("strip_cookies", _Bool(), True,
+            "where the gateway injects its credential, the client's Cookie headers are removed; false lets them pass"),
+        Key("keep_query", _ListOf(_QueryName(), 'an array of query parameter names, e.g. ["token"]'), (),
+            "credential-like query parameters that pass to this upstream anyway (stripped by default)"),
     )), "an array of tables, written [[connections]]", unique="name", check=_check_connection_hosts),
         (), "registered upstreams"),
 ))
