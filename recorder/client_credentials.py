@@ -97,25 +97,21 @@ _SEPARATORS = str.maketrans("", "", "-_. \t")
 _MAX_DECODE = 4  # %25256b... is decoded this many times at most
 
 
+def decoded(raw: str) -> str:
+    """A query name or value percent-decoded until it stops changing (`%256b` -> `%6b` -> `k`),
+    with `+` as a space: however many times an upstream decodes it, it cannot become more."""
+    text = raw.replace("+", " ")
+    for _ in range(_MAX_DECODE):
+        once = unquote(text, errors="replace")
+        if once == text:
+            break
+        text = once
+    return text
+
+
 def query_key(raw_name: str) -> str:
-    """A query parameter name as compared: decoded until it stops changing, lowercase, no separators."""
-    name = raw_name.replace("+", " ")
-    for _ in range(_MAX_DECODE):
-        decoded = unquote(name, errors="replace")
-        if decoded == name:
-            break
-        name = decoded
-    return name.lower().translate(_SEPARATORS).rstrip("[]")
-
-
-def decoded_query_value(raw_value: str) -> str:
-    value = raw_value.replace("+", " ")
-    for _ in range(_MAX_DECODE):
-        decoded = unquote(value, errors="replace")
-        if decoded == value:
-            break
-        value = decoded
-    return value
+    """A query parameter name as compared: decoded, lowercase, no separators."""
+    return decoded(raw_name).lower().translate(_SEPARATORS).rstrip("[]")
 
 
 def _credential_name(raw_name: str, keep: frozenset[str]) -> bool:
@@ -140,7 +136,7 @@ def strip_query(path: str, *, credentials: bool, keep: frozenset[str] = frozense
                                         for piece in part.split(";")):
             dropped = True
             continue
-        if token and token in decoded_query_value(part):
+        if token and token in decoded(part):
             dropped = True
             continue
         kept.append(part)

@@ -11,13 +11,14 @@ Addresses are compared as keys: an IPv4-mapped IPv6 address is its IPv4 address,
 loopback and unspecified address (127.0.0.0/8, ::1, 0.0.0.0, ::) is one key, "loopback",
 since each of them can reach a service on this machine.
 
-Lookups run off the event loop (the loop's getaddrinfo, in its executor), each bounded by a
+Lookups run off the event loop (getaddrinfo, on threads of their own), each bounded by a
 deadline, and are reused for `ttl` seconds; concurrent lookups of one name share one. No
 mitmproxy here: the policy addon applies this to flows.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import ipaddress
 import re
@@ -260,9 +261,16 @@ class Resolution:
 Lookup = Callable[[str], Awaitable[list[str]]]
 
 
+# Lookups get threads of their own: a flood of names that hang in DNS then delays only other
+# lookups (each bounded by its deadline), not the loop's default executor that the rest of the
+# gateway shares (JWKS fetches, mitmproxy's own connections).
+_DNS_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="wiretrail-dns")
+
+
 async def getaddrinfo_lookup(name: str) -> list[str]:
-    """The addresses of `name`, as the gateway's own connection would find them."""
-    infos = await asyncio.get_running_loop().getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    """The addresses of `name`, as the gateway's own connection would find them (getaddrinfo)."""
+    infos = await asyncio.get_running_loop().run_in_executor(
+        _DNS_THREADS, functools.partial(socket.getaddrinfo, name, None, type=socket.SOCK_STREAM))
     return [info[4][0] for info in infos]
 
 

@@ -23,7 +23,7 @@ import pytest
 from recorder.identity import mint_dev_token
 from tests.support.artifacts import TEST_ID_HEADER, header, store_bytes
 from tests.support.checks import wait_for_records
-from tests.support.clients import TIMEOUT, new_test_id
+from tests.support.clients import TIMEOUT, new_test_id, read_http_head
 from tests.support.gateway import WIRETRAIL
 from tests.support.tls import OTHER_NAME, REGISTERED_NAME
 from tests.support.upstream import HAS_IPV6_LOOPBACK
@@ -77,14 +77,7 @@ class Answer:
 
 
 def _read_head(sock) -> tuple[int, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        more = sock.recv(65536)
-        if not more:
-            break
-        data += more
-    head, _, rest = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    status, _headers, rest = read_http_head(sock)
     return status, rest
 
 

@@ -88,3 +88,19 @@ def test_done_reaches_every_part_even_after_one_fails():
     with taddons.context():
         chain.done()
     assert calls == [("p0", "done"), ("p1", "done")]
+
+
+def test_an_exception_before_a_server_connection_opens_kills_it():
+    from mitmproxy.proxy import server_hooks
+    from mitmproxy.test import tflow as tf
+
+    class Connects:
+        async def server_connect(self, data):
+            raise RuntimeError("policy broke")
+
+    chain = AddonChain([Connects()])
+    data = server_hooks.ServerConnectionHookData(server=tf.tserver_conn(), client=tf.tclient_conn())
+    data.server.error = None
+    with taddons.context():
+        asyncio.run(chain.server_connect(data))
+    assert data.server.error and "server_connect failed" in data.server.error
