@@ -80,19 +80,20 @@ class Credentials:
     def requestheaders(self, flow: http.HTTPFlow):
         req = flow.request
         token = self.identity.token_of(flow) if self.identity is not None else None
-        token_bytes = token.encode("utf-8", "surrogateescape") if token else None
-        # Whatever happens below, the identity token never goes upstream.
-        _drop_fields(req.headers, _PROXY_AUTHORIZATION, token_bytes)
-        if token and "?" in req.path:
-            _set_path(req, strip_query(req.path, credentials=False, token=token))
-        if flow.response is not None or REFUSAL in flow.metadata:
+        conn = None if flow.response is not None or REFUSAL in flow.metadata else connection_of(flow)
+        injects = conn is not None and conn.credential is not None and conn.inject != "none"
+        # Whatever happens, the identity token never goes upstream; where the gateway injects, no
+        # credential of the client's either. One pass over the header fields for both.
+        names = (_CREDENTIAL_AND_COOKIE_FIELDS if conn.strip_cookies else _CREDENTIAL_FIELDS) if injects \
+            else _PROXY_AUTHORIZATION
+        _drop_fields(req.headers, names, token.encode("utf-8", "surrogateescape") if token else None)
+        if (token or injects) and "?" in req.path:
+            stripped = strip_query(req.path, credentials=injects, keep=conn.keep_query if injects else frozenset(),
+                                   token=token)
+            if stripped is not None:
+                req.path = stripped
+        if not injects:
             return
-        conn = connection_of(flow)
-        if conn is None or conn.credential is None or conn.inject == "none":
-            return
-        _drop_fields(req.headers, _CREDENTIAL_AND_COOKIE_FIELDS if conn.strip_cookies else _CREDENTIAL_FIELDS)
-        if "?" in req.path:
-            _set_path(req, strip_query(req.path, credentials=True, keep=conn.keep_query))
         secret = self.values.get(conn.name)
         if not secret:
             refuse(flow, 503, "no_credential",
@@ -120,13 +121,10 @@ def _drop_fields(headers: http.Headers, names: frozenset[bytes], token: bytes | 
     each time, on every request)."""
     fields = headers.fields
     if token:
-        kept = tuple(f for f in fields if f[0].lower() not in names and not field_carries_token(f[1], token))
+        kept = tuple(f for f in fields if f[0].lower() not in names and token not in f[1]
+                     and (f[1][:6].lower() != b"basic " or not field_carries_token(f[1], token)))
     else:
         kept = tuple(f for f in fields if f[0].lower() not in names)
     if len(kept) != len(fields):
         headers.fields = kept
 
-
-def _set_path(req: http.Request, path: str | None) -> None:
-    if path is not None:
-        req.path = path

@@ -292,8 +292,9 @@ class Resolver:
             return res
         return None
 
-    async def resolve(self, name: str) -> Resolution:
-        res = self.cached(name)
+    async def resolve(self, name: str, *, fresh: bool = False) -> Resolution:
+        """The cached answer, or a new lookup (always, with `fresh`)."""
+        res = None if fresh else self.cached(name)
         if res is not None:
             return res
         pending = self._pending.get(name)
@@ -408,7 +409,7 @@ class Destinations:
     async def refresh_registered(self) -> list[str]:
         """Look every registered host name up again; returns the errors of those that failed."""
         names = self.registry.names()
-        results = await asyncio.gather(*(self.resolver.resolve(n) for n in names))
+        results = await asyncio.gather(*(self.resolver.resolve(n, fresh=True) for n in names))
         errors = []
         for name, res in zip(names, results):
             if res.error:
