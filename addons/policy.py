@@ -62,11 +62,12 @@ def connection_of(flow: http.HTTPFlow) -> ConnectionConfig | None:
 def destination_of(flow: http.HTTPFlow) -> dict | None:
     """The destination for the record: {"host", "port", "address"}. The address is the one the
     gateway pins the connection to, or that of the open upstream connection, or None when
-    mitmproxy has yet to resolve a registered name (http.end then carries it)."""
+    mitmproxy has yet to connect by name (a registered name, a reverse-mode target; http.end
+    then carries it)."""
     dest: Destination | None = flow.metadata.get(DESTINATION)
     if dest is None:
         return None
-    if dest.record["address"] is not None:
+    if dest.record["address"] is not None and not is_reverse(flow):  # pinned (reverse mode is not)
         return dest.record
     return {"host": dest.host, "port": dest.port, "address": peer_address(flow)}
 

@@ -208,8 +208,10 @@ def test_a_reverse_target_that_is_an_alias_is_that_host(start_gateway, upstream,
                    headers={"authorization": f"Bearer {token()}", TEST_ID_HEADER: test_id})
     assert r.status_code == 200, r.text
     assert upstream.exchange(test_id).header("authorization") == f"Bearer {UPSTREAM_KEY}"
-    art = wait_for_records(gw, lambda a: a.flows_with_test_id(test_id))
-    assert art.flow(test_id).request["connection"] == "fake-llm"
+    art = wait_for_records(gw, lambda a: a.flows_with_test_id(test_id) and a.flow(test_id).end)
+    flow = art.flow(test_id)
+    assert flow.request["connection"] == "fake-llm" and flow.request["dest"]["host"] == "localhost"
+    assert flow.end["address"] in ("127.0.0.1", "::1")  # where mitmproxy connected, by name
 
 
 def test_a_destination_that_does_not_resolve_is_refused(start_gateway, upstream, files):
