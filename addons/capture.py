@@ -21,7 +21,7 @@ from mitmproxy.addons.errorcheck import ErrorCheckHandler
 from addons.config import WiretrailConfig
 from addons.credentials import INJECTED
 from addons.identity import IDENTITY, identity_of
-from addons.policy import TUNNELED, connection_of
+from addons.policy import TUNNELED, connection_of, destination_of, peer_address
 from addons.refusal import error_response, refusal_of
 from addons.streaming import header_values, request_streams, response_streams
 from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
@@ -334,13 +334,14 @@ class Capture:
         self._record_end(flow, fc)
         self._end(fc)
 
-    def record_tunnel(self, client, host: str, port: int, ident: VerifiedIdentity) -> None:
-        """An unregistered host passed through uninspected (policy "tunnel"): note who and where."""
+    def record_tunnel(self, client, host: str, port: int, ident: VerifiedIdentity, details: dict | None = None) -> None:
+        """An unregistered host passed through uninspected (policy "tunnel"): note who and where
+        (`details`: the address it is pinned to and the TLS SNI)."""
         if self.registry is None or self._stopped:
             return
         peer = client.peername or ("", 0)
         session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
-        session.record("tunnel", {"conn": client.id, "host": host, "port": port})
+        session.record("tunnel", {"conn": client.id, "host": host, "port": port, **(details or {})})
         self.registry.end_flow(session)
 
     # -- records ----------------------------------------------------------------------
@@ -358,6 +359,7 @@ class Capture:
             "mode": flow.client_conn.proxy_mode.type_name,
             "method": req.method,
             "url": f"{req.host}:{req.port}" if req.method == "CONNECT" else self._mask_text(req.pretty_url),
+            "dest": destination_of(flow),
             "status": refusal["status"],
             "reason": refusal["reason"],
             "message": refusal["message"],
@@ -388,6 +390,7 @@ class Capture:
             "mode": flow.client_conn.proxy_mode.type_name,
             "method": req.method,
             "url": self._recorded_url(req),
+            "dest": destination_of(flow),
             "http_version": req.http_version,
             "headers": self._headers(req.headers, flow.metadata.get(INJECTED)),
             "body": body,
@@ -437,6 +440,7 @@ class Capture:
                 "size": dict(fc.wire),
                 "duration_ms": round((end - start) * 1000, 3),
                 "ttfb_ms": ttfb,
+                "address": peer_address(flow),
             },
         )
 

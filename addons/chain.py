@@ -34,13 +34,15 @@ GUARDED = ("next_layer", "websocket_start", "websocket_message", "tcp_start", "t
 LOGGED = ("responseheaders", "response", "error", "tls_clienthello", "websocket_end", "tcp_end", "tcp_error")
 # Errors in these reach mitmproxy: `load` and `configure` raise OptionsError on a bad config.
 PASSED_THROUGH = ("load", "configure")
+# Before an upstream connection opens: an exception kills that connection (nothing is sent).
+CONNECTING = ("server_connect",)
 
 
 class AddonChain:
     def __init__(self, parts: list):
         self.parts = list(parts)
         blockers = [p.block_failed for p in self.parts if callable(getattr(p, "block_failed", None))]
-        for hook in BEFORE_UPSTREAM + GUARDED + LOGGED + PASSED_THROUGH + ("running", "done"):
+        for hook in BEFORE_UPSTREAM + GUARDED + LOGGED + PASSED_THROUGH + CONNECTING + ("running", "done"):
             handlers = [getattr(p, hook) for p in self.parts if callable(getattr(p, hook, None))]
             if not handlers:
                 continue
@@ -63,7 +65,9 @@ def _name(handler) -> str:
 
 def _fail(hook: str, handler, flow, fail_closed: bool, blockers=()) -> None:
     log.exception(f"wiretrail: {_name(handler)} failed")
-    if fail_closed and getattr(flow, "response", True) is None:
+    if hook in CONNECTING:
+        flow.server.error = f"wiretrail could not check this connection ({hook} failed)"
+    elif fail_closed and getattr(flow, "response", True) is None:
         refuse(flow, 500, "internal_error", f"wiretrail could not check this request ({hook} failed), so it "
                "was not forwarded. The gateway operator can see why in its log.")
     for block in blockers:

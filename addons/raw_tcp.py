@@ -27,9 +27,9 @@ from addons.config import WiretrailConfig
 from addons.identity import Identity, identity_of
 from addons.layers import RefusedLayer, find_layer, guard_tcp, protocol_of, raw_layer_in
 from addons.masking import Masking
-from addons.policy import connection_of
+from addons.policy import Policy, connection_of
 from recorder.identity import ANONYMOUS
-from recorder.raw_policy import RawDecision, decide_raw
+from recorder.raw_policy import UNCHECKED, RawDecision, decide_raw
 from recorder.websocket_records import (
     TcpState,
     tcp_close_fields,
@@ -51,9 +51,11 @@ class _Decided:
 
 
 class RawTcp:
-    def __init__(self, config: WiretrailConfig, identity: Identity, capture: Capture, masking: Masking | None = None):
+    def __init__(self, config: WiretrailConfig, identity: Identity, policy: Policy, capture: Capture,
+                 masking: Masking | None = None):
         self.config_addon = config
         self.identity = identity
+        self.policy = policy  # destinations: by name and by address, as for HTTP
         self.capture = capture
         self.masking = masking
         self.decided: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # TCPFlow -> _Decided
@@ -83,7 +85,8 @@ class RawTcp:
         address = context.server.address
         host, port = (address[0], address[1]) if address else (None, None)
         ident, authenticated = self._caller(context.client)
-        decision = decide_raw(self.config_addon.current, host, port, protocol=protocol, identity=ident,
+        conn = self.policy.connection_now(context.client, host, port) if host and port else None
+        decision = decide_raw(self.config_addon.current, host, port, conn, protocol=protocol, identity=ident,
                               authenticated=authenticated, ignored=ignored)
         if decision.action == "tunnel":
             if ignored:
@@ -109,10 +112,8 @@ class RawTcp:
         # mitmproxy relays raw TCP after a 101 that is not a WebSocket upgrade.
         upgrade = resp.headers.get("upgrade") or "(none)"
         ident = identity_of(flow)
-        decision = decide_raw(self.config_addon.current, flow.request.host, flow.request.port, identity=ident)
-        conn = connection_of(flow)
-        if decision.action == "record" and conn is not None and decision.connection is not conn:
-            decision = RawDecision("record", conn)
+        decision = decide_raw(self.config_addon.current, flow.request.host, flow.request.port, connection_of(flow),
+                              identity=ident)
         if decision.action != "record":
             why = (f"the upstream switched protocols to {upgrade!r}, which is not WebSocket; "
                    f"the gateway does not forward it: {decision.message or 'it cannot be recorded'}")

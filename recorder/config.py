@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from recorder.connections import is_loopback_host
 from recorder.anchors import SYSLOG_FACILITIES
+from recorder.client_credentials import INJECT_MODES, query_key
+from recorder.connections import is_loopback_host
 from recorder.dev_secret import ensure_dev_secret
 
 
@@ -126,6 +127,8 @@ class IdentityConfig:
 class PolicyConfig:
     unregistered: str = "deny"  # deny | tunnel | record
     raw_tcp: str = "refuse"  # refuse | record: bytes that are not HTTP (nor WebSocket) inside a tunnel
+    resolve_timeout: float = 5.0  # seconds a destination's DNS lookup may take before it is refused
+    resolve_interval: float = 60.0  # seconds a lookup is reused; registered hosts are looked up again this often
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,8 @@ class ConnectionConfig:
     tls_key: Path | None = None
     allow_plaintext: bool = False  # clients without TLS, on a loopback listen address only
     sample_rows: int = 0  # rows per result recorded as a masked sample; 0 = none
+    strip_cookies: bool = True  # where the gateway injects: the client's cookies do not go upstream
+    keep_query: tuple[str, ...] = ()  # credential-like query names that pass anyway (as compared: query_key)
 
 
 @dataclass(frozen=True)
@@ -407,6 +412,17 @@ class _HostPort(_Kind):
         except ValueError:
             raise self.bad(at, value) from None
         return value
+
+
+class _QueryName(_Kind):
+    """A query parameter name, kept as the credential swap compares it (recorder.client_credentials)."""
+
+    expected = 'a query parameter name, e.g. "token"'
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, str) or not query_key(value):
+            raise self.bad(at, value)
+        return query_key(value)
 
 
 class _PathValue(_Kind):
@@ -705,6 +721,10 @@ SCHEMA = _Table(dict, (
         Key("raw_tcp", _OneOf("refuse", "record"), "refuse",
             "bytes that are not HTTP or WebSocket (raw TCP, an unknown protocol): refuse closes the "
             "connection before anything goes upstream; record records both directions as tcp.* records"),
+        Key("resolve_timeout", _Number(gt=0, le=60), 5.0,
+            "seconds a destination's DNS lookup may take; past it, or when it fails, the destination is refused"),
+        Key("resolve_interval", _Number(ge=1, le=86400), 60.0,
+            "seconds a DNS answer is reused; the registered hosts are looked up again this often"),
     ), expected="a table ([policy])"), _EMPTY_TABLE),
     Key("masking", _Table(MaskingConfig, (
         Key("builtin", _Bool(), True, "use the built-in secret patterns"),
@@ -736,8 +756,7 @@ SCHEMA = _Table(dict, (
         Key("ports", _ListOf(_Number(integer=True, ge=1, le=65535, expected="a port number 1..65535"),
                              "an array of port numbers, e.g. [443]"), (), "ports it matches; empty = any"),
         Key("credential", _Secret(allow_none=True), None, "the upstream credential the gateway injects"),
-        Key("inject", _OneOf("bearer", "x-api-key", "api-key", "x-goog-api-key", "none"), "bearer",
-            "how the credential is sent upstream"),
+        Key("inject", _OneOf(*INJECT_MODES), "bearer", "how the credential is sent upstream"),
         Key("allow_groups", _NAMES, (), "groups allowed to use it; empty = any authenticated identity"),
         Key("kind", _OneOf("http", "postgres"), "http", "http: an API reached through the proxy; postgres: a database"),
         Key("listen", _HostPort(None, "127.0.0.1:15432"), None, "postgres: where database clients connect"),
@@ -754,6 +773,10 @@ SCHEMA = _Table(dict, (
         Key("allow_plaintext", _Bool(), False, "postgres: accept clients without TLS (loopback listen only)"),
         Key("sample_rows", _Number(integer=True, ge=0, le=1000, unit="rows"), 0,
             "postgres: rows per result recorded as a masked sample; 0 = none"),
+        Key("strip_cookies", _Bool(), True,
+            "where the gateway injects its credential, the client's Cookie headers are removed; false lets them pass"),
+        Key("keep_query", _ListOf(_QueryName(), 'an array of query parameter names, e.g. ["token"]'), (),
+            "credential-like query parameters that pass to this upstream anyway (stripped by default)"),
     )), "an array of tables, written [[connections]]", unique="name", check=_check_connections),
         (), "registered upstreams"),
     Key("review", _Table(ReviewConfig, (

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recorder.connections import match_connection
-
 
 @dataclass(frozen=True)
 class RawDecision:
@@ -21,9 +19,14 @@ class RawDecision:
     message: str = ""  # for a refusal: what the operator and the record read
 
 
-def decide_raw(cfg, host: str | None, port: int | None, *, protocol: str = "tcp", identity=None,
+UNCHECKED = object()  # `conn` of a destination policy has not classified: refused
+
+
+def decide_raw(cfg, host: str | None, port: int | None, conn=None, *, protocol: str = "tcp", identity=None,
                authenticated: bool = True, ignored: bool = False) -> RawDecision:
-    """`cfg` the GatewayConfig (None: not started); `identity` the caller's verified identity (its
+    """`cfg` the GatewayConfig (None: not started); `conn` the registered connection policy matched
+    the destination to, by name or address (recorder/destinations.py), None for an unregistered
+    one, UNCHECKED when it could not be classified; `identity` the caller's verified identity (its
     `groups`); `authenticated` False when the caller has no verified identity although the gateway
     requires one; `ignored` for a connection mitmproxy was told to pass untouched (ignore_hosts)."""
     where = f"{host}:{port}" if host else "an unknown destination"
@@ -35,7 +38,10 @@ def decide_raw(cfg, host: str | None, port: int | None, *, protocol: str = "tcp"
                            "and (with policy.raw_tcp = \"record\") TCP pass")
     if not host or not port:
         return RawDecision("refuse", None, "no_destination", "a raw connection without a known destination")
-    conn = match_connection(cfg.connections, host, port)
+    if conn is UNCHECKED:
+        return RawDecision("refuse", None, "unchecked",
+                           f"{where} could not be matched against the registered connections (its name is not "
+                           "resolved yet); a destination that is not checked is not passed")
     if conn is None:
         if ignored or cfg.policy.unregistered == "tunnel":
             return RawDecision("tunnel")

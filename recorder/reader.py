@@ -54,6 +54,14 @@ REQUIRED: dict[str, dict[str, object]] = {
     "seal": {"key": str, "sig": str},
     **PG_REQUIRED,
 }
+# Fields a record may carry (newer gateways write them), and the JSON types they must have then.
+_DEST = object()  # {"host": str, "port": int, "address": str or null}, or null
+OPTIONAL: dict[str, dict[str, object]] = {
+    "http.request": {"dest": _DEST},
+    "auth.refused": {"dest": _DEST},
+    "http.end": {"address": _STR_OR_NULL},
+    "tunnel": {"address": _STR_OR_NULL, "sni": _STR_OR_NULL},
+}
 
 
 @dataclass(frozen=True)
@@ -204,6 +212,11 @@ def _type_ok(value, expected) -> bool:
     return isinstance(value, types)
 
 
+def _dest_ok(dest) -> bool:
+    return dest is None or (isinstance(dest, dict) and isinstance(dest.get("host"), str)
+                            and _type_ok(dest.get("port"), int) and _type_ok(dest.get("address"), _STR_OR_NULL))
+
+
 def _check_body(seq: int, key: str, body) -> Problem | None:
     if body is None:
         return None
@@ -236,6 +249,9 @@ def _check_fields(seq: int, rec: dict) -> list[Problem]:
             out.append(Problem(seq, "field", f"{t}: missing field \"{key}\""))
         elif not _type_ok(rec[key], expected):
             out.append(Problem(seq, "field", f"{t}: field \"{key}\" has the wrong type ({type(rec[key]).__name__})"))
+    for key, expected in OPTIONAL.get(t, {}).items():
+        if key in rec and not (_dest_ok(rec[key]) if expected is _DEST else _type_ok(rec[key], expected)):
+            out.append(Problem(seq, "field", f"{t}: field \"{key}\" has the wrong type or shape"))
     if t == "http.chunk" and rec.get("dir") not in ("request", "response", None):
         out.append(Problem(seq, "field", f"http.chunk: dir {rec.get('dir')!r} is not \"request\" or \"response\""))
     if t in ("ws.message", "tcp.message") and rec.get("from") not in ("client", "server", None):

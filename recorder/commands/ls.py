@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from recorder.destinations import canonical_host
 from recorder.postgres.transcript import databases
 from recorder.reader import SessionSummary, iter_session_files, read_session, summarize
 
@@ -33,7 +34,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--user", metavar="USER", help="only sessions of this identity (sub or email)")
     p.add_argument("--since", metavar="TIME", help="only sessions active at or after TIME: 2026-01-31, 2026-01-31T14:00 (UTC), or 2h / 3d / 45m ago")
     p.add_argument("--until", metavar="TIME", help="only sessions that started at or before TIME (same forms as --since)")
-    p.add_argument("--host", metavar="HOST", help="only sessions with a request to HOST (or a subdomain of it)")
+    p.add_argument("--host", metavar="HOST", help="only sessions with a request that went to HOST (a name, a subdomain of it, or an address; "
+                   "the destination the gateway connected to, not the Host the client named)")
     p.add_argument("--json", action="store_true", help="one JSON object per session, one per line")
 
 
@@ -130,21 +132,30 @@ def table(rows: list[tuple[str, ...]], databases: bool = False) -> list[str]:
 
 
 def hosts_of(records: list[dict]) -> set[str]:
+    """Where the session's requests went: each record's destination (host and address), not the
+    URL the client named; the URL's host only in files from gateways that did not record it."""
     out = set()
     for r in records:
-        if r.get("t") in ("http.request", "auth.refused") and isinstance(r.get("url"), str):
-            host = urlsplit(r["url"]).hostname
+        t = r.get("t")
+        dest = r.get("dest") if t in ("http.request", "auth.refused") else r if t == "tunnel" else None
+        if isinstance(dest, dict):
+            for key in ("host", "address"):
+                if isinstance(dest.get(key), str):
+                    out.add(canonical_host(dest[key]))
+        elif t in ("http.request", "auth.refused") and isinstance(r.get("url"), str):
+            try:
+                host = urlsplit(r["url"]).hostname
+            except ValueError:
+                host = None
             if host:
-                out.add(host.lower())
-        elif r.get("t") == "tunnel" and isinstance(r.get("host"), str):
-            out.add(r["host"].lower())
-        elif r.get("t") == "pg.connect" and isinstance((r.get("upstream") or {}).get("host"), str):
-            out.add(r["upstream"]["host"].lower())
+                out.add(canonical_host(host))
+        elif t == "pg.connect" and isinstance((r.get("upstream") or {}).get("host"), str):
+            out.add(canonical_host(r["upstream"]["host"]))
     return out
 
 
 def host_matches(hosts: set[str], want: str) -> bool:
-    want = want.lower().strip(".")
+    want = canonical_host(want)
     return any(h == want or h.endswith("." + want) for h in hosts)
 
 

@@ -141,3 +141,19 @@ def test_websocket_tcp_and_layer_hooks_are_dispatched_and_a_failure_blocks_what_
     assert calls == ["websocket_message", "websocket_message", "websocket_start", "websocket_start",
                      "next_layer", "next_layer", "websocket_end", "websocket_end", "tcp_message", "tcp_message"]
     assert blocker.blocked == [("websocket_message", flow), ("next_layer", "the next layer")]
+
+
+def test_an_exception_before_a_server_connection_opens_kills_it():
+    from mitmproxy.proxy import server_hooks
+    from mitmproxy.test import tflow as tf
+
+    class Connects:
+        async def server_connect(self, data):
+            raise RuntimeError("policy broke")
+
+    chain = AddonChain([Connects()])
+    data = server_hooks.ServerConnectionHookData(server=tf.tserver_conn(), client=tf.tclient_conn())
+    data.server.error = None
+    with taddons.context():
+        asyncio.run(chain.server_connect(data))
+    assert data.server.error and "server_connect failed" in data.server.error

@@ -3,7 +3,7 @@ import pytest
 
 from recorder.config import parse_config
 from recorder.identity import ANONYMOUS, Identity
-from recorder.raw_policy import decide_raw
+from recorder.raw_policy import UNCHECKED, decide_raw
 
 BASE = """
 [storage]
@@ -39,6 +39,11 @@ def cfg(tmp_path, unregistered="deny", raw_tcp="refuse"):
     return parse_config(BASE.format(unregistered=unregistered, raw_tcp=raw_tcp), source="t.toml", base_dir=tmp_path)
 
 
+def registered(config, host):
+    """The connection policy's destinations would match (here: by name)."""
+    return next((c for c in config.connections if host in c.hosts), None)
+
+
 @pytest.mark.parametrize("unregistered, raw_tcp, host, kw, action, reason", [
     ("deny", "refuse", "db.example", {}, "refuse", "raw_tcp"),  # the default fails closed
     ("deny", "record", "db.example", {}, "record", ""),
@@ -53,9 +58,12 @@ def cfg(tmp_path, unregistered="deny", raw_tcp="refuse"):
     ("record", "refuse", "other.example", {}, "refuse", "raw_tcp"),
     ("record", "record", "other.example", {}, "record", ""),
     ("deny", "record", "other.example", {"ignored": True}, "tunnel", ""),
+    ("tunnel", "record", "unresolved.example", {"conn": UNCHECKED}, "refuse", "unchecked"),  # never tunnelled unchecked
 ])
 def test_decide_raw(tmp_path, unregistered, raw_tcp, host, kw, action, reason):
-    d = decide_raw(cfg(tmp_path, unregistered, raw_tcp), host, 5432, **kw)
+    config = cfg(tmp_path, unregistered, raw_tcp)
+    kw.setdefault("conn", registered(config, host))
+    d = decide_raw(config, host, 5432, **kw)
     assert (d.action, d.reason) == (action, reason), d.message
     if action == "refuse":
         assert d.message  # the log and the record say why
@@ -64,7 +72,8 @@ def test_decide_raw(tmp_path, unregistered, raw_tcp, host, kw, action, reason):
 def test_no_config_or_no_destination_is_refused(tmp_path):
     assert decide_raw(None, "db.example", 1).action == "refuse"
     assert decide_raw(cfg(tmp_path, raw_tcp="record"), None, None).reason == "no_destination"
-    assert decide_raw(cfg(tmp_path, raw_tcp="record"), "db.example", 1, identity=ANONYMOUS).action == "record"
+    config = cfg(tmp_path, raw_tcp="record")
+    assert decide_raw(config, "db.example", 1, registered(config, "db.example"), identity=ANONYMOUS).action == "record"
 
 
 def test_the_setting_is_validated(tmp_path):
