@@ -4,10 +4,10 @@ mitmproxy hands request trailers to the `request` hook and response trailers to 
 `response` hook, for buffered and streamed bodies alike, and sends them on only after the
 hook returns. So here, before capture records them:
 
-- request trailers never carry a credential upstream: every credential field (the names of
-  credentials.CLIENT_CREDENTIAL_HEADERS, the headers that carried the identity token,
-  cookies) is removed, on every connection: no API reads a key from a trailer, and a
-  connection that injects must not pass the client's own;
+- request trailers never carry a credential upstream: every field named in
+  recorder.client_credentials (CREDENTIAL_HEADERS and the cookies) and every field whose value
+  carries the identity token is removed, on every connection: no API reads a key from a
+  trailer, and a connection that injects must not pass the client's own;
 - with masking.mask_requests / mask_responses, the values forwarded are masked as header
   values are.
 
@@ -18,30 +18,36 @@ from __future__ import annotations
 from mitmproxy import http
 
 from addons.config import WiretrailConfig
-from addons.credentials import CLIENT_CREDENTIAL_HEADERS
-from addons.identity import TOKEN_HEADERS
+from addons.identity import Identity
 from addons.masking import Masking
+from recorder.client_credentials import COOKIE_HEADERS, CREDENTIAL_HEADERS, field_carries_token
 
 TRAILERS_STRIPPED = "wiretrail.trailers_stripped"  # flow.metadata: names removed from request trailers
 
-_NEVER_IN_TRAILERS = frozenset(name.encode() for name in CLIENT_CREDENTIAL_HEADERS + ("cookie",))
+_NEVER_IN_TRAILERS = frozenset(name.encode() for name in CREDENTIAL_HEADERS + COOKIE_HEADERS)
 
 
 class Trailers:
-    def __init__(self, config: WiretrailConfig, masking: Masking):
+    def __init__(self, config: WiretrailConfig, identity: Identity, masking: Masking):
         self.config_addon = config
+        self.identity = identity  # the flow's identity token, removed wherever it appears
         self.masking = masking
 
     def request(self, flow: http.HTTPFlow):
         trailers = flow.request.trailers
         if not trailers or flow.response is not None:
             return
-        names = _NEVER_IN_TRAILERS | frozenset(n.lower().encode() for n in flow.metadata.get(TOKEN_HEADERS) or ())
-        kept = tuple(f for f in trailers.fields if f[0].lower() not in names)
-        if len(kept) != len(trailers.fields):
-            flow.metadata[TRAILERS_STRIPPED] = sorted({f[0].lower().decode("latin-1") for f in trailers.fields
-                                                       if f[0].lower() in names})
-            trailers.fields = kept
+        token = self.identity.token_of(flow)
+        token = token.encode("utf-8", "surrogateescape") if token else None
+
+        def credential(field) -> bool:
+            name, value = field
+            return name.lower() in _NEVER_IN_TRAILERS or (token is not None and field_carries_token(value, token))
+
+        gone = [f for f in trailers.fields if credential(f)]
+        if gone:
+            flow.metadata[TRAILERS_STRIPPED] = sorted({name.lower().decode("latin-1") for name, _ in gone})
+            trailers.fields = tuple(f for f in trailers.fields if not credential(f))
         if self._masks("mask_requests"):
             self._mask(trailers)
 

@@ -7,8 +7,9 @@ cannot encode), it tries again here, and says so in the record:
    logic), with `"masked_as": "text"` and a `note` naming the error;
 2. values orjson cannot encode are repaired (`repair`): a string that is not valid Unicode
    (a header with bytes that are not UTF-8) keeps its bytes as backslash escapes, a number
-   too large becomes its decimal string, a key that is not a string becomes one, anything
-   else its repr; the record then carries `"repaired"` saying what was changed.
+   too large becomes its decimal string, a key that is not a string becomes one, any other
+   value only its type's name (its repr could hold unmasked content); the record then carries
+   `"repaired"` saying what was changed.
 
 If even that fails, the record truly cannot be written: an `http.error` takes its place
 (`phase` "record", `lost` naming the missing record type), so the session shows the gap and
@@ -95,8 +96,8 @@ def repair(value) -> tuple[object, list[str]]:
             else:
                 parent[slot] = str(v)
                 _note(changes, "integer too large")
-        else:
-            parent[slot] = repr(v)
+        else:  # its type only: a repr could carry content that was never masked
+            parent[slot] = f"[{type(v).__name__} value: not recorded]"
             _note(changes, f"{type(v).__name__} value")
     return root[0], changes
 
@@ -136,8 +137,14 @@ def line_for(chain: format_v1.Chain, rtype: str, ts: float, fields: dict) -> tup
         rendered["repaired"] = f"{_describe(error)}" + (f"; {', '.join(changes)}" if changes else "")
         return chain.next_line(rtype, ts, rendered), f"repaired: {rendered['repaired']}"
     except Exception as again:
-        flow = fields.get("flow") if isinstance(fields.get("flow"), str) else None
-        message = (f"the {rtype} record could not be written ({_describe(error)}; then {_describe(again)}); "
-                   "it is missing from this session")
-        return chain.next_line("http.error", ts, {"flow": flow, "phase": "record", "by": "gateway", "lost": rtype,
-                                                  "message": message}), f"lost: {message}"
+        return lost_line(chain, rtype, ts, fields, error, again)
+
+
+def lost_line(chain: format_v1.Chain, rtype: str, ts: float, fields: dict, error: BaseException,
+              again: BaseException | None = None) -> tuple[bytes, str]:
+    """The http.error that stands in for a record that cannot be written at all."""
+    flow = fields.get("flow") if isinstance(fields.get("flow"), str) else None
+    message = (f"the {rtype} record could not be written ({_describe(error)}"
+               + (f"; then {_describe(again)}" if again is not None else "") + "); it is missing from this session")
+    return chain.next_line("http.error", ts, {"flow": flow, "phase": "record", "by": "gateway", "lost": rtype,
+                                              "message": message}), f"lost: {message}"

@@ -37,7 +37,7 @@ import zlib
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-from tests.support.listener import listen_loopback, stop_listening
+from tests.support.listener import stop_listening
 from tests.support.tls import TestCA
 
 # Deterministic stream content; a multi-byte character in it checks that text split
@@ -254,6 +254,33 @@ def nested_json(depth: int, secret: str = NESTED_SECRET) -> bytes:
 GZIP_JSON = json.dumps({"compressed": True, "text": JSON_REPLY_TEXT, "items": list(range(50))}).encode()
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAS_IPV6_LOOPBACK = _ipv6_loopback()
+
+
+def _listen_ipv6_loopback(port: int) -> socket.socket | None:
+    if not HAS_IPV6_LOOPBACK:
+        return None
+    s6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s6.bind(("::1", port))
+        s6.listen(128)
+        return s6
+    except OSError:
+        s6.close()
+        return None
+
+
 class FakeUpstream:
     def __init__(self, ca: TestCA, *, sse_events: int = 5, sse_delay: float = 0.2):
         self.ca = ca
@@ -265,6 +292,7 @@ class FakeUpstream:
         self._started: list[Exchange] = []  # every request whose headers arrived, complete or not
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self._listener6: socket.socket | None = None  # the same port on ::1, where IPv6 is up
         self._stopped = threading.Event()
         self.port = 0
         # Called on the connection's thread with the Exchange as soon as a request's
@@ -274,14 +302,29 @@ class FakeUpstream:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> "FakeUpstream":
-        self._listener = listen_loopback(self._serve, "fake-upstream", self._stopped)
-        self.port = self._listener.getsockname()[1]
+        for _attempt in range(20):  # a port free on 127.0.0.1 may be taken on ::1
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            s6 = _listen_ipv6_loopback(port)
+            if s6 is not None or not HAS_IPV6_LOOPBACK:
+                break
+            s.close()
+        s.listen(128)
+        self._listener, self._listener6 = s, s6
+        self.port = port
+        for listener in (s, s6):
+            if listener is not None:
+                threading.Thread(target=self._accept_loop, args=(listener,), name="fake-upstream-accept",
+                                 daemon=True).start()
         return self
 
     def stop(self) -> None:
         self._stopped.set()
-        if self._listener is not None:
-            stop_listening(self._listener)
+        for listener in (self._listener, self._listener6):
+            if listener is not None:
+                stop_listening(listener)
         with self._lock:
             conns = list(self._conns)
         for c in conns:
@@ -341,6 +384,14 @@ class FakeUpstream:
         if not self._stopped.is_set():
             print(f"fake upstream: connection dropped during {stage}: {type(e).__name__}: {e}",
                   file=sys.stderr, flush=True)
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self._stopped.is_set():
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), name="fake-upstream-conn", daemon=True).start()
 
     def _serve(self, raw: socket.socket) -> None:
         raw.settimeout(60)

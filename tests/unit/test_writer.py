@@ -93,7 +93,7 @@ def test_an_unencodable_record_is_written_repaired_not_dropped(tmp_path):
     assert [x["t"] for x in lines] == ["session.open", "x", "y", "session.close"]
     x = lines[1]
     assert x["headers"] == [["x-odd", "caf\\xe9 \\xff"]] and x["n"] == str(1 << 70)
-    assert x["bad"].startswith("<object object") and "invalid Unicode" in x["repaired"]
+    assert x["bad"] == "[object value: not recorded]" and "invalid Unicode" in x["repaired"]
     assert [e.cause for e in errors] == [writer_module.RECORD_REPAIRED] and errors[0].flow == "f1"
 
 
@@ -122,8 +122,8 @@ def test_a_record_that_cannot_be_written_leaves_an_http_error_in_its_place(tmp_p
     assert errors and errors[0].cause == writer_module.RECORD_LOST and errors[0].flow == "f1"
     from recorder.verify import verify_file
 
-    verdict = verify_file(path)  # verify reports the gap, with its seq
-    assert any("GAP at seq 1: the http.response record of flow f1" in n for n in verdict.notes)
+    verdict = verify_file(path)  # verify reports the gap, with its seq, as damage (exit 3)
+    assert any("GAP at seq 1: the http.response record of flow f1" in n for n in verdict.damage)
 
 
 @pytest.mark.parametrize("fails_in", ["_flush_block", "_flush_ledger"])
