@@ -14,30 +14,38 @@ import collections
 import logging
 import os
 import time
+import uuid
 
 from mitmproxy import http
 from mitmproxy.addons.errorcheck import ErrorCheckHandler
 
+from addons import proxy_control
 from addons.config import WiretrailConfig
 from addons.credentials import INJECTED
 from addons.identity import IDENTITY, identity_of
 from addons.policy import TUNNELED, connection_of, destination_of, peer_address
 from addons.refusal import error_response, refusal_of
 from addons.streaming import header_values, request_streams, response_streams
+from addons.trailers import TRAILERS_STRIPPED
 from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
 from addons.masking import Masking
 from recorder.header_masking import recordable_headers
 from recorder.identity import Identity as VerifiedIdentity
 from recorder.sessions import Session, SessionRegistry
 from recorder.anchors import AnchorSpec
-from recorder.writer import Alarm, RecordWriter, StorageError
+from recorder.writer import RECORD_LOST, RECORD_REPAIRED, Alarm, RecordWriter, StorageError
 from recorder.writer_process import ProcessRecordWriter
 
 log = logging.getLogger("wiretrail")
 
 KILLED = "wiretrail.killed"  # flow.metadata: why a part killed the flow in `response` (recorded)
 NOT_RESPONDING = "storage not responding"  # the cause when a record is late past storage.write_timeout
+NOT_RECORDED = ("wiretrail could not record this request, so it was not forwarded. "
+                "The gateway operator has been told; retry later.")
 _MAX_BATCH_BYTES = 1 << 20  # a fast stream is recorded in batches of at most 1 MiB
+# A request's end waits for its last batch to be written: smaller batches let the writer work
+# while the rest of the body arrives, so less is left to write when the end comes.
+_MAX_REQUEST_BATCH_BYTES = 256 << 10
 _URL_CACHE_SIZE = 4096  # recorded URLs remembered; an agent calls the same few again and again
 
 
@@ -45,12 +53,14 @@ class FlowCapture:
     """What the capture keeps for one flow between its hooks."""
 
     __slots__ = (
-        "flow_id", "session", "streams", "buffers", "buffered", "timers", "chunk_n", "wire", "refused", "ended",
-        "completion", "request_recorded", "response_head",
+        "flow_id", "flow", "session", "streams", "buffers", "buffered", "timers", "chunk_n", "wire", "refused",
+        "ended", "completion", "request_recorded", "response_head", "finished", "request_acks", "request_done",
+        "response_waits", "abort", "unrecorded",
     )
 
-    def __init__(self, flow_id: str, session: Session):
-        self.flow_id = flow_id
+    def __init__(self, flow: http.HTTPFlow, session: Session):
+        self.flow_id = flow.id
+        self.flow = flow
         self.session = session
         self.streams: dict[str, BodyStream] = {}
         self.buffers: dict[str, list[bytes]] = {"request": [], "response": []}
@@ -65,6 +75,24 @@ class FlowCapture:
         self.completion: tuple[asyncio.Handle, http.HTTPFlow] | None = None
         # (flow, time) of a streamed reply's headers: recorded with its first batch, not before its first chunk
         self.response_head: tuple[http.HTTPFlow, float] | None = None
+        self.finished: set[str] = set()  # directions whose final batch went to the writer
+        # A streamed request's batches, each a future of the writer's answer: its end goes
+        # upstream only once all of them are written (docs/integrity.md).
+        self.request_acks: set[asyncio.Future] = set()  # those not yet answered, or failed
+        self.request_done = False  # a streamed request's end (and trailers) is recorded
+        self.response_waits = False  # its reply ended first (bidirectional): completed with the request
+        self.abort: tuple[str, str] | None = None  # (phase, message) when the gateway ended the flow
+        self.unrecorded = False  # fail_closed = false: a record of it failed and that was logged
+
+
+def _side(message: str, phase: str) -> str | None:
+    """Which side ended the exchange, where the error says so."""
+    low = message.lower()
+    if phase == "client":
+        return "client"
+    if phase == "connect" or "server" in low:
+        return "server"
+    return None
 
 
 def _phase(flow: http.HTTPFlow) -> str:
@@ -101,6 +129,11 @@ class Capture:
         self._write_timeout = 0.0  # storage.write_timeout, from `running`
         self._watch_task: asyncio.Task | None = None
         self._fallback_key = os.urandom(32)  # header tags when no masking addon runs (addon tests)
+        # Back-pressure: client connections whose reading is paused while the writer is behind.
+        self._pauses = proxy_control.Pauses()
+        self._queue_limit = 0  # storage.queue_limit, from `running`
+        self._pause_task: asyncio.Task | None = None
+        self._behind_logged = -1e9  # time.monotonic() of the last "the store is behind" warning
         self._urls: dict[tuple, str] = {}  # request line and Host -> the URL as recorded (masked)
         self._urls_masker = None  # the masker those were masked with
         # Called first in `done`, before sessions close: other front ends (addons/postgres.py)
@@ -137,7 +170,9 @@ class Capture:
             retention_days=cfg.storage.retention_days,
             on_event=_log_event,
             anchors=AnchorSpec.from_config(cfg.anchors),
+            queue_limit=cfg.storage.queue_limit,
         )
+        self._queue_limit = cfg.storage.queue_limit
         self.registry = SessionRegistry(
             self.writer,
             cfg.storage.dir,
@@ -218,9 +253,15 @@ class Capture:
                 {"flow": fc.flow_id, "phase": "shutdown", "message": "the gateway shut down with the flow in progress"},
             )
             self._end(fc)
+        self._pauses.resume_all()
         self.registry.close_all("shutdown")
-        if not self.writer.stop(timeout=30):
-            log.error("wiretrail: the writer did not finish within 30 s; the newest records may be missing")
+        bound = self.cfg.storage.stop_timeout
+        if not self.writer.stop(timeout=bound):
+            log.error(f"wiretrail: the writer did not finish within {bound:g} s (storage.stop_timeout); the gateway "
+                      f"stops anyway. NOT WRITTEN: {self.writer.unwritten()}. The sessions concerned stay "
+                      "unsealed; the next start recovers what reached the disk (docs/integrity.md)")
+            # A writer stuck in the kernel can keep the process from exiting: serve nothing meanwhile.
+            proxy_control.stop_serving()
 
     # -- hooks ------------------------------------------------------------------------
 
@@ -248,7 +289,7 @@ class Capture:
             return
         peer = flow.client_conn.peername or ("", 0)
         session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
-        fc = FlowCapture(flow.id, session)
+        fc = FlowCapture(flow, session)
         self.flows[flow.id] = fc
         if request_streams(flow.request, self.cfg.capture.stream_threshold):
             # The headers go upstream as soon as this hook returns: record them first.
@@ -260,11 +301,35 @@ class Capture:
 
     async def request(self, flow: http.HTTPFlow):
         fc = self.flows.get(flow.id)
-        if fc is None or fc.refused or fc.request_recorded:
+        if fc is None or fc.refused:
+            return
+        if fc.request_recorded:
+            if "request" in fc.streams:
+                await self._end_request_stream(flow, fc)
             return
         body = self._body_bytes(flow.request)
         fc.wire["request"] = len(body.data)
         await self._record_request(flow, fc, body)
+
+    async def _end_request_stream(self, flow: http.HTTPFlow, fc: FlowCapture) -> None:
+        """A streamed request's end (and trailers) goes upstream when this hook returns: only
+        once every batch of its body is written. Otherwise the upstream side is aborted, so
+        the upstream never has a complete request that is not on the record."""
+        self._flush(fc, "request", final=True)
+        err = None
+        for fut in list(fc.request_acks):
+            err = err or await fut
+        fc.request_acks.clear()
+        if err is None and flow.request.trailers:
+            err = await self._write_and_wait(fc.session, "http.trailers", self._trailer_fields(flow, "request"))
+        if err is not None and fc.abort is None:
+            if self._unrecorded(flow, fc, err):
+                await self._abort(fc, 503, "request", self._not_recorded_message(err))
+                return
+        fc.request_done = True
+        if fc.response_waits:
+            fc.response_waits = False
+            self._complete(flow, fc)
 
     def responseheaders(self, flow: http.HTTPFlow):
         fc = self.flows.get(flow.id)
@@ -299,12 +364,21 @@ class Capture:
             body = self._body_bytes(flow.response)
             fc.wire["response"] = len(body.data)
             fc.session.record("http.response", self._response_fields(flow, body, streamed=False))
+            fc.streams["response"] = None  # recorded: a later call (a waiting request stream) does not repeat it
+        if "request" in fc.streams and not fc.request_done and fc.abort is None:
+            # The reply ended while the request still streams (bidirectional): the flow ends
+            # with the request, whose end is recorded before it goes upstream.
+            self._flush(fc, "response", final=True)
+            fc.response_waits = True
+            return
         self._flush_all(fc, final=True)
         killed = flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
         if killed:
             # Killed in `response` by a part of the gateway: the reply was not forwarded.
             fc.session.record("http.error", {"flow": fc.flow_id, "phase": "response", "message": self._mask_text(
                 flow.metadata.get(KILLED) or flow.error.msg)})
+        elif flow.response is not None and flow.response.trailers:
+            fc.session.record("http.trailers", self._trailer_fields(flow, "response"))
         self._record_end(flow, fc)
         if flow.websocket is not None and not killed:
             return  # it goes on as a WebSocket; addons/websocket.py ends it with its ws.close
@@ -326,13 +400,20 @@ class Capture:
             return
         # Keep whatever arrived before the failure, decoder tail included.
         self._flush_all(fc, final=True)
-        fc.session.record(
-            "http.error",
-            {"flow": fc.flow_id, "phase": _phase(flow),
-             "message": self._mask_text(flow.error.msg if flow.error else "unknown error")},
-        )
+        fc.session.record("http.error", self._error_fields(flow, fc))
         self._record_end(flow, fc)
         self._end(fc)
+
+    def _error_fields(self, flow: http.HTTPFlow, fc: FlowCapture) -> dict:
+        if fc.abort is not None:  # the gateway ended it: say why, not what mitmproxy saw next
+            phase, message = fc.abort
+            return {"flow": fc.flow_id, "phase": phase, "message": message, "by": "gateway"}
+        msg = flow.error.msg if flow.error else "unknown error"
+        fields = {"flow": fc.flow_id, "phase": _phase(flow), "message": self._mask_text(msg)}
+        side = _side(msg, fields["phase"])
+        if side is not None:
+            fields["by"] = side
+        return fields
 
     def record_tunnel(self, client, host: str, port: int, ident: VerifiedIdentity, details: dict | None = None) -> None:
         """An unregistered host passed through uninspected (policy "tunnel"): note who and where
@@ -379,6 +460,18 @@ class Capture:
                       "method": self.cfg.identity.mode, "authenticated": False}
         return self.registry.begin_flow(key, record, (peer[0], peer[1]))
 
+    def record_connection_error(self, client, ident: VerifiedIdentity | None, phase: str, message: str) -> None:
+        """A client connection the gateway ended before any request was complete (a header
+        timeout): an http.error of its own flow, with the connection id."""
+        if self.registry is None or self._stopped:
+            return
+        if ident is not None and not ident.authenticated and self.cfg.identity.mode != "none":
+            ident = None  # not verified (a CONNECT refused, say): the unverified session of its address
+        session = self.session_for(ident, client.peername or ("", 0))
+        session.record("http.error", {"flow": str(uuid.uuid4()), "conn": client.id, "phase": phase,
+                                      "message": message, "by": "gateway"})
+        self.registry.end_flow(session)
+
     async def _record_request(self, flow: http.HTTPFlow, fc: FlowCapture, body: BodyBytes | None) -> bool:
         """Write the http.request record and wait until it is written. False if refused."""
         req = flow.request
@@ -397,23 +490,91 @@ class Capture:
             "streamed": body is None,
         }
         fc.request_recorded = True
-        err = await self._write_and_wait(fc.session, "http.request", fields)
-        if err is None:
-            return True
-        late = getattr(err, "cause", None) == NOT_RESPONDING
-        if not late:
-            self.registry.mark_failed(fc.session, err)
-        if not self.cfg.storage.fail_closed:
-            log.warning(f"wiretrail: UNRECORDED flow {req.method} {req.pretty_url}: {err}")
+        writes = [self._write_and_wait(fc.session, "http.request", fields)]
+        if body is not None and req.trailers:  # buffered: its trailers go upstream right after it
+            writes.append(self._write_and_wait(fc.session, "http.trailers", self._trailer_fields(flow, "request")))
+        err = None
+        for write in writes:
+            err = err or await write
+        if err is None or not self._unrecorded(flow, fc, err):
             return True
         # A late record is still queued: the 503 is recorded after it, so the session shows
         # the request was not forwarded. A failed one had nothing written; nor has its refusal.
-        fc.refused = not late
-        flow.response = error_response(
-            flow, 503, "not_recorded", "wiretrail could not record this request, so it was not forwarded. "
-            "The gateway operator has been told; retry later.", {"retry-after": "5"},
-        )
+        fc.refused = getattr(err, "cause", None) != NOT_RESPONDING
+        flow.response = error_response(flow, 503, "not_recorded", NOT_RECORDED, {"retry-after": "5"})
         return False
+
+    def _unrecorded(self, flow: http.HTTPFlow, fc: FlowCapture, err: BaseException) -> bool:
+        """A record of this request failed. True: refuse it (fail closed); False: it passes,
+        logged (storage.fail_closed = false)."""
+        if getattr(err, "cause", None) != NOT_RESPONDING:
+            self.registry.mark_failed(fc.session, err)
+        if not self.cfg.storage.fail_closed:
+            if not fc.unrecorded:  # once per flow, not once per batch of a long upload
+                fc.unrecorded = True
+                log.warning(f"wiretrail: UNRECORDED flow {flow.request.method} {flow.request.pretty_url}: {err}")
+            return False
+        return True
+
+    @staticmethod
+    def _not_recorded_message(err: BaseException) -> str:
+        cause = getattr(err, "cause", None) or "storage error"
+        return f"not recorded ({cause}): the request was not completed upstream; the client got 503"
+
+    async def _abort(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
+        """End the flow now: its upstream side is reset, so the upstream never gets the rest of
+        the request; the client gets `status` (or a reset, once its reply began). `error` records
+        (phase, message)."""
+        if fc.abort is not None or fc.ended:
+            return
+        fc.abort = (phase, message)
+        client_message = NOT_RECORDED if status == 503 else message
+        if not await proxy_control.abort(fc.flow, status, f"wiretrail: {client_message}"):
+            log.error(f"wiretrail: could not end flow {fc.flow_id} ({message}): it is no longer live")
+
+    def _abort_soon(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
+        if fc.abort is None and not fc.ended:
+            asyncio.ensure_future(self._abort(fc, status, phase, message))
+
+    def end_flow(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
+        """End a flow in progress (the timeouts): recorded as an http.error with `phase`."""
+        self._abort_soon(fc, status, phase, message)
+
+    def paused(self, client) -> bool:
+        """Reading from this client connection is paused: the store is behind (back-pressure)."""
+        return self._pauses.paused(client)
+
+    def _slow_down(self, fc: FlowCapture) -> None:
+        """The writer holds more than storage.queue_limit body bytes: read no more from this
+        flow's client connection (and its server connections) until it is back under half."""
+        if self._pauses.paused(fc.flow.client_conn) or not self._pauses.pause(fc.flow.client_conn):
+            return
+        if self._pause_task is None or self._pause_task.done():
+            now = time.monotonic()
+            logged = now - self._behind_logged >= 30  # once per episode, at most every 30 s
+            if logged:
+                self._behind_logged = now
+                log.warning(f"wiretrail: the store is behind ({self.writer.pending_bytes() >> 20} MiB waiting to be "
+                            "written, storage.queue_limit); reading is paused on the connections that feed it")
+            self._pause_task = asyncio.ensure_future(self._resume_when_written(logged))
+
+    async def _resume_when_written(self, logged: bool) -> None:
+        while len(self._pauses) and not self._stopped:
+            await asyncio.sleep(0.05)
+            if self.writer.pending_bytes() <= self._queue_limit // 2:
+                n = len(self._pauses)
+                self._pauses.resume_all()
+                if logged:
+                    log.info(f"wiretrail: the store caught up; reading resumed on {n} connection(s)")
+                    logged = False
+
+    def _trailer_fields(self, flow: http.HTTPFlow, direction: str) -> dict:
+        message = flow.request if direction == "request" else flow.response
+        fields = {"flow": flow.id, "dir": direction, "headers": self._headers(message.trailers)}
+        stripped = flow.metadata.get(TRAILERS_STRIPPED) if direction == "request" else None
+        if stripped:
+            fields["stripped"] = stripped
+        return fields
 
     def _response_fields(self, flow: http.HTTPFlow, body: BodyBytes | None, *, streamed: bool) -> dict:
         resp = flow.response
@@ -511,6 +672,8 @@ class Capture:
         """Record each chunk as it arrived; forward it, or what `forward` (a stream callable set
         before capture, e.g. masking of what is forwarded) makes of it."""
         interval = self.cfg.capture.chunk_interval
+        limit = self._queue_limit
+        batch = _MAX_REQUEST_BATCH_BYTES if direction == "request" else _MAX_BATCH_BYTES
         buf = fc.buffers[direction]
 
         def tee(chunk: bytes):
@@ -518,10 +681,12 @@ class Capture:
                 buf.append(chunk)
                 fc.wire[direction] += len(chunk)
                 fc.buffered[direction] += len(chunk)
-                if fc.buffered[direction] >= _MAX_BATCH_BYTES:
+                if fc.buffered[direction] >= batch:
                     self._flush(fc, direction, final=False)
                 elif direction not in fc.timers and not fc.ended:
                     fc.timers[direction] = self.loop.call_later(interval, self._flush, fc, direction, False)
+                if limit and self.writer.pending_bytes() + fc.buffered[direction] > limit:
+                    self._slow_down(fc)
             else:
                 self._flush(fc, direction, final=True)
             return chunk if forward is None else forward(chunk)
@@ -544,12 +709,38 @@ class Capture:
         # flushes the decoder and any held-back UTF-8 tail, which live on the writer thread.
         if not buf and (not final or fc.chunk_n[direction] == 0):
             return
+        if final:
+            if direction in fc.finished:
+                return
+            fc.finished.add(direction)
         data = b"".join(buf)
         buf.clear()
         fc.buffered[direction] = 0
         fields = {"flow": fc.flow_id, "dir": direction, "n": fc.chunk_n[direction], "body": ChunkBytes(data, stream, final)}
         fc.chunk_n[direction] += 1
-        fc.session.record("http.chunk", fields)
+        if direction == "request" and fc.abort is None:
+            fc.request_acks.add(self._record_acked(fc, fields))
+        else:
+            fc.session.record("http.chunk", fields)
+            if self._failing and self.cfg.storage.fail_closed and direction == "response":
+                # Storage fails: the rest of the reply is not forwarded unrecorded (rule 2).
+                self._abort_soon(fc, 502, "response", f"not recorded ({next(iter(self._failing))}): the rest "
+                                 "of the reply was not forwarded")
+
+    def _record_acked(self, fc: FlowCapture, fields: dict) -> asyncio.Future:
+        """Record a batch of a streamed request; a failure aborts the flow at once, before more
+        of the body (and certainly before its end) goes upstream."""
+        fut = self._write(fc.session, "http.chunk", fields)
+
+        def written(f: asyncio.Future) -> None:
+            err = f.result()
+            if err is None:
+                fc.request_acks.discard(f)
+            elif fc.abort is None and not fc.ended and self._unrecorded(fc.flow, fc, err):
+                self._abort_soon(fc, 503, "request", self._not_recorded_message(err))
+
+        fut.add_done_callback(written)
+        return fut
 
     def _flush_all(self, fc: FlowCapture, final: bool) -> None:
         for direction in ("request", "response"):
@@ -559,6 +750,10 @@ class Capture:
     # -- writing ------------------------------------------------------------------------
 
     async def _write_and_wait(self, session: Session, rtype: str, fields: dict) -> BaseException | None:
+        return await self._write(session, rtype, fields)
+
+    def _write(self, session: Session, rtype: str, fields: dict) -> asyncio.Future:
+        """Hand a record to the writer; the future gets None once it is written, or the error."""
         fut = self.loop.create_future()
 
         def ack(err):  # on the writer's thread
@@ -573,9 +768,11 @@ class Capture:
         if NOT_RESPONDING in self._failing:
             # Storage is stuck: refuse at once rather than after another write_timeout. The
             # record stays queued; its ack, when it comes, says storage is back.
-            return StorageError(NOT_RESPONDING, "earlier records are still not written")
+            fut = self.loop.create_future()
+            fut.set_result(StorageError(NOT_RESPONDING, "earlier records are still not written"))
+            return fut
         self._waiting.append((self.loop.time() + self._write_timeout, fut))
-        return await fut
+        return fut
 
     # Public: other front ends (addons/postgres.py) record before they forward, with the same
     # fail-closed wait, write_timeout and storage-error logging as HTTP requests.
@@ -596,6 +793,13 @@ class Capture:
             self.loop.call_soon_threadsafe(self._storage_error, err)
 
     def _storage_error(self, err: StorageError) -> None:
+        if err.cause in (RECORD_LOST, RECORD_REPAIRED):
+            # One record of one flow, not storage: logged each time; a lost one ends its flow.
+            log.error(f"wiretrail: {err.cause}: {err.detail}")
+            fc = self.flows.get(err.flow) if err.flow else None
+            if err.cause == RECORD_LOST and fc is not None and self.cfg.storage.fail_closed:
+                self._abort_soon(fc, 502, "record", f"a record of this exchange could not be written: {err.detail}")
+            return
         # Once per cause, not once per request.
         if err.cause not in self._failing:
             self._failing.add(err.cause)

@@ -27,6 +27,8 @@ from addons.policy import Policy  # noqa: E402
 from addons.postgres import Postgres  # noqa: E402
 from addons.raw_tcp import RawTcp  # noqa: E402
 from addons.startup import StartupGate  # noqa: E402
+from addons.timeouts import Timeouts  # noqa: E402
+from addons.trailers import Trailers  # noqa: E402
 from addons.websocket import WebSocketCapture  # noqa: E402
 
 _gate = StartupGate()  # mitmproxy listens before `running`: flows wait for it
@@ -45,9 +47,11 @@ parts = [
     _policy,
     _credentials,
     _masking,
+    Trailers(_config, _identity, _masking),  # request trailers stripped of credentials before capture records them
     RawTcp(_config, _identity, _policy, _capture, _masking),  # before capture: a refused 101 is killed first
     WebSocketCapture(_config, _capture, _masking),  # before capture: its `done` closes open WebSockets first
     _capture,
+    Timeouts(_config, _identity, _capture),  # header, idle and upstream-response timeouts
     Postgres(_config, _identity, _masking, _credentials, _capture),  # database front ends; after capture (its sessions)
     FreezeStartupHeap(),  # after every part has built what it keeps
     _gate.opener(),  # last: opens the gate once every part above has run `running`

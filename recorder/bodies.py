@@ -114,12 +114,21 @@ def render_buffered(body: BodyBytes) -> dict:
     else:
         data = wire
     size = len(data)
+    notes: set[str] = set()
     if body.masker is not None and data:
-        data = body.masker.mask_body(data, body.content_type)
+        data = body.masker.mask_body(data, body.content_type, notes=notes)
     data, truncated = _cut(data, body.max_body, 0)
     rendered = format_v1.encode_body(data, size=size, truncated=truncated)
     rendered.update(note)
+    _note_masked_as_text(rendered, notes)
     return rendered
+
+
+def _note_masked_as_text(rendered: dict, notes) -> None:
+    """A part that looked like JSON but was masked by the text rules says so (docs/format.md §5)."""
+    if notes:
+        rendered["masked_as"] = "text"
+        rendered["note"] = "; ".join(sorted(notes))
 
 
 def _split_utf8_tail(data: bytes) -> tuple[bytes, bytes]:
@@ -169,4 +178,8 @@ def render_chunk(chunk: ChunkBytes) -> dict:
     if st.decode_error is not None:
         rendered["decoded"] = False
         rendered["decode_error"] = st.decode_error
+    notes = getattr(st.mask_state, "notes", None)
+    if notes:  # said once, on the batch that carried it
+        _note_masked_as_text(rendered, notes)
+        notes.clear()
     return rendered

@@ -101,6 +101,8 @@ class StorageConfig:
     fsync_interval: float = 0.05  # seconds; bound on a batch's fsync delay
     writer: str = "thread"  # thread | process: where records are masked, compressed and written
     write_timeout: float = 30.0  # seconds a request waits for its record before 503 "storage not responding"
+    queue_limit: int = 64 * 1024 * 1024  # body bytes waiting for the writer before streams are slowed
+    stop_timeout: float = 10.0  # seconds shutdown waits for the writer; then it says what was not written
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,13 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True)
+class TimeoutsConfig:
+    request_header: float = 30.0  # seconds from a request's first byte (or a connection's start) to its complete headers
+    idle: float = 300.0  # seconds with nothing moving: an idle connection closes, a stalled exchange ends
+    upstream_response: float = 600.0  # seconds from a request's end to the upstream's response headers
+
+
+@dataclass(frozen=True)
 class ReviewConfig:
     listen: str = "127.0.0.1:8090"  # where `wiretrail serve` listens
     verify_keys: tuple[Path, ...] = ()  # public keys the review page verifies signatures with
@@ -210,6 +219,7 @@ class GatewayConfig:
     masking: MaskingConfig
     capture: CaptureConfig
     connections: tuple[ConnectionConfig, ...]
+    timeouts: TimeoutsConfig = TimeoutsConfig()
     review: ReviewConfig = ReviewConfig()
     anchors: AnchorsConfig = AnchorsConfig()
     source: Path | None = None  # None = the embedded default
@@ -695,6 +705,12 @@ SCHEMA = _Table(dict, (
         Key("write_timeout", _Number(gt=0, le=3600), 30.0,
             "seconds a request waits for its record to be written before it is refused with 503 "
             "(a hung disk or network file system)"),
+        Key("queue_limit", _Size(" (0 = no limit)"), 64 * 1024 * 1024,
+            "body bytes waiting to be written beyond which the gateway stops reading from the connections that "
+            "send streamed bodies, until the store catches up (back-pressure)"),
+        Key("stop_timeout", _Number(gt=0, le=3600), 10.0,
+            "seconds shutdown waits for the writer to finish; then the gateway stops anyway and logs what was "
+            "not written"),
     ), expected="a table ([storage])"), _EMPTY_TABLE),
     Key("sessions", _Table(SessionsConfig, (
         Key("idle_timeout", _SECONDS, 1800.0, "seconds without a flow before a session closes"),
@@ -749,6 +765,16 @@ SCHEMA = _Table(dict, (
         Key("chunk_interval", _Number(gt=0, le=5), 0.1, "seconds of streamed data batched per http.chunk"),
         Key("max_body", _Size(" (0 = no limit)"), 0, "bytes recorded per body or stream direction"),
     ), expected="a table ([capture])"), _EMPTY_TABLE),
+    Key("timeouts", _Table(TimeoutsConfig, (
+        Key("request_header", _Number(gt=0, le=3600), 30.0,
+            "seconds a client has to complete a request's headers, from its first byte (or the connection's start, "
+            "TLS handshake included); then the connection is closed and the attempt recorded"),
+        Key("idle", _Number(gt=0, le=86400), 300.0,
+            "seconds with nothing moving on a client connection: between exchanges it is closed; an exchange "
+            "whose body stalls is ended (504, or a reset once its reply began) and recorded"),
+        Key("upstream_response", _Number(gt=0, le=86400), 600.0,
+            "seconds from a request's end to the upstream's response headers; then the client gets 504, recorded"),
+    ), expected="a table ([timeouts])"), _EMPTY_TABLE),
     Key("connections", _Tables(_Table(ConnectionConfig, (
         Key("name", _Text(), doc="the connection's name, recorded with each request"),
         Key("hosts", _ListOf(_Host(), 'a non-empty array of host names, e.g. ["api.openai.com"]', min_items=1), (),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from recorder import json_depth
 from recorder.reader import SessionRead
 from recorder.transcript.exchange import CREDENTIAL_PREFIX, MASK_PREFIX, Exchange, exchanges
 from recorder.transcript.sse import is_sse, parse_sse
@@ -298,9 +299,8 @@ def first_difference(rec_status, got_status, recorded: bytes, got: bytes, rec_ct
         if len(a) != len(b):
             return f"{len(a)} events vs {len(b)}"
         return _bytes_diff(recorded, got) and "same events, different framing"
-    try:
-        ja, jb = json.loads(recorded), json.loads(got)
-    except ValueError:
+    ja, jb = json_depth.loads(recorded), json_depth.loads(got)  # None: not JSON, or too deep to compare as JSON
+    if ja is None or jb is None:
         return _bytes_diff(recorded, got)
     return _json_diff(ja, jb) or (None if recorded == got else "same JSON, different bytes")
 

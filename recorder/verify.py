@@ -339,7 +339,19 @@ class Report:
 def verify_file(path: str | Path, verifiers: list[Verifier] | None = None) -> FileVerdict:
     v = FileVerdict(Path(path), read_session(path))
     check_signatures(v, verifiers)
+    note_gaps(v)
     return v
+
+
+def note_gaps(v: FileVerdict) -> None:
+    """Records the gateway could not write as they were (recorder/record_repair.py): a gap it
+    recorded itself, not tampering; said, with the seq, so that nobody takes the file as whole."""
+    for rec in v.read.records:
+        if rec.get("t") == "http.error" and rec.get("phase") == "record" and rec.get("lost"):
+            v.damage.append(f"GAP at seq {rec.get('seq')}: the {rec['lost']} record of flow {rec.get('flow')} "
+                            "could not be written (its http.error says why)")
+        elif "repaired" in rec:
+            v.notes.append(f"seq {rec.get('seq')}: {rec.get('t')} written repaired ({rec['repaired']})")
 
 
 def collect_files(paths: list[str | Path]) -> list[Path]:

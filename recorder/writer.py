@@ -31,9 +31,9 @@ from pathlib import Path
 
 import zstandard
 
-from recorder import format_v1, ledger as ledger_mod, recovery, retention
+from recorder import format_v1, ledger as ledger_mod, record_repair, recovery, retention
 from recorder.anchors import Anchorer, AnchorSpec
-from recorder.bodies import render_bodies
+from recorder.bodies import BodyBytes, ChunkBytes, render_bodies
 from recorder.ws_masking import held_records
 from recorder.signing import Signer
 
@@ -54,13 +54,19 @@ def _chained(chain: format_v1.Chain, records: list[tuple]) -> list[bytes]:
 
 
 class StorageError(OSError):
-    """A record could not be persisted. `cause` says why, for logging once per cause."""
+    """A record could not be persisted. `cause` says why, for logging once per cause; `flow`
+    names the flow when one record of it is concerned (RECORD_LOST, RECORD_REPAIRED)."""
 
-    def __init__(self, cause: str, detail: str):
+    def __init__(self, cause: str, detail: str, flow: str | None = None):
         super().__init__(f"{cause}: {detail}")
         self.cause = cause
         self.detail = detail
+        self.flow = flow
         self.at = time.time()
+
+
+RECORD_LOST = "record lost"  # it could not be written at all: an http.error stands in its place
+RECORD_REPAIRED = "record repaired"  # written, with the values that could not be encoded repaired
 
 
 class Alarm(str):
@@ -85,10 +91,20 @@ class _Open:
 
 
 class _Record:
-    __slots__ = ("session_id", "rtype", "ts", "fields", "ack")
+    __slots__ = ("session_id", "rtype", "ts", "fields", "ack", "size")
 
-    def __init__(self, session_id, rtype, ts, fields, ack):
+    def __init__(self, session_id, rtype, ts, fields, ack, size=0):
         self.session_id, self.rtype, self.ts, self.fields, self.ack = session_id, rtype, ts, fields, ack
+        self.size = size  # body bytes it carries, for the queue's back-pressure
+
+
+def body_size(fields: dict) -> int:
+    """The body bytes a record's fields carry (what makes a writer queue large)."""
+    n = 0
+    for value in fields.values():
+        if isinstance(value, (BodyBytes, ChunkBytes)):
+            n += len(value.data)
+    return n
 
 
 class _Close:
@@ -151,6 +167,7 @@ class RecordWriter:
         clock: Callable[[], float] = time.time,
         pid: int | None = None,
         anchors: AnchorSpec | None = None,
+        queue_limit: int = 0,
     ):
         """`storage_dir` given: keep `<storage_dir>/ledger.jsonl` (recovery at start, retention).
         `signer` given: checkpoints, seals and ledger signatures. `on_event` gets one-line
@@ -165,6 +182,7 @@ class RecordWriter:
         self.signer = signer
         self.checkpoint_interval = checkpoint_interval
         self.retention_days = retention_days
+        self.queue_limit = queue_limit  # body bytes queued beyond which the feeding side is slowed (0: none)
         self.clock = clock
         self.pid = pid if pid is not None else os.getpid()  # the gateway's, for the ledger's gateway.start
         self.storage_dir = Path(storage_dir) if storage_dir is not None else None
@@ -193,6 +211,8 @@ class RecordWriter:
         # the request that was just acknowledged on its way upstream.
         self._oldest_unsynced = time.monotonic()
         self._inflight: list | None = None  # the batch being written, until its acks are called
+        self._queued_in = 0  # body bytes handed over (the loop's count)
+        self._queued_out = 0  # body bytes written, or failed (the writer thread's count)
         self._thread = threading.Thread(target=self._run, name="wiretrail-writer", daemon=True)
         self._started = False
 
@@ -207,7 +227,31 @@ class RecordWriter:
         self._put(_Open(session_id, path, ts, fields, ack), ack is not None)
 
     def record(self, session_id: str, rtype: str, ts: float, fields: dict, ack: Ack | None = None) -> None:
-        self._put(_Record(session_id, rtype, ts, fields, ack), ack is not None)
+        size = body_size(fields)
+        self._queued_in += size  # only the loop adds; only the writer thread adds to _queued_out
+        self._put(_Record(session_id, rtype, ts, fields, ack, size), ack is not None)
+
+    def pending_bytes(self) -> int:
+        """Body bytes handed over and not yet written: what back-pressure watches."""
+        return self._queued_in - self._queued_out
+
+    def unwritten(self) -> str:
+        """What is queued or being written, in words (for a stop that timed out)."""
+        for _ in range(3):
+            try:
+                ops = list(self._inflight or ()) + list(self._ops)
+                break
+            except RuntimeError:  # the deque moved under us: the writer is alive after all
+                continue
+        else:
+            return "unknown (the writer was busy)"
+        records = [op for op in ops if isinstance(op, (_Open, _Record, _Close))]
+        if not records:
+            return "nothing"
+        sessions = sorted({op.session_id for op in records})
+        shown = ", ".join(sessions[:5]) + (f" and {len(sessions) - 5} more" if len(sessions) > 5 else "")
+        return (f"{len(records)} record(s) with {self.pending_bytes()} body bytes, of {len(sessions)} session(s) "
+                f"({shown})")
 
     def close_session(self, session_id: str, ts: float, fields: dict, ack: Ack | None = None) -> None:
         self._put(_Close(session_id, ts, fields, ack), True)
@@ -258,6 +302,8 @@ class RecordWriter:
                 op = self._ops.popleft()
                 if op is _STOP:
                     return
+                if isinstance(op, _Record):
+                    self._queued_out += op.size  # not written, but no longer held for writing
                 if op.ack is not None:
                     self._call_ack(op.ack, err)
             self._wait(COALESCE)
@@ -349,6 +395,7 @@ class RecordWriter:
             self._call_ack(ack, err)
         for ack in barriers:
             self._call_ack(ack, None)
+        self._queued_out += sum(op.size for op in batch if isinstance(op, _Record))
         self._inflight = None
         if self.fsync == "batch" and time.monotonic() - self._oldest_unsynced >= self.fsync_interval:
             self._fsync_dirty()
@@ -389,16 +436,34 @@ class RecordWriter:
         if isinstance(op, _Close) and isinstance(fields.get("counts"), dict):
             # What the file holds, counted here: checkpoints included, the seal not.
             fields = dict(fields, counts=dict(fields["counts"], records=sf.chain.seq + 1))
+        # A record that cannot be rendered or encoded is written repaired, or an http.error
+        # takes its place: nothing is dropped without a trace (recorder/record_repair.py).
         try:
             held = held_records(rtype, op.ts, fields)  # WebSocket messages masking holds (ws_masking.py)
+        except Exception as e:
+            held, lines, problem = None, [record_repair.lost_line(sf.chain, rtype, op.ts, fields, e)[0]], "lost"
+        else:
+            problem = None
             if held is None:
-                lines = [sf.chain.next_line(rtype, op.ts, render_bodies(fields))]
+                line, problem = record_repair.line_for(sf.chain, rtype, op.ts, fields)
+                lines = [line]
             else:
-                lines = _chained(sf.chain, held)
-        except Exception as e:  # a record that cannot be encoded must not kill the thread
-            err = StorageError("record could not be encoded", f"{rtype}: {e!r}")
+                try:
+                    lines = _chained(sf.chain, held)
+                except Exception:  # each on its own, repaired as need be
+                    lines = []
+                    for h_rtype, h_ts, h_fields in held:
+                        line, p = record_repair.line_for(sf.chain, h_rtype, h_ts, h_fields)
+                        lines.append(line)
+                        problem = problem or p
+        err = None
+        if problem is not None:
+            lost = problem.startswith("lost")
+            err = StorageError(RECORD_LOST if lost else RECORD_REPAIRED, f"{rtype} in session {sf.session_id}: "
+                               f"{problem}", flow=fields.get("flow") if isinstance(fields.get("flow"), str) else None)
             self._report(err)
-            return err
+            if not lost:
+                err = None
         if not lines:
             return None
         sf.pending.extend(lines)
@@ -414,7 +479,7 @@ class RecordWriter:
             if self.signer is not None:
                 self._sign(sf, "seal")
             closing.append((sf, op))
-        return None
+        return err
 
     def _sign(self, sf: _SessionFile, rtype: str) -> None:
         """Append a checkpoint or seal: it signs its own seq and prev (docs/format.md)."""

@@ -148,6 +148,11 @@ def main(argv: list[str]) -> int:
         """The RecordWriter loop on this process's main thread; it reads its socket while it waits."""
 
         def _wait(self, timeout: float) -> None:
+            if self.queue_limit and self.pending_bytes() > self.queue_limit:
+                # Behind: read no more until this is written; the gateway then sees its own
+                # queue grow and slows the connections that feed it (back-pressure).
+                self._wake.clear()
+                return
             deadline = time.monotonic() + timeout
             while not self._wake.is_set():
                 left = deadline - time.monotonic()
@@ -197,7 +202,7 @@ def main(argv: list[str]) -> int:
     writer = ChildWriter(
         **opts,
         signer=signer,
-        on_error=lambda e: send(("error", e.cause, e.detail)),
+        on_error=lambda e: send(("error", e.cause, e.detail, getattr(e, "flow", None))),
         on_event=lambda text: send(("event", text)),
     )
     from recorder.writer import _STOP as _STOP_OP  # noqa: N811 (the writer's own stop marker)

@@ -99,6 +99,7 @@ class ProcessRecordWriter:
         retention_days: float = 0,
         on_event: Callable[[str], None] | None = None,
         anchors: AnchorSpec | None = None,
+        queue_limit: int = 0,
     ):
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
@@ -109,6 +110,7 @@ class ProcessRecordWriter:
             "fsync": fsync, "fsync_interval": fsync_interval,
             "storage_dir": Path(storage_dir) if storage_dir is not None else None,
             "checkpoint_interval": checkpoint_interval, "retention_days": retention_days,
+            "queue_limit": queue_limit,
             "signing_key": signer.key_id if signer is not None else None,
             "pid": os.getpid(),  # the ledger's gateway.start names the gateway, not the child
             "anchors": anchors,  # the child sends the ledger heads it writes
@@ -126,6 +128,7 @@ class ProcessRecordWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rbuf = bytearray()
         self._out: collections.deque = collections.deque()  # frames the socket did not take yet
+        self._out_bytes = 0  # their size: what back-pressure watches
         self._held: list[bytes] = []  # frames nobody waits for, sent with the next urgent one
         self._held_bytes = 0
         self._hold_timer: asyncio.TimerHandle | None = None
@@ -193,7 +196,7 @@ class ProcessRecordWriter:
             self._stopping = True
             with self._lock:
                 if self._held:
-                    self._out.append(memoryview(self._take_held()))
+                    self._out_append(memoryview(self._take_held()))
             self._flush_out()
             self._send_frame(pickle.dumps(("stop", timeout), protocol=5), None)
             self._flush_out()  # the loop is held in here: nothing else would send the rest
@@ -220,6 +223,15 @@ class ProcessRecordWriter:
         if self._reader is not None:
             self._reader.join(max(0.0, deadline - time.monotonic()) + 1.0)
         return rc == 0
+
+    def pending_bytes(self) -> int:
+        """Bytes of records the child has not taken yet. The child stops reading while its own
+        queue holds more than queue_limit, so this grows when the store is slow."""
+        return self._out_bytes + self._held_bytes
+
+    def unwritten(self) -> str:
+        return (f"{self.pending_bytes()} bytes of records never handed to the writer process, and whatever "
+                "it had not written yet")
 
     # -- sending ----------------------------------------------------------------------
 
@@ -280,6 +292,10 @@ class ProcessRecordWriter:
             # The child is gone: this ack (registered above) fails with every other pending one.
             self._died(f"cannot hand records to it: {failed.strerror or failed}")
 
+    def _out_append(self, view: memoryview) -> None:
+        self._out.append(view)
+        self._out_bytes += len(view)
+
     def _take_held(self) -> bytes:
         frames = b"".join(self._held)
         self._held.clear()
@@ -305,7 +321,7 @@ class ProcessRecordWriter:
         """Hand a frame to the socket, under the lock. On the loop it never blocks: what the
         socket does not take now waits in `_out`, sent in order when the child reads on."""
         if self._out:
-            self._out.append(memoryview(frame))
+            self._out_append(memoryview(frame))
             return
         if self._loop is None:
             self._sock.sendall(frame, socket.MSG_NOSIGNAL)
@@ -315,7 +331,7 @@ class ProcessRecordWriter:
         except (BlockingIOError, InterruptedError):
             n = 0
         if n < len(frame):
-            self._out.append(memoryview(frame)[n:])
+            self._out_append(memoryview(frame)[n:])
             self._loop.add_writer(self._sock.fileno(), self._on_writable)
 
     def _on_writable(self) -> None:
@@ -328,6 +344,7 @@ class ProcessRecordWriter:
                         n = self._sock.send(view, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
                     except (BlockingIOError, InterruptedError):
                         return
+                    self._out_bytes -= n
                     if n < len(view):
                         self._out[0] = view[n:]
                         return
@@ -335,6 +352,7 @@ class ProcessRecordWriter:
             except OSError as e:
                 failed = e
                 self._out.clear()
+                self._out_bytes = 0
             self._loop.remove_writer(self._sock.fileno())
         if failed is not None:
             self._died(f"cannot hand records to it: {failed.strerror or failed}")
@@ -348,9 +366,12 @@ class ProcessRecordWriter:
                 self._loop.remove_writer(self._sock.fileno())
             try:
                 while self._out:
-                    self._sock.sendall(self._out.popleft(), socket.MSG_NOSIGNAL)
+                    view = self._out.popleft()
+                    self._out_bytes -= len(view)
+                    self._sock.sendall(view, socket.MSG_NOSIGNAL)
             except OSError:
                 self._out.clear()
+                self._out_bytes = 0
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -409,7 +430,7 @@ class ProcessRecordWriter:
             if ack is not None:
                 _call(ack, None if msg[2] is None else StorageError(*msg[2]))
         elif kind == "error":
-            self._report(StorageError(msg[1], msg[2]))
+            self._report(StorageError(*msg[1:]))
         elif kind == "event":
             if self.on_event is not None:
                 _call(self.on_event, msg[1])

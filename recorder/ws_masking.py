@@ -29,6 +29,7 @@ import base64
 import orjson
 
 from recorder.bodies import _cut
+from recorder.json_depth import depth_exceeds
 from recorder.masking.json_masking import _UNCHANGED, _walk
 from recorder.masking.sse import _deltas, _get, _set
 from recorder.masking.stream import CONTEXT, MAX_HOLD, _char_start
@@ -77,6 +78,8 @@ class WsDirection:
                 obj = orjson.loads(data)
             except orjson.JSONDecodeError:
                 obj = None
+            if obj is not None and depth_exceeds(obj):
+                obj = None  # too deep to walk (json_depth.py): masked as text, as SSE events are
             if obj is not None:
                 deltas, ends = _deltas(obj)
                 texts = []

@@ -11,15 +11,20 @@ def is_event_stream(content_type: str | None) -> bool:
     return bool(content_type) and "text/event-stream" in content_type.lower()
 
 
-def mask_body(masker, data: bytes, content_type: str | None = None, *, exact: bool = True) -> bytes:
+def mask_body(masker, data: bytes, content_type: str | None = None, *, exact: bool = True,
+              notes: set | None = None) -> bytes:
     """A whole body masked. `exact`: SSE keeps its original bytes wherever nothing was masked
-    (the record); otherwise held text may move between events (what a client receives)."""
+    (the record); otherwise held text may move between events (what a client receives).
+    `notes` gets why a part that looked like JSON was masked as text instead."""
     if not data:
         return data
     if is_event_stream(content_type):
         s = RecordSseMasker(masker) if exact else SseMasker(masker)
-        return s.feed(data) + s.finish()
-    masked = mask_json_bytes(masker, data)
+        out = s.feed(data) + s.finish()
+        if notes is not None:
+            notes |= s.notes
+        return out
+    masked = mask_json_bytes(masker, data, notes)
     if masked is not None:
         return masked
     return masker.mask_bytes(data)

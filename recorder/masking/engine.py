@@ -385,11 +385,12 @@ class Masker:
 
         return mask_json_bytes(self, data)
 
-    def mask_body(self, data: bytes, content_type: str | None = None) -> bytes:
-        """A whole body: SSE as a stream, JSON value by value, anything else as bytes."""
+    def mask_body(self, data: bytes, content_type: str | None = None, notes: set | None = None) -> bytes:
+        """A whole body: SSE as a stream, JSON value by value, anything else as bytes. `notes`
+        gets why a part that looked like JSON was masked as text (too deep to walk)."""
         from recorder.masking.bodies import mask_body
 
-        return mask_body(self, data, content_type)
+        return mask_body(self, data, content_type, notes=notes)
 
     def body_stream(self, content_type: str | None = None):
         """A stream masker for one streamed body as it is forwarded: feed(bytes) -> bytes,

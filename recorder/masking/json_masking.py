@@ -12,22 +12,40 @@ import re
 
 import orjson
 
+from recorder.json_depth import DEPTH_ERROR as _DEPTH_ERROR, MAX_DEPTH
+
 _UNCHANGED = object()
 
+# Deeper JSON is masked as text (every string in it still goes through the rules, without its
+# key as context): the walk below recurses once per level, and orjson writes at most 255.
+TOO_DEEP = f"JSON nested deeper than {MAX_DEPTH} levels: masked as text, not value by value"
 
-def mask_json_bytes(masker, data: bytes) -> bytes | None:
-    """The masked JSON, or None when data is not JSON (the caller masks it as text)."""
+
+class TooDeep(ValueError):
+    pass
+
+
+def mask_json_bytes(masker, data: bytes, notes: set | None = None) -> bytes | None:
+    """The masked JSON, or None when data is not JSON, or too deep to walk (the caller masks
+    it as text; `notes` then gets TOO_DEEP)."""
     stripped = data.lstrip()
     if not stripped or stripped[:1] not in b'{["':
         return None
     try:
         value = orjson.loads(data)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as e:
+        if notes is not None and _DEPTH_ERROR.search(str(e)):
+            notes.add(TOO_DEEP)
         return None
     keywords = _keywords_present(masker, data)
     if keywords == ():
         return data  # no rule's keyword and no known secret anywhere in the document
-    masked = _walk(masker, value, "", keywords)
+    try:
+        masked = _walk(masker, value, "", keywords)
+    except TooDeep:
+        if notes is not None:
+            notes.add(TOO_DEEP)
+        return None
     if masked is _UNCHANGED:
         return data
     return orjson.dumps(masked)
@@ -57,7 +75,10 @@ def _mentions(keywords, text: str) -> bool:
     return any(kw in low for kw in keywords)
 
 
-def _walk(masker, value, key: str, keywords=None):
+def _walk(masker, value, key: str, keywords=None, depth: int = 0):
+    """The value with secrets masked, or _UNCHANGED. Raises TooDeep past MAX_DEPTH levels."""
+    if depth > MAX_DEPTH:
+        raise TooDeep(TOO_DEEP)
     if isinstance(value, str):
         if len(value) < 6:  # shorter than any secret a rule finds
             return _UNCHANGED
@@ -69,7 +90,7 @@ def _walk(masker, value, key: str, keywords=None):
     if isinstance(value, dict):
         changed = None
         for k, v in value.items():
-            new_v = _walk(masker, v, k, keywords)
+            new_v = _walk(masker, v, k, keywords, depth + 1)
             new_k = masker.mask_text(k) if len(k) >= 8 and (keywords is None or _mentions(keywords, k)) else k
             if new_v is not _UNCHANGED or new_k != k:
                 if changed is None:
@@ -81,7 +102,7 @@ def _walk(masker, value, key: str, keywords=None):
     if isinstance(value, list):
         out = None
         for i, v in enumerate(value):
-            new_v = _walk(masker, v, key, keywords)
+            new_v = _walk(masker, v, key, keywords, depth + 1)
             if new_v is not _UNCHANGED:
                 if out is None:
                     out = list(value)

@@ -26,10 +26,11 @@ import re
 
 import orjson
 
-from recorder.masking.json_masking import _UNCHANGED, _walk
+from recorder.masking.json_masking import _DEPTH_ERROR, _UNCHANGED, MAX_DEPTH, TooDeep, _walk
 from recorder.masking.stream import StreamMasker
 
 MAX_EVENT = 1024 * 1024  # an "event" that never ends is masked as a plain stream from here on
+TOO_DEEP_EVENT = f"an event's JSON is nested deeper than {MAX_DEPTH} levels: masked as text, not value by value"
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _LINE = re.compile(rb"\r\n|\r|\n")
 
@@ -115,6 +116,7 @@ class SseMasker:
         self.buf = b""
         self.channels: dict[tuple, _Channel] = {}
         self.raw: StreamMasker | None = None  # set when the input stopped looking like SSE
+        self.notes: set[str] = set()  # why an event that looked like JSON was masked as text
 
     def feed(self, data: bytes) -> bytes:
         if self.raw is not None:
@@ -173,7 +175,9 @@ class SseMasker:
         if data[:1] in (b"{", b"["):
             try:
                 obj = orjson.loads(data)
-            except orjson.JSONDecodeError:
+            except orjson.JSONDecodeError as e:
+                if _DEPTH_ERROR.search(str(e)):
+                    self.notes.add(TOO_DEEP_EVENT)
                 obj = None
         if obj is None:
             return self._text_event(other, first_data, data, raw, end, changed)
@@ -188,7 +192,11 @@ class SseMasker:
         for key, path in deltas:
             originals.append(_get(obj, path))
             _set(obj, path, "")
-        rest = _walk(self.masker, obj, "")  # ids, whole messages, errors: masked as JSON
+        try:
+            rest = _walk(self.masker, obj, "")  # ids, whole messages, errors: masked as JSON
+        except TooDeep:
+            self.notes.add(TOO_DEEP_EVENT)
+            return prefix + self._text_event(other, first_data, data, raw, end, changed)
         if rest is not _UNCHANGED:
             obj = rest
             changed = True

@@ -26,6 +26,10 @@ class RecordSseMasker:
         self.masked: list[bytes] = []  # the shadow's output since the last sync point
 
     @property
+    def notes(self) -> set[str]:
+        return self.shadow.notes
+
+    @property
     def held(self) -> int:
         return sum(map(len, self.original))
 

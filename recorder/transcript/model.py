@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from recorder import json_depth
 from recorder.transcript.exchange import Exchange
 
 
@@ -99,17 +100,13 @@ def tool_table(tools, name_of) -> dict[str, str]:
 
 
 def parse_json_args(value):
-    """Tool arguments are often a JSON string: parse it when it parses."""
+    """Tool arguments are often a JSON string: parse it when it parses (and is not too deep)."""
     if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
+        parsed = json_depth.loads(value)
+        return value if parsed is None else parsed
     return value
 
 
 def load_json(data: bytes):
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    """The body as JSON, or None: not JSON, or nested too deep to walk (shown as text)."""
+    return json_depth.loads(data)

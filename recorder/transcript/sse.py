@@ -6,8 +6,9 @@ lines starting with a colon are comments, CRLF/CR/LF all end a line.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+
+from recorder import json_depth
 
 
 @dataclass
@@ -17,11 +18,8 @@ class SSEEvent:
     id: str | None = None
 
     def json(self):
-        """The data parsed as JSON, or None ("[DONE]", or not JSON)."""
-        try:
-            return json.loads(self.data)
-        except ValueError:
-            return None
+        """The data parsed as JSON, or None ("[DONE]", not JSON, or nested too deep)."""
+        return json_depth.loads(self.data)
 
 
 def is_sse(content_type: str | None, body: bytes) -> bool:

@@ -97,8 +97,10 @@ def read_sse(response: httpx.Response, *, stop_after: int | None = None) -> Stre
     return out
 
 
-def curl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["curl", "--silent", "--show-error", *args], capture_output=True, timeout=timeout)
+def curl(*args: str, timeout: float = 60, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """curl with `args`; `stdin` is what it reads from standard input (e.g. for -T -)."""
+    return subprocess.run(["curl", "--silent", "--show-error", *args], capture_output=True, timeout=timeout,
+                          input=stdin)
 
 
 def read_http_head(sock) -> tuple[int, dict[str, str], bytes]:

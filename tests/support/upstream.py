@@ -15,6 +15,9 @@ Routes (any method unless noted):
   /gzip-sse                  gzip-encoded SSE, one Z_SYNC_FLUSH per event, chunked
   /reset-mid-stream          SSE headers and two events, then a TCP reset (SO_LINGER 0)
   /slow-sse?n=&delay=        n SSE events `delay` seconds apart, chunked
+  /never                     reads the request and never answers (until the connection closes)
+  /nested?depth=             a JSON reply nested `depth` levels deep (default 300), a secret at the bottom
+  /nested-sse?depth=         SSE whose third event is such a JSON document
 
 Streams take their event count and spacing from the upstream's `sse_events` and
 `sse_delay`, overridable per request with the headers x-upstream-events and
@@ -34,6 +37,7 @@ import zlib
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
+from tests.support.listener import stop_listening
 from tests.support.tls import TestCA
 
 # Deterministic stream content; a multi-byte character in it checks that text split
@@ -63,9 +67,10 @@ class Exchange:
     path: str
     query: dict
     headers: list  # [(name, value), ...] as received
-    body: bytes = b""
+    body: bytes = b""  # as much of the body as arrived
     started_at: float = 0.0  # request headers read
-    received_at: float = 0.0  # request body read
+    received_at: float = 0.0  # request body read: the upstream has the whole request
+    trailers: list = field(default_factory=list)  # [(name, value), ...] of a chunked body's trailer section
     status: int | None = None
     response_headers: list = field(default_factory=list)
     response_body: bytes = b""  # what was sent, before Content-Encoding
@@ -237,6 +242,15 @@ def slow_events(n: int) -> list[bytes]:
     return [sse({"i": i, "text": token(i)}) for i in range(n)]
 
 
+NESTED_SECRET = "sk-proj-" + "N3st3dS3cr3tValue0123456789abcdefXYZW"
+
+
+def nested_json(depth: int, secret: str = NESTED_SECRET) -> bytes:
+    """`depth` levels of {"a": ...} with {"api_key": secret} at the bottom: too deep to mask
+    value by value, and a rule keyword in it."""
+    return b'{"a": ' * depth + json.dumps({"api_key": secret}).encode() + b"}" * depth
+
+
 GZIP_JSON = json.dumps({"compressed": True, "text": JSON_REPLY_TEXT, "items": list(range(50))}).encode()
 
 
@@ -275,6 +289,7 @@ class FakeUpstream:
         self._ctx = ca.server_context()
         self._lock = threading.Lock()
         self._exchanges: list[Exchange] = []
+        self._started: list[Exchange] = []  # every request whose headers arrived, complete or not
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._listener6: socket.socket | None = None  # the same port on ::1, where IPv6 is up
@@ -309,10 +324,7 @@ class FakeUpstream:
         self._stopped.set()
         for listener in (self._listener, self._listener6):
             if listener is not None:
-                try:
-                    listener.close()
-                except OSError:
-                    pass
+                stop_listening(listener)
         with self._lock:
             conns = list(self._conns)
         for c in conns:
@@ -339,6 +351,12 @@ class FakeUpstream:
     def received(self, test_id: str) -> list[Exchange]:
         """The exchanges whose request carried `x-test-id: <test_id>`."""
         return [ex for ex in self.exchanges if ex.test_id == test_id]
+
+    def started(self, test_id: str) -> list[Exchange]:
+        """Requests with `x-test-id: <test_id>` whose headers arrived, complete or not: one
+        whose body never ended has `received_at` 0 and the part of the body that came."""
+        with self._lock:
+            return [ex for ex in self._started if ex.test_id == test_id]
 
     def exchange(self, test_id: str, timeout: float = 10.0) -> Exchange:
         """The one exchange with `x-test-id: <test_id>`, once the upstream is through with it
@@ -442,31 +460,48 @@ class FakeUpstream:
             headers=headers,
             started_at=time.time(),
         )
+        ex.body = bytearray()  # grows as the body arrives; bytes once read (or the connection ends)
+        with self._lock:
+            self._started.append(ex)
+        try:
+            self._read_body(sock, rfile, ex)
+        finally:
+            ex.body = bytes(ex.body)
+        ex.received_at = time.time()
+        return ex
+
+    def _read_body(self, sock, rfile, ex: Exchange) -> None:
         if self.on_request_headers is not None:
             self.on_request_headers(ex)
         if (ex.header("expect") or "").lower() == "100-continue":
             sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         if "chunked" in (ex.header("transfer-encoding") or "").lower():
-            body = bytearray()
             while True:
                 size_line = rfile.readline(65537)
                 if not size_line:
                     raise ValueError("request body ended inside a chunk")
                 size = int(size_line.split(b";")[0].strip(), 16)
                 if size == 0:
-                    while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
+                    while (line := rfile.readline(65537)) not in (b"\r\n", b"\n", b""):
+                        name, _, value = line.decode("latin-1").rstrip("\r\n").partition(":")
+                        ex.trailers.append((name.strip(), value.strip()))
+                    if not line:
+                        raise ValueError("request body ended inside its trailer section")
                     break
-                body += rfile.read(size)
+                while size:
+                    data = rfile.read1(size)
+                    if not data:
+                        raise ValueError("request body ended inside a chunk")
+                    ex.body += data
+                    size -= len(data)
                 rfile.readline(65537)
-            ex.body = bytes(body)
         elif ex.header("content-length"):
             n = int(ex.header("content-length"))
-            ex.body = rfile.read(n)
-            if len(ex.body) != n:
-                raise ValueError("request body shorter than its Content-Length")
-        ex.received_at = time.time()
-        return ex
+            while len(ex.body) < n:
+                data = rfile.read1(n - len(ex.body))
+                if not data:
+                    raise ValueError("request body shorter than its Content-Length")
+                ex.body += data
 
     def _stream_params(self, ex: Exchange) -> tuple[int, float]:
         n = int(ex.query.get("n") or ex.header("x-upstream-events") or self.sse_events)
@@ -519,6 +554,23 @@ class FakeUpstream:
             time.sleep(0.3)  # let the gateway read and forward both events before the reset
             ex.error = "reset by design"
             return "reset"
+        if ex.path == "/never":
+            try:  # never answers: waits until the gateway gives up and closes the connection
+                while sock.recv(65536):
+                    pass
+            except (OSError, ssl.SSLError):
+                pass
+            ex.error = "closed by the gateway"
+            return "closed"
+        if ex.path == "/nested":
+            r.full(200, nested_json(int(ex.query.get("depth", 300))), "application/json")
+            return "keep-alive"
+        if ex.path == "/nested-sse":
+            r.stream_head()
+            deep = b"data: " + nested_json(int(ex.query.get("depth", 300))) + b"\n\n"
+            r.events(slow_events(2) + [deep] + slow_events(2), 0.02)
+            r.end_chunks()
+            return "keep-alive"
         if ex.path == "/slow-sse":
             r.stream_head()
             r.events(slow_events(n), delay)

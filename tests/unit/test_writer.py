@@ -72,20 +72,58 @@ def test_unwritable_storage_acks_an_error(tmp_path):
     assert w.stop()
 
 
-def test_unencodable_record_does_not_kill_the_thread(tmp_path):
-    w = RecordWriter()
+def test_an_unencodable_record_is_written_repaired_not_dropped(tmp_path):
+    """A value orjson cannot encode (a header with bytes that are not UTF-8, an object, a huge
+    number) is repaired and said so; the record is written and its waiter gets success."""
+    errors = []
+    w = RecordWriter(on_error=errors.append)
     w.start()
     path = tmp_path / "s.jsonl.zst"
     w.open_session("s", path, 1.0, {})
     ack, done, box = wait_ack()
-    w.record("s", "x", 1.0, {"bad": object()}, ack)
-    assert done.wait(5) and isinstance(box["err"], StorageError)
+    bad_header = b"caf\xe9 \xff".decode("utf-8", "surrogateescape")  # as mitmproxy decodes such bytes
+    w.record("s", "x", 1.0, {"flow": "f1", "bad": object(), "headers": [["x-odd", bad_header]], "n": 1 << 70}, ack)
+    assert done.wait(5) and box["err"] is None
     ack2, done2, box2 = wait_ack()
     w.record("s", "y", 1.0, {"ok": 1}, ack2)
     assert done2.wait(5) and box2["err"] is None
     w.close_session("s", 2.0, {})
     assert w.stop()
-    assert [orjson.loads(x)["t"] for x in decompress_lines(path)] == ["session.open", "y", "session.close"]
+    lines = [orjson.loads(x) for x in decompress_lines(path)]
+    assert [x["t"] for x in lines] == ["session.open", "x", "y", "session.close"]
+    x = lines[1]
+    assert x["headers"] == [["x-odd", "caf\\xe9 \\xff"]] and x["n"] == str(1 << 70)
+    assert x["bad"] == "[object value: not recorded]" and "invalid Unicode" in x["repaired"]
+    assert [e.cause for e in errors] == [writer_module.RECORD_REPAIRED] and errors[0].flow == "f1"
+
+
+def test_a_record_that_cannot_be_written_leaves_an_http_error_in_its_place(tmp_path, monkeypatch):
+    from recorder import record_repair
+
+    def broken(value):
+        raise RuntimeError("cannot repair")
+
+    monkeypatch.setattr(record_repair, "repair", broken)
+    errors = []
+    w = RecordWriter(on_error=errors.append)
+    w.start()
+    path = tmp_path / "s.jsonl.zst"
+    w.open_session("s", path, 1.0, {})
+    ack, done, box = wait_ack()
+    w.record("s", "http.response", 1.0, {"flow": "f1", "bad": object()}, ack)
+    assert done.wait(5) and isinstance(box["err"], StorageError) and box["err"].cause == writer_module.RECORD_LOST
+    w.close_session("s", 2.0, {})
+    assert w.stop()
+    lines = [orjson.loads(x) for x in decompress_lines(path)]
+    assert [x["t"] for x in lines] == ["session.open", "http.error", "session.close"]
+    err = lines[1]
+    assert err["flow"] == "f1" and err["phase"] == "record" and err["lost"] == "http.response"
+    assert "missing from this session" in err["message"]
+    assert errors and errors[0].cause == writer_module.RECORD_LOST and errors[0].flow == "f1"
+    from recorder.verify import verify_file
+
+    verdict = verify_file(path)  # verify reports the gap, with its seq, as damage (exit 3)
+    assert any("GAP at seq 1: the http.response record of flow f1" in n for n in verdict.damage)
 
 
 @pytest.mark.parametrize("fails_in", ["_flush_block", "_flush_ledger"])
