@@ -511,6 +511,22 @@ class Capture:
         fields = {"flow": fc.flow_id, "dir": direction, "n": fc.chunk_n[direction], "body": ChunkBytes(data, stream, final)}
         fc.chunk_n[direction] += 1
         fc.session.record("http.chunk", fields)
+        if not final and not fc.ended:
+            # The writer's masker may hold back the end of this batch (what could still be a
+            # secret). If nothing follows within the interval, a tick makes it release what
+            # the hold-back's time bound allows (recorder/bodies.py).
+            fc.timers[direction] = self.loop.call_later(self.cfg.capture.chunk_interval, self._tick, fc, direction)
+
+    def _tick(self, fc: FlowCapture, direction: str) -> None:
+        fc.timers.pop(direction, None)
+        stream = fc.streams.get(direction)
+        if fc.ended or stream is None or fc.session.closed:
+            return
+        if fc.buffers[direction]:
+            self._flush(fc, direction, final=False)
+            return
+        fc.session.record("http.chunk", {"flow": fc.flow_id, "dir": direction, "n": fc.chunk_n[direction],
+                                         "body": ChunkBytes(b"", stream, False)})
 
     def _flush_all(self, fc: FlowCapture, final: bool) -> None:
         for direction in ("request", "response"):

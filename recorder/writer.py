@@ -345,7 +345,9 @@ class RecordWriter:
             # What the file holds, counted here: checkpoints included, the seal not.
             fields = dict(fields, counts=dict(fields["counts"], records=sf.chain.seq + 1))
         try:
-            fields = render_bodies(fields)
+            fields = render_bodies(fields, op.ts)
+            if fields is None:
+                return None  # a streamed body's tick that released nothing: no record
             line = sf.chain.next_line(rtype, op.ts, fields)
         except Exception as e:  # a record that cannot be encoded must not kill the thread
             err = StorageError("record could not be encoded", f"{rtype}: {e!r}")

@@ -18,6 +18,9 @@ One entry per rule:
   blocks, JWTs): the whole held text is checked for this rule's partial match.
 - `entropy`: optional minimum Shannon entropy (bits per character) of the secret.
 - `allowlist`: optional regexes; a secret that one of them finds is not masked.
+- `names`: the secret follows a name (`api_key = …`); recorder/masking/names.py decides from
+  the name whether it holds a secret (`max_tokens`, `prompt_cache_key`, `key_id` do not), and
+  for a weak name (`key`) whether the value looks like a token rather than an id.
 - `what`: one line for the catalogue table.
 
 Order matters only for ties: two rules that match the same span are reported under the
@@ -34,9 +37,11 @@ CODE_REFERENCE = (r"^(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"  # 
                   r"|[A-Z]+(?:_[A-Z0-9]+)+)$")  # CONSTANT_CASE
 MASK_TAG = r"^\[(?:MASKED|credential):"
 
-TOKEN = "A-Za-z0-9_\\-"  # a token next to one of these is part of a longer word: not masked
+TOKEN = "A-Za-z0-9_"  # a token next to one of these is part of a longer word: not masked (a "-" before it is not: `x-ghp_…`)
 ALNUM = "A-Za-z0-9"
-_ASSIGN = r"""["']?\s*(?:=>|:=|[:=])\s*["']?"""
+# `name = value`, `"name": "value"`, `name => value`; the quotes may carry backslashes (one or two
+# levels of escaping: a .env file inside a JSON string inside a JSON body reads API_KEY=\\"...\\")
+_ASSIGN = r"""(?:\\*["'])?\s*(?:=>|:=|[:=])\s*(?:\\*["'])?"""
 
 RULES: tuple[dict, ...] = (
     # -- cloud --------------------------------------------------------------------------
@@ -63,8 +68,8 @@ RULES: tuple[dict, ...] = (
     {
         "id": "gcp-service-account-key", "group": "Cloud",
         "what": 'GCP service-account JSON "private_key" (the PEM block, escaped or not)',
-        "regex": r'"private_key"\s*:\s*"(-----BEGIN[A-Z ]{0,30}PRIVATE KEY-----[\s\S]*?-----END[A-Z ]{0,30}PRIVATE KEY-----(?:\\n|\n)*)',
-        "keywords": ('"private_key"',), "long": True,
+        "regex": r'"private_key\\*"\s*:\s*\\*"(-----BEGIN[A-Z ]{0,30}PRIVATE KEY-----[\s\S]*?-----END[A-Z ]{0,30}PRIVATE KEY-----(?:\\+n|\n)*)',
+        "keywords": ('"private_key',), "long": True,
     },
     {
         "id": "azure-storage-key", "group": "Cloud",
@@ -209,11 +214,11 @@ RULES: tuple[dict, ...] = (
     {
         "id": "private-key", "group": "Structural",
         "what": "PEM private keys of every kind (RSA, EC, DSA, OPENSSH, ENCRYPTED, PGP…), multi-line, "
-        "also with \\n escapes; an unterminated block is masked to its end",
+        "also with \\n escapes (one or more levels); an unterminated block is masked to its end",
         "regex": r"(-----BEGIN[A-Z0-9 _\-]{0,40}PRIVATE KEY(?: BLOCK)?-----"
         # base64 lines, headers (Proc-Type: 4,ENCRYPTED), escaped breaks; a "-" only inside a word,
         # so the body stops at "-----END"
-        r"(?:[A-Za-z0-9+/=:, \t\r\n]|\\[rn]|-[A-Za-z0-9])*"
+        r"(?:[A-Za-z0-9+/=:, \t\r\n]|\\+[rn]|-[A-Za-z0-9])*"
         r"(?:-----END[A-Z0-9 _\-]{0,40}PRIVATE KEY(?: BLOCK)?-----)?)",
         "keywords": ("-----begin",), "long": True,
     },
@@ -242,7 +247,7 @@ RULES: tuple[dict, ...] = (
         "id": "authorization-header", "group": "Structural",
         "what": "the value of Authorization / Proxy-Authorization / X-Api-Key style headers written in text (curl -H, logs, code)",
         "regex": r"(?i)(?:authorization|x-api-key|api-key|x-goog-api-key|x-auth-token|private-token)"
-        r"""["']?\s*[:=]\s*["']?(?:(?:bearer|basic|token|digest|negotiate|apikey|sso-key)\s+)?([A-Za-z0-9._~+/=\-:]{8,})""",
+        r"""(?:\\*["'])?\s*[:=]\s*(?:\\*["'])?(?:(?:bearer|basic|token|digest|negotiate|apikey|sso-key)\s+)?([A-Za-z0-9._~+/=\-:]{8,})""",
         "keywords": ("authorization", "api-key", "x-auth-token", "private-token"),
         "entropy": 2.5, "allowlist": (PLACEHOLDERS, CODE_REFERENCE),
     },
@@ -259,7 +264,7 @@ RULES: tuple[dict, ...] = (
         "regex": r"(?i)(?:key|secret|passw(?:or)?d|pwd|token|credentials?)[\w.\-]{0,20}?" + _ASSIGN
         + r"([A-Za-z0-9+/=_\-.~!@#%^&*?]{8,})",
         "keywords": ("key", "secret", "passw", "pwd", "token", "credential"),
-        "entropy": 3.0,
+        "entropy": 3.0, "names": True,
         "allowlist": (PLACEHOLDERS, CODE_REFERENCE, r"^[0-9.]+$"),
     },
 )
