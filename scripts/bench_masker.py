@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/bench_masker.py [--mb 4] [--rounds 5]
 
-Reports MB/s for the whole catalogue: cold (every text new, nothing cached), warm (the
+Reports MB/s for the whole catalogue, recursive decoding included (some of the planted
+secrets are base64- or hex-encoded): cold (every text new, nothing cached), warm (the
 same texts again: what an agent resending its history costs), streamed (a StreamMasker fed
 64 KiB pieces, as a streamed request body is) and, where it is installed, detect-secrets'
 scanner on the same corpus as a reference ratio (`pip install detect-secrets`).
@@ -10,6 +11,7 @@ scanner on the same corpus as a reference ratio (`pip install detect-secrets`).
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import random
 import string
@@ -42,6 +44,9 @@ def corpus(size: int, seed: int = 7) -> list[bytes]:
         lambda: "postgres://app:" + _rand(alnum, 14, rng) + "@db.internal:5432/app",
         lambda: 'api_key = "' + _rand(alnum, 32, rng) + '"',
         lambda: "sk-" + "proj-" + _rand(alnum, 48, rng),
+        # encoded: recursive decoding has to find these (recorder/masking/decoding.py)
+        lambda: base64.b64encode(("GITHUB_TOKEN=ghp" + "_" + _rand(alnum, 36, rng) + "\n").encode()).decode(),
+        lambda: ("password=" + _rand(alnum, 20, rng)).encode().hex(),
     ]
     texts = []
     total = 0

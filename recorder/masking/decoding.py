@@ -42,10 +42,17 @@ def _compile(pattern: bytes):
     return re.compile(pattern)  # pragma: no cover
 
 
-_B64_RUN = _compile(rb"[A-Za-z0-9+/_\-]{%d,}={0,2}" % MIN_RUN)
-_HEX_RUN = _compile(rb"[0-9A-Fa-f]{%d,}" % MIN_RUN)
+# Runs of the base64 alphabet (hex is a subset) of MIN_RUN or more characters with a digit in
+# them: encoded text nearly always has one, identifiers and words rarely do (one scan, few runs).
+_X = rb"[A-Za-z0-9+/_\-]"
+_B64_RUN = _compile(_X + rb"*(?:" + b"|".join(_X + b"{%d}[0-9]" % i + _X + b"{%d}" % (MIN_RUN - 1 - i)
+                                               for i in range(MIN_RUN)) + rb")" + _X + rb"*={0,2}")
+_HEXCHARS_B = b"0123456789abcdefABCDEF"
 _PCT_RUN = _compile(rb"[^\s\"'<>&=?]*%[0-9A-Fa-f]{2}[^\s\"'<>&=?]*")
-_ESC_RUN = re.compile(rb"(?:[^\s\"'\\]|\\.)*\\(?:u[0-9A-Fa-f]{4}|x[0-9A-Fa-f]{2}|/)(?:[^\s\"'\\]|\\.)*")
+_ESC_SOURCE = rb"\\(?:u[0-9A-Fa-f]{4}|x[0-9A-Fa-f]{2}|/)"
+_ESC = _compile(_ESC_SOURCE)
+HINTS = (rb"%[0-9A-Fa-f]{2}", _ESC_SOURCE)  # the engine's prefilter says whether these occur
+_RUN_STOP = frozenset(b" \t\r\n\"'")
 _PCT = re.compile(rb"%[0-9A-Fa-f]{2}")
 _DIGITS = b"0123456789"
 _PRINTABLE = bytes(range(0x20, 0x7F)) + b"\t\n\r"
@@ -227,28 +234,73 @@ def _hex(run: bytes):
         return None
 
 
-def runs(data: bytes):
-    """(start, end, decoded, map) of every encoded-looking run that decodes to text."""
+_SYMBOLS = b"=:\"'_-. /"
+_NEIGHBOURS = b"=:\"'_-. /abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def _b64_form(text: bytes, k: int) -> bytes:
+    """The base64 characters that only `text` decides when it starts k bytes into a 3-byte group."""
+    enc = binascii.b2a_base64(b"\0" * k + text + b"\0\0", newline=False)
+    return enc[-(-8 * k // 6):(8 * (k + len(text))) // 6]
+
+
+def keyword_forms(keyword: bytes) -> set[bytes]:
+    """How a keyword reads base64- or hex-encoded: each case variant (lower, upper, title, and
+    the last letter upper, as in eyJ), at each of the three base64 alignments, standard and
+    URL-safe, and as hex. A form under 4 characters says too little (base64 of "key" at one
+    alignment is "tle"): the keyword with a neighbour (`key=`, `_key`…) stands in for it."""
+    text = keyword.decode("latin-1").lower()
+    variants = {text, text.upper(), text[:1].upper() + text[1:], text[:-1] + text[-1:].upper()}  # eyJ
+    forms: set[bytes] = set()
+    for v in variants:
+        b = v.encode("latin-1")
+        forms.add(b.hex().encode())
+        for k in (0, 1, 2):
+            left = _NEIGHBOURS if not b[:1].isalnum() else _SYMBOLS  # `postgres://`, but `api_key`, `x-api-key`
+            candidates = [b] if len(_b64_form(b, k)) >= 4 else \
+                [b + bytes([c]) for c in _NEIGHBOURS] + [bytes([c]) + b for c in left]
+            for ext in candidates:
+                f = _b64_form(ext, k)
+                if len(f) >= 4:
+                    forms.add(f)
+                    forms.add(f.replace(b"+", b"-").replace(b"/", b"_"))
+    return forms
+
+
+def runs(data: bytes, base64_too: bool = True, percent: bool = True, escapes: bool = True):
+    """(start, end, decoded, map) of every encoded-looking run that decodes to text. Each kind
+    only when the caller's prefilter saw a sign of it (a keyword's encoded form, a %XX, an escape)."""
     if len(data) < MIN_RUN:
         return
-    for pattern, decode in ((_B64_RUN, _b64), (_HEX_RUN, _hex)):
-        for m in pattern.finditer(data):
-            s, e = m.start(), m.end()
-            if e - s > MAX_RUN:
-                continue
-            got = decode(data[s:e])
+    for m in (_B64_RUN.finditer(data) if base64_too else ()):
+        s, e = m.start(), m.end()
+        if e - s > MAX_RUN:
+            continue
+        run = data[s:e]
+        if run[:2] in (b"0x", b"0X"):
+            s, run = s + 2, run[2:]
+        if not run.translate(None, _HEXCHARS_B):  # hex digits only: hex, or base64 that happens to be
+            got = _hex(run)
             if got is not None and is_text(got[0]):
-                yield s, e, got[0], got[1]
-    if b"%" in data:
+                yield s, s + len(run), got[0], got[1]
+                continue
+        got = _b64(run)
+        if got is not None and is_text(got[0]):
+            yield s, s + len(run), got[0], got[1]
+    if percent and b"%" in data:
         for m in _PCT_RUN.finditer(data):
             s, e = m.start(), m.end()
             if e - s > MAX_RUN or e - s < 6:
                 continue
             decoded, seg = _unpercent(data[s:e])
             yield s, e, decoded, seg
-    if b"\\" in data and (b"\\u" in data or b"\\x" in data or b"\\/" in data):
-        for m in _ESC_RUN.finditer(data):
-            s, e = m.start(), m.end()
+    if escapes and b"\\" in data:
+        end = 0
+        for m in _ESC.finditer(data):
+            if m.start() < end:
+                continue  # inside the run of an earlier escape
+            s, e = _escape_run(data, m.start())
+            end = e
             if e - s > MAX_RUN:
                 continue
             decoded, seg = unescape(data[s:e])
@@ -256,7 +308,26 @@ def runs(data: bytes):
                 yield s, e, decoded, seg
 
 
-def encoded_spans(find, data: bytes, covered, depth: int, budget: list[int]) -> list:
+def _escape_run(data: bytes, at: int) -> tuple[int, int]:
+    """The run of non-space, non-quote characters around an escape at `at` (an escaped quote
+    is part of it)."""
+    s = at
+    while s > 0 and data[s - 1] not in _RUN_STOP and at - s < MAX_RUN:
+        s -= 1
+    e, n = at, len(data)
+    while e < n and e - at < MAX_RUN:
+        c = data[e]
+        if c == 0x5C:  # a backslash takes the next character with it
+            e += 2
+            continue
+        if c in _RUN_STOP:
+            break
+        e += 1
+    return s, min(e, n)
+
+
+def encoded_spans(find, data: bytes, covered, depth: int, budget: list[int], base64_too: bool = True,
+                  percent: bool = True, escapes: bool = True) -> list:
     """Spans of secrets inside encoded runs of data, in data's coordinates.
 
     `find(text, depth)` finds spans in a decoded text (itself recursively); `covered(s, e)`
@@ -267,7 +338,7 @@ def encoded_spans(find, data: bytes, covered, depth: int, budget: list[int]) -> 
     out = []
     if depth >= MAX_DEPTH:
         return out
-    for s, e, decoded, mapping in runs(data):
+    for s, e, decoded, mapping in runs(data, base64_too, percent, escapes):
         if covered(s, e):
             continue
         budget[0] -= len(decoded)

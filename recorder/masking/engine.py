@@ -311,13 +311,18 @@ class Masker:
                     self._keywords.append(b)
                     self._kw_rules.append([])
                 self._kw_rules[index[b]].append(r)
+        # The same prefilter pass looks for the keywords base64- or hex-encoded: only a text
+        # that holds one has its encoded runs decoded (decoding.py), unless a rule has no keyword.
+        self._encoded = sorted({f for kw in self._keywords for f in decoding.keyword_forms(kw)} - set(self._keywords))
         self._set = None
         if _re2 is not None and self._keywords:
-            opts = _re2_options()
-            opts.case_sensitive = False
-            s = _re2.Set.SearchSet(opts)
+            s = _re2.Set.SearchSet(_re2_options())
             for kw in self._keywords:
-                s.Add(re.escape(kw))
+                s.Add(b"(?i)" + re.escape(kw))
+            for form in self._encoded:  # encoded forms are case-sensitive
+                s.Add(re.escape(form))
+            for pattern in decoding.HINTS:  # a %XX, a \\u escape: runs worth decoding
+                s.Add(pattern)
             s.Compile()
             self._set = s
         # streaming: rules whose keyword comes after the match start get a partial check always
@@ -346,13 +351,23 @@ class Masker:
 
     # -- finding ----------------------------------------------------------------------
 
-    def candidates(self, data: bytes) -> list[CompiledRule]:
-        """The rules whose keywords occur in data (case-insensitive), in catalogue order."""
+    def _prefilter(self, data: bytes) -> list[int]:
+        """Indexes of the keywords (then of their encoded forms) that occur in data."""
         if self._set is not None:
-            hits = self._set.Match(data)
-        else:
-            low = data.lower()
-            hits = [i for i, kw in enumerate(self._keywords) if kw in low]
+            return self._set.Match(data) or []
+        low = data.lower()
+        n = len(self._keywords)
+        m = n + len(self._encoded)
+        return [i for i, kw in enumerate(self._keywords) if kw in low] + \
+            [n + i for i, form in enumerate(self._encoded) if form in data] + \
+            [m + i for i, p in enumerate(decoding.HINTS) if re.search(p, data)]
+
+    def candidates(self, data: bytes, hits: list[int] | None = None) -> list[CompiledRule]:
+        """The rules whose keywords occur in data (case-insensitive), in catalogue order."""
+        if hits is None:
+            hits = self._prefilter(data)
+        n = len(self._keywords)
+        hits = [i for i in hits if i < n]
         if not hits:
             return list(self._always)
         chosen = set(self._always)
@@ -367,10 +382,8 @@ class Masker:
 
     def keywords_in(self, data: bytes) -> list[bytes]:
         """The rule keywords (lowercase) that occur in data, case-insensitively."""
-        if self._set is not None:
-            return [self._keywords[i] for i in self._set.Match(data) or ()]
-        low = data.lower()
-        return [kw for kw in self._keywords if kw in low]
+        n = len(self._keywords)
+        return [self._keywords[i] for i in self._prefilter(data) if i < n]
 
     def known_secret_in(self, data: bytes) -> bool:
         found: list[Span] = []
@@ -382,23 +395,36 @@ class Masker:
         encoded runs (recorder/masking/decoding.py), reported where the encoded text carries it."""
         return self._find(data, 0, [len(data) + decoding.BUDGET_FLOOR])
 
-    def find_direct(self, data: bytes) -> list[Span]:
+    def find_direct(self, data: bytes, hits: list[int] | None = None) -> list[Span]:
         """Every secret the rules find in data as it is (no decoding)."""
         found: list[Span] = []
         self.known.find(data, found, self)
-        for rule in self.candidates(data):
+        for rule in self.candidates(data, hits):
             rule.find(data, found)
         return self._resolve(data, found)
 
+    def decode_hints(self, hits: list[int]) -> tuple[bool, bool, bool]:
+        """From the prefilter's hits: whether data may hold an encoded keyword (base64 or hex;
+        always when a rule has no keyword or there are known secrets), a %XX, a \\u escape."""
+        n = len(self._keywords)
+        m = n + len(self._encoded)
+        b64 = bool(self._always or self.known) or any(n <= i < m for i in hits)
+        return b64, m in hits, m + 1 in hits
+
     def _find(self, data: bytes, depth: int, budget: list[int]) -> list[Span]:
-        chosen = self.find_direct(data)
+        hits = self._prefilter(data)
+        chosen = self.find_direct(data, hits)
         if len(data) < decoding.MIN_RUN:
             return chosen
 
         def covered(s, e):
             return any(c.start <= s and e <= c.end for c in chosen)
 
-        extra = decoding.encoded_spans(lambda text, d: self._find(text, d, budget), data, covered, depth, budget)
+        b64, pct, esc = self.decode_hints(hits)
+        if not (b64 or pct or esc):
+            return chosen
+        extra = decoding.encoded_spans(lambda text, d: self._find(text, d, budget), data, covered, depth, budget,
+                                       b64, pct, esc)
         if extra:
             extra = self._resolve(data, extra)
             chosen = sorted(chosen + [x for x in extra if not any(c.start < x.end and x.start < c.end for c in chosen)],
