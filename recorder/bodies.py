@@ -41,7 +41,7 @@ class BodyStream:
     """The state of one streamed body direction. Created on the loop, used by the writer."""
 
     __slots__ = ("decoder", "encoding", "max_body", "recorded", "wire", "decoded", "held", "decode_error",
-                 "masker", "content_type", "mask_state", "ref", "records")
+                 "masker", "content_type", "mask_state", "ref", "records", "done")
 
     def __init__(self, encoding: str | None = None, max_body: int = 0, masker=None, content_type: str | None = None):
         self.masker = masker  # a recorder.masking.Masker, or None (recorded unmasked)
@@ -56,6 +56,7 @@ class BodyStream:
         self.held = b""  # an incomplete UTF-8 sequence waiting for its next byte
         self.decode_error: str | None = None
         self.ref: int | None = None  # its number on the way to a writer process (recorder/writer_process.py)
+        self.done = False  # its final chunk was rendered
         self.records = 0  # http.chunk records written: their `n` (a tick that writes nothing takes none)
 
 
@@ -163,6 +164,10 @@ def render_chunk(chunk: ChunkBytes, now: float | None = None) -> dict | None:
         data, truncated = _cut(data, st.max_body, st.recorded)
         st.recorded += len(data)
         return format_v1.encode_body(data, size=0, truncated=truncated)
+    if st.done:  # the stream already ended (capture's tee and its end both flush it): nothing to add
+        st.wire += len(chunk.data)
+        return format_v1.encode_body(b"", size=0)
+    st.done = chunk.final
     st.wire += len(chunk.data)
     data = chunk.data
     if st.decoder is not None and st.decode_error is None:

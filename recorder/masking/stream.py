@@ -112,7 +112,7 @@ class TextChannel:
         while moved:  # a secret that crosses the hold point is held whole
             moved = False
             for s in spans:
-                if s.start < hold < s.end:
+                if s.start < hold < s.end and max(base, s.start) < hold:
                     hold = max(base, s.start)
                     moved = True
         if hold <= base:
