@@ -560,17 +560,25 @@ class Masker:
         for r in rules:
             at = 0 if (tail_at and r in self._long) else tail_at
             for m in r.partial.finditer(data, at, partial=True):
-                if m.end() != n or m.end() == m.start():
+                if m.end() == m.start():
                     continue
-                if m.partial:
+                if m.end() != n:
+                    # A complete match of a long rule that stopped short can still grow when the
+                    # few bytes after it continue it (a PEM body, then the dashes of its END line).
+                    rest = data[m.end():n]
+                    if (r not in self._long or len(rest) > 64 or b'"' in rest or b"\n" in rest
+                            or r.partial.fullmatch(data, m.start(), partial=True) is None):
+                        continue
+                    secret = r.secret_span(m)[0]
+                elif m.partial:
                     secret = r.secret_start(data, m.start())
                 else:
-                    secret = r.secret_span(m)[0] if m.groups() else m.start()
+                    secret = r.secret_span(m)[0]
                 if secret < n:
                     out.append(Pending(m.start(), secret, r.id, r.strong(data, m.start())))
         known = self.known.partial_start(data)
         if known < n:
-            out.append(Pending(known, known, KNOWN_RULE_ID, n - known >= 8))
+            out.append(Pending(known, known, KNOWN_RULE_ID, n - known >= 4))
         enc = decoding.tail_run_start(data, floor, self._could_hold)
         if enc < n:
             out.append(Pending(enc, enc, "encoded", False))

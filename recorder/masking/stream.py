@@ -97,10 +97,9 @@ class TextChannel:
         forced: list[Span] = []
         if force:
             hold = n
-            for p in pending:
-                if p.strong and p.secret_start < n:
-                    at = max(p.secret_start, base)
-                    forced.append(Span(at, n, p.rule, full[p.secret_start:n]))
+            for p in sorted(pending, key=lambda p: p.secret_start):
+                if p.strong and p.secret_start < n and not any(f.end > max(p.secret_start, base) for f in forced):
+                    forced.append(Span(max(p.secret_start, base), n, p.rule, full[p.secret_start:n]))
         else:
             hold = max(base, min((p.secret_start for p in pending), default=n))
             hold = _char_start(full, hold, base)
