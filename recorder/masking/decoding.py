@@ -51,7 +51,9 @@ _HEXCHARS_B = b"0123456789abcdefABCDEF"
 _PCT_RUN = _compile(rb"[^\s\"'<>&=?]*%[0-9A-Fa-f]{2}[^\s\"'<>&=?]*")
 _ESC_SOURCE = rb"\\(?:u[0-9A-Fa-f]{4}|x[0-9A-Fa-f]{2}|/)"
 _ESC = _compile(_ESC_SOURCE)
-HINTS = (rb"%[0-9A-Fa-f]{2}", _ESC_SOURCE)  # the engine's prefilter says whether these occur
+# The engine's prefilter says whether these occur: a %XX, an escape, and a long run of the
+# base64 alphabet (an encoding of an encoding shows no keyword in any form).
+HINTS = (rb"%[0-9A-Fa-f]{2}", _ESC_SOURCE, rb"[A-Za-z0-9+/_\-]{64}")
 _RUN_STOP = frozenset(b" \t\r\n\"'")
 _PCT = re.compile(rb"%[0-9A-Fa-f]{2}")
 _DIGITS = b"0123456789"

@@ -404,11 +404,12 @@ class Masker:
         return self._resolve(data, found)
 
     def decode_hints(self, hits: list[int]) -> tuple[bool, bool, bool]:
-        """From the prefilter's hits: whether data may hold an encoded keyword (base64 or hex;
-        always when a rule has no keyword or there are known secrets), a %XX, a \\u escape."""
+        """From the prefilter's hits: whether data may hold an encoded keyword (base64 or hex: a
+        keyword's encoded form, or a long encoded run; always when a rule has no keyword or there
+        are known secrets), a %XX, a \\u escape."""
         n = len(self._keywords)
         m = n + len(self._encoded)
-        b64 = bool(self._always or self.known) or any(n <= i < m for i in hits)
+        b64 = bool(self._always or self.known) or any(n <= i < m for i in hits) or m + 2 in hits
         return b64, m in hits, m + 1 in hits
 
     def _find(self, data: bytes, depth: int, budget: list[int]) -> list[Span]:
