@@ -41,7 +41,7 @@ TOKEN = "A-Za-z0-9_"  # a token next to one of these is part of a longer word: n
 ALNUM = "A-Za-z0-9"
 # `name = value`, `"name": "value"`, `name => value`; the quotes may carry backslashes (one or two
 # levels of escaping: a .env file inside a JSON string inside a JSON body reads API_KEY=\\"...\\")
-_ASSIGN = r"""(?:\\*["'])?\s*(?:=>|:=|[:=])\s*(?:\\*["'])?"""
+_ASSIGN = r"""(?:\\*["'])?[ \t]*(?:=>|:=|[:=])[ \t]*(?:\\*["'])?"""  # spaces, not a line break: `KEY=` then a new line is empty
 
 RULES: tuple[dict, ...] = (
     # -- cloud --------------------------------------------------------------------------
@@ -56,7 +56,7 @@ RULES: tuple[dict, ...] = (
         "id": "aws-secret-access-key", "group": "Cloud",
         "what": "AWS secret access key (40 chars) after an aws… or SecretAccessKey name",
         "regex": r"(?i)(?:aws[\w.\-]{0,40}?|secret_?access_?key)" + _ASSIGN + r"([A-Za-z0-9/+]{40})",
-        "keywords": ("aws", "secretaccesskey", "secret_access_key"), "boundary": "A-Za-z0-9/+=",
+        "keywords": ("aws", "secretaccesskey", "secret_access_key"), "boundary": "A-Za-z0-9/+",
         "entropy": 4.0, "allowlist": (r"EXAMPLEKEY$",),
     },
     {
@@ -261,9 +261,9 @@ RULES: tuple[dict, ...] = (
     {
         "id": "generic-secret", "group": "Generic",
         "what": "key / secret / password / token / credential assignments (=, :, =>) with a high-entropy value",
-        "regex": r"(?i)(?:key|secret|passw(?:or)?d|pwd|token|credentials?)[\w.\-]{0,20}?" + _ASSIGN
+        "regex": r"(?i)(?:key|secret|pass(?:w(?:or)?d)?|pwd|token|credentials?)[\w.\-]{0,20}?" + _ASSIGN
         + r"([A-Za-z0-9+/=_\-.~!@#%^&*?]{8,})",
-        "keywords": ("key", "secret", "passw", "pwd", "token", "credential"),
+        "keywords": ("key", "secret", "pass", "pwd", "token", "credential"),
         "entropy": 3.0, "names": True,
         "allowlist": (PLACEHOLDERS, CODE_REFERENCE, r"^[0-9.]+$"),
     },

@@ -195,6 +195,8 @@ class CompiledRule:
             if a.search(secret):
                 return False
         if self.names:
+            if data[end:end + 1] == b"(" or names.looks_like_path(secret):
+                return False  # a call (`Credentials(config)`) or where a secret is kept (`keys/gateway.key`)
             strength = names.verdict(names.name_at(data, at))
             if strength is None or (strength == "weak" and not names.weak_value_is_secret(secret)):
                 return False
@@ -426,9 +428,14 @@ class Masker:
             return chosen
         extra = decoding.encoded_spans(lambda text, d: self._find(text, d, budget), data, covered, depth, budget,
                                        b64, pct, esc)
-        if extra:
-            extra = self._resolve(data, extra)
-            chosen = sorted(chosen + [x for x in extra if not any(c.start < x.end and x.start < c.end for c in chosen)],
+        for x in self._resolve(data, extra) if extra else ():
+            over = [c for c in chosen if c.start < x.end and x.start < c.end]
+            if any(c.start <= x.start and x.end <= c.end for c in over):
+                continue
+            # Decoded, the secret reaches further than the raw text showed (a PEM block whose
+            # rest is behind \u escapes): one span covers both.
+            start, end = min([x.start] + [c.start for c in over]), max([x.end] + [c.end for c in over])
+            chosen = sorted([c for c in chosen if c not in over] + [Span(start, end, x.rule, x.secret)],
                             key=lambda sp: sp.start)
         return chosen
 

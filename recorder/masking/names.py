@@ -66,7 +66,7 @@ TOKEN_NOT_SECRET = frozenset({
     "cancel", "stop", "special", "bos", "eos", "pad", "unk", "sep", "cls", "mask", "num", "total", "input",
     "output", "completion", "prompt", "cached", "reasoning", "count", "per", "design", "css", "lexer",
     "parser", "syntax", "cache", "thinking", "budget", "context", "remaining", "used", "new", "end", "start",
-    "eot", "image", "audio", "text", "vocab", "word",
+    "eot", "image", "audio", "text", "vocab", "word", "progress",
 })
 
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
@@ -151,6 +151,20 @@ def looks_like_id(value: bytes) -> bool:
                                                   for part in value.split(b"/")):
         return True
     return False
+
+
+def looks_like_path(value: bytes) -> bool:
+    """A file path or a URL path (`keys/gateway.key`, `/etc/app/secret.json`): where a secret is
+    kept, not the secret."""
+    if b"/" not in value or not _PATH.match(value):
+        return False
+    parts = [p for p in value.split(b"/") if p]
+    return len(parts) >= 2 and all(_PATH_PART.match(p) for p in parts)
+
+
+# a directory or file name: lowercase (or Capitalized) words, digits, - _ ~ and an extension;
+# a base64 secret's slash-separated pieces mix cases and are no such names
+_PATH_PART = re.compile(rb"^[A-Z]?[a-z0-9_\-~]{1,40}(?:\.[A-Za-z0-9]{1,8})*$")
 
 
 def weak_value_is_secret(value: bytes) -> bool:
