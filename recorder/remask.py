@@ -62,7 +62,7 @@ class _Remasker:
     def headers(self, headers):
         if not isinstance(headers, list):
             return headers
-        return [[item[0], self.text(item[1])] if isinstance(item, list) and len(item) == 2 else item
+        return [[self.text(item[0]), self.text(item[1])] if isinstance(item, list) and len(item) == 2 else item
                 for item in headers]
 
     def body(self, body, masked: bytes) -> dict:
@@ -102,6 +102,25 @@ class _Streams:
         return out
 
 
+def _stored(body: dict) -> tuple[bytes, dict]:
+    """A stored body's bytes, decoded now when the recording gateway could not undo its
+    Content-Encoding (raw deflate, stacked codings) but today's decoders can; and its notes."""
+    data = format_v1.decode_body(body)
+    if body.get("decoded") is False and body.get("encoding") and not body.get("truncated"):
+        from recorder.content_decoding import DecodeError, decoder_for
+
+        decoder = decoder_for(body["encoding"])
+        if decoder is not None:
+            try:
+                decoded = decoder.decode(data) + decoder.flush()
+            except DecodeError:
+                return data, body
+            notes = {k: v for k, v in body.items() if k not in ("decoded", "decode_error")}
+            notes["size"] = len(decoded)
+            return decoded, notes
+    return data, body
+
+
 def _masked_fields(rm: _Remasker, streams: _Streams, i: int, rec: dict, fields: dict) -> dict:
     """One record's fields with every text in it masked again (urls, headers, bodies, messages)."""
     t = rec.get("t")
@@ -111,9 +130,9 @@ def _masked_fields(rm: _Remasker, streams: _Streams, i: int, rec: dict, fields: 
             fields["url"] = rm.text(fields["url"])
         fields["headers"] = rm.headers(fields.get("headers"))
         if isinstance(fields.get("body"), dict):
-            b = fields["body"]
+            data, b = _stored(fields["body"])
             ctype = streams.ctypes.get((rec.get("flow"), t[5:]))
-            fields["body"] = rm.body(b, masker.mask_body(format_v1.decode_body(b), ctype))
+            fields["body"] = rm.body(b, masker.mask_body(data, ctype))
     elif t == "http.chunk" and isinstance(fields.get("body"), dict):
         b = fields["body"]
         fields["body"] = rm.body(b, streams.chunk(i, rec, format_v1.decode_body(b)))

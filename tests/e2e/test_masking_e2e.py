@@ -311,3 +311,18 @@ def test_mcp_sse_stream_is_recorded_as_it_crossed_and_promptly_survives_kill_9(s
     tags = _TAG.findall(recorded)
     assert len(tags) == 1 and tags[0].startswith(b"[MASKED:github-pat:"), recorded
     assert recorded == received.replace(GITHUB_TOKEN.encode(), tags[0])
+
+
+def test_the_gateway_log_masks_urls_and_headers(start_gateway, upstream):
+    # mitmdump prints every flow (flow_detail 2: with its headers); the log is an output too.
+    gw = start_gateway(extra_args=("--set", "flow_detail=2"))
+    test_id = new_test_id()
+    r = httpx.post(gw.reverse_url + "/echo?access_token=" + GITHUB_TOKEN, content=b"{}",
+                   headers={TEST_ID_HEADER: test_id, "x-debug": f"postgres://app:{DB_PASSWORD}@db/x"},
+                   trust_env=False, timeout=TIMEOUT)
+    assert r.status_code == 200
+    wait_for_records(gw, lambda a: a.flows_with_test_id(test_id) and a.flow(test_id).end)
+    gw.stop()
+    log = gw.log_text()
+    assert "/echo?access_token=[MASKED:" in log, log[-2000:]
+    assert GITHUB_TOKEN not in log and DB_PASSWORD not in log
