@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Callable
 
 from mitmproxy import http
@@ -162,7 +163,7 @@ def _masking_stream(stream_masker, decoder=None):
                     chunk = decoder.decode(chunk)
                 except DecodeError:
                     chunk = b""  # undecodable: nothing unmasked goes out
-            out = stream_masker.feed(chunk) if chunk else b""
+            out = stream_masker.feed(chunk, time.monotonic()) if chunk else b""
         else:
             tail = b""
             if decoder is not None:
