@@ -16,11 +16,12 @@ import os
 import time
 
 from mitmproxy import http
+from mitmproxy.addons.errorcheck import ErrorCheckHandler
 
 from addons.config import WiretrailConfig
 from addons.credentials import INJECTED
 from addons.identity import IDENTITY, identity_of
-from addons.policy import TUNNELED, connection_of
+from addons.policy import TUNNELED, connection_of, destination_of, peer_address
 from addons.refusal import error_response, refusal_of
 from addons.streaming import header_values, request_streams, response_streams
 from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
@@ -28,11 +29,13 @@ from addons.masking import Masking
 from recorder.header_masking import recordable_headers
 from recorder.identity import Identity as VerifiedIdentity
 from recorder.sessions import Session, SessionRegistry
-from recorder.writer import RecordWriter, StorageError
+from recorder.anchors import AnchorSpec
+from recorder.writer import Alarm, RecordWriter, StorageError
 from recorder.writer_process import ProcessRecordWriter
 
 log = logging.getLogger("wiretrail")
 
+KILLED = "wiretrail.killed"  # flow.metadata: why a part killed the flow in `response` (recorded)
 NOT_RESPONDING = "storage not responding"  # the cause when a record is late past storage.write_timeout
 _MAX_BATCH_BYTES = 1 << 20  # a fast stream is recorded in batches of at most 1 MiB
 _URL_CACHE_SIZE = 4096  # recorded URLs remembered; an agent calls the same few again and again
@@ -100,6 +103,9 @@ class Capture:
         self._fallback_key = os.urandom(32)  # header tags when no masking addon runs (addon tests)
         self._urls: dict[tuple, str] = {}  # request line and Host -> the URL as recorded (masked)
         self._urls_masker = None  # the masker those were masked with
+        # Called first in `done`, before sessions close: other front ends (addons/postgres.py)
+        # end their connections there, so their last records still reach the sessions.
+        self.before_stop: list = []
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -129,7 +135,8 @@ class Capture:
             signer=signer,
             checkpoint_interval=cfg.storage.checkpoint_interval,
             retention_days=cfg.storage.retention_days,
-            on_event=lambda text: log.warning(f"wiretrail: {text}"),
+            on_event=_log_event,
+            anchors=AnchorSpec.from_config(cfg.anchors),
         )
         self.registry = SessionRegistry(
             self.writer,
@@ -142,6 +149,8 @@ class Capture:
         self.writer.start()
         if signer is not None:
             log.info(f"wiretrail: signing checkpoints, seals and the ledger with key id {signer.key_id}")
+        anchors = self._anchors_text(cfg)
+        log.info(f"wiretrail: {anchors}")
         if not cfg.storage.fail_closed:
             log.warning(
                 "wiretrail: storage.fail_closed = false: if a record cannot be written, "
@@ -151,6 +160,17 @@ class Capture:
         self._write_timeout = cfg.storage.write_timeout
         self._expiry_task = asyncio.ensure_future(self._every(cfg.sessions.idle_timeout / 4, self.registry.expire))
         self._watch_task = asyncio.ensure_future(self._every(self._write_timeout / 4, self._expire_waits))
+
+    @staticmethod
+    def _anchors_text(cfg) -> str:
+        a = cfg.anchors
+        sinks = [f"{kind} {where}" for kind, where in (("file", a.file), ("syslog", a.syslog), ("http", a.http))
+                 if where]
+        if not sinks:
+            return ("no [anchors]: the ledger head is not sent outside the store, so cutting its newest entries "
+                    "would not show (docs/integrity.md)")
+        return ("anchoring each ledger head to " + ", ".join(sinks)
+                + (f" (fail_closed: traffic is refused after {a.max_lag:g} s of failure)" if a.fail_closed else ""))
 
     async def _every(self, seconds: float, tick) -> None:
         interval = max(0.05, min(1.0, seconds))
@@ -178,6 +198,11 @@ class Capture:
         if self._stopped or self.writer is None:
             return
         self._stopped = True
+        for stop in self.before_stop:
+            try:
+                stop()
+            except Exception:
+                log.exception("wiretrail: stopping a front end failed")
         if self._expiry_task is not None:
             self._expiry_task.cancel()
         if self._watch_task is not None:
@@ -275,7 +300,14 @@ class Capture:
             fc.wire["response"] = len(body.data)
             fc.session.record("http.response", self._response_fields(flow, body, streamed=False))
         self._flush_all(fc, final=True)
+        killed = flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
+        if killed:
+            # Killed in `response` by a part of the gateway: the reply was not forwarded.
+            fc.session.record("http.error", {"flow": fc.flow_id, "phase": "response", "message": self._mask_text(
+                flow.metadata.get(KILLED) or flow.error.msg)})
         self._record_end(flow, fc)
+        if flow.websocket is not None and not killed:
+            return  # it goes on as a WebSocket; addons/websocket.py ends it with its ws.close
         self._end(fc)
 
     def _complete_now(self, fc: FlowCapture) -> None:
@@ -302,13 +334,14 @@ class Capture:
         self._record_end(flow, fc)
         self._end(fc)
 
-    def record_tunnel(self, client, host: str, port: int, ident: VerifiedIdentity) -> None:
-        """An unregistered host passed through uninspected (policy "tunnel"): note who and where."""
+    def record_tunnel(self, client, host: str, port: int, ident: VerifiedIdentity, details: dict | None = None) -> None:
+        """An unregistered host passed through uninspected (policy "tunnel"): note who and where
+        (`details`: the address it is pinned to and the TLS SNI)."""
         if self.registry is None or self._stopped:
             return
         peer = client.peername or ("", 0)
         session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
-        session.record("tunnel", {"conn": client.id, "host": host, "port": port})
+        session.record("tunnel", {"conn": client.id, "host": host, "port": port, **(details or {})})
         self.registry.end_flow(session)
 
     # -- records ----------------------------------------------------------------------
@@ -318,16 +351,7 @@ class Capture:
         if self.registry is None or self._stopped:
             return
         refusal = refusal_of(flow)
-        peer = flow.client_conn.peername or ("", 0)
-        ident: VerifiedIdentity | None = flow.metadata.get(IDENTITY)
-        if ident is not None:
-            key, record = ident.key(), ident.record()
-        else:
-            # Nobody was verified: the refused attempts from one address share a session.
-            key = "refused " + peer[0]
-            record = {"sub": None, "email": None, "name": None, "groups": [], "iss": None,
-                      "method": self.cfg.identity.mode, "authenticated": False}
-        session = self.registry.begin_flow(key, record, (peer[0], peer[1]))
+        session = self.session_for(flow.metadata.get(IDENTITY), flow.client_conn.peername or ("", 0))
         req = flow.request
         session.record("auth.refused", {
             "flow": flow.id,
@@ -335,12 +359,25 @@ class Capture:
             "mode": flow.client_conn.proxy_mode.type_name,
             "method": req.method,
             "url": f"{req.host}:{req.port}" if req.method == "CONNECT" else self._mask_text(req.pretty_url),
+            "dest": destination_of(flow),
             "status": refusal["status"],
             "reason": refusal["reason"],
             "message": refusal["message"],
             "headers": self._headers(req.headers),
         })
         self.registry.end_flow(session)
+
+    def session_for(self, ident: VerifiedIdentity | None, peer: tuple) -> Session:
+        """The session of this identity and client address, counting one more flow (end it with
+        registry.end_flow). `ident` None: nobody was verified, and the refused attempts from one
+        address share a session. Also for other front ends (addons/postgres.py)."""
+        if ident is not None:
+            key, record = ident.key(), ident.record()
+        else:
+            key = "refused " + peer[0]
+            record = {"sub": None, "email": None, "name": None, "groups": [], "iss": None,
+                      "method": self.cfg.identity.mode, "authenticated": False}
+        return self.registry.begin_flow(key, record, (peer[0], peer[1]))
 
     async def _record_request(self, flow: http.HTTPFlow, fc: FlowCapture, body: BodyBytes | None) -> bool:
         """Write the http.request record and wait until it is written. False if refused."""
@@ -353,6 +390,7 @@ class Capture:
             "mode": flow.client_conn.proxy_mode.type_name,
             "method": req.method,
             "url": self._recorded_url(req),
+            "dest": destination_of(flow),
             "http_version": req.http_version,
             "headers": self._headers(req.headers, flow.metadata.get(INJECTED)),
             "body": body,
@@ -402,6 +440,7 @@ class Capture:
                 "size": dict(fc.wire),
                 "duration_ms": round((end - start) * 1000, 3),
                 "ttfb_ms": ttfb,
+                "address": peer_address(flow),
             },
         )
 
@@ -554,6 +593,10 @@ class Capture:
         self._waiting.append((self.loop.time() + self._write_timeout, fut))
         return await fut
 
+    # Public: other front ends (addons/postgres.py) record before they forward, with the same
+    # fail-closed wait, write_timeout and storage-error logging as HTTP requests.
+    write_and_wait = _write_and_wait
+
     def _resolve_acked(self) -> None:
         # Cleared before draining: an ack appended after this line schedules another call.
         self._acks_scheduled = False
@@ -576,6 +619,13 @@ class Capture:
             log.error(f"wiretrail: cannot record ({err.cause}): {err.detail}; "
                       + (f"refusing traffic with 503{until}" if self.cfg.storage.fail_closed
                          else "traffic passes UNRECORDED (fail_closed = false)"))
+
+
+def _log_event(text: str) -> None:
+    """The writer's notes: an Alarm is an error, except while mitmproxy still starts up, when any
+    error makes it exit (addons/errorcheck.py); then it is a warning, loud in its own words."""
+    starting = any(isinstance(h, ErrorCheckHandler) for h in logging.getLogger().handlers)
+    (log.error if isinstance(text, Alarm) and not starting else log.warning)(f"wiretrail: {text}")
 
 
 def _resolve(fut: asyncio.Future, err) -> None:

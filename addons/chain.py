@@ -25,17 +25,24 @@ from addons.refusal import refuse
 log = logging.getLogger("wiretrail")
 
 BEFORE_UPSTREAM = ("http_connect", "requestheaders", "request")
+# What a connection carries past its request: the layer mitmproxy picks for it (next_layer)
+# and WebSocket and raw TCP messages. An exception there stops what the hook guards: the
+# parts' `block_failed(hook, arg)` refuse the layer, drop the message and close the connection.
+GUARDED = ("next_layer", "websocket_start", "websocket_message", "tcp_start", "tcp_message")
 # After upstream, and tls_clienthello (if policy fails there, the connection is intercepted
 # and its requests are checked as usual): logged, and the other parts still run.
-LOGGED = ("responseheaders", "response", "error", "tls_clienthello")
+LOGGED = ("responseheaders", "response", "error", "tls_clienthello", "websocket_end", "tcp_end", "tcp_error")
 # Errors in these reach mitmproxy: `load` and `configure` raise OptionsError on a bad config.
 PASSED_THROUGH = ("load", "configure")
+# Before an upstream connection opens: an exception kills that connection (nothing is sent).
+CONNECTING = ("server_connect",)
 
 
 class AddonChain:
     def __init__(self, parts: list):
         self.parts = list(parts)
-        for hook in BEFORE_UPSTREAM + LOGGED + PASSED_THROUGH + ("running", "done"):
+        blockers = [p.block_failed for p in self.parts if callable(getattr(p, "block_failed", None))]
+        for hook in BEFORE_UPSTREAM + GUARDED + LOGGED + PASSED_THROUGH + CONNECTING + ("running", "done"):
             handlers = [getattr(p, hook) for p in self.parts if callable(getattr(p, hook, None))]
             if not handlers:
                 continue
@@ -45,6 +52,8 @@ class AddonChain:
                 method = _running(handlers)
             elif hook == "done":
                 method = _done(handlers)
+            elif hook in GUARDED:
+                method = _guarded(hook, handlers, fail_closed=False, blockers=blockers)
             else:
                 method = _guarded(hook, handlers, fail_closed=hook in BEFORE_UPSTREAM)
             setattr(self, hook, method)
@@ -54,21 +63,28 @@ def _name(handler) -> str:
     return f"{type(handler.__self__).__name__}.{handler.__name__}"
 
 
-def _fail(hook: str, handler, flow, fail_closed: bool) -> None:
+def _fail(hook: str, handler, flow, fail_closed: bool, blockers=()) -> None:
     log.exception(f"wiretrail: {_name(handler)} failed")
-    if fail_closed and getattr(flow, "response", True) is None:
+    if hook in CONNECTING:
+        flow.server.error = f"wiretrail could not check this connection ({hook} failed)"
+    elif fail_closed and getattr(flow, "response", True) is None:
         refuse(flow, 500, "internal_error", f"wiretrail could not check this request ({hook} failed), so it "
                "was not forwarded. The gateway operator can see why in its log.")
+    for block in blockers:
+        try:
+            block(hook, flow)
+        except Exception:
+            log.exception(f"wiretrail: {_name(block)} failed to stop what {hook} guards")
 
 
-def _guarded(hook: str, handlers: list, *, fail_closed: bool):
+def _guarded(hook: str, handlers: list, *, fail_closed: bool, blockers=()):
     if not any(inspect.iscoroutinefunction(h) for h in handlers):
         def dispatch(arg):
             for h in handlers:
                 try:
                     h(arg)
                 except Exception:
-                    _fail(hook, h, arg, fail_closed)
+                    _fail(hook, h, arg, fail_closed, blockers)
         return dispatch
 
     is_async = [inspect.iscoroutinefunction(h) for h in handlers]
@@ -82,7 +98,7 @@ def _guarded(hook: str, handlers: list, *, fail_closed: bool):
                 else:
                     h(arg)
             except Exception:
-                _fail(hook, h, arg, fail_closed)
+                _fail(hook, h, arg, fail_closed, blockers)
     return dispatch_async
 
 

@@ -1,12 +1,14 @@
 """Credential swap: the agent never holds the upstream secret.
 
-For a connection that injects a credential, every credential the client sent is
-stripped (Authorization, x-api-key, api-key, x-goog-api-key, Proxy-Authorization and
-Google's `key=` query parameter) and the connection's own is injected. Where nothing is
-injected (credential "none", or an unregistered host under policy "record"), only the
-identity token and Proxy-Authorization are stripped: the client's own API key passes,
-recorded masked. Credentials are read at start and again on SIGHUP; capture records an
-injected header as `[credential:<name>]`, never its value.
+Everywhere, the identity token never goes upstream: Proxy-Authorization, and every header and
+query parameter that carries the token (in whichever credential header, or several), are
+removed. For a connection that injects a credential, every credential the client sent is
+stripped too: each header of recorder.client_credentials.CREDENTIAL_HEADERS, credential-like
+query parameters in any case or percent-encoding (`?%6bey=`), and cookies (unless the
+connection sets `strip_cookies = false`); then the connection's own is injected. Where nothing
+is injected (credential "none", or an unregistered host under policy "record"), the client's
+own API key passes, recorded masked. Credentials are read at start and again on SIGHUP;
+capture records an injected header as `[credential:<name>]`, never its value.
 """
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ import signal
 from mitmproxy import http
 
 from addons.config import WiretrailConfig
-from addons.identity import TOKEN_HEADERS
+from addons.identity import Identity
 from addons.policy import connection_of
 from addons.refusal import REFUSAL, refuse
+from recorder.client_credentials import CREDENTIAL_HEADERS, INJECT_HEADER, field_carries_token, strip_query
 from recorder.config import ConfigError
 from recorder.connections import is_loopback_host
 
@@ -27,19 +30,14 @@ log = logging.getLogger("wiretrail")
 
 INJECTED = "wiretrail.injected"  # flow.metadata: {header name: connection name}
 
-CLIENT_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key", "proxy-authorization")
-_CLIENT_CREDENTIAL_FIELDS = frozenset(name.encode() for name in CLIENT_CREDENTIAL_HEADERS)
-INJECT_HEADER = {
-    "bearer": "authorization",
-    "x-api-key": "x-api-key",
-    "api-key": "api-key",
-    "x-goog-api-key": "x-goog-api-key",
-}
+_CREDENTIAL_FIELDS = frozenset(name.encode() for name in CREDENTIAL_HEADERS)
+_CREDENTIAL_AND_COOKIE_FIELDS = _CREDENTIAL_FIELDS | {b"cookie"}
 
 
 class Credentials:
-    def __init__(self, config: WiretrailConfig):
+    def __init__(self, config: WiretrailConfig, identity: Identity | None = None):
         self.config_addon = config
+        self.identity = identity  # knows each flow's identity token, to remove every copy of it
         self.values: dict[str, str] = {}  # connection name -> credential
         self.on_reload = None  # called after a SIGHUP re-read (the masker learns new secrets)
 
@@ -81,19 +79,21 @@ class Credentials:
 
     def requestheaders(self, flow: http.HTTPFlow):
         req = flow.request
-        # Whatever happens below, the identity token never goes upstream.
-        _drop_fields(req.headers, _PROXY_AUTHORIZATION)
-        if flow.response is not None or REFUSAL in flow.metadata:
+        token = self.identity.token_of(flow) if self.identity is not None else None
+        conn = None if flow.response is not None or REFUSAL in flow.metadata else connection_of(flow)
+        injects = conn is not None and conn.credential is not None and conn.inject != "none"
+        # Whatever happens, the identity token never goes upstream; where the gateway injects, no
+        # credential of the client's either. One pass over the header fields for both.
+        names = (_CREDENTIAL_AND_COOKIE_FIELDS if conn.strip_cookies else _CREDENTIAL_FIELDS) if injects \
+            else _PROXY_AUTHORIZATION
+        _drop_fields(req.headers, names, token.encode("utf-8", "surrogateescape") if token else None)
+        if (token or injects) and "?" in req.path:
+            stripped = strip_query(req.path, credentials=injects, keep=conn.keep_query if injects else frozenset(),
+                                   token=token)
+            if stripped is not None:
+                req.path = stripped
+        if not injects:
             return
-        conn = connection_of(flow)
-        if conn is None or conn.credential is None or conn.inject == "none":
-            carriers = flow.metadata.get(TOKEN_HEADERS)
-            if carriers:
-                _drop_fields(req.headers, frozenset(name.encode() for name in carriers))
-            return
-        _drop_fields(req.headers, _CLIENT_CREDENTIAL_FIELDS)
-        if "key=" in req.path and "key" in req.query:
-            del req.query["key"]  # Google's API key as a query parameter
         secret = self.values.get(conn.name)
         if not secret:
             refuse(flow, 503, "no_credential",
@@ -115,10 +115,16 @@ class Credentials:
 _PROXY_AUTHORIZATION = frozenset({b"proxy-authorization"})
 
 
-def _drop_fields(headers: http.Headers, names: frozenset[bytes]) -> None:
-    """Remove every field with one of these lowercase names, in one pass over the raw fields
-    (a Headers.pop per name scans them all each time, on every request)."""
+def _drop_fields(headers: http.Headers, names: frozenset[bytes], token: bytes | None = None) -> None:
+    """Remove every field with one of these lowercase names, and with `token` every field whose
+    value carries it, in one pass over the raw fields (a Headers.pop per name scans them all
+    each time, on every request)."""
     fields = headers.fields
-    kept = tuple(f for f in fields if f[0].lower() not in names)
+    if token:
+        kept = tuple(f for f in fields if f[0].lower() not in names and token not in f[1]
+                     and (f[1][:6].lower() != b"basic " or not field_carries_token(f[1], token)))
+    else:
+        kept = tuple(f for f in fields if f[0].lower() not in names)
     if len(kept) != len(fields):
         headers.fields = kept
+

@@ -24,24 +24,31 @@ from addons.heap import FreezeStartupHeap  # noqa: E402
 from addons.identity import Identity  # noqa: E402
 from addons.masking import Masking  # noqa: E402
 from addons.policy import Policy  # noqa: E402
+from addons.postgres import Postgres  # noqa: E402
+from addons.raw_tcp import RawTcp  # noqa: E402
 from addons.startup import StartupGate  # noqa: E402
+from addons.websocket import WebSocketCapture  # noqa: E402
 
 _gate = StartupGate()  # mitmproxy listens before `running`: flows wait for it
 _config = WiretrailConfig()
 _identity = Identity(_config)
-_credentials = Credentials(_config)
+_credentials = Credentials(_config, _identity)
 _masking = Masking(_config, known_secrets=_credentials.known_secrets)
 _credentials.on_reload = _masking.refresh  # a rotated credential is masked from then on
 _capture = Capture(_config, _masking)
+_policy = Policy(_config, _identity, on_tunnel=_capture.record_tunnel)
 
 parts = [
     _gate,
     _config,
     _identity,
-    Policy(_config, _identity, on_tunnel=_capture.record_tunnel),
+    _policy,
     _credentials,
     _masking,
+    RawTcp(_config, _identity, _policy, _capture, _masking),  # before capture: a refused 101 is killed first
+    WebSocketCapture(_config, _capture, _masking),  # before capture: its `done` closes open WebSockets first
     _capture,
+    Postgres(_config, _identity, _masking, _credentials, _capture),  # database front ends; after capture (its sessions)
     FreezeStartupHeap(),  # after every part has built what it keeps
     _gate.opener(),  # last: opens the gate once every part above has run `running`
 ]

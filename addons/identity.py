@@ -28,14 +28,13 @@ from recorder.identity import (
     Identity as VerifiedIdentity,
     IdentityError,
     TokenVerifier,
-    api_token_and_header,
+    token_from_api_headers,
     token_from_proxy_authorization,
 )
 
 log = logging.getLogger("wiretrail")
 
 IDENTITY = "wiretrail.identity"  # flow.metadata: the VerifiedIdentity of the flow
-TOKEN_HEADERS = "wiretrail.token_headers"  # flow.metadata: headers that carried the token (stripped)
 
 def identity_of(flow: http.HTTPFlow) -> VerifiedIdentity:
     return flow.metadata.get(IDENTITY) or ANONYMOUS
@@ -53,9 +52,17 @@ class Identity:
         self._off_loop = False  # a cache miss may fetch JWKS over the network
         # CONNECT carries the token; the requests inside the tunnel do not.
         self.by_client: weakref.WeakKeyDictionary[connection.Client, VerifiedIdentity] = weakref.WeakKeyDictionary()
+        # The verified token itself, so that the credential swap removes every copy of it: kept
+        # here (not in flow.metadata, which mitmproxy can write to a flow file) and nowhere else.
+        self._client_tokens: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
+        self._flow_tokens: weakref.WeakKeyDictionary[http.HTTPFlow, str] = weakref.WeakKeyDictionary()
 
     def identity_of_client(self, client: connection.Client) -> VerifiedIdentity:
         return self.by_client.get(client) or ANONYMOUS
+
+    def token_of(self, flow: http.HTTPFlow) -> str | None:
+        """The identity token the flow was authenticated with (on its CONNECT or itself), or None."""
+        return self._flow_tokens.get(flow) or self._client_tokens.get(flow.client_conn)
 
     def running(self):
         cfg = self.config_addon.current
@@ -93,6 +100,9 @@ class Identity:
             return await asyncio.to_thread(self.verifier.verify, token)
         return self.verifier.verify(token)  # hs256 or a local JWKS file: no I/O
 
+    # Public: other front ends (addons/postgres.py) check a token exactly as HTTP does.
+    authenticate = _authenticate
+
     async def http_connect(self, flow: http.HTTPFlow):
         if self.verifier is None:
             self.by_client[flow.client_conn] = ANONYMOUS
@@ -104,6 +114,7 @@ class Identity:
             refuse(flow, _status(e, 407), e.reason, _proxy_message(e))
             return
         self.by_client[flow.client_conn] = identity
+        self._client_tokens[flow.client_conn] = token
         flow.metadata[IDENTITY] = identity
 
     async def requestheaders(self, flow: http.HTTPFlow):
@@ -126,18 +137,16 @@ class Identity:
         try:
             if is_reverse(flow):
                 status = 401
-                token, carrier = api_token_and_header(headers)
-                carriers = (carrier,) if carrier else ()
+                token = token_from_api_headers(headers)
             else:
                 status = 407
                 token = token_from_proxy_authorization(headers.get("proxy-authorization"))
-                carriers = ("proxy-authorization",)
             identity = await self._authenticate(token)
         except IdentityError as e:
             refuse(flow, _status(e, status), e.reason, _proxy_message(e) if status == 407 else _api_message(e))
             return
         flow.metadata[IDENTITY] = identity
-        flow.metadata[TOKEN_HEADERS] = carriers
+        self._flow_tokens[flow] = token
 
 
 def _status(e: IdentityError, refused: int) -> int:

@@ -1,36 +1,84 @@
 """Policy: which registered connection a flow is for, and whether its caller may use it.
 
-A registered connection (matched by host and port) may limit its callers to groups
-(403 otherwise). An unregistered host follows `policy.unregistered`:
+Policy goes by destination, not by spelling (docs/identity.md, "Policy by destination"). The
+destination is the host the gateway connects to: the CONNECT target, the reverse-mode target
+or the URL of a plain proxied request. It is matched by name (case, a trailing dot and the form
+of an IP literal do not matter) and by the addresses it resolves to (recorder/destinations.py);
+an alias of a registered host is that connection under every policy. The gateway connects to
+the address it checked (`server_connect`), so a DNS answer that changes in between changes
+nothing.
+
+A registered connection may limit its callers to groups (403 otherwise). An unregistered host
+follows `policy.unregistered`:
   deny    403, at the CONNECT already when there is one;
   record  intercepted and recorded, nothing injected;
-  tunnel  TLS passes through uninspected and unrecorded; a `tunnel` record notes host
-          and identity.
-Hosts are matched on the address the gateway connects to, never on a Host header the
-client could set, so an injected credential only ever goes to its registered host.
+  tunnel  TLS passes through uninspected and unrecorded; a `tunnel` record notes host and
+          identity. Not when the TLS SNI names a registered host: that is intercepted.
+A request whose Host, h2 :authority or TLS SNI names another host than its destination is
+refused with 421 (`misdirected`), so an injected credential only goes to its registered host
+with a Host that names it. A destination whose name does not resolve in time is refused (502,
+`unresolved`; 403 under "deny").
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+import weakref
 from typing import Callable
 
 from mitmproxy import connection, http, tls
-from mitmproxy.proxy import mode_specs
+from mitmproxy.proxy import mode_specs, server_hooks
 
 from addons.config import WiretrailConfig
 from addons.identity import Identity, identity_of, is_reverse
 from addons.refusal import REFUSAL, refuse
 from recorder.config import ConnectionConfig
-from recorder.connections import match_connection
+from recorder.destinations import (
+    Destination,
+    Destinations,
+    Registry,
+    Resolver,
+    canonical_host,
+    misdirected,
+    split_host_port,
+)
 from recorder.identity import Identity as VerifiedIdentity
+from recorder.raw_policy import UNCHECKED
+
+log = logging.getLogger("wiretrail")
 
 CONNECTION = "wiretrail.connection"  # flow.metadata: the matched ConnectionConfig, or None
+DESTINATION = "wiretrail.destination"  # flow.metadata: the flow's Destination
 TUNNELED = "wiretrail.tunneled"  # flow.metadata: an unregistered host under policy "tunnel"
 
-TunnelNote = Callable[[connection.Client, str, int, VerifiedIdentity], None]
+TunnelNote = Callable[..., None]  # (client, host, port, identity, details: dict)
+
+_PER_CLIENT = 256  # destinations remembered per client connection (a plain-HTTP proxy client may name many)
 
 
 def connection_of(flow: http.HTTPFlow) -> ConnectionConfig | None:
     return flow.metadata.get(CONNECTION)
+
+
+def destination_of(flow: http.HTTPFlow) -> dict | None:
+    """The destination for the record: {"host", "port", "address"}. The address is the one the
+    gateway pins the connection to, or that of the open upstream connection, or None when
+    mitmproxy has yet to connect by name (a registered name, a reverse-mode target; http.end
+    then carries it)."""
+    dest: Destination | None = flow.metadata.get(DESTINATION)
+    if dest is None:
+        return None
+    if dest.record["address"] is not None and not is_reverse(flow):  # pinned (reverse mode is not)
+        return dest.record
+    return {"host": dest.host, "port": dest.port, "address": peer_address(flow)}
+
+
+def peer_address(flow: http.HTTPFlow) -> str | None:
+    """The address of the upstream connection the flow used, or None if none was made."""
+    server = flow.server_conn
+    if server is None or server.timestamp_tcp_setup is None or not server.peername:
+        return None
+    return canonical_host(str(server.peername[0]))
 
 
 class Policy:
@@ -38,44 +86,169 @@ class Policy:
         self.config_addon = config
         self.identity = identity  # identities per client connection, for tunnels
         self.on_tunnel = on_tunnel  # capture's tunnel record
+        self.destinations: Destinations | None = None
+        # The destinations each client connection was checked for, by the (host, port) mitmproxy
+        # uses (the CONNECT target, then the address it was pinned to): one answer per connection.
+        self.by_client: weakref.WeakKeyDictionary[connection.Client, dict] = weakref.WeakKeyDictionary()
+        self._refresh_task: asyncio.Task | None = None
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _built(self) -> Destinations | None:
+        cfg = self.config_addon.current
+        if cfg is None:
+            return None
+        if self.destinations is None:
+            p = cfg.policy
+            registry = Registry(cfg.connections, keep=max(600.0, 10 * p.resolve_interval))
+            self.destinations = Destinations(registry, Resolver(ttl=p.resolve_interval, timeout=p.resolve_timeout))
+        return self.destinations
+
+    async def running(self):
+        dests = self._built()
+        if dests is None or self._refresh_task is not None:
+            return
+        # Before the first flow (the start-up gate waits for this): aliases of the registered
+        # hosts are known from the start.
+        await self._refresh(log_ok=True)
+        self._refresh_task = asyncio.ensure_future(self._refresh_every(self.config_addon.current.policy.resolve_interval))
+
+    async def _refresh(self, log_ok: bool = False) -> None:
+        errors = await self.destinations.refresh_registered()
+        for error in errors:
+            log.warning(f"wiretrail: registered host: {error}; it is matched by name only until it resolves")
+        if log_ok and self.destinations.registry.names():
+            known = len(self.destinations.registry.names()) - len(self.destinations.registry.unresolved)
+            log.info(f"wiretrail: the addresses of {known} registered host name(s) are known; "
+                     "their aliases are matched too")
+
+    async def _refresh_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self._refresh()
+            except Exception:
+                log.exception("wiretrail: looking up the registered hosts failed")
+
+    def done(self):
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+
+    # -- destinations -------------------------------------------------------------------------
+
+    def connection_now(self, client: connection.Client, host: str, port: int):
+        """The registered connection of a destination, without waiting: as checked for this client
+        connection, cached, or by name or IP literal. UNCHECKED when only a DNS lookup could tell."""
+        dest = self._known(client, host, port)
+        dests = self._built()
+        if dest is None and dests is not None:
+            dest = dests.cached(host, port) or dests.classify_now(host, port)
+        if dest is None or dest.error:
+            return UNCHECKED
+        return dest.connection
+
+    def _known(self, client: connection.Client, host: str, port: int) -> Destination | None:
+        known = self.by_client.get(client)
+        return known.get((host, port)) if known else None
+
+    async def _classify(self, client: connection.Client, host: str, port: int) -> Destination:
+        dest = self._known(client, host, port)
+        if dest is not None:
+            return dest
+        dest = await self._built().classify(host, port)
+        known = self.by_client.get(client)
+        if known is None:
+            known = self.by_client[client] = {}
+        if len(known) < _PER_CLIENT:
+            known[(host, port)] = dest
+            if dest.pin is not None:
+                known[(dest.pin, port)] = dest
+        return dest
 
     def _unregistered(self) -> str:
         return self.config_addon.current.policy.unregistered
 
-    def http_connect(self, flow: http.HTTPFlow):
+    # -- hooks ----------------------------------------------------------------------------------
+
+    async def http_connect(self, flow: http.HTTPFlow):
         if flow.response is not None or self.config_addon.current is None:
             return
         req = flow.request
-        if self._unregistered() == "deny" and match_connection(self.config_addon.current.connections,
-                                                               req.host, req.port) is None:
-            refuse(flow, 403, "unregistered", _unregistered_message(req.host))
+        dest = await self._classify(flow.client_conn, req.host, req.port)
+        flow.metadata[DESTINATION] = dest
+        if dest.connection is None:
+            _refuse_unregistered(flow, dest, self._unregistered())
 
     def tls_clienthello(self, data: tls.ClientHelloData):
         cfg = self.config_addon.current
-        if cfg is None or cfg.policy.unregistered != "tunnel":
+        if cfg is None:
             return
         client, server = data.context.client, data.context.server
         if isinstance(client.proxy_mode, mode_specs.ReverseMode) or server.address is None:
             return
-        host, port = server.address
-        if match_connection(cfg.connections, host, port) is None:
-            data.ignore_connection = True
-            if self.on_tunnel is not None:
-                self.on_tunnel(client, host, port, self.identity.identity_of_client(client))
+        dest = self._known(client, server.address[0], server.address[1])
+        sni = data.client_hello.sni
+        if sni and server.sni is None and canonical_host(sni) != sni:
+            # What goes upstream is the name policy checked: lowercase, no trailing dot (RFC 6066),
+            # an IP literal as its address (the upstream's certificate is then checked for it).
+            server.sni = canonical_host(sni)
+        elif dest is not None and not sni and server.sni is None:
+            # Without an SNI, mitmproxy would send (and check the certificate for) the target as
+            # spelled ("127.1"); the upstream's TLS is checked for the destination policy matched.
+            server.sni = dest.host
+        if cfg.policy.unregistered != "tunnel":
+            return
+        if dest is None or dest.connection is not None or dest.error is not None:
+            return  # intercepted: its requests are checked
+        if sni and self.destinations.registry.named(sni, dest.port) is not None:
+            return  # an unregistered destination with a registered host's SNI: intercepted, refused (421)
+        data.ignore_connection = True
+        if self.on_tunnel is not None:
+            self.on_tunnel(client, dest.host, dest.port, self.identity.identity_of_client(client),
+                           {"address": dest.pin, "sni": sni})
 
-    def requestheaders(self, flow: http.HTTPFlow):
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData):
+        """Connect to the address that was checked (the pin), never to a fresh DNS answer."""
+        if self.config_addon.current is None:
+            return
+        client, server = data.client, data.server
+        if isinstance(client.proxy_mode, mode_specs.ReverseMode) or server.address is None or server.via:
+            return  # a reverse-mode target is the operator's; it is classified per request
+        host, port = server.address[0], server.address[1]
+        dest = await self._classify(client, host, port)
+        if dest.error is not None and dest.connection is None:
+            server.error = f"wiretrail: {dest.error}"
+            return
+        connect_to = dest.pin or dest.host  # a registered name, canonical ("localhost." -> "localhost")
+        if connect_to != host:
+            if server.sni is None and not dest.is_ip:
+                server.sni = dest.host
+            server.address = (connect_to, port)
+            self.by_client.setdefault(client, {})[(connect_to, port)] = dest
+
+    async def requestheaders(self, flow: http.HTTPFlow):
         if flow.response is not None or REFUSAL in flow.metadata:
             return
         cfg = self.config_addon.current
         if cfg is None:
             return
         req = flow.request
-        conn = match_connection(cfg.connections, req.host, req.port)
+        reverse = is_reverse(flow)
+        dest = self._known(flow.client_conn, req.host, req.port) or await self._classify(
+            flow.client_conn, req.host, req.port)
+        flow.metadata[DESTINATION] = dest
+        conn = dest.connection
         flow.metadata[CONNECTION] = conn
+        if conn is None and (dest.error is not None or cfg.policy.unregistered == "deny"):
+            _refuse_unregistered(flow, dest, cfg.policy.unregistered)
+            return
+        why = misdirected(dest, self.destinations.registry, _names_used(flow, reverse))
+        if why is not None:
+            refuse(flow, 421, "misdirected", f"{why}; send the request to the host it names "
+                   "(a CONNECT, a TLS server name and a Host header that agree)", close=True)
+            return
         if conn is None:
-            if cfg.policy.unregistered == "deny":
-                refuse(flow, 403, "unregistered", _unregistered_message(req.host))
-            elif cfg.policy.unregistered == "tunnel" and not is_reverse(flow):
+            if cfg.policy.unregistered == "tunnel" and not reverse:
                 flow.metadata[TUNNELED] = True
             return
         ident = identity_of(flow)
@@ -85,7 +258,33 @@ class Policy:
                    f"(it needs one of: {', '.join(conn.allow_groups)})")
 
 
-def _unregistered_message(host: str) -> str:
-    return (f"{host} is not a registered connection of this gateway (policy.unregistered = \"deny\"); "
-            "ask the gateway operator to add it under [[connections]]")
+def _names_used(flow: http.HTTPFlow, reverse: bool) -> list[tuple[str, str, int | None]]:
+    """The names the client used besides the destination: every Host header, the h2 :authority,
+    and (regular mode) the TLS SNI, which goes upstream as the server name."""
+    req = flow.request
+    names = []
+    for name, value in req.data.headers.fields:
+        if name.lower() == b"host":
+            host, port = split_host_port(value.decode("latin-1"))
+            names.append(("Host header", host, port))
+    if req.data.authority:
+        host, port = split_host_port(req.data.authority.decode("latin-1"))
+        names.append((":authority", host, port))
+    sni = flow.client_conn.sni
+    if sni and not reverse:
+        names.append(("TLS server name (SNI)", sni, None))
+    return names
 
+
+def _refuse_unregistered(flow: http.HTTPFlow, dest: Destination, unregistered: str) -> None:
+    if unregistered == "deny":
+        refuse(flow, 403, "unregistered", _unregistered_message(dest))
+    elif dest.error is not None:
+        refuse(flow, 502, "unresolved",
+               f"{dest.error}, so the gateway cannot check it against its registered connections; "
+               "check the name, or retry if DNS is failing")
+
+
+def _unregistered_message(dest: Destination) -> str:
+    return (f"{dest.host} is not a registered connection of this gateway (policy.unregistered = \"deny\"); "
+            "ask the gateway operator to add it under [[connections]]")

@@ -32,8 +32,8 @@ def refuse(flow: http.HTTPFlow, status: int, reason: str, message: str, *, close
         headers["www-authenticate"] = 'Bearer realm="wiretrail"'
     elif status == 503:
         headers["retry-after"] = "5"
-    if close:
-        headers["connection"] = "close"  # a pooled connection would keep failing
+    if close and not (flow.request.is_http2 or flow.request.is_http3):
+        headers["connection"] = "close"  # a pooled connection would keep failing (h2 has no such header)
     flow.response = error_response(flow, status, reason, f"wiretrail: {message}", headers)
     flow.metadata[REFUSAL] = {"status": status, "reason": reason, "message": message}
 

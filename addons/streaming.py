@@ -44,6 +44,8 @@ def request_streams(req: http.Request, threshold: int) -> bool:
 def response_streams(resp: http.Response, threshold: int) -> bool:
     if resp.stream:
         return True
+    if resp.status_code < 200 or resp.status_code in (204, 304):
+        return False  # no body (a 101 is followed by another protocol, not by chunks)
     ctype, length = header_values(resp.headers, b"content-type", b"content-length")
     if ctype is not None and ctype.lower().startswith("text/event-stream"):
         return True

@@ -18,6 +18,7 @@ COMMANDS = {
     "export": "export",
     "token": "token",
     "mask": "mask",
+    "serve": "serve",
 }
 
 

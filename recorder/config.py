@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from recorder.anchors import SYSLOG_FACILITIES
+from recorder.client_credentials import INJECT_MODES, query_key
+from recorder.connections import is_loopback_host
 from recorder.dev_secret import ensure_dev_secret
 
 
@@ -117,11 +120,15 @@ class IdentityConfig:
     groups_claim: str = "groups"
     leeway: float = 30.0
     jwks_refresh_interval: float = 30.0  # seconds between JWKS fetches that an unknown kid triggers
+    review_groups: tuple[str, ...] = ()  # groups whose members may use `wiretrail serve`; empty = nobody
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
     unregistered: str = "deny"  # deny | tunnel | record
+    raw_tcp: str = "refuse"  # refuse | record: bytes that are not HTTP (nor WebSocket) inside a tunnel
+    resolve_timeout: float = 5.0  # seconds a destination's DNS lookup may take before it is refused
+    resolve_interval: float = 60.0  # seconds a lookup is reused; registered hosts are looked up again this often
 
 
 @dataclass(frozen=True)
@@ -145,11 +152,27 @@ class MaskingConfig:
 @dataclass(frozen=True)
 class ConnectionConfig:
     name: str
-    hosts: tuple[str, ...]
+    hosts: tuple[str, ...] = ()  # required for kind "http"
     ports: tuple[int, ...] = ()
     credential: SecretRef | None = None  # None when "none" (record only)
     inject: str = "bearer"  # bearer | x-api-key | api-key | x-goog-api-key | none
     allow_groups: tuple[str, ...] = ()
+    # kind "postgres" (docs/configuration.md, "Database connections"): the keys below
+    kind: str = "http"  # http | postgres
+    listen: str | None = None  # "host:port" where database clients connect
+    upstream: str | None = None  # "host:port" of the database
+    database: str | None = None  # the one database clients may ask for; None = the client's choice
+    user: str | None = None  # the gateway's database role
+    upstream_tls: str = "require"  # disable | prefer | require | verify-full
+    upstream_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    tls_cert: Path | None = None  # what clients see; default: issued by the gateway's mitmproxy CA
+    tls_key: Path | None = None
+    allow_plaintext: bool = False  # clients without TLS, on a loopback listen address only
+    sample_rows: int = 0  # rows per result recorded as a masked sample; 0 = none
+    strip_cookies: bool = True  # where the gateway injects: the client's cookies do not go upstream
+    keep_query: tuple[str, ...] = ()  # credential-like query names that pass anyway (as compared: query_key)
 
 
 @dataclass(frozen=True)
@@ -157,6 +180,25 @@ class CaptureConfig:
     stream_threshold: int = 262144  # bytes; bodies with a larger Content-Length are streamed
     chunk_interval: float = 0.1  # seconds; http.chunk batching bound
     max_body: int = 0  # bytes recorded per body/stream direction; 0 = no limit
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    listen: str = "127.0.0.1:8090"  # where `wiretrail serve` listens
+    verify_keys: tuple[Path, ...] = ()  # public keys the review page verifies signatures with
+
+
+@dataclass(frozen=True)
+class AnchorsConfig:
+    file: Path | None = None  # a file outside the store: one line appended per ledger head
+    syslog: str | None = None  # "/dev/log" (a local socket) or "udp:HOST:PORT"
+    syslog_facility: str = "authpriv"
+    http: str | None = None  # POSTed to as application/json
+    http_token: SecretRef | None = None  # sent as Authorization: Bearer
+    interval: float = 1.0  # seconds: at most one anchor per sink this often
+    timeout: float = 5.0  # seconds one send may take
+    fail_closed: bool = False
+    max_lag: float = 60.0  # seconds a sink may fail before fail_closed refuses traffic
 
 
 @dataclass(frozen=True)
@@ -168,6 +210,8 @@ class GatewayConfig:
     masking: MaskingConfig
     capture: CaptureConfig
     connections: tuple[ConnectionConfig, ...]
+    review: ReviewConfig = ReviewConfig()
+    anchors: AnchorsConfig = AnchorsConfig()
     source: Path | None = None  # None = the embedded default
 
 
@@ -325,6 +369,60 @@ class _Host(_Kind):
             if len(name) <= 253 and _HOSTNAME.fullmatch(name):
                 return value
         raise self.bad(at, value)
+
+
+def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """("host", port) of "host:port", "[v6]:port" (or "host" with a default port). ValueError if not."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else None
+        if rest and not rest.startswith(":"):
+            raise ValueError(text)
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            host, port_text = text, None
+        elif ":" in host:
+            raise ValueError(text)  # a bare IPv6 address needs brackets
+    if port_text is None:
+        if default_port is None:
+            raise ValueError(text)
+        port = default_port
+    elif port_text.isdigit() and 1 <= int(port_text) <= 65535:
+        port = int(port_text)
+    else:
+        raise ValueError(text)
+    if not host or any(c.isspace() or c in "/@" for c in host):
+        raise ValueError(text)
+    return host, port
+
+
+class _HostPort(_Kind):
+    def __init__(self, default_port: int | None, example: str):
+        self.default_port = default_port
+        self.expected = (f'"host:port" (e.g. "{example}"; an IPv6 address in brackets)'
+                         + (f", the port defaults to {default_port}" if default_port else ""))
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, str):
+            raise self.bad(at, value)
+        try:
+            split_host_port(value, self.default_port)
+        except ValueError:
+            raise self.bad(at, value) from None
+        return value
+
+
+class _QueryName(_Kind):
+    """A query parameter name, kept as the credential swap compares it (recorder.client_credentials)."""
+
+    expected = 'a query parameter name, e.g. "token"'
+
+    def convert(self, value, at, ctx):
+        if not isinstance(value, str) or not query_key(value):
+            raise self.bad(at, value)
+        return query_key(value)
 
 
 class _PathValue(_Kind):
@@ -491,6 +589,54 @@ def _check_identity(identity: IdentityConfig, at: str) -> None:
                           f'got both {" and ".join(given)}', key=at)
 
 
+_POSTGRES_ONLY = ("listen", "upstream", "database", "user", "upstream_ca", "client_cert", "client_key",
+                  "tls_cert", "tls_key")
+
+
+def _check_connections(connections: tuple[ConnectionConfig, ...], at: str) -> None:
+    """Each kind's own keys; then the hosts of http connections."""
+    listens: dict[tuple[str, int], int] = {}
+    for i, conn in enumerate(connections):
+        item = f"{at}[{i}]"
+        if conn.kind == "http":
+            if not conn.hosts:
+                raise ConfigError('missing; expected a non-empty array of host names, e.g. ["api.openai.com"]',
+                                  key=f"{item}.hosts")
+            for name in _POSTGRES_ONLY:
+                if getattr(conn, name) is not None:
+                    raise ConfigError('only for kind = "postgres" (this connection is kind "http")', key=f"{item}.{name}")
+            if conn.allow_plaintext or conn.sample_rows:
+                name = "allow_plaintext" if conn.allow_plaintext else "sample_rows"
+                raise ConfigError('only for kind = "postgres" (this connection is kind "http")', key=f"{item}.{name}")
+            continue
+        for name in ("listen", "upstream", "user"):
+            if getattr(conn, name) is None:
+                raise ConfigError('missing; a connection of kind "postgres" needs listen, upstream and user',
+                                  key=f"{item}.{name}")
+        if conn.hosts or conn.ports:
+            raise ConfigError('a connection of kind "postgres" is reached on its listen address, not by host; '
+                              "leave hosts and ports out", key=f"{item}.{'hosts' if conn.hosts else 'ports'}")
+        if conn.credential is None and conn.client_cert is None:
+            raise ConfigError('a connection of kind "postgres" needs the gateway\'s database credential: '
+                              'credential = "env:NAME" or "file:PATH", or client_cert (and client_key)',
+                              key=f"{item}.credential")
+        if conn.client_key is not None and conn.client_cert is None:
+            raise ConfigError("client_key needs client_cert", key=f"{item}.client_key")
+        if (conn.tls_cert is None) != (conn.tls_key is None):
+            raise ConfigError("give both tls_cert and tls_key, or neither (the gateway then issues a certificate "
+                              "from its mitmproxy CA)", key=f"{item}.{'tls_key' if conn.tls_key is None else 'tls_cert'}")
+        host, port = split_host_port(conn.listen)
+        if conn.allow_plaintext and not is_loopback_host(host):
+            raise ConfigError(f"allow_plaintext is only allowed on a loopback listen address (127.0.0.1, ::1, "
+                              f"localhost), not {host}: a token sent without TLS could be read on the network",
+                              key=f"{item}.allow_plaintext")
+        if (host, port) in listens:
+            raise ConfigError(f"{conn.listen} is already the listen address of {at}[{listens[(host, port)]}]",
+                              key=f"{item}.listen")
+        listens[(host, port)] = i
+    _check_connection_hosts(connections, at)
+
+
 def _check_connection_hosts(connections: tuple[ConnectionConfig, ...], at: str) -> None:
     """The first matching connection wins, so a later entry for the same host and port would never
     be used (its credential and groups silently ignored)."""
@@ -505,6 +651,25 @@ def _check_connection_hosts(connections: tuple[ConnectionConfig, ...], at: str) 
                         "on the same port; the first match wins, so this entry would never be used",
                         key=f"{at}[{i}].hosts[{j}]")
             seen.setdefault(host, []).append(i)
+
+
+def _check_anchors(anchors: AnchorsConfig, at: str) -> None:
+    if anchors.http_token is not None:
+        if anchors.http is None:
+            raise ConfigError("is set, but there is no http sink to send it to", key=f"{at}.http_token")
+        if not anchors.http.startswith("https://"):
+            raise ConfigError("an http:// sink would carry the token in clear text; use https://",
+                              key=f"{at}.http_token")
+    if anchors.fail_closed and not (anchors.file or anchors.syslog or anchors.http):
+        raise ConfigError("is true, but no sink is set (file, syslog or http)", key=f"{at}.fail_closed")
+
+
+def _check_gateway(values: dict, at: str) -> None:
+    """An anchor kept in the store proves nothing: whoever rewrites the store rewrites it too."""
+    file, store = values["anchors"].file, values["storage"].dir
+    if file is not None and (file.absolute() == store.absolute() or store.absolute() in file.absolute().parents):
+        raise ConfigError(f"{file} is inside storage.dir ({store}): whoever can roll the ledger back can "
+                          "edit it too; put it on another mount, or use syslog or http", key="anchors.file")
 
 
 # -- the schema: every section and key -----------------------------------------------------------
@@ -547,10 +712,19 @@ SCHEMA = _Table(dict, (
         Key("leeway", _Number(ge=0), 30.0, "seconds of clock skew allowed on exp/nbf/iat"),
         Key("jwks_refresh_interval", _Number(gt=0, le=3600), 30.0,
             "seconds between the JWKS fetches an unknown kid triggers (a rate limit)"),
+        Key("review_groups", _NAMES, (), "groups whose members may read sessions with `wiretrail serve`; "
+            "empty = nobody"),
     ), check=_check_identity, expected="a table ([identity])"), _EMPTY_TABLE),
     Key("policy", _Table(PolicyConfig, (
         Key("unregistered", _OneOf("deny", "tunnel", "record"), "deny",
             "hosts no connection matches: deny, tunnel (not intercepted, not recorded) or record"),
+        Key("raw_tcp", _OneOf("refuse", "record"), "refuse",
+            "bytes that are not HTTP or WebSocket (raw TCP, an unknown protocol): refuse closes the "
+            "connection before anything goes upstream; record records both directions as tcp.* records"),
+        Key("resolve_timeout", _Number(gt=0, le=60), 5.0,
+            "seconds a destination's DNS lookup may take; past it, or when it fails, the destination is refused"),
+        Key("resolve_interval", _Number(ge=1, le=86400), 60.0,
+            "seconds a DNS answer is reused; the registered hosts are looked up again this often"),
     ), expected="a table ([policy])"), _EMPTY_TABLE),
     Key("masking", _Table(MaskingConfig, (
         Key("builtin", _Bool(), True, "use the built-in secret patterns"),
@@ -577,17 +751,55 @@ SCHEMA = _Table(dict, (
     ), expected="a table ([capture])"), _EMPTY_TABLE),
     Key("connections", _Tables(_Table(ConnectionConfig, (
         Key("name", _Text(), doc="the connection's name, recorded with each request"),
-        Key("hosts", _ListOf(_Host(), 'a non-empty array of host names, e.g. ["api.openai.com"]', min_items=1),
-            doc="hosts this connection matches"),
+        Key("hosts", _ListOf(_Host(), 'a non-empty array of host names, e.g. ["api.openai.com"]', min_items=1), (),
+            "hosts this connection matches (kind http; required there)"),
         Key("ports", _ListOf(_Number(integer=True, ge=1, le=65535, expected="a port number 1..65535"),
                              "an array of port numbers, e.g. [443]"), (), "ports it matches; empty = any"),
         Key("credential", _Secret(allow_none=True), None, "the upstream credential the gateway injects"),
-        Key("inject", _OneOf("bearer", "x-api-key", "api-key", "x-goog-api-key", "none"), "bearer",
-            "how the credential is sent upstream"),
+        Key("inject", _OneOf(*INJECT_MODES), "bearer", "how the credential is sent upstream"),
         Key("allow_groups", _NAMES, (), "groups allowed to use it; empty = any authenticated identity"),
-    )), "an array of tables, written [[connections]]", unique="name", check=_check_connection_hosts),
+        Key("kind", _OneOf("http", "postgres"), "http", "http: an API reached through the proxy; postgres: a database"),
+        Key("listen", _HostPort(None, "127.0.0.1:15432"), None, "postgres: where database clients connect"),
+        Key("upstream", _HostPort(5432, "db.internal:5432"), None, "postgres: the database's host and port"),
+        Key("database", _Text(), None, "postgres: the one database clients may ask for; default: their choice"),
+        Key("user", _Text(), None, "postgres: the gateway's database role"),
+        Key("upstream_tls", _OneOf("disable", "prefer", "require", "verify-full"), "require",
+            "postgres: TLS to the database"),
+        Key("upstream_ca", _PathValue(), None, "postgres: CA bundle that verify-full checks the database against"),
+        Key("client_cert", _PathValue(), None, "postgres: client certificate the gateway logs in with"),
+        Key("client_key", _PathValue(), None, "postgres: its private key"),
+        Key("tls_cert", _PathValue(), None, "postgres: the certificate clients see (default: from the mitmproxy CA)"),
+        Key("tls_key", _PathValue(), None, "postgres: its private key"),
+        Key("allow_plaintext", _Bool(), False, "postgres: accept clients without TLS (loopback listen only)"),
+        Key("sample_rows", _Number(integer=True, ge=0, le=1000, unit="rows"), 0,
+            "postgres: rows per result recorded as a masked sample; 0 = none"),
+        Key("strip_cookies", _Bool(), True,
+            "where the gateway injects its credential, the client's Cookie headers are removed; false lets them pass"),
+        Key("keep_query", _ListOf(_QueryName(), 'an array of query parameter names, e.g. ["token"]'), (),
+            "credential-like query parameters that pass to this upstream anyway (stripped by default)"),
+    )), "an array of tables, written [[connections]]", unique="name", check=_check_connections),
         (), "registered upstreams"),
-))
+    Key("review", _Table(ReviewConfig, (
+        Key("listen", _Text('an address "HOST:PORT", e.g. "127.0.0.1:8090"', r"\S+:\d{1,5}"), "127.0.0.1:8090",
+            "where `wiretrail serve` listens"),
+        Key("verify_keys", _ListOf(_PathValue(), 'an array of paths, e.g. ["keys/gateway.pub"]'), (),
+            "the gateway's public keys (PEM), kept outside the store, that the review page checks signatures with"),
+    ), expected="a table ([review])"), _EMPTY_TABLE),
+    Key("anchors", _Table(AnchorsConfig, (
+        Key("file", _PathValue(), None, "a file outside the store that each signed ledger head is appended to"),
+        Key("syslog", _Text('a unix socket path ("/dev/log") or "udp:HOST:PORT"',
+                            r"/\S+|udp:(?:[^\s:\[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}"), None,
+            "a syslog socket each signed ledger head is sent to"),
+        Key("syslog_facility", _OneOf(*SYSLOG_FACILITIES), "authpriv", "the syslog facility of those messages"),
+        Key("http", _Text('an http(s) URL, e.g. "https://audit.example.com/wiretrail/anchors"', r"https?://\S+"),
+            None, "a URL each signed ledger head is POSTed to"),
+        Key("http_token", _Secret(allow_none=False), None, "a bearer token for the http sink"),
+        Key("interval", _Number(gt=0, le=3600), 1.0, "seconds: at most one anchor per sink this often"),
+        Key("timeout", _Number(gt=0, le=120), 5.0, "seconds one send may take"),
+        Key("fail_closed", _Bool(), False, "true: refuse traffic (503) while a sink fails for longer than max_lag"),
+        Key("max_lag", _Number(gt=0, le=86400), 60.0, "seconds a sink may fail before fail_closed refuses traffic"),
+    ), check=_check_anchors, expected="a table ([anchors])"), _EMPTY_TABLE),
+), check=_check_gateway)
 
 
 def iter_keys(table: _Table = SCHEMA, at: str = "") -> Iterator[tuple[str, Key]]:
@@ -656,6 +868,7 @@ audience = "wiretrail"
 hs256_secret = "file:keys/dev-identity.secret"   # made on first start, mode 0600
 groups_claim = "groups"
 leeway = 30
+review_groups = ["reviewers"]   # who may read sessions with `wiretrail serve`
 
 [policy]
 unregistered = "record"
@@ -680,6 +893,10 @@ name = "anthropic"
 hosts = ["api.anthropic.com"]
 credential = "none"
 inject = "none"
+
+[review]
+listen = "127.0.0.1:8090"             # wiretrail serve
+verify_keys = ["keys/gateway.pub"]    # the demo's public key; a real deployment keeps it off the gateway host
 """
 
 _TOML_AT = re.compile(r"(.*) \(at line (\d+), column (\d+)\)\Z", re.DOTALL)

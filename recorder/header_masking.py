@@ -11,19 +11,8 @@
 """
 from __future__ import annotations
 
+from recorder.client_credentials import MASKED_HEADERS
 from recorder.masking.engine import mask_tag as _mask_tag_bytes
-
-CREDENTIAL_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "x-api-key",
-        "api-key",
-        "x-goog-api-key",
-        "cookie",
-        "set-cookie",
-    }
-)
 
 
 def mask_tag(rule_id: str, secret: str, key: bytes) -> str:
@@ -44,7 +33,7 @@ def recordable_headers(items, key: bytes, injected: dict[str, str] | None = None
         low = name.lower()
         if injected and low in injected:
             value = credential_marker(injected[low])
-        elif low in CREDENTIAL_HEADERS:
+        elif low in MASKED_HEADERS:
             value = mask_tag(low, value, key)
         elif masker is not None and value:
             value = masker.mask_text(value)

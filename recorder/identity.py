@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import jwt
 from jwt import exceptions as jwt_errors
 
+from recorder.client_credentials import API_KEY_HEADERS
 from recorder.config import ConfigError, IdentityConfig
 from recorder.connections import is_loopback_host
 from recorder.dev_secret import ensure_dev_secret  # noqa: F401 (part of this module's API)
@@ -110,7 +111,6 @@ def token_from_proxy_authorization(value: str | None) -> str | None:
 
 
 # Reverse mode: where each SDK puts its API key. Authorization first, then the api-key headers.
-API_KEY_HEADERS = ("x-api-key", "api-key", "x-goog-api-key")
 
 
 def token_from_api_headers(headers: Mapping[str, str]) -> str | None:

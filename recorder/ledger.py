@@ -13,6 +13,7 @@ for crash recovery; `LedgerState` folds the entries into what is known per sessi
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -27,6 +28,9 @@ from recorder.signing import Signer, Verifier
 
 LEDGER_NAME = "ledger.jsonl"
 LEDGER_CONTEXT = b"wiretrail-ledger-v1\n"
+# Disk space held past the ledger's end (fallocate, KEEP_SIZE), so that its entries, a
+# session.failed above all, are still written when session files hit a full disk.
+RESERVE = 512 * 1024
 _SIG_TAIL = re.compile(rb',"sig":"([A-Za-z0-9+/=]*)"\}\Z')
 
 # Entry types. A session's entries: one "session.open", then at most one of the endings,
@@ -51,6 +55,12 @@ def encode_entry(seq: int, prev: str, t: str, ts: float, fields: dict, signer: S
         return unsigned
     sig = signer.sign(LEDGER_CONTEXT + unsigned)
     return unsigned[:-1] + b',"sig":"' + sig.encode("ascii") + b'"}'
+
+
+def ledger_id(first_line: bytes) -> str:
+    """A ledger's identity: the hash of its first line (the signed gateway.start that made it).
+    Anchors name it, so a ledger replaced by another one cannot pass as the anchored one."""
+    return format_v1.line_hash(first_line)
 
 
 def split_signature(line: bytes) -> tuple[bytes, str | None]:
@@ -142,10 +152,26 @@ def read_ledger(path: str | os.PathLike, verifiers: list[Verifier] | None = None
     *complete, tail = data.split(b"\n")
     result.partial_tail = len(tail)
     result.size_complete = len(data) - len(tail)
-    result.lines = complete
+    check_lines(result, complete, verifiers)
+    result.problems.extend(result.state.problems)
+    return result
+
+
+def check_lines(result: LedgerRead, lines: list[bytes], verifiers: list[Verifier] | None, *,
+                every_signature: bool = True) -> None:
+    """Check complete ledger lines that follow result.lines (chain from result.head, seq, signatures)
+    and fold them into result. A reader that follows a growing ledger calls it with each new part.
+    Problems of the folded state (result.state.problems) are the caller's to collect.
+
+    every_signature=False checks the signature of the last signed line only, when every line
+    before it is chained intact: each signature covers its line's `prev`, so it commits to every
+    line before it. If anything is wrong, every signature is checked, to name the lines."""
     by_id = {v.key_id: v for v in verifiers or []}
-    prev = format_v1.ZERO_HASH
-    for i, line in enumerate(complete):
+    prev = result.head
+    problems_before = len(result.problems)
+    deferred: list[tuple[int, Verifier, bytes, str]] = []
+    for i, line in enumerate(lines, start=len(result.lines)):
+        result.lines.append(line)
         try:
             e = orjson.loads(line)
             if not isinstance(e, dict):
@@ -173,14 +199,25 @@ def read_ledger(path: str | os.PathLike, verifiers: list[Verifier] | None = None
                 v = by_id.get(kid)
                 if v is None:
                     result.problems.append((i, f"ledger entry signed by key {kid}, not by the --key given"))
-                elif not v.verify(LEDGER_CONTEXT + unsigned, sig):
-                    result.problems.append((i, "ledger signature does not verify: the entry was altered or forged"))
+                elif every_signature:
+                    if not v.verify(LEDGER_CONTEXT + unsigned, sig):
+                        result.problems.append((i, _BAD_LEDGER_SIG))
+                else:
+                    deferred.append((i, v, unsigned, sig))
         result.entries.append(e)
         result.state.apply(e)
         prev = format_v1.line_hash(line)
     result.head = prev
-    result.problems.extend(result.state.problems)
-    return result
+    if deferred:
+        i, v, unsigned, sig = deferred[-1]
+        if len(result.problems) > problems_before or not v.verify(LEDGER_CONTEXT + unsigned, sig):
+            for i, v, unsigned, sig in deferred:
+                if not v.verify(LEDGER_CONTEXT + unsigned, sig):
+                    result.problems.append((i, _BAD_LEDGER_SIG))
+            result.problems.sort(key=lambda p: -1 if p[0] is None else p[0])
+
+
+_BAD_LEDGER_SIG = "ledger signature does not verify: the entry was altered or forged"
 
 
 # -- writing (the writer thread) -----------------------------------------------------------
@@ -208,6 +245,13 @@ class LedgerFile:
         self.dirty = False
         self.found_broken: list[str] = []  # problems seen in the existing ledger at open
         self.dropped_tail = 0
+        self.created = False  # there was no ledger (or an empty one) at open
+        self.id: str | None = None  # ledger_id(), once it has a first line
+        self.last_t: str | None = None  # type of the newest entry made
+        self.flushed: tuple[int, str, str] | None = None  # (seq, head, t) of the newest line written
+        self.synced: tuple[int, str, str] | None = None  # the same, once fsynced
+        self.reserved_to = 0  # the reserve ends here (0: none held)
+        self.reserve_error: str | None = None  # why no reserve could be held, when it cannot
 
     def open(self) -> None:
         """Open (or create) the ledger, lock it, and load its state. Raises OSError."""
@@ -226,19 +270,28 @@ class LedgerFile:
             os.ftruncate(fd, existing.size_complete)
             self.dropped_tail = existing.partial_tail
         self.found_broken = [m if s is None else f"ledger seq {s}: {m}" for s, m in existing.problems]
+        self.created = not existing.lines
         self.seq = len(existing.lines)
         self.prev = existing.head
         self.state = existing.state
         self.good_size = existing.size_complete
+        if existing.lines:
+            self.id = ledger_id(existing.lines[0])
+            self.last_t = existing.entries[-1].get("t") if existing.entries else None
+            self.flushed = self.synced = (self.seq - 1, self.prev, self.last_t)
         os.lseek(fd, 0, os.SEEK_END)
         self.fd = fd
+        self.reserve()
 
     def append(self, t: str, ts: float, fields: dict) -> dict:
         line = encode_entry(self.seq, self.prev, t, ts, fields, self.signer)
         entry = orjson.loads(line)
+        if self.seq == 0:
+            self.id = ledger_id(line)
         self.pending.append(line)
         self.seq += 1
         self.prev = format_v1.line_hash(line)
+        self.last_t = t
         self.state.apply(entry)
         return entry
 
@@ -255,18 +308,35 @@ class LedgerFile:
                 view = view[n:]
         except OSError:
             try:
-                os.ftruncate(self.fd, self.good_size)
+                os.ftruncate(self.fd, self.good_size)  # this frees the reserve too
+                self.reserved_to = 0
             except OSError:
                 pass
             raise
         self.good_size += len(data)
         self.pending.clear()
         self.dirty = True
+        self.flushed = (self.seq - 1, self.prev, self.last_t)
+        if self.good_size + RESERVE // 2 > self.reserved_to:
+            self.reserve()
+
+    def reserve(self) -> None:
+        """Hold RESERVE bytes past the end, so the next entries need no new disk space. Best
+        effort: where it fails (a full disk now, a file system without it) the ledger just
+        competes for space like any file, and `reserve_error` says why."""
+        try:
+            _fallocate_keep_size(self.fd, self.good_size, RESERVE)
+        except OSError as e:
+            self.reserve_error = e.strerror or str(e)
+            return
+        self.reserved_to = self.good_size + RESERVE
+        self.reserve_error = None
 
     def fsync(self) -> None:
         if self.dirty and self.fd >= 0:
             os.fsync(self.fd)
             self.dirty = False
+            self.synced = self.flushed
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -278,3 +348,22 @@ class LedgerFile:
             return Path(path).relative_to(self.dir).as_posix()
         except ValueError:
             return str(path)
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+_libc_fallocate = None
+
+
+def _fallocate_keep_size(fd: int, offset: int, length: int) -> None:
+    """fallocate(2) with FALLOC_FL_KEEP_SIZE: blocks are allocated, the file size stays."""
+    global _libc_fallocate
+    if _libc_fallocate is None:
+        fn = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)
+        if fn is None:
+            raise OSError(errno.EOPNOTSUPP, "fallocate is not available on this system")
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        fn.restype = ctypes.c_int
+        _libc_fallocate = fn
+    if _libc_fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

@@ -16,6 +16,7 @@ import orjson
 import zstandard
 
 from recorder import format_v1
+from recorder.postgres.records import REQUIRED as PG_REQUIRED
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -41,9 +42,25 @@ REQUIRED: dict[str, dict[str, object]] = {
     "http.chunk": {"flow": str, "dir": str, "body": dict},
     "http.end": {"flow": str, "size": _ANY, "duration_ms": _ANY, "ttfb_ms": _ANY},
     "http.error": {"flow": str, "phase": str, "message": str},
+    "ws.open": {"flow": str, "conn": _ANY, "connection": _STR_OR_NULL, "url": str},
+    "ws.message": {"flow": str, "from": str, "n": int, "kind": str, "body": dict},
+    "ws.close": {"flow": str, "code": _ANY, "by": _STR_OR_NULL, "messages": dict},
+    "tcp.open": {"flow": str, "conn": _ANY, "connection": _STR_OR_NULL, "host": _STR_OR_NULL, "port": _ANY},
+    "tcp.message": {"flow": str, "from": str, "n": int, "body": dict},
+    "tcp.close": {"flow": str, "messages": dict, "size": dict},
+    "tcp.refused": {"conn": _ANY, "host": _STR_OR_NULL, "port": _ANY, "reason": str, "message": str},
     "session.close": {"reason": str, "counts": dict},
     "checkpoint": {"key": str, "sig": str},
     "seal": {"key": str, "sig": str},
+    **PG_REQUIRED,
+}
+# Fields a record may carry (newer gateways write them), and the JSON types they must have then.
+_DEST = object()  # {"host": str, "port": int, "address": str or null}, or null
+OPTIONAL: dict[str, dict[str, object]] = {
+    "http.request": {"dest": _DEST},
+    "auth.refused": {"dest": _DEST},
+    "http.end": {"address": _STR_OR_NULL},
+    "tunnel": {"address": _STR_OR_NULL, "sni": _STR_OR_NULL},
 }
 
 
@@ -195,6 +212,11 @@ def _type_ok(value, expected) -> bool:
     return isinstance(value, types)
 
 
+def _dest_ok(dest) -> bool:
+    return dest is None or (isinstance(dest, dict) and isinstance(dest.get("host"), str)
+                            and _type_ok(dest.get("port"), int) and _type_ok(dest.get("address"), _STR_OR_NULL))
+
+
 def _check_body(seq: int, key: str, body) -> Problem | None:
     if body is None:
         return None
@@ -227,9 +249,16 @@ def _check_fields(seq: int, rec: dict) -> list[Problem]:
             out.append(Problem(seq, "field", f"{t}: missing field \"{key}\""))
         elif not _type_ok(rec[key], expected):
             out.append(Problem(seq, "field", f"{t}: field \"{key}\" has the wrong type ({type(rec[key]).__name__})"))
+    for key, expected in OPTIONAL.get(t, {}).items():
+        if key in rec and not (_dest_ok(rec[key]) if expected is _DEST else _type_ok(rec[key], expected)):
+            out.append(Problem(seq, "field", f"{t}: field \"{key}\" has the wrong type or shape"))
     if t == "http.chunk" and rec.get("dir") not in ("request", "response", None):
         out.append(Problem(seq, "field", f"http.chunk: dir {rec.get('dir')!r} is not \"request\" or \"response\""))
-    if t in ("http.request", "http.response", "http.chunk") and isinstance(rec.get("body"), dict):
+    if t in ("ws.message", "tcp.message") and rec.get("from") not in ("client", "server", None):
+        out.append(Problem(seq, "field", f"{t}: from {rec.get('from')!r} is not \"client\" or \"server\""))
+    if t == "ws.message" and rec.get("kind") not in ("text", "binary", None):
+        out.append(Problem(seq, "field", f"ws.message: kind {rec.get('kind')!r} is not \"text\" or \"binary\""))
+    if t in ("http.request", "http.response", "http.chunk", "ws.message", "tcp.message") and isinstance(rec.get("body"), dict):
         p = _check_body(seq, f"{t}: body", rec["body"])
         if p:
             out.append(p)
@@ -382,6 +411,9 @@ def rebuild_body(records: list[dict], flow_id: str, dir: str) -> bytes:
     return b"".join(format_v1.decode_body(r.get("body")) for r in chunks)
 
 
+EXCHANGE_TYPES = ("http.request", "pg.query", "pg.execute", "pg.function")  # a database statement is an exchange
+
+
 @dataclass(frozen=True)
 class SessionSummary:
     """What `wiretrail ls` and the header of `wiretrail show` say about a session."""
@@ -396,7 +428,7 @@ class SessionSummary:
     authenticated: bool | None
     client: str | None  # "ip:port"
     client_ip: str | None
-    exchanges: int  # http.request records
+    exchanges: int  # http.request records and database statements (EXCHANGE_TYPES)
     bytes: int  # body bytes per flow: http.end sizes, else the recorded body sizes
     records: int
 
@@ -406,9 +438,14 @@ def _number(value) -> int:
 
 
 def _flow_bytes(recs: list[dict]) -> int:
+    # A WebSocket's or raw TCP flow's messages are counted in its ws.close / tcp.close.
+    after = sum(sum(_number(v) for v in rec["size"].values()) for rec in recs
+                if rec.get("t") in ("ws.close", "tcp.close") and isinstance(rec.get("size"), dict))
     for rec in recs:
         if rec.get("t") == "http.end" and isinstance(rec.get("size"), dict):
-            return sum(_number(v) for v in rec["size"].values())
+            return sum(_number(v) for v in rec["size"].values()) + after
+    if after:
+        return after
     total = 0
     for rec in recs:
         if rec.get("t") in ("http.request", "http.response", "http.chunk") and isinstance(rec.get("body"), dict):
@@ -442,7 +479,9 @@ def summarize(read: SessionRead) -> SessionSummary:
         authenticated=identity.get("authenticated"),
         client=None if ip is None else (f"[{ip}]:{port}" if ":" in str(ip) else f"{ip}:{port}"),
         client_ip=ip,
-        exchanges=sum(1 for r in read.records if r.get("t") == "http.request"),
-        bytes=sum(_flow_bytes(recs) for recs in flow_records(read.records).values()),
+        exchanges=sum(1 for r in read.records if r.get("t") in EXCHANGE_TYPES),
+        bytes=sum(_flow_bytes(recs) for recs in flow_records(read.records).values())
+        + sum(_number(v) for r in read.records if r.get("t") == "pg.end" and isinstance(r.get("bytes"), dict)
+              for v in r["bytes"].values()),  # database connections: bytes from both sides
         records=len(read.records),
     )

@@ -6,20 +6,30 @@ Three layers, each catching what the one before cannot (docs/integrity.md):
 2. the checkpoint and seal signatures (with a trusted public key, `--key`): a chain
    rewritten from some point on no longer matches what the key signed;
 3. the ledger (`<storage.dir>/ledger.jsonl`): a deleted, swapped, planted or cut file
-   no longer matches the ledger's entry for its session.
+   no longer matches the ledger's entry for its session;
+4. anchors (recorder/anchors.py), ledger heads kept outside the store: a ledger cut back
+   or replaced no longer holds what was anchored.
+
+Damage the gateway suffered and signed in its ledger (a session whose storage failed) is
+reported as damage, not tampering: exit code DAMAGED, not TAMPERED.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from recorder import format_v1
-from recorder.ledger import LEDGER_NAME, LedgerRead, SessionEntry, read_ledger
+from recorder.anchors import Anchor
+from recorder.ledger import LEDGER_NAME, LedgerRead, SessionEntry, ledger_id, read_ledger
 from recorder.reader import SessionRead, iter_session_files, read_session
 from recorder.recovery import SIGNING_TYPES
 from recorder.signing import Verifier
 
 MAX_PROBLEMS_SHOWN = 20
+
+# Exit codes of `wiretrail verify` (DESIGN.md fixes 0, 1 and 2; DAMAGED is an addition).
+INTACT, TAMPERED, USAGE, DAMAGED = 0, 1, 2, 3
 
 CHAINS_ONLY_NOTE = (
     "only the hash chains were checked: signatures are not checked (without --key nothing proves "
@@ -47,6 +57,7 @@ class FileVerdict:
     ledger_state: str | None = None  # the ledger's word on this session: open/closed/recovered/...
     signed_upto: int | None = None  # seq of the last checkpoint or seal whose signature was checked
     signatures: int = 0
+    damage: list[str] = field(default_factory=list)  # what the ledger says the gateway suffered
 
     @property
     def problems(self) -> list:
@@ -58,7 +69,9 @@ class FileVerdict:
 
     @property
     def state(self) -> str:
-        return "broken" if self.issues else self.read.state
+        if self.issues:
+            return "broken"
+        return "damaged" if self.ok and self.damage else self.read.state
 
     def describe(self) -> list[str]:
         """One headline, then one line per problem (broken files)."""
@@ -66,6 +79,8 @@ class FileVerdict:
         n = len(r.records)
         last = r.last_seq
         extra = "".join(f"; {x}" for x in self.notes)
+        if self.ok and self.damage:
+            return [f"DAMAGED {self.path}: {'; '.join(self.damage)}: {n} records readable, last seq {last}{extra}"]
         if self.ok and r.state == "sealed":
             return [f"OK      {self.path}: sealed, {n} records, last seq {last}{extra}"]
         if self.ok and r.state == "closed":
@@ -164,6 +179,27 @@ def find_ledger(path: Path) -> Path | None:
     return None
 
 
+def when(ts) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if isinstance(ts, (int, float)) else "?"
+
+
+def storage_failure(end: dict) -> str:
+    """What a session.failed entry says happened, in words."""
+    error = f": {end['error']}" if end.get("error") else ""
+    return f"storage failed ({end.get('cause')}) at {when(end.get('failed_at', end.get('ts')))}{error}"
+
+
+def _excuse_empty(v: FileVerdict, why: str) -> bool:
+    """A 0-byte file the ledger explains is not damage done by someone: drop the reader's
+    "empty" problem and say why instead. False if the file is not simply empty."""
+    r = v.read
+    if [p.kind for p in r.problems] != ["empty"]:
+        return False
+    r.problems.clear()
+    v.notes.append(why)
+    return True
+
+
 def check_against_ledger(v: FileVerdict, entry: SessionEntry | None, ledger: Path) -> None:
     r = v.read
     if entry is None:
@@ -182,6 +218,8 @@ def check_against_ledger(v: FileVerdict, entry: SessionEntry | None, ledger: Pat
                                  f"(ledger seq {entry.open_seq}): the file was replaced or rewritten"))
     end = entry.end
     if end is None:
+        # The file is made right after its session.open entry: a crash in between leaves it empty.
+        _excuse_empty(v, "no record reached the disk (the gateway stopped right after making the file)")
         v.notes.append("open in the ledger (the gateway is running, or stopped without closing it and "
                        "has not restarted since)")
         return
@@ -190,6 +228,14 @@ def check_against_ledger(v: FileVerdict, entry: SessionEntry | None, ledger: Pat
         v.issues.append(Issue(None, f"the ledger says the file was already missing at recovery "
                                     f"(ledger seq {entry.end_seq})"))
         return
+    if not end.get("records"):
+        if t == "session.recovered":
+            _excuse_empty(v, f"no record had reached the disk when the gateway crashed (ledger seq {entry.end_seq})")
+        elif t == "session.failed":
+            _excuse_empty(v, "the gateway was to remove this file once its ledger entry was written")
+            if not r.lines and not r.problems:
+                v.damage.append(f"{storage_failure(end)}; no record of this session reached the disk "
+                                f"(ledger seq {entry.end_seq})")
     want, head = end.get("records") or 0, end.get("head")
     have = r.intact
     what = {"session.close": "closed", "session.recovered": "recovered after a crash",
@@ -210,6 +256,9 @@ def check_against_ledger(v: FileVerdict, entry: SessionEntry | None, ledger: Pat
         cp = end.get("checkpoint")
         v.notes.append(f"recovered at the next start ({where}), last signed checkpoint "
                        + (f"seq {cp}" if cp is not None else "none"))
+    if t == "session.failed" and want and not v.issues:
+        v.damage.append(f"{storage_failure(end)}; the gateway wrote {want} record(s) of this session and "
+                        f"could write no more ({where})")
 
 
 @dataclass
@@ -219,9 +268,19 @@ class LedgerVerdict:
     issues: list[Issue] = field(default_factory=list)
     missing: list[tuple[SessionEntry, str]] = field(default_factory=list)  # (entry, what)
     deleted: int = 0
+    damage: list[tuple[SessionEntry, str]] = field(default_factory=list)  # failed sessions without a file
+    anchors: str | None = None  # what the anchors checked say about it
 
     def __post_init__(self):
         self.by_path = {e.path: e for e in self.read.state.sessions.values()}
+        self.id = ledger_id(self.read.lines[0]) if self.read.lines else None
+        for e in self.read.entries:
+            lost = e.get("ledger_missing") if e.get("t") == "gateway.start" else None
+            if isinstance(lost, dict):
+                self.issues.append(Issue(e.get("seq"), (
+                    f"when the gateway started at {when(e.get('ts'))}, there was no ledger (or an empty one) while "
+                    f"the store held {lost.get('session_files')} session file(s): the ledger before this one was "
+                    "deleted, moved or emptied")))
 
     @property
     def ok(self) -> bool:
@@ -243,8 +302,12 @@ class LedgerVerdict:
                 lines.append(f"        {self.path}: {'ledger ' if p.seq is not None else ''}{p}")
         else:
             lines.append(f"OK      {self.path}: {n} entries, {sig}{deleted}; {head}{tail}")
+        if self.anchors:
+            lines.append(self.anchors)
         for entry, what in self.missing:
             lines.append(f"FAILED  {self.path.parent / entry.path}: {what}")
+        for entry, what in self.damage:
+            lines.append(f"DAMAGED {self.path.parent / entry.path}: {what}")
         return lines
 
 
@@ -256,10 +319,21 @@ class Report:
     files: list[FileVerdict]
     ledgers: list[LedgerVerdict]
     anchor_issues: list[str] = field(default_factory=list)
+    store_issues: list[str] = field(default_factory=list)  # e.g. a signed store without its ledger
 
     @property
     def ok(self) -> bool:
-        return all(f.ok for f in self.files) and all(l.ok for l in self.ledgers) and not self.anchor_issues
+        return (all(f.ok for f in self.files) and all(l.ok for l in self.ledgers) and not self.anchor_issues
+                and not self.store_issues)
+
+    @property
+    def damaged(self) -> bool:
+        return any(f.damage for f in self.files) or any(l.damage for l in self.ledgers)
+
+    @property
+    def code(self) -> int:
+        """TAMPERED beats DAMAGED: damage never hides a problem."""
+        return TAMPERED if not self.ok else DAMAGED if self.damaged else INTACT
 
 
 def verify_file(path: str | Path, verifiers: list[Verifier] | None = None) -> FileVerdict:
@@ -278,12 +352,16 @@ def collect_files(paths: list[str | Path]) -> list[Path]:
 
 
 def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = None,
-                 anchors: list[tuple[int, str]] | None = None) -> Report:
+                 anchors: list[tuple[int, str]] | None = None, anchored: list[Anchor] | None = None,
+                 need_ledger: bool = True) -> Report:
     """Check every session file under `paths`; where a path lies in a store with a ledger,
-    check its sessions against the ledger too (and, for a directory, that none is missing)."""
+    check its sessions against the ledger too (and, for a directory, that none is missing).
+    `anchors` are SEQ:SHA256 heads given by hand, `anchored` those read from anchor files.
+    With verifiers and `need_ledger`, files signed by one of them must have their ledger."""
     files: list[FileVerdict] = []
     ledgers: dict[Path, LedgerVerdict] = {}
     seen: set[Path] = set()
+    store_issues: list[str] = []
     for p in map(Path, paths):
         lpath = find_ledger(p)
         lv = None
@@ -292,6 +370,7 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
             if lv is None:
                 lv = ledgers[lpath] = LedgerVerdict(lpath, read_ledger(lpath, verifiers))
         found = list(iter_session_files(p))
+        signed_here: list[FileVerdict] = []
         for f in found:
             if f.resolve() in seen:
                 continue
@@ -300,24 +379,23 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
             if lv is not None:
                 rel = _relative(f, lpath.parent)
                 check_against_ledger(v, lv.by_path.get(rel), lpath)
+            elif verifiers and (v.read.open_record or {}).get("key") in {x.key_id for x in verifiers}:
+                signed_here.append(v)
             files.append(v)
+        if signed_here and need_ledger:
+            d = p if p.is_dir() else p.parent
+            store_issues.append(
+                f"{p}: no ledger ({LEDGER_NAME}) in {d} or the 4 directories above it, yet {len(signed_here)} "
+                f"session file(s) here are signed by key {signed_here[0].read.open_record.get('key')}: a signed store "
+                "always has its ledger, so it was deleted or moved, and a deleted, swapped or planted session file "
+                "cannot be detected (for files copied out of their store on purpose, add --no-ledger)")
         if lv is not None and p.is_dir():
             scope = _relative(p, lpath.parent)
             present = {_relative(f, lpath.parent) for f in found}
-            for entry in lv.read.state.sessions.values():
-                if scope and not entry.path.startswith(scope + "/"):
-                    continue
-                if entry.state == "deleted":
-                    lv.deleted += 1
-                    continue
-                if entry.state == "failed" and entry.end.get("file") == "removed":
-                    continue  # storage failed before any record reached the disk; the writer removed it
-                if entry.path not in present:
-                    lv.missing.append((entry, f"session file deleted or moved: the ledger opened session "
-                                              f"{entry.session} here at ledger seq {entry.open_seq}"
-                                              + (f" and recorded it {entry.state} at seq {entry.end_seq}"
-                                                 if entry.end_seq is not None else "")))
-    report = Report(files, list(ledgers.values()))
+            check_missing(lv, present, scope)
+    report = Report(files, list(ledgers.values()), store_issues=store_issues)
+    if anchored is not None:
+        check_anchored(report, anchored, verifiers)
     for seq, head in anchors or []:
         hits = [lv for lv in report.ledgers if seq < len(lv.read.lines)
                 and format_v1.line_hash(lv.read.lines[seq]) == head]
@@ -326,6 +404,69 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
                 f"anchor seq {seq} sha256 {head}: no ledger checked has that entry: the ledger was cut "
                 "back, rewritten or replaced since the anchor was taken")
     return report
+
+
+def check_missing(lv: LedgerVerdict, present: set[str], scope: str = "") -> None:
+    """Ledger entries (under `scope`) whose file is not among `present` (paths relative to the
+    store): lv.damage when the gateway recorded that storage failed before the file had a
+    record, lv.missing otherwise; sessions retention deleted are counted in lv.deleted."""
+    for entry in lv.read.state.sessions.values():
+        if scope and not entry.path.startswith(scope + "/"):
+            continue
+        if entry.state == "deleted":
+            lv.deleted += 1
+            continue
+        if entry.state == "failed" and entry.end.get("file") in ("removed", "none") \
+                and entry.path not in present:
+            # Storage failed before any record reached the disk; the writer removed the file.
+            how = "the gateway removed its empty file" if entry.end.get("file") == "removed" else \
+                "the gateway never made its file"
+            lv.damage.append((entry, f"session {entry.session}: {storage_failure(entry.end)}; no record of it "
+                                     f"reached the disk, and {how} (ledger seq {entry.end_seq})"))
+            continue
+        if entry.path not in present:
+            lv.missing.append((entry, f"session file deleted or moved: the ledger opened session "
+                                      f"{entry.session} here at ledger seq {entry.open_seq}"
+                                      + (f" and recorded it {entry.state} at seq {entry.end_seq}"
+                                         if entry.end_seq is not None else "")))
+
+
+def check_anchored(report: Report, anchored: list[Anchor], verifiers: list[Verifier] | None) -> None:
+    """Every anchor must be one of the gateway's, of a ledger checked, and that ledger must
+    still hold the entry it names."""
+    by_id = {lv.id: lv for lv in report.ledgers if lv.id}
+    held: dict[str, list[Anchor]] = {}
+    foreign: dict[str, list[Anchor]] = {}
+    for a in anchored:
+        wrong = a.check(verifiers) if verifiers else None
+        if wrong:
+            report.anchor_issues.append(f"anchor {a.where} {wrong}")
+            continue
+        (held if a.ledger in by_id else foreign).setdefault(a.ledger, []).append(a)
+    for lid, group in foreign.items():
+        newest = max(group, key=lambda a: a.seq)
+        report.anchor_issues.append(
+            f"{len(group)} anchor(s) of ledger {lid[:16]}… (host {newest.host}, dir {newest.dir}; the newest, "
+            f"{newest.where}, names seq {newest.seq}, taken {when(newest.ts)}) match no ledger checked: that ledger "
+            "was replaced or deleted, or these anchors belong to another store (give only this store's anchors)")
+    for lid, group in held.items():
+        lv = by_id[lid]
+        lines = lv.read.lines
+        gone = [a for a in group if a.seq >= len(lines) or format_v1.line_hash(lines[a.seq]) != a.head]
+        if gone:
+            first = min(gone, key=lambda a: a.seq)
+            what = (f"it has only {len(lines)} entries" if first.seq >= len(lines)
+                    else f"its entry seq {first.seq} is a different one")
+            lv.issues.append(Issue(None, (
+                f"cut back or rewritten after it was anchored: anchor {first.where} (taken {when(first.ts)}) says "
+                f"entry seq {first.seq} ({first.t}) had sha256 {first.head}, but {what}; {len(gone)} of {len(group)} "
+                "anchor(s) fail like this")))
+            continue
+        newest = max(group, key=lambda a: a.seq)
+        after = len(lines) - 1 - newest.seq
+        lv.anchors = (f"        anchors: {len(group)} checked, the newest (taken {when(newest.ts)}) holds seq "
+                      f"{newest.seq}" + (f"; {after} newer entr{'y is' if after == 1 else 'ies are'} not anchored "
+                                          "yet" if after else "; nothing newer"))
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -340,5 +481,5 @@ def summarize(verdicts: list[FileVerdict]) -> str:
     counts: dict[str, int] = {}
     for v in verdicts:
         counts[v.state] = counts.get(v.state, 0) + 1
-    parts = [f"{counts[s]} {s}" for s in ("sealed", "closed", "unsealed", "broken") if counts.get(s)]
+    parts = [f"{counts[s]} {s}" for s in ("sealed", "closed", "unsealed", "damaged", "broken") if counts.get(s)]
     return f"{len(verdicts)} file(s) checked: " + ", ".join(parts)

@@ -11,6 +11,12 @@ signature covers yet and `checkpoint_interval` seconds passed since its last one
 `seal` after every `session.close`. With a storage dir it keeps the ledger
 (recorder/ledger.py): recovery of crashed sessions when it starts, an entry per session
 open and end, and retention tombstones. Time is known here, not on the event loop.
+
+The ledger never lags behind the files in a way that looks like tampering: a session file
+is created only once its `session.open` entry is written, a session whose storage fails
+gets its `session.failed` entry at once, and a file is removed only once the entry that
+says so is written. With `anchors`, each durable ledger head is handed to
+recorder/anchors.py, whose thread sends it outside the store.
 """
 from __future__ import annotations
 
@@ -26,7 +32,9 @@ from pathlib import Path
 import zstandard
 
 from recorder import format_v1, ledger as ledger_mod, recovery, retention
+from recorder.anchors import Anchorer, AnchorSpec
 from recorder.bodies import render_bodies
+from recorder.ws_masking import held_records
 from recorder.signing import Signer
 
 Ack = Callable[[BaseException | None], None]
@@ -37,6 +45,14 @@ COALESCE = 0.02  # seconds a record nobody waits for may sit before it is writte
 _ZSTD_LEVEL = 3
 
 
+def _chained(chain: format_v1.Chain, records: list[tuple]) -> list[bytes]:
+    """Lines for several records, all or none: the chain moves only once every one encoded."""
+    scratch = format_v1.Chain(chain.seq, chain.prev)
+    lines = [scratch.next_line(rtype, ts, render_bodies(fields, ts)) for rtype, ts, fields in records]
+    chain.seq, chain.prev = scratch.seq, scratch.prev
+    return lines
+
+
 class StorageError(OSError):
     """A record could not be persisted. `cause` says why, for logging once per cause."""
 
@@ -44,6 +60,11 @@ class StorageError(OSError):
         super().__init__(f"{cause}: {detail}")
         self.cause = cause
         self.detail = detail
+        self.at = time.time()
+
+
+class Alarm(str):
+    """An `on_event` text to log as an error, not a warning (it pickles as itself)."""
 
 
 def describe_oserror(e: OSError) -> str:
@@ -92,7 +113,7 @@ class _SessionFile:
 
     __slots__ = (
         "session_id", "path", "fd", "cobj", "chain", "pending", "error", "records",
-        "unsigned", "last_signed", "durable_records", "durable_head", "in_ledger",
+        "unsigned", "last_signed", "durable_records", "durable_head", "in_ledger", "created", "ended",
     )
 
     def __init__(self, session_id: str, path: Path, fd: int):
@@ -109,6 +130,8 @@ class _SessionFile:
         self.durable_records = 0  # lines handed to the OS in complete blocks
         self.durable_head = format_v1.ZERO_HASH
         self.in_ledger = False
+        self.created = fd >= 0  # the file exists (it is made after its ledger entry)
+        self.ended = False  # its ledger ending (close or failed) is made
 
 
 class RecordWriter:
@@ -127,10 +150,12 @@ class RecordWriter:
         on_event: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         pid: int | None = None,
+        anchors: AnchorSpec | None = None,
     ):
         """`storage_dir` given: keep `<storage_dir>/ledger.jsonl` (recovery at start, retention).
         `signer` given: checkpoints, seals and ledger signatures. `on_event` gets one-line
-        notes worth logging (recoveries, retention, a damaged ledger)."""
+        notes worth logging (recoveries, retention, a damaged ledger; an `Alarm` is an error).
+        `anchors` (with a storage dir): send each durable ledger head to those sinks."""
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
         self.fsync = fsync
@@ -145,6 +170,13 @@ class RecordWriter:
         self.storage_dir = Path(storage_dir) if storage_dir is not None else None
         self._ledger = ledger_mod.LedgerFile(self.storage_dir, signer) if self.storage_dir is not None else None
         self._ledger_error: StorageError | None = None
+        self._after_ledger: list[Callable[[], None]] = []  # removals waiting for their entry to be written
+        self._anchorer: Anchorer | None = None
+        if anchors is not None and anchors.any and self._ledger is not None:
+            self._anchorer = Anchorer(anchors, signer=signer, store=self.storage_dir, host=os.uname().nodename,
+                                      on_event=self._event, alarm=Alarm)
+        self._anchored: tuple | None = None  # the head last handed to the anchorer
+        self._anchors_refusing = False
         self._next_scan = 0.0
         self._next_retention = 0.0
         self._last_ledger_try = 0.0
@@ -231,6 +263,8 @@ class RecordWriter:
             self._wait(COALESCE)
 
     def _serve(self) -> None:
+        if self._anchorer is not None:  # here, not in start(): writer_child.py runs _run() itself
+            self._anchorer.start()
         if self._ledger is not None:
             self._open_ledger()
         while True:
@@ -252,6 +286,8 @@ class RecordWriter:
                     self._fsync_dirty()
                     if self._ledger is not None:
                         self._ledger.close()
+                    if self._anchorer is not None:  # the last head, sent within the sink's timeout
+                        self._anchorer.stop(self._anchorer.spec.timeout + 1.0)
                     return
             self._tick()
             if self.fsync == "batch" and (self._dirty_fds or self._dirty_dirs or self._ledger_dirty()) and \
@@ -269,6 +305,7 @@ class RecordWriter:
         barriers: list[Ack] = []
         touched: dict[str, _SessionFile] = {}
         closing: list[tuple[_SessionFile, _Close]] = []
+        opening: list[_SessionFile] = []
         stop = False
         for op in batch:
             if op is _STOP:
@@ -277,9 +314,11 @@ class RecordWriter:
             if isinstance(op, _Barrier):
                 barriers.append(op.ack)
                 continue
-            err = self._apply(op, touched, closing)
+            err = self._apply(op, touched, closing, opening)
             if op.ack is not None:
                 acks.append((op.ack, op.session_id, err))
+        if opening:
+            self._create_files(opening)
 
         if self.signer is not None:
             now = time.monotonic()
@@ -305,6 +344,8 @@ class RecordWriter:
                 err = touched[sid].error  # the write (or, with "always", the fsync) failed
             if err is None:
                 err = ledger_err
+            if err is None and self._anchorer is not None:
+                err = self._anchor_refusal()
             self._call_ack(ack, err)
         for ack in barriers:
             self._call_ack(ack, None)
@@ -313,13 +354,17 @@ class RecordWriter:
             self._fsync_dirty()
         return stop
 
-    def _apply(self, op, touched: dict, closing: list) -> BaseException | None:
+    def _apply(self, op, touched: dict, closing: list, opening: list) -> BaseException | None:
         """Serialize one operation into its session's pending lines."""
         if isinstance(op, _Open):
             try:
                 if self._ledger is not None and self._ledger.fd < 0 and not self._open_ledger():
                     raise self._ledger_error
-                sf = self._create(op.session_id, op.path)
+                if self._ledger is None:
+                    sf = self._create(op.session_id, op.path)
+                else:
+                    sf = _SessionFile(op.session_id, op.path, -1)  # made by _create_files
+                    opening.append(sf)
             except StorageError as e:
                 self._report(e)
                 # Remember the failure so that later records of this session fail too.
@@ -345,17 +390,23 @@ class RecordWriter:
             # What the file holds, counted here: checkpoints included, the seal not.
             fields = dict(fields, counts=dict(fields["counts"], records=sf.chain.seq + 1))
         try:
-            fields = render_bodies(fields, op.ts)
-            if fields is None:
-                return None  # a streamed body's tick that released nothing: no record
-            line = sf.chain.next_line(rtype, op.ts, fields)
+            held = held_records(rtype, op.ts, fields)  # WebSocket messages masking holds (ws_masking.py)
+            if held is None:
+                fields = render_bodies(fields, op.ts)
+                if fields is None:
+                    return None  # a streamed body's tick that released nothing: no record
+                lines = [sf.chain.next_line(rtype, op.ts, fields)]
+            else:
+                lines = _chained(sf.chain, held)
         except Exception as e:  # a record that cannot be encoded must not kill the thread
             err = StorageError("record could not be encoded", f"{rtype}: {e!r}")
             self._report(err)
             return err
-        sf.pending.append(line)
-        sf.records += 1
-        sf.unsigned += 1
+        if not lines:
+            return None
+        sf.pending.extend(lines)
+        sf.records += len(lines)
+        sf.unsigned += len(lines)
         touched[sf.session_id] = sf
         if isinstance(op, _Open) and self._ledger is not None:
             self._ledger.append(ledger_mod.SESSION_OPEN, op.ts, {
@@ -377,17 +428,43 @@ class RecordWriter:
         sf.last_signed = time.monotonic()
 
     def _abandon(self, sf: _SessionFile) -> None:
-        """Close a session whose storage failed: the ledger gets what reached the disk."""
+        """Close a session whose storage failed (its session.failed entry is made already)."""
         self._close_fd(sf)
         self._files.pop(sf.session_id, None)
-        if sf.in_ledger:
-            if sf.durable_records == 0:
-                # Nothing complete reached the disk: leave no empty or half-block file behind.
-                try:
-                    sf.path.unlink()
-                except OSError:
-                    pass
+        if sf.in_ledger and not sf.ended:
             self._ledger_end(sf)
+
+    def _failed(self, sf: _SessionFile, err: StorageError) -> None:
+        """A write for this session failed: no more records go to its file, and the ledger
+        says so now, not when the session closes (a crash before then would leave a ledger that
+        no longer matches the disk, which verify would have to call tampering)."""
+        if sf.error is not None:
+            return
+        sf.error = err
+        self._report(err)
+        self._close_fd(sf)
+        if sf.in_ledger and not sf.ended:
+            self._ledger_end(sf)
+
+    def _create_files(self, opening: list[_SessionFile]) -> None:
+        """Make the files of sessions opened in this batch, once their session.open entries are
+        written: a file the gateway made is always in the ledger, even if it stops right after."""
+        err = self._flush_ledger()
+        for sf in opening:
+            if sf.error is not None:
+                continue
+            if err is not None:
+                self._failed(sf, err)
+                continue
+            if not sf.in_ledger:  # its session.open could not be encoded: no entry, so no file
+                self._failed(sf, StorageError("record could not be encoded", f"session.open of {sf.session_id}"))
+                continue
+            try:
+                sf.fd = self._create_fd(sf.path)
+            except StorageError as e:
+                self._failed(sf, e)
+                continue
+            sf.created = True
 
     def _close_fd(self, sf: _SessionFile) -> None:
         if sf.fd >= 0:
@@ -399,6 +476,9 @@ class RecordWriter:
             sf.fd = -1
 
     def _create(self, session_id: str, path: Path) -> _SessionFile:
+        return _SessionFile(session_id, path, self._create_fd(path))
+
+    def _create_fd(self, path: Path) -> int:
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -406,7 +486,7 @@ class RecordWriter:
             raise StorageError(describe_oserror(e), f"cannot create {path}: {e.strerror}") from e
         self._mark_unsynced()
         self._dirty_dirs.add(path.parent)
-        return _SessionFile(session_id, path, fd)
+        return fd
 
     def _flush_block(self, sf: _SessionFile) -> None:
         if not sf.pending or sf.error is not None:
@@ -426,7 +506,7 @@ class RecordWriter:
             self._fsync_fd(sf)
         self._close_fd(sf)
         self._files.pop(sf.session_id, None)
-        if sf.in_ledger:
+        if sf.in_ledger and not sf.ended:
             self._ledger_end(sf)
 
     def _write_all(self, sf: _SessionFile, data: bytes) -> None:
@@ -436,8 +516,7 @@ class RecordWriter:
                 n = os.write(sf.fd, view)
                 view = view[n:]
         except OSError as e:
-            sf.error = StorageError(describe_oserror(e), f"cannot write {sf.path}: {e.strerror}")
-            self._report(sf.error)
+            self._failed(sf, StorageError(describe_oserror(e), f"cannot write {sf.path}: {e.strerror}"))
             return
         if self.fsync != "never":
             self._mark_unsynced()
@@ -447,8 +526,7 @@ class RecordWriter:
         try:
             os.fsync(sf.fd)
         except OSError as e:
-            sf.error = StorageError(describe_oserror(e), f"cannot fsync {sf.path}: {e.strerror}")
-            self._report(sf.error)
+            self._failed(sf, StorageError(describe_oserror(e), f"cannot fsync {sf.path}: {e.strerror}"))
 
     def _fsync_dirty(self) -> None:
         if self.fsync != "never" and self._ledger is not None:
@@ -456,6 +534,7 @@ class RecordWriter:
                 self._ledger.fsync()
             except OSError as e:
                 self._report(StorageError(describe_oserror(e), f"cannot fsync {self._ledger.path}: {e.strerror}"))
+            self._anchor()
         if self.fsync != "never":
             by_fd = {sf.fd: sf for sf in self._files.values() if sf.fd >= 0}
             for fd in list(self._dirty_fds):
@@ -499,6 +578,18 @@ class RecordWriter:
         self._ledger_error = None
         now = self.clock()
         start = {"host": os.uname().nodename, "pid": self.pid}
+        if lg.created:
+            orphans = sum(1 for _ in self.storage_dir.rglob("*" + format_v1.FILE_SUFFIX))
+            if orphans:
+                # Signed, so that deleting the ledger cannot pass as a store that never had one.
+                start["ledger_missing"] = {"session_files": orphans}
+                self._event(Alarm(
+                    f"the ledger {lg.path} was MISSING (or empty) while the store holds {orphans} session file(s): "
+                    "it was deleted, moved or emptied; starting a new ledger, and `wiretrail verify` will report "
+                    "those files as not in the ledger"))
+        if lg.reserve_error is not None:
+            self._event(f"ledger: cannot hold {ledger_mod.RESERVE // 1024} KiB in reserve past its end "
+                        f"({lg.reserve_error}); on a full disk its entries may fail with the session files")
         if lg.dropped_tail:
             start["dropped_partial_bytes"] = lg.dropped_tail
             self._event(f"ledger: dropped {lg.dropped_tail} bytes of a half-written last line (a crash mid-write)")
@@ -521,23 +612,33 @@ class RecordWriter:
                 lg.fsync()
             except OSError:
                 pass
+        self._anchor()
         return True
 
     def _ledger_end(self, sf: _SessionFile) -> None:
         if self._ledger is None:
             return
+        sf.ended = True
         fields = {"session": sf.session_id, "path": self._ledger.relative(sf.path)}
         if sf.error is None:
             self._ledger.append(ledger_mod.SESSION_CLOSE, self.clock(), fields | {
                 "records": sf.chain.seq, "head": sf.chain.prev, "sealed": self.signer is not None,
             })
-        else:
-            self._ledger.append(ledger_mod.SESSION_FAILED, self.clock(), fields | {
-                "records": sf.durable_records,
-                "head": sf.durable_head if sf.durable_records else None,
-                "cause": sf.error.cause,
-                "file": "kept" if sf.durable_records else "removed",
-            })
+            return
+        kept = sf.durable_records > 0
+        self._ledger.append(ledger_mod.SESSION_FAILED, self.clock(), fields | {
+            "records": sf.durable_records,
+            "head": sf.durable_head if kept else None,
+            "cause": sf.error.cause,
+            "error": sf.error.detail,
+            "failed_at": getattr(sf.error, "at", None),
+            # kept: what reached the disk stays; removed: nothing complete did, and the file goes
+            # once this entry is written; none: the file was never made.
+            "file": "kept" if kept else "removed" if sf.created else "none",
+        })
+        if sf.created and not kept:
+            path = sf.path
+            self._after_ledger.append(lambda: path.unlink(missing_ok=True))
 
     def _flush_ledger(self) -> StorageError | None:
         lg = self._ledger
@@ -555,7 +656,47 @@ class RecordWriter:
             err = StorageError(describe_oserror(e), f"cannot write the ledger {lg.path}: {e.strerror}")
             self._report(err)
             return err
+        if self._after_ledger:
+            self._run_after_ledger()
+        if self.fsync == "never":
+            self._anchor()
         return None
+
+    def _run_after_ledger(self) -> None:
+        """File removals whose ledger entries are now written (fsynced first where we can)."""
+        if self.fsync != "never":
+            try:
+                self._ledger.fsync()
+            except OSError:
+                return  # try again after the next write
+        todo, self._after_ledger = self._after_ledger, []
+        for remove in todo:
+            try:
+                remove()
+            except OSError as e:
+                self._event(f"cannot remove {getattr(e, 'filename', None) or 'a file'}: {e.strerror or e}")
+
+    def _anchor(self) -> None:
+        """Hand the newest durable ledger head to the anchor thread."""
+        lg = self._ledger
+        if self._anchorer is None or lg is None or lg.id is None:
+            return
+        head = lg.synced if self.fsync != "never" else lg.flushed
+        if head is not None and head != self._anchored:
+            self._anchored = head
+            self._anchorer.offer(lg.id, *head)
+
+    def _anchor_refusal(self) -> StorageError | None:
+        """[anchors] fail_closed: the error records are answered with while a sink fails too long."""
+        why = self._anchorer.refusal()
+        if why is None:
+            self._anchors_refusing = False
+            return None
+        err = StorageError("anchors failing", why)
+        if not self._anchors_refusing:
+            self._anchors_refusing = True
+            self._report(err)  # logged once, as any cause of refusal
+        return err
 
     def _tick(self) -> None:
         """Work due by time: checkpoints of quiet sessions, a ledger retry, retention."""
@@ -580,15 +721,13 @@ class RecordWriter:
         lg = self._ledger
         gone = retention.expired(lg.state, self.clock(), self.retention_days)
         for entry in gone:
-            try:
-                removed = retention.delete_file(self.storage_dir, entry)
-            except OSError as e:
-                self._event(f"retention: cannot delete {entry.path}: {e.strerror or e}")
-                continue
+            # The tombstone is written first; the file goes once it is (_run_after_ledger).
+            present = (self.storage_dir / entry.path).exists()
             lg.append(ledger_mod.SESSION_DELETED, self.clock(), {
                 "session": entry.session, "path": entry.path, "reason": "retention",
-                "retention_days": self.retention_days, "file": "deleted" if removed else "already missing",
+                "retention_days": self.retention_days, "file": "deleted" if present else "already missing",
             })
+            self._after_ledger.append(lambda e=entry: retention.delete_file(self.storage_dir, e))
         if gone:
             self._event(f"retention: deleted {len(gone)} session(s) older than {self.retention_days} days")
             self._flush_ledger()

@@ -20,6 +20,7 @@ import socket
 import struct
 import select
 import sys
+import threading
 import time
 
 _HEADER = struct.Struct(">I")
@@ -43,6 +44,26 @@ def chunk(data: bytes, ref: int, final: bool, encoding, max_body: int, masked: b
     if final:
         _streams.pop(ref, None)
     return ChunkBytes(data, stream, final)
+
+
+def ws_message(data: bytes, text: bool, ref: int, max_body: int, hold: bool, masked: bool, before: int | None):
+    from recorder.ws_masking import WsDirection, WsMessageBody
+
+    def direction_of(r: int, hold: bool):
+        d = _streams.get(r)
+        if d is None:
+            d = _streams[r] = WsDirection(_masker if masked else None, max_body, hold)
+        return d
+
+    direction = direction_of(ref, hold)
+    if before is not None and direction.before is None:
+        direction.before = direction_of(before, True)
+    return WsMessageBody(data, text, direction)
+
+
+def ws_flush(refs: tuple):
+    from recorder.ws_masking import WsDirection, WsFlush
+    return WsFlush(*(_streams.pop(ref, None) or WsDirection() for ref in refs))
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -97,10 +118,13 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=fd)
     frames = _Frames(sock)
 
+    send_lock = threading.Lock()  # the anchor thread sends events too
+
     def send(msg) -> None:
         data = pickle.dumps(msg, protocol=5)
         try:
-            sock.sendall(_HEADER.pack(len(data)) + data, socket.MSG_NOSIGNAL)
+            with send_lock:
+                sock.sendall(_HEADER.pack(len(data)) + data, socket.MSG_NOSIGNAL)
         except OSError:
             os._exit(1)  # the parent is gone: end as it did, without sealing
 

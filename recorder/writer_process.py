@@ -32,9 +32,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from recorder import writer_child
+from recorder.anchors import AnchorSpec
 from recorder.bodies import BodyBytes, ChunkBytes
 from recorder.signing import Signer
 from recorder.writer import FSYNC_POLICIES, Ack, StorageError
+from recorder.ws_masking import WsFlush, WsMessageBody
 
 _HEADER = struct.Struct(">I")
 _SOCKET_BUFFER = 4 << 20
@@ -62,7 +64,20 @@ class _Pickler(pickle.Pickler):
                 self._note(st.masker)
             return writer_child.chunk, (obj.data, st.ref, obj.final, st.encoding, st.max_body,
                                         st.masker is not None, st.content_type)
+        if t is WsMessageBody:
+            d = self._ws_ref(obj.direction)
+            before = self._ws_ref(d.before).ref if d.before is not None else None
+            return writer_child.ws_message, (obj.data, obj.text, d.ref, d.max_body, d.hold, d.masker is not None,
+                                             before)
+        if t is WsFlush:
+            return writer_child.ws_flush, (tuple(self._ws_ref(d).ref for d in obj.directions),)
         return NotImplemented
+
+    def _ws_ref(self, direction):
+        if direction.ref is None:
+            direction.ref = next(self.owner._refs)
+            self._note(direction.masker)
+        return direction
 
     def _note(self, masker) -> None:
         if masker is not None and masker is not self.owner._sent_masker:
@@ -83,6 +98,7 @@ class ProcessRecordWriter:
         checkpoint_interval: float = 5.0,
         retention_days: float = 0,
         on_event: Callable[[str], None] | None = None,
+        anchors: AnchorSpec | None = None,
     ):
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
@@ -95,6 +111,7 @@ class ProcessRecordWriter:
             "checkpoint_interval": checkpoint_interval, "retention_days": retention_days,
             "signing_key": signer.key_id if signer is not None else None,
             "pid": os.getpid(),  # the ledger's gateway.start names the gateway, not the child
+            "anchors": anchors,  # the child sends the ledger heads it writes
         }
         self._lock = threading.Lock()  # one frame at a time; guards _acks and _dead with it
         self._acks: dict[int, Ack] = {}

@@ -1,6 +1,6 @@
 """Benchmark: direct vs plain mitmdump vs the wiretrail gateway, in one interleaved run.
 
-    python scripts/bench.py [--quick] [--only small,sse,upload,throughput,rss,artifact,masker]
+    python scripts/bench.py [--quick] [--only small,sse,upload,throughput,rss,artifact,masker,postgres]
                             [--json FILE] [--check] [--targets 2|7] [--tls]
 
 Four paths are measured against the same local upstream (scripts/bench_upstream.py,
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "bench_upstream.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 MiB = 1024 * 1024
-METRICS = ("small", "sse", "upload", "throughput", "rss", "artifact", "masker")
+METRICS = ("small", "sse", "upload", "throughput", "rss", "artifact", "masker", "postgres")
 PATHS = ("direct", "plain", "capture", "gateway")
 LABELS = {"direct": "direct", "plain": "plain mitmdump", "capture": "capture-only", "gateway": "gateway"}
 CAPTURE_PHASES = ("warm-up", "small", "sse")  # the capture-only path takes part in these only
@@ -1334,6 +1334,14 @@ def main(argv: list[str] | None = None) -> int:
         if "artifact" in args.only:
             print("bench: artifact ...", file=sys.stderr, flush=True)
             bench.run_artifact()
+        if "postgres" in args.only:  # pgbench direct / plain relay / gateway: scripts/bench_postgres.py
+            import bench_postgres
+            print("bench: postgres ...", file=sys.stderr, flush=True)
+            try:
+                bench.postgres = bench_postgres.run(*((1, 3.0) if args.quick else (3, 10.0)),
+                                                    log=lambda m: print(m, file=sys.stderr, flush=True))
+            except RuntimeError as e:
+                bench.notes.append(f"postgres phase: {e}")
     except KeyboardInterrupt:
         print("bench: interrupted; stopping everything it started", file=sys.stderr)
         procs.stop_all()
@@ -1382,6 +1390,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"        ({'; '.join(x for x in extra if x)})")
             else:
                 print(f"  {c['status']:4}  {c['target']}  ({fmt(c['value'])})")
+    postgres = getattr(bench, "postgres", None)
+    if postgres:
+        import bench_postgres
+        print("\npostgres (pgbench, 8 clients, simple protocol, TLS; direct / plain mitmdump reverse:tcp / gateway):")
+        print(bench_postgres.render(postgres))
+        for c in bench_postgres.checks(postgres):
+            print(f"  {c['status']:4}  {c['target']}  ({c['value']})")
     if bench.notes:
         print("\nproblems seen:")
         for n in bench.notes:
@@ -1391,7 +1406,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": info, "mode": mode, "quick": args.quick, "sizes": sizes.__dict__,
             "results": bench.results,
             "ratios": {k: round(v, 4) for k, _, shown in ROWS if shown and (v := ratio(bench.results, k)) is not None},
-            "targets": checks, "problems": bench.notes,
+            "targets": checks, "problems": bench.notes, "postgres": postgres,
             "table_markdown": render_table(bench.results, sizes, markdown=True),
         }, indent=2) + "\n")
     failed = any(c["status"] == "FAIL" for c in checks if c["issue"] in ENFORCED[args.targets])

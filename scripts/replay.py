@@ -2,6 +2,11 @@
 """Re-send a recorded session's requests to a sandbox and compare the replies.
 
     python scripts/replay.py SESSION --target https://sandbox:8443 --header 'Authorization: Bearer sk-sandbox'
+    python scripts/replay.py SESSION --pg "host=sandbox-db dbname=app user=ro sslmode=require" [--allow-writes]
+
+With --pg the session's database statements are re-run against a sandbox database instead
+(recorder/postgres/replay.py): reads only unless --allow-writes, and row counts and errors
+(SQLSTATE) are compared with the recorded ones. The password comes from PGPASSWORD.
 
 SESSION is a session file, or a session id (or unique prefix) looked up in --dir or
 the --config's storage.dir. The engine is recorder/replay.py; docs/forensics.md walks
@@ -12,6 +17,7 @@ through an incident. Exit 0: replayed (differences are reported, not errors);
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
@@ -20,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import orjson  # noqa: E402
 
 from recorder import replay  # noqa: E402
+from recorder.postgres import replay as pg_replay  # noqa: E402
 from recorder.commands.ls import safe  # noqa: E402
 from recorder.commands.show import NotFound, find_session  # noqa: E402
 
@@ -27,7 +34,11 @@ from recorder.commands.show import NotFound, find_session  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="replay.py", description=__doc__.split("\n\n")[0])
     p.add_argument("session", metavar="SESSION", help="a session file, or a session id (or unique prefix)")
-    p.add_argument("--target", required=True, metavar="URL", help="the sandbox base URL; recorded paths and queries go on it")
+    p.add_argument("--target", metavar="URL", help="the sandbox base URL; recorded paths and queries go on it")
+    p.add_argument("--pg", metavar="CONNINFO", help="replay the database statements against this sandbox database "
+                   "(libpq 'key=value' string or postgresql:// URL; password from PGPASSWORD)")
+    p.add_argument("--allow-writes", action="store_true", help="with --pg: also run statements that write "
+                   "(default: reads only, each in a READ ONLY transaction)")
     p.add_argument("--dir", metavar="DIR", help="the session store to look the id up in; default ./sessions")
     p.add_argument("--config", metavar="PATH", help="look the id up in storage.dir of this gateway config; its "
                    "masking rules also mask what is printed")
@@ -47,12 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     err = sys.stderr
+    if (args.target is None) == (args.pg is None):
+        print("replay: give --target URL (HTTP) or --pg CONNINFO (database), one of them", file=err)
+        return 2
     try:
         path = find_session(args.session, args.dir, args.config)
         extra = [replay.parse_header(h) for h in args.header]
         read, warnings = replay.check_artifact(path, force=args.force)
-        planned = replay.plan(read, args.target, flows=args.flow, only=args.only, extra_headers=extra)
-    except (NotFound, replay.ReplayUsageError) as e:
+        if args.pg is not None:
+            planned = pg_replay.plan(read.records, allow_writes=args.allow_writes)
+            target = pg_replay.parse_target(args.pg)
+        else:
+            planned = replay.plan(read, args.target, flows=args.flow, only=args.only, extra_headers=extra)
+    except (NotFound, replay.ReplayUsageError, pg_replay.ReplayUsageError) as e:
         print(f"replay: {e}", file=err)
         return 2
     except replay.ReplayRefused as e:
@@ -70,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     for w in warnings + mask_warnings:
         print(f"replay: {safe(masker.mask_text(w))}", file=err)
     if not planned:
-        print("replay: no request to replay (check --flow / --only)", file=err)
+        print("replay: no request to replay (check --flow / --only)" if args.pg is None
+              else "replay: the session has no database statement", file=err)
         return 2
+    if args.pg is not None:
+        return _replay_database(args, read, warnings, planned, target)
     if args.dry_run:
         if args.json:
             doc = {"session": read.session_id, "target": args.target, "dry_run": True,
@@ -97,6 +118,26 @@ def main(argv: list[str] | None = None) -> int:
         for line in replay.table(results) + replay.notes(planned):
             print(safe(masker.mask_text(line)))
     return 1 if any(r.error for r in results) else 0
+
+
+def _replay_database(args, read, warnings, planned, target) -> int:
+    err = sys.stderr
+    if not args.dry_run:
+        try:
+            asyncio.run(pg_replay.run(target, planned, allow_writes=args.allow_writes))
+        except (pg_replay.UpstreamError, pg_replay.pg.ProtocolError, asyncio.IncompleteReadError, OSError) as e:
+            print(f"replay: cannot replay on the sandbox database: {e}", file=err)
+            return 1
+    if args.json:
+        doc = {"session": read.session_id, "target": {"host": target.settings.host, "port": target.settings.port,
+                                                       "database": target.database},
+               "dry_run": args.dry_run, "allow_writes": args.allow_writes, "warnings": warnings,
+               "statements": [s.json() for s in planned]}
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for line in pg_replay.table(planned):
+            print(safe(line))
+    return 0
 
 
 if __name__ == "__main__":

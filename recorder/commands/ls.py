@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from recorder.destinations import canonical_host
+from recorder.postgres.transcript import databases
 from recorder.reader import SessionSummary, iter_session_files, read_session, summarize
 
 DEFAULT_DIR = "sessions"
@@ -32,7 +34,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--user", metavar="USER", help="only sessions of this identity (sub or email)")
     p.add_argument("--since", metavar="TIME", help="only sessions active at or after TIME: 2026-01-31, 2026-01-31T14:00 (UTC), or 2h / 3d / 45m ago")
     p.add_argument("--until", metavar="TIME", help="only sessions that started at or before TIME (same forms as --since)")
-    p.add_argument("--host", metavar="HOST", help="only sessions with a request to HOST (or a subdomain of it)")
+    p.add_argument("--host", metavar="HOST", help="only sessions with a request that went to HOST (a name, a subdomain of it, or an address; "
+                   "the destination the gateway connected to, not the Host the client named)")
     p.add_argument("--json", action="store_true", help="one JSON object per session, one per line")
 
 
@@ -117,30 +120,42 @@ HEADERS = ("SESSION", "START (UTC)", "DURATION", "IDENTITY", "CLIENT", "EXCHANGE
 RIGHT = {"EXCHANGES", "BYTES"}
 
 
-def table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
+def table(rows: list[tuple[str, ...]], databases: bool = False) -> list[str]:
+    headers = HEADERS + (("DATABASE",) if databases else ())
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def fmt(cells):
-        out = [c.rjust(w) if h in RIGHT else c.ljust(w) for c, w, h in zip(cells, widths, HEADERS)]
+        out = [c.rjust(w) if h in RIGHT else c.ljust(w) for c, w, h in zip(cells, widths, headers)]
         return "  ".join(out).rstrip()
 
-    return [fmt(HEADERS)] + [fmt(r) for r in rows]
+    return [fmt(headers)] + [fmt(r) for r in rows]
 
 
-def _hosts(records: list[dict]) -> set[str]:
+def hosts_of(records: list[dict]) -> set[str]:
+    """Where the session's requests went: each record's destination (host and address), not the
+    URL the client named; the URL's host only in files from gateways that did not record it."""
     out = set()
     for r in records:
-        if r.get("t") in ("http.request", "auth.refused") and isinstance(r.get("url"), str):
-            host = urlsplit(r["url"]).hostname
+        t = r.get("t")
+        dest = r.get("dest") if t in ("http.request", "auth.refused") else r if t == "tunnel" else None
+        if isinstance(dest, dict):
+            for key in ("host", "address"):
+                if isinstance(dest.get(key), str):
+                    out.add(canonical_host(dest[key]))
+        elif t in ("http.request", "auth.refused") and isinstance(r.get("url"), str):
+            try:
+                host = urlsplit(r["url"]).hostname
+            except ValueError:
+                host = None
             if host:
-                out.add(host.lower())
-        elif r.get("t") == "tunnel" and isinstance(r.get("host"), str):
-            out.add(r["host"].lower())
+                out.add(canonical_host(host))
+        elif t == "pg.connect" and isinstance((r.get("upstream") or {}).get("host"), str):
+            out.add(canonical_host(r["upstream"]["host"]))
     return out
 
 
-def _host_matches(hosts: set[str], want: str) -> bool:
-    want = want.lower().strip(".")
+def host_matches(hosts: set[str], want: str) -> bool:
+    want = canonical_host(want)
     return any(h == want or h.endswith("." + want) for h in hosts)
 
 
@@ -151,7 +166,8 @@ def _identity_matches(read, want: str) -> bool:
 
 
 def select(d: Path, args) -> list[tuple[SessionSummary, dict]]:
-    """(summary, identity) of the sessions the filters keep, oldest first."""
+    """(summary, identity) of the sessions the filters keep, oldest first. The identity dict
+    also carries "_databases": the database connections the session used."""
     since = parse_time(args.since) if getattr(args, "since", None) else None
     until = parse_time(args.until) if getattr(args, "until", None) else None
     out = []
@@ -159,7 +175,8 @@ def select(d: Path, args) -> list[tuple[SessionSummary, dict]]:
         read = read_session(f)
         if getattr(args, "user", None) and not _identity_matches(read, args.user):
             continue
-        if getattr(args, "host", None) and not _host_matches(_hosts(read.records), args.host):
+        dbs = databases(read.records)
+        if getattr(args, "host", None) and not (host_matches(hosts_of(read.records), args.host) or args.host in dbs):
             continue
         s = summarize(read)
         if since is not None and (s.end if s.end is not None else float("inf")) < since:
@@ -167,7 +184,7 @@ def select(d: Path, args) -> list[tuple[SessionSummary, dict]]:
         if until is not None and (s.start if s.start is not None else float("-inf")) > until:
             continue
         ident = (read.open_record or {}).get("identity") or {}
-        out.append((s, ident if isinstance(ident, dict) else {}))
+        out.append((s, dict(ident if isinstance(ident, dict) else {}, _databases=dbs)))
     out.sort(key=lambda x: (x[0].start if x[0].start is not None else float("-inf"), str(x[0].session_id or x[0].path)))
     return out
 
@@ -185,9 +202,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         for s, ident in selected:
+            dbs = ident.pop("_databases", [])
             doc = {
                 "session": s.session_id, "path": str(s.path), "start": s.start, "end": s.end, "duration_s": s.duration,
                 "identity": ident, "client": s.client, "exchanges": s.exchanges, "bytes": s.bytes, "state": s.state,
+                "databases": dbs,
             }
             sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         return 0
@@ -197,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = []
     unauthenticated = False
+    with_db = any(ident.get("_databases") for _, ident in selected)
     for s, ident in selected:
         who = s.sub or "-"
         if isinstance(ident.get("email"), str) and ident["email"] and ident["email"] != who:
@@ -214,9 +234,9 @@ def run(args: argparse.Namespace) -> int:
                 str(s.exchanges),
                 human_bytes(s.bytes),
                 s.state,
-            )
+            ) + ((", ".join(ident.get("_databases") or []) or "-",) if with_db else ())
         )
-    for line in table([tuple(safe(c) for c in r) for r in rows]):
+    for line in table([tuple(safe(c) for c in r) for r in rows], with_db):
         print(line)
     if unauthenticated:
         print("* not authenticated: recorded without a verified identity")

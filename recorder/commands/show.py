@@ -18,6 +18,7 @@ import orjson
 
 from recorder import format_v1
 from recorder.commands.ls import StoreError, human_bytes, human_duration, iso_utc, safe, store_dir
+from recorder.postgres.transcript import sql_log_lines, statements as sql_statements
 from recorder.reader import SessionRead, read_session, summarize
 from recorder.transcript import build
 from recorder.transcript.exchange import header as find_header
@@ -104,7 +105,7 @@ def body_preview(body) -> str:
     return f"body {size_text}{note}: <binary>"
 
 
-def _details(rec: dict) -> tuple[str, str]:
+def record_details(rec: dict) -> tuple[str, str]:
     """(summary, body preview) of one record."""
     t = rec.get("t")
     if t == "session.open":
@@ -187,7 +188,7 @@ def header(read: SessionRead) -> list[str]:
 def record_lines(rec: dict) -> list[str]:
     flow = rec.get("flow")
     short = flow[:8] if isinstance(flow, str) else ""
-    summary, body = _details(rec)
+    summary, body = record_details(rec)
     seq = rec.get("seq")
     first = f"{seq if isinstance(seq, int) else '?':>5} {_clock(rec.get('ts'))} {str(rec.get('t')):<14} {short:<8}  {summary}"
     out = [safe(first.rstrip())]
@@ -252,6 +253,9 @@ def transcript_json(read: SessionRead) -> dict:
         "end": s.end,
         "duration_s": s.duration,
         "exchanges": [turn_json(t) for t in build(read.records)],
+        "database": [{k: v for k, v in e.items() if k != "record"} | ({"record": {
+            k: v for k, v in e["record"].items() if k not in ENVELOPE}} if "record" in e else {})
+            for e in sql_statements(read.records)],
         "close": next((
             {k: v for k, v in r.items() if k not in ENVELOPE} for r in read.records if r.get("t") == "session.close"
         ), None),
@@ -294,11 +298,16 @@ def run(args: argparse.Namespace) -> int:
     limit = None if args.full else TEXT_LIMIT
     last_system: dict = {}
     turns = build(read.records)
-    if not turns:
+    sql_log = sql_log_lines(read.records)  # database connections (recorder/postgres)
+    if not turns and not sql_log:
         print("(no exchanges)")
     for turn in turns:
         for line in turn_lines(turn, style, limit, safe, last_system):
             print(line)
+        print()
+    if sql_log:
+        for line in sql_log:
+            print(safe(line))
         print()
     for line in footer(read):
         print(safe(line))

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     try:
-        config = load_config(args.config)
+        # A config file: only its HS256 secret is needed (read below), not the upstream credentials.
+        config = load_config(args.config, read_secrets=args.config is None)
     except ConfigError as e:
         return fail(str(e))
     identity = config.identity

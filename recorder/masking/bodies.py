@@ -10,8 +10,9 @@ def is_event_stream(content_type: str | None) -> bool:
     return bool(content_type) and "text/event-stream" in content_type.lower()
 
 
-def mask_body(masker, data: bytes, content_type: str | None = None) -> bytes:
-    """A whole body masked: the original bytes except inside masked spans."""
+def mask_body(masker, data: bytes, content_type: str | None = None, *, exact: bool = True) -> bytes:
+    """A whole body masked: the original bytes except inside masked spans (`exact` is kept
+    for callers of the time when what was forwarded could differ; every output is exact now)."""
     if not data:
         return data
     if is_event_stream(content_type):

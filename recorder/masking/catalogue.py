@@ -28,6 +28,8 @@ first. Keep the narrow rules (a provider's prefix) before the broad ones (generi
 """
 from __future__ import annotations
 
+from recorder.client_credentials import header_name_keywords, header_name_pattern
+
 # Placeholders that turn up where a real value would go ("${TOKEN}", "<password>", "xxxx").
 PLACEHOLDERS = r"^(?:\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|\{\{.*\}\}|<[^>]*>|%\(?\w*\)?s|\*+|x+|X+|\.\.\.|[A-Z][A-Z_]*|null|none|None|true|false)$"
 # Code, not a value: a dotted attribute path or an identifier (snake_case, camelCase, CONSTANT_CASE).
@@ -246,9 +248,9 @@ RULES: tuple[dict, ...] = (
     {
         "id": "authorization-header", "group": "Structural",
         "what": "the value of Authorization / Proxy-Authorization / X-Api-Key style headers written in text (curl -H, logs, code)",
-        "regex": r"(?i)(?:authorization|x-api-key|api-key|x-goog-api-key|x-auth-token|private-token)"
-        r"""(?:\\*["'])?\s*[:=]\s*(?:\\*["'])?(?:(?:bearer|basic|token|digest|negotiate|apikey|sso-key)\s+)?([A-Za-z0-9._~+/=\-:]{8,})""",
-        "keywords": ("authorization", "api-key", "x-auth-token", "private-token"),
+        "regex": r"(?i)" + header_name_pattern()
+        + r"""(?:\\*["'])?[ \t]*[:=][ \t]*(?:\\*["'])?(?:(?:bearer|basic|token|digest|negotiate|apikey|sso-key)\s+)?([A-Za-z0-9._~+/=\-:]{8,})""",
+        "keywords": header_name_keywords(),
         "entropy": 2.5, "allowlist": (PLACEHOLDERS, CODE_REFERENCE),
     },
     {

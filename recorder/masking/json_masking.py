@@ -131,6 +131,11 @@ def _apply(masker, data: bytes, value, hits) -> bytes:
 
 
 def _reencoded(masker, value, hits) -> bytes:
+    return orjson.dumps(_rebuild(masker, value, hits))
+
+
+def _rebuild(masker, value, hits):
+    """A copy of the parsed document with the strings of `hits` masked."""
     masked = {i: masker.apply(text, spans).decode("utf-8", "surrogatepass") for i, text, spans in hits}
     counter = iter(range(1 << 62))
 
@@ -148,4 +153,14 @@ def _reencoded(masker, value, hits) -> bytes:
             return [walk(x) for x in v]
         return v
 
-    return orjson.dumps(walk(value))
+    return walk(value)
+
+
+_UNCHANGED = object()
+
+
+def _walk(masker, value, key: str = ""):
+    """A masked copy of a parsed JSON value, or _UNCHANGED: for callers that re-encode the
+    document themselves (recorder/ws_masking.py)."""
+    hits = _scan(masker, value, None)
+    return _rebuild(masker, value, hits) if hits else _UNCHANGED

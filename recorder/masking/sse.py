@@ -440,3 +440,9 @@ def _get(obj, path):
     for p in path:
         obj = obj[p]
     return obj
+
+
+def _set(obj, path, value):
+    for p in path[:-1]:
+        obj = obj[p]
+    obj[path[-1]] = value

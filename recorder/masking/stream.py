@@ -30,7 +30,7 @@ MAX_HOLD = 256 * 1024  # bytes held at most before a forced release
 MAX_HOLD_SECONDS = 0.1  # seconds held at most (capture.chunk_interval's default) before a forced release
 
 
-def _char_start(data: bytes, i: int, floor: int) -> int:
+def _char_start(data: bytes, i: int, floor: int = 0) -> int:
     """Move i back to the start of a UTF-8 character, so held text is whole characters."""
     for _ in range(3):
         if floor < i < len(data) and data[i] & 0xC0 == 0x80:

@@ -12,6 +12,7 @@ from recorder.transcript import (
     mcp_jsonrpc,
     openai_chat,
     openai_responses,
+    websocket,
 )
 from recorder.transcript.conversation import mark_new
 from recorder.transcript.exchange import Exchange, exchanges
@@ -41,8 +42,23 @@ def decode_exchange(ex: Exchange) -> Turn:
     return generic.decode(ex)
 
 
+def decode_websocket(ex: Exchange) -> list[Turn]:
+    """An upgraded flow: one turn per request it carried (recorder/transcript/websocket.py)."""
+    try:
+        return websocket.turns(ex)
+    except Exception as e:  # recorded data is untrusted: a decoder bug must not hide the exchange
+        turn = Turn(ex, "websocket")
+        turn.notes.append(f"WebSocket decoder failed ({type(e).__name__}: {e}); {len(ex.messages)} message(s) recorded")
+        return [turn]
+
+
 def build(records: list[dict]) -> list[Turn]:
-    turns = [decode_exchange(ex) for ex in exchanges(records)]
+    turns: list[Turn] = []
+    for ex in exchanges(records):
+        if ex.kind == "http" and (ex.ws_open is not None or ex.messages):
+            turns.extend(decode_websocket(ex))
+        else:
+            turns.append(decode_exchange(ex))
     mark_new(turns)
     return turns
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from recorder.transcript.exchange import Exchange
-from recorder.transcript.model import Message, Part, Turn, load_json, parse_json_args, text_of
+from recorder.transcript.model import Message, Part, Turn, load_json, parse_json_args, text_of, tool_table
 from recorder.transcript.sse import is_sse, parse_sse
 
 PROTOCOL = "anthropic.messages"
@@ -47,6 +47,8 @@ def decode(ex: Exchange) -> Turn:
         turn.system = text_of(req.get("system")) or None
         turn.messages = [_message(m) for m in req.get("messages") or () if isinstance(m, dict)]
         turn.conversation = PROTOCOL + ":" + (turn.messages[0].fingerprint() if turn.messages else "")
+        if isinstance(req.get("tools"), list):
+            turn.tools = tool_table(req["tools"], lambda t: t.get("name") or t.get("type"))
         if req.get("tools"):
             turn.notes.append("tools offered: " + ", ".join(str(t.get("name")) for t in req["tools"] if isinstance(t, dict)))
     body = ex.response_body

@@ -19,7 +19,7 @@ CREDENTIAL_PREFIX = "[credential:"
 @dataclass
 class Exchange:
     flow: str
-    kind: str = "http"  # "http", "auth.refused", "tunnel"
+    kind: str = "http"  # "http", "auth.refused", "tunnel", "tcp", "tcp.refused"
     index: int = 0  # 1-based position in the session, by first record
     ts: float | None = None  # first record of the flow
     request: dict | None = None  # the http.request record
@@ -29,6 +29,11 @@ class Exchange:
     other: dict | None = None  # the auth.refused / tunnel record
     request_chunks: list[dict] = field(default_factory=list)
     response_chunks: list[dict] = field(default_factory=list)
+    # After a 101 upgrade: the ws.open / ws.message / ws.close records (kind stays "http").
+    # A raw TCP flow (kind "tcp"): tcp.open in `other`, its tcp.message records, tcp.close in `end`.
+    ws_open: dict | None = None
+    ws_close: dict | None = None
+    messages: list[dict] = field(default_factory=list)
 
     # -- heads --------------------------------------------------------------------------
 
@@ -37,12 +42,16 @@ class Exchange:
         src = self.request or self.other or {}
         return src.get("method") if isinstance(src.get("method"), str) else None
 
+    def message_body(self, rec: dict) -> bytes:
+        """The bytes of one ws.message / tcp.message record."""
+        return format_v1.decode_body(rec.get("body")) if isinstance(rec.get("body"), dict) else b""
+
     @property
     def url(self) -> str | None:
         src = self.request or self.other or {}
         if isinstance(src.get("url"), str):
             return src["url"]
-        if self.kind == "tunnel" and src.get("host"):
+        if self.kind in ("tunnel", "tcp", "tcp.refused") and src.get("host"):
             return f"{src.get('host')}:{src.get('port')}"
         return None
 
@@ -52,7 +61,7 @@ class Exchange:
 
     @property
     def host(self) -> str | None:
-        if self.kind == "tunnel" and self.other:
+        if self.kind in ("tunnel", "tcp", "tcp.refused") and self.other:
             return self.other.get("host")
         return urlsplit(self.url or "").hostname
 
@@ -134,7 +143,7 @@ def exchanges(records: list[dict]) -> list[Exchange]:
     for rec in records:
         flow = rec.get("flow")
         if not isinstance(flow, str):
-            if rec.get("t") not in ("auth.refused", "tunnel"):
+            if rec.get("t") not in ("auth.refused", "tunnel", "tcp.refused"):
                 continue
             flow = f"{rec.get('t')}-{rec.get('seq')}"  # a tunnel is not an HTTP flow
         ex = out.get(flow)
@@ -151,9 +160,20 @@ def exchanges(records: list[dict]) -> list[Exchange]:
             ex.end = rec
         elif t == "http.error":
             ex.errors.append(rec)
-        elif t in ("auth.refused", "tunnel"):
+        elif t in ("auth.refused", "tunnel", "tcp.refused"):
             ex.kind = t
             ex.other = rec
+        elif t == "ws.open":
+            ex.ws_open = rec
+        elif t in ("ws.message", "tcp.message"):
+            ex.messages.append(rec)
+        elif t == "ws.close":
+            ex.ws_close = rec
+        elif t == "tcp.open":
+            ex.kind = "tcp"
+            ex.other = rec
+        elif t == "tcp.close":
+            ex.end = rec
     return list(out.values())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from recorder.transcript.exchange import Exchange
-from recorder.transcript.model import Message, Part, Turn, load_json, text_of
+from recorder.transcript.model import Message, Part, Turn, load_json, text_of, tool_table
 from recorder.transcript.sse import is_sse, parse_sse
 
 PROTOCOL = "mcp"
@@ -70,6 +70,9 @@ def decode(ex: Exchange) -> Turn:
     else:
         replies = _rpc_list(load_json(body))
     turn.reply = [_reply_message(r, calls) for r in replies]
+    for r in replies:  # tools/list: what the server offers, diffed between turns like an LLM's tools
+        if isinstance(r.get("result"), dict) and isinstance(r["result"].get("tools"), list):
+            turn.tools = tool_table(r["result"]["tools"], lambda t: t.get("name"))
     session = ex.request_header("mcp-session-id") or ex.response_header("mcp-session-id")
     if session:
         turn.notes.append(f"mcp session {session}")

@@ -58,6 +58,10 @@ class Turn:
     conversation: str | None = None
     new_messages: list[Message] | None = None  # filled by conversation.mark_new
     history_note: str | None = None
+    ts: float | None = None  # when this turn's request was made, where that is not the exchange's start (WebSocket)
+    # The tools offered to the model (or listed by an MCP server): name -> the definition as
+    # canonical JSON, so that a reviewer can see a tool appear, vanish or change between turns.
+    tools: dict[str, str] | None = None
 
 
 def text_of(value) -> str:
@@ -81,6 +85,17 @@ def text_of(value) -> str:
     if isinstance(value, dict) and isinstance(value.get("text"), str):
         return value["text"]
     return json.dumps(value, ensure_ascii=False)
+
+
+def tool_table(tools, name_of) -> dict[str, str]:
+    """name -> canonical JSON of each tool definition in a request's (or reply's) tool list."""
+    out: dict[str, str] = {}
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict):
+            name = str(name_of(tool))
+            out[name if name not in out else f"{name} ({len(out) + 1})"] = json.dumps(
+                tool, ensure_ascii=False, sort_keys=True, indent=1)
+    return out
 
 
 def parse_json_args(value):

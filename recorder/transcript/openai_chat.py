@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from recorder.transcript.exchange import Exchange
-from recorder.transcript.model import Message, Part, Turn, load_json, parse_json_args, text_of
+from recorder.transcript.model import Message, Part, Turn, load_json, parse_json_args, text_of, tool_table
 from recorder.transcript.sse import is_sse, parse_sse
 
 PROTOCOL = "openai.chat"
@@ -52,6 +52,8 @@ def decode(ex: Exchange) -> Turn:
         turn.system = "\n".join(text_of(m.get("content")) for m in system) or None
         turn.messages = [_message(m) for m in msgs if m.get("role") not in ("system", "developer")]
         turn.conversation = PROTOCOL + ":" + (turn.messages[0].fingerprint() if turn.messages else "")
+        if isinstance(req.get("tools"), list):
+            turn.tools = tool_table(req["tools"], lambda t: (t.get("function") or {}).get("name") or t.get("name") or t.get("type"))
         if req.get("tools"):
             names = [((t.get("function") or {}).get("name") or t.get("type")) for t in req["tools"] if isinstance(t, dict)]
             turn.notes.append("tools offered: " + ", ".join(map(str, names)))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from recorder.transcript.exchange import Exchange
-from recorder.transcript.model import Message, Part, Turn, load_json, parse_json_args, text_of
+from recorder.transcript.model import Message, Part, Turn, load_json, parse_json_args, text_of, tool_table
 from recorder.transcript.sse import is_sse, parse_sse
 
 PROTOCOL = "openai.responses"
@@ -72,16 +72,7 @@ def decode(ex: Exchange) -> Turn:
     turn = Turn(ex, PROTOCOL)
     req = load_json(ex.request_body)
     if isinstance(req, dict):
-        turn.model = req.get("model")
-        turn.system = text_of(req.get("instructions")) or None
-        turn.messages = [m for m in _messages(req.get("input")) if m.role not in ("system", "developer")]
-        if req.get("previous_response_id"):
-            # The server keeps the history: the input holds only what is new.
-            turn.notes.append(f"continues response {req['previous_response_id']}")
-        else:
-            turn.conversation = PROTOCOL + ":" + (turn.messages[0].fingerprint() if turn.messages else "")
-        if req.get("tools"):
-            turn.notes.append("tools offered: " + ", ".join(str(t.get("name") or t.get("type")) for t in req["tools"] if isinstance(t, dict)))
+        apply_request(turn, req)
     body = ex.response_body
     if is_sse(ex.response_header("content-type"), body):
         turn.streamed = True
@@ -93,16 +84,39 @@ def decode(ex: Exchange) -> Turn:
     return turn
 
 
+def apply_request(turn: Turn, req: dict) -> None:
+    """A request's model, instructions and input: a POST body, or a `response.create` message."""
+    turn.model = req.get("model")
+    turn.system = text_of(req.get("instructions")) or None
+    turn.messages = [m for m in _messages(req.get("input")) if m.role not in ("system", "developer")]
+    if req.get("previous_response_id"):
+        # The server keeps the history: the input holds only what is new.
+        turn.notes.append(f"continues response {req['previous_response_id']}")
+    else:
+        turn.conversation = PROTOCOL + ":" + (turn.messages[0].fingerprint() if turn.messages else "")
+    if isinstance(req.get("tools"), list):
+        turn.tools = tool_table(req["tools"], lambda t: t.get("name") or t.get("type"))
+    if req.get("tools"):
+        turn.notes.append("tools offered: " + ", ".join(str(t.get("name") or t.get("type")) for t in req["tools"] if isinstance(t, dict)))
+
+
 def _assemble_stream(turn: Turn, body: bytes) -> None:
-    """The final response from response.completed, else the finished items, else the deltas."""
+    events = []
+    for ev in parse_sse(body):
+        data = ev.json()
+        if isinstance(data, dict):
+            events.append(data if data.get("type") else dict(data, type=ev.event))
+    assemble_events(turn, events)
+
+
+def assemble_events(turn: Turn, events: list[dict]) -> None:
+    """The final response from response.completed, else the finished items, else the deltas.
+    For an SSE reply and for the server's events over a WebSocket alike."""
     done_items: list[dict] = []
     text: list[str] = []
     final = None
-    for ev in parse_sse(body):
-        data = ev.json()
-        if not isinstance(data, dict):
-            continue
-        kind = data.get("type") or ev.event
+    for data in events:
+        kind = data.get("type")
         if kind in ("response.completed", "response.failed", "response.incomplete") and isinstance(data.get("response"), dict):
             final = data["response"]
         elif kind in ("response.created", "response.in_progress") and isinstance(data.get("response"), dict):

@@ -106,6 +106,15 @@ def turn_lines(turn: Turn, style: Style, limit: int | None, safe, last_system: d
             style("warn", f"[{ex.index}] {_clock(ex.ts)}  REFUSED {o.get('method')} {o.get('url')} -> {o.get('status')}"),
             f"{INDENT}{safe(str(o.get('reason') or ''))}: {safe(str(o.get('message') or ''))}".rstrip(": "),
         ]
+    if ex.kind == "tcp.refused":
+        o = ex.other or {}
+        return [
+            style("warn", f"[{ex.index}] {_clock(ex.ts)}  REFUSED {str(o.get('protocol') or 'tcp').upper()} "
+                          f"{safe(str(o.get('host')))}:{o.get('port')}"),
+            f"{INDENT}{safe(str(o.get('reason') or ''))}: {safe(str(o.get('message') or ''))}".rstrip(": "),
+        ]
+    if ex.kind == "tcp":
+        return _tcp_lines(ex, style, limit, safe)
     if ex.kind == "tunnel":
         o = ex.other or {}
         return [f"[{ex.index}] {_clock(ex.ts)}  TUNNEL {safe(str(o.get('host')))}:{o.get('port')} (not intercepted, not recorded)"]
@@ -117,7 +126,9 @@ def turn_lines(turn: Turn, style: Style, limit: int | None, safe, last_system: d
     status = ex.status if ex.status is not None else "no response"
     what = ", ".join(x for x in (turn.protocol, turn.model, "streamed" if turn.streamed else None) if x)
     conn = f"  [{ex.request.get('connection')}]" if ex.request and ex.request.get("connection") else ""
-    lines = [style("head", safe(f"[{ex.index}] {_clock(ex.ts)}  {ex.method} {ex.url} -> {status}  ({what}){conn}"))]
+    ts = turn.ts if turn.ts is not None else ex.ts
+    what = ", ".join(x for x in (what, "over WebSocket" if ex.ws_open is not None else None) if x)
+    lines = [style("head", safe(f"[{ex.index}] {_clock(ts)}  {ex.method} {ex.url} -> {status}  ({what}){conn}"))]
     facts = []
     if ex.duration_ms is not None:
         facts.append(_ms(ex.duration_ms) + (f" (first byte {_ms(ex.ttfb_ms)})" if ex.ttfb_ms is not None else ""))
@@ -149,9 +160,32 @@ def turn_lines(turn: Turn, style: Style, limit: int | None, safe, last_system: d
     return lines
 
 
+def _tcp_lines(ex, style: Style, limit: int | None, safe) -> list[str]:
+    o = ex.other or {}
+    conn = f"  [{o.get('connection')}]" if o.get("connection") else ""
+    lines = [style("head", safe(f"[{ex.index}] {_clock(ex.ts)}  TCP {o.get('host')}:{o.get('port')} "
+                                f"(raw, via {o.get('via')}){conn}"))]
+    for rec in ex.messages:
+        data = ex.message_body(rec)
+        if not data:
+            continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = f"[{len(data)} bytes of binary] " + data[:64].hex()
+        sender = "client" if rec.get("from") == "client" else "server"
+        lines.extend(_message_lines(Message(sender, [Part("text", text=text)]), INDENT, style, limit, safe))
+    end = ex.end or {}
+    if end:
+        extra = f", error: {end.get('error')}" if end.get("error") else ""
+        lines.append(style("dim", INDENT + safe(f"closed: {end.get('size')} bytes{extra}")))
+    return lines
+
+
 def turn_json(turn: Turn) -> dict:
     ex = turn.exchange
-    out: dict = {"n": ex.index, "flow": ex.flow, "ts": ex.ts, "kind": ex.kind, "method": ex.method, "url": ex.url}
+    out: dict = {"n": ex.index, "flow": ex.flow, "ts": turn.ts if turn.ts is not None else ex.ts, "kind": ex.kind,
+                 "method": ex.method, "url": ex.url}
     if ex.kind != "http":
         out.update({k: v for k, v in (ex.other or {}).items() if k not in ("v", "seq", "t", "ts", "prev", "flow")})
         return out

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from tests.support.artifacts import TEST_ID_HEADER, header, store_bytes
 from tests.support.checks import wait_for_records
 from tests.support.gateway import REPO_ROOT
-from tests.support.clients import TIMEOUT, new_test_id, trust
+from tests.support.clients import TIMEOUT, new_test_id, read_http_head, trust
 from tests.support.idp import AUDIENCE, ISSUER, LocalIdP, new_private_key
 from tests.support.plain_upstream import PlainUpstream
 
@@ -146,16 +146,7 @@ def _raw_exchange(port: int, head: str, timeout: float = 15.0) -> Answer:
     """One request on a fresh socket; returns the status, headers and body of the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(head.encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = s.recv(65536)
-            if not more:
-                break
-            data += more
-        head_bytes, _, rest = data.partition(b"\r\n\r\n")
-        lines = head_bytes.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        status, headers, rest = read_http_head(s)
         length = int(headers.get("content-length", "0"))
         while len(rest) < length:
             more = s.recv(65536)

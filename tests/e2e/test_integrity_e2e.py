@@ -1,7 +1,10 @@
 """End to end: a real gateway signs its sessions and keeps the ledger; `wiretrail verify`
-catches each kind of tampering on that real store; a kill -9 is recovered honestly at the
-next start; a full disk refuses traffic instead of losing records; retention deletes old
-sessions and leaves a ledger that still verifies; a hung disk gets 503 after\nstorage.write_timeout instead of hanging requests."""
+catches each kind of tampering on that real store, a signed store without its ledger, and
+(with anchors sent to a file, an HTTP endpoint and syslog) a ledger rolled back together
+with its newest session; a kill -9 is recovered honestly at the next start; a full disk
+refuses traffic instead of losing records, and verify reports it as damage, not tampering;
+retention deletes old sessions and leaves a ledger that still verifies; a hung disk gets
+503 after storage.write_timeout instead of hanging requests."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,8 +22,9 @@ import httpx
 import pytest
 import zstandard
 
+from tests.support.anchor_sinks import HttpAnchorSink, SyslogAnchorSink
 from tests.support.artifacts import Artifacts
-from tests.support.checks import assert_every_upstream_request_recorded
+from tests.support.checks import assert_every_upstream_request_recorded, wait_until
 from tests.support.clients import httpx_client, new_test_id
 from tests.support.gateway import WIRETRAIL
 
@@ -74,15 +79,6 @@ def ledger_entries(store: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(x) for x in path.read_bytes().split(b"\n") if x]
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def post(client: httpx.Client, tid: str, body: bytes | None = None) -> httpx.Response:
@@ -239,6 +235,156 @@ def test_planted_file_and_cut_ledger_against_an_anchor(signed_store, tmp_path):
     assert_caught(verify("--key", pub, store), f"{planted}", "not in the ledger")
 
 
+# -- the ledger gone, or rolled back ------------------------------------------------------------
+
+
+def test_ledger_deleted_with_a_session_file(signed_store, tmp_path, start_gateway):
+    store, pub, files = tampered(signed_store, tmp_path)
+    (store / "ledger.jsonl").unlink()
+    files[2].unlink()
+    # The files left are signed by the key: their store had a ledger, and it is gone.
+    res = verify("--key", pub, store)
+    assert_caught(res, f"FAILED  {store}: no ledger (ledger.jsonl) in {store}",
+                  "2 session file(s) here are signed by key", "a signed store always has its ledger")
+    # Without --key nothing says the files were signed: the chains are checked, and it says what was not.
+    res = verify(store)
+    assert res.returncode == 0 and "no ledger found" in res.stdout and "only the hash chains" in res.stdout
+    # A file copied out of its store on purpose is checked alone only when asked to.
+    out = tmp_path / "exported"
+    out.mkdir()
+    shutil.copy(files[0], out)
+    assert_caught(verify("--key", pub, out / files[0].name), "no ledger (ledger.jsonl)")
+    res = verify("--key", pub, "--no-ledger", out / files[0].name)
+    assert res.returncode == 0 and ": sealed," in res.stdout, res.stdout
+
+    # A gateway started on that store makes a new ledger, and signs in it that the old one was missing.
+    gw = start_gateway(config=signed(store, pub.with_name("gateway.key")))
+    assert wait_until(lambda: ledger_entries(store))
+    assert gw.stop() == 0
+    assert "was MISSING (or empty) while the store holds 2 session file(s)" in gw.log_text()
+    start = ledger_entries(store)[0]
+    assert start["t"] == "gateway.start" and start["ledger_missing"] == {"session_files": 2} and start["sig"]
+    res = verify("--key", pub, store)
+    assert_caught(res, "the ledger before this one was deleted, moved or emptied",
+                  f"FAILED  {files[0]}: 1 problem(s)", "not in the ledger")
+
+
+def anchor_sinks_config(audit: Path, http: HttpAnchorSink, syslog_socket: Path) -> dict:
+    return {"file": audit / "anchors.jsonl", "http": http.url, "syslog": str(syslog_socket), "interval": 0.05}
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_ledger_rollback_with_its_newest_session_is_caught_by_anchors(start_gateway, upstream, tmp_path, writer):
+    priv, pub = keygen(tmp_path / "keys")
+    store, audit = tmp_path / "store", tmp_path / "audit"
+    audit.mkdir()
+    sockdir = Path(tempfile.mkdtemp(prefix="wt-"))  # a unix socket path must be short
+    http_sink = HttpAnchorSink(audit / "http.jsonl").start()
+    syslog_sink = SyslogAnchorSink(sockdir / "log", audit / "syslog.log").start()
+    try:
+        gw = start_gateway(config={**signed(store, priv, writer=writer), "sessions": {"idle_timeout": 0.4},
+                                   "anchors": anchor_sinks_config(audit, http_sink, sockdir / "log")})
+        with httpx_client(gw, "reverse") as client:
+            for i in range(3):
+                assert post(client, new_test_id()).status_code == 200
+                assert wait_until(lambda: sum(e["t"] == "session.close" for e in ledger_entries(store)) > i)
+        assert gw.stop() == 0
+    finally:
+        http_sink.stop()
+        syslog_sink.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)
+    assert "anchoring each ledger head to file" in gw.log_text()
+    exports = [audit / "anchors.jsonl", audit / "http.jsonl", audit / "syslog.log"]
+    lines = (store / "ledger.jsonl").read_bytes().split(b"\n")[:-1]
+    for export in exports:
+        res = verify("--key", pub, "--anchors", export, store)
+        assert res.returncode == 0, res.stdout
+        # The newest head reached every sink, the one written at shutdown included.
+        assert f"holds seq {len(lines) - 1}; nothing newer" in res.stdout, (export, res.stdout)
+    assert "wiretrail[" in (audit / "syslog.log").read_text()
+
+    # The attack: cut the ledger back to before the newest session.open, and delete that session's file.
+    entries = ledger_entries(store)
+    cut = max(i for i, e in enumerate(entries) if e["t"] == "session.open")
+    (store / "ledger.jsonl").write_bytes(b"".join(x + b"\n" for x in lines[:cut]))
+    (store / entries[cut]["path"]).unlink()
+    res = verify("--key", pub, store)
+    assert res.returncode == 0, res.stdout  # nothing left in the store shows it
+    for export in exports:
+        assert_caught(verify("--key", pub, "--anchors", export, store),
+                      "cut back or rewritten after it was anchored", f"it has only {cut} entries")
+    # Anchors are signed: one forged into the sink is caught as such, not taken as the truth.
+    forged = json.loads((audit / "http.jsonl").read_bytes().split(b"\n")[0])
+    forged["seq"], forged["head"] = 1, hashlib.sha256(b"forged").hexdigest()
+    (audit / "forged.jsonl").write_text(json.dumps(forged) + "\n")
+    assert_caught(verify("--key", pub, "--anchors", audit / "forged.jsonl", store),
+                  "signature does not verify: the anchor was forged or altered")
+    # A ledger replaced by another one (a fresh store's) matches none of the anchors.
+    (store / "ledger.jsonl").unlink()
+    shutil.rmtree(store / entries[1]["path"].split("/")[0])
+    gw = start_gateway(config=signed(store, priv))
+    assert wait_until(lambda: ledger_entries(store))
+    assert gw.stop() == 0
+    assert_caught(verify("--key", pub, "--anchors", audit / "anchors.jsonl", store), "match no ledger checked")
+
+
+@pytest.fixture
+def down_http_sink(tmp_path):
+    """An HTTP anchor sink that answers 503 until the test sets its status to 200."""
+    sink = HttpAnchorSink(tmp_path / "http.jsonl").start()
+    sink.status = 503
+    yield sink
+    sink.stop()
+
+
+def test_a_failing_anchor_sink_is_logged_and_recording_goes_on(start_gateway, upstream, tmp_path, down_http_sink):
+    priv, pub = keygen(tmp_path / "keys")
+    store, sink = tmp_path / "store", down_http_sink
+    gw = start_gateway(config={**signed(store, priv), "sessions": {"idle_timeout": 0.3},
+                               "anchors": {"http": sink.url, "interval": 0.05}})
+    with httpx_client(gw, "reverse") as client:
+        first = new_test_id()
+        assert post(client, first).status_code == 200
+        assert wait_until(lambda: "ANCHOR FAILED" in gw.log_text())
+        log = gw.log_text()
+        assert f"{sink.url} answered HTTP 503" in log and "still recording, retrying" in log, log
+        assert "not anchored outside the store" in log
+        later = new_test_id()
+        assert post(client, later).status_code == 200  # recording goes on (not fail_closed)
+        assert upstream.received(first) and upstream.received(later)
+        sink.status = 200
+        assert wait_until(lambda: "works again" in gw.log_text(), 20)
+        assert wait_until(lambda: sum(e["t"] == "session.close" for e in ledger_entries(store)) >= 1)
+        assert post(client, new_test_id()).status_code == 200
+    assert gw.stop() == 0
+    assert sink.answered(ok=False) >= 1 and sink.answered(ok=True) >= 1
+    # What the sink took after it recovered covers everything before it: the ledger verifies against it.
+    res = verify("--key", pub, "--anchors", sink.path, store)
+    assert res.returncode == 0, res.stdout
+    assert "; nothing newer" in res.stdout, res.stdout
+
+
+def test_anchors_fail_closed_refuses_traffic_while_a_sink_fails(start_gateway, upstream, tmp_path, down_http_sink):
+    priv, pub = keygen(tmp_path / "keys")
+    store, sink = tmp_path / "store", down_http_sink
+    gw = start_gateway(config={**signed(store, priv),
+                               "anchors": {"http": sink.url, "interval": 0.05, "fail_closed": True, "max_lag": 1}})
+    with httpx_client(gw, "reverse") as client:
+        assert wait_until(lambda: "ANCHOR FAILED" in gw.log_text())
+        assert "traffic is refused if it lasts 1 s" in gw.log_text()
+        assert wait_until(lambda: post(client, new_test_id()).status_code == 503, 10)
+        refused = new_test_id()
+        r = post(client, refused)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_recorded", r.text
+        assert upstream.received(refused) == []
+        assert "cannot record (anchors failing)" in gw.log_text()
+        sink.status = 200
+        assert wait_until(lambda: post(client, new_test_id()).status_code == 200, 40)
+    assert gw.stop() == 0
+    res = verify("--key", pub, "--anchors", sink.path, store)
+    assert res.returncode == 0, res.stdout
+
+
 # -- kill -9 and recovery ----------------------------------------------------------------------
 
 
@@ -373,11 +519,47 @@ def test_disk_full(small_tmpfs, start_gateway, upstream, tmp_path, fail_closed):
         assert_every_upstream_request_recorded(upstream, Artifacts(store))
         assert len(refused) >= 1
     res = verify("--key", pub, store)
-    assert res.returncode == 0, res.stdout
+    assert res.returncode == 3, res.stdout  # damage the gateway recorded, not tampering
     failed = [e for e in ledger_entries(store) if e["t"] == "session.failed"]
     assert failed and all(e["cause"] == "disk full" for e in failed), ledger_entries(store)
-    kept = [e for e in failed if e["file"] == "kept"]
-    assert res.stdout.count("unsealed (storage error)") == len(kept), res.stdout
+    assert res.stdout.count("DAMAGED ") == len(failed), res.stdout
+    assert "FAILED" not in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("writer, stop", [("thread", signal.SIGTERM), ("process", signal.SIGKILL)],
+                         ids=["thread-sigterm", "process-sigkill"])
+def test_a_disk_full_run_is_damage_not_tampering(small_tmpfs, start_gateway, upstream, tmp_path, writer, stop):
+    """The gateway stops (or is killed) while the disk is still full: every session it opened has
+    its signed ending in the ledger, and verify says damage (exit 3), never "deleted"."""
+    priv, pub = keygen(tmp_path / "keys")
+    store = small_tmpfs / "store"
+    gw = start_gateway(config=signed(store, priv, writer=writer))
+    with httpx_client(gw, "reverse") as client:
+        assert post(client, new_test_id(), os.urandom(48 * 1024).hex().encode()).status_code == 200
+        filler = fill(small_tmpfs)
+        # Each refused request ends its session (storage failed) and the next opens a new one.
+        statuses = [post(client, new_test_id(), os.urandom(48 * 1024).hex().encode()).status_code
+                    for _ in range(12)]
+        assert statuses == [503] * 12
+    assert wait_until(lambda: sum(e["t"] == "session.failed" for e in ledger_entries(store)) == 12)
+    gw.stop(stop)
+    entries = ledger_entries(store)
+    opened = [e["session"] for e in entries if e["t"] == "session.open"]
+    failed = [e for e in entries if e["t"] == "session.failed"]
+    assert len(opened) == 12 and {e["session"] for e in failed} == set(opened), entries
+    assert all(e["cause"] == "disk full" and "No space left on device" in e["error"] and e["sig"] for e in failed)
+    assert [e["file"] for e in failed].count("kept") == 1  # the first session had a record on disk
+    assert len(session_files(store)) == 1  # the others' files were removed, once the ledger said so
+    res = verify("--key", pub, store)
+    assert res.returncode == 3, res.stdout
+    assert res.stdout.count("DAMAGED ") == 12 and res.stdout.count("storage failed (disk full)") == 12, res.stdout
+    assert "FAILED" not in res.stdout and "deleted or moved" not in res.stdout, res.stdout
+    res = verify(store)
+    assert res.returncode == 3 and "without --key nothing proves the gateway wrote it" in res.stdout
+    # A file deleted by hand afterwards is tampering, whatever else happened.
+    filler.unlink()
+    session_files(store)[0].unlink()
+    assert_caught(verify("--key", pub, store), "session file deleted or moved")
 
 
 # -- hung storage -------------------------------------------------------------------------------
@@ -489,8 +671,9 @@ def test_retention_deletes_old_sessions_and_the_ledger_still_verifies(start_gate
     gw2 = start_gateway(config=signed(store, priv, retention_days=1))
     monkeypatch.delenv("PYTHONPATH")
     monkeypatch.delenv("WIRETRAIL_TEST_TIME_SHIFT")
-    assert wait_until(lambda: sum(e["t"] == "session.deleted" for e in ledger_entries(store)) == 2)
-    assert not any(f.exists() for f in old)
+    # The tombstone is written before the file goes: wait for both.
+    assert wait_until(lambda: sum(e["t"] == "session.deleted" for e in ledger_entries(store)) == 2
+                      and not any(f.exists() for f in old))
     with httpx_client(gw2, "reverse") as client:
         assert post(client, new_test_id()).status_code == 200
     assert gw2.stop() == 0

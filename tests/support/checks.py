@@ -75,6 +75,16 @@ def assert_record_fields(flow: FlowRecords, *, mode: str, streamed_response: boo
         assert [c["n"] for c in chunks] == list(range(len(chunks))), f"{direction} chunk numbers: {[c['n'] for c in chunks]}"
 
 
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
 def wait_for_records(gw, predicate, timeout: float = 10.0) -> Artifacts:
     """Read the store until `predicate(artifacts)` holds (the writer works in the background)."""
     deadline = time.monotonic() + timeout

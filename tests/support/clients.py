@@ -99,3 +99,20 @@ def read_sse(response: httpx.Response, *, stop_after: int | None = None) -> Stre
 
 def curl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(["curl", "--silent", "--show-error", *args], capture_output=True, timeout=timeout)
+
+
+def read_http_head(sock) -> tuple[int, dict[str, str], bytes]:
+    """Read an HTTP/1 response head from a socket: (status, headers lowercased, the bytes after it).
+    Status 0 if the peer closed before a head or sent something else."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(65536)
+        if not more:
+            break
+        data += more
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else 0
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, rest
+

@@ -22,7 +22,7 @@ class TestCA:
     __test__ = False  # not a pytest test class
 
     cert_path: Path  # the CA certificate (PEM) clients and mitmdump trust
-    server_cert_path: Path  # leaf for 127.0.0.1 / localhost, issued by the CA
+    server_cert_path: Path  # leaf for SERVER_NAMES, issued by the CA
     server_key_path: Path
 
     def server_context(self) -> ssl.SSLContext:
@@ -30,6 +30,21 @@ class TestCA:
         ctx.load_cert_chain(self.server_cert_path, self.server_key_path)
         ctx.set_alpn_protocols(["http/1.1"])
         return ctx
+
+
+# What the fake upstream's certificate covers: its addresses, and names that resolve nowhere
+# (.test, RFC 2606) for tests that register a connection by a name or send another TLS SNI
+# or Host than the CONNECT line (like a CDN that serves many names on one address).
+REGISTERED_NAME = "registered.wiretrail.test"
+OTHER_NAME = "other.wiretrail.test"
+SERVER_NAMES = ("127.0.0.1", "::1", "localhost", REGISTERED_NAME, OTHER_NAME)
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _name(cn: str) -> x509.Name:
@@ -74,9 +89,7 @@ def make_test_ca(directory: Path) -> TestCA:
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
+            x509.SubjectAlternativeName([_san(n) for n in SERVER_NAMES]),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

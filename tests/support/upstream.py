@@ -265,6 +265,33 @@ def _encode(name: str, data: bytes) -> bytes:
 GZIP_JSON = json.dumps({"compressed": True, "text": JSON_REPLY_TEXT, "items": list(range(50))}).encode()
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAS_IPV6_LOOPBACK = _ipv6_loopback()
+
+
+def _listen_ipv6_loopback(port: int) -> socket.socket | None:
+    if not HAS_IPV6_LOOPBACK:
+        return None
+    s6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s6.bind(("::1", port))
+        s6.listen(128)
+        return s6
+    except OSError:
+        s6.close()
+        return None
+
+
 class FakeUpstream:
     def __init__(self, ca: TestCA, *, sse_events: int = 5, sse_delay: float = 0.2):
         self.ca = ca
@@ -275,6 +302,7 @@ class FakeUpstream:
         self._exchanges: list[Exchange] = []
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self._listener6: socket.socket | None = None  # the same port on ::1, where IPv6 is up
         self._stopped = threading.Event()
         self.port = 0
         # Called on the connection's thread with the Exchange as soon as a request's
@@ -284,22 +312,32 @@ class FakeUpstream:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> "FakeUpstream":
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", 0))
+        for _attempt in range(20):  # a port free on 127.0.0.1 may be taken on ::1
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            s6 = _listen_ipv6_loopback(port)
+            if s6 is not None or not HAS_IPV6_LOOPBACK:
+                break
+            s.close()
         s.listen(128)
-        self._listener = s
-        self.port = s.getsockname()[1]
-        threading.Thread(target=self._accept_loop, name="fake-upstream-accept", daemon=True).start()
+        self._listener, self._listener6 = s, s6
+        self.port = port
+        for listener in (s, s6):
+            if listener is not None:
+                threading.Thread(target=self._accept_loop, args=(listener,), name="fake-upstream-accept",
+                                 daemon=True).start()
         return self
 
     def stop(self) -> None:
         self._stopped.set()
-        if self._listener is not None:
-            try:
-                self._listener.close()
-            except OSError:
-                pass
+        for listener in (self._listener, self._listener6):
+            if listener is not None:
+                try:
+                    listener.close()
+                except OSError:
+                    pass
         with self._lock:
             conns = list(self._conns)
         for c in conns:
@@ -354,10 +392,10 @@ class FakeUpstream:
             print(f"fake upstream: connection dropped during {stage}: {type(e).__name__}: {e}",
                   file=sys.stderr, flush=True)
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket) -> None:
         while not self._stopped.is_set():
             try:
-                raw, _ = self._listener.accept()
+                raw, _ = listener.accept()
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(raw,), name="fake-upstream-conn", daemon=True).start()

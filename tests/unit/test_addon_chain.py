@@ -88,3 +88,72 @@ def test_done_reaches_every_part_even_after_one_fails():
     with taddons.context():
         chain.done()
     assert calls == [("p0", "done"), ("p1", "done")]
+
+
+class MessagePart:
+    """Has the hooks of WebSocket and raw TCP capture, and fails in the ones it is told to."""
+
+    def __init__(self, calls, fail_on=()):
+        self.calls, self.fail_on = calls, set(fail_on)
+
+    def _hit(self, hook, arg):
+        self.calls.append(hook)
+        if hook in self.fail_on:
+            raise RuntimeError(f"broke in {hook}")
+
+    async def websocket_message(self, flow):
+        self._hit("websocket_message", flow)
+
+    def websocket_start(self, flow):
+        self._hit("websocket_start", flow)
+
+    def websocket_end(self, flow):
+        self._hit("websocket_end", flow)
+
+    async def tcp_message(self, flow):
+        self._hit("tcp_message", flow)
+
+    def next_layer(self, nextlayer):
+        self._hit("next_layer", nextlayer)
+
+
+class Blocker:
+    def __init__(self):
+        self.blocked = []
+
+    def block_failed(self, hook, arg):
+        self.blocked.append((hook, arg))
+
+
+def test_websocket_tcp_and_layer_hooks_are_dispatched_and_a_failure_blocks_what_they_guard():
+    calls = []
+    blocker = Blocker()
+    chain = AddonChain([MessagePart(calls, fail_on=("websocket_message", "next_layer", "websocket_end")),
+                        MessagePart(calls), blocker])
+    flow = tflow.twebsocketflow()
+    with taddons.context():
+        asyncio.run(chain.websocket_message(flow))
+        chain.websocket_start(flow)
+        chain.next_layer("the next layer")
+        chain.websocket_end(flow)  # after the fact: logged only
+        tcp_flow = tflow.ttcpflow()
+        asyncio.run(chain.tcp_message(tcp_flow))
+    assert calls == ["websocket_message", "websocket_message", "websocket_start", "websocket_start",
+                     "next_layer", "next_layer", "websocket_end", "websocket_end", "tcp_message", "tcp_message"]
+    assert blocker.blocked == [("websocket_message", flow), ("next_layer", "the next layer")]
+
+
+def test_an_exception_before_a_server_connection_opens_kills_it():
+    from mitmproxy.proxy import server_hooks
+    from mitmproxy.test import tflow as tf
+
+    class Connects:
+        async def server_connect(self, data):
+            raise RuntimeError("policy broke")
+
+    chain = AddonChain([Connects()])
+    data = server_hooks.ServerConnectionHookData(server=tf.tserver_conn(), client=tf.tclient_conn())
+    data.server.error = None
+    with taddons.context():
+        asyncio.run(chain.server_connect(data))
+    assert data.server.error and "server_connect failed" in data.server.error

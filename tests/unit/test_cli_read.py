@@ -275,3 +275,23 @@ def test_ls_relative_times():
     assert parse_time("2h", now=10000.0) == 10000.0 - 7200
     assert parse_time("3d", now=1e6) == 1e6 - 3 * 86400
     assert parse_time("2026-01-01") == 1767225600.0
+
+
+def test_ls_host_goes_by_where_a_request_went_not_the_host_it_named():
+    from recorder.commands.ls import host_matches, hosts_of
+
+    records = [
+        # named api.openai.com, went to 127.0.0.1 (the record says both)
+        {"t": "http.request", "url": "https://api.openai.com/v1/x",
+         "dest": {"host": "127.0.0.1", "port": 443, "address": "127.0.0.1"}},
+        # a registered name; the address is the one mitmproxy resolved
+        {"t": "http.request", "url": "https://Api.Anthropic.com./v1/messages",
+         "dest": {"host": "api.anthropic.com", "port": 443, "address": "160.79.104.10"}},
+        {"t": "tunnel", "host": "Tunnelled.Example.", "port": 443, "address": "192.0.2.9"},
+        {"t": "http.request", "url": "https://old.example.net/v1/x"},  # a file from before dest was recorded
+    ]
+    hosts = hosts_of(records)
+    for want, listed in [("127.0.0.1", True), ("127.1", True), ("api.openai.com", False), ("openai.com", False),
+                         ("anthropic.com", True), ("160.79.104.10", True), ("tunnelled.example", True),
+                         ("192.0.2.9", True), ("old.example.net", True), ("example.net", True)]:
+        assert host_matches(hosts, want) is listed, want

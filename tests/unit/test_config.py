@@ -107,6 +107,19 @@ def error_of(text: str, base_dir: Path = Path("/cfg")) -> str:
     (BASE + CONN + 'credential = "env:1BAD"', 'connections[0].credential: expected "env:NAME" with NAME an environment variable name'),
     (BASE + CONN + 'credential = "file:"', 'connections[0].credential: expected "file:PATH" with a path'),
     (BASE.replace('"none"', '"none"\nhs256_secret = "none"'), 'identity.hs256_secret: "none" is not allowed here'),
+    # anchors
+    (BASE + '[anchors]\nfile = "s/anchors.jsonl"',
+     "anchors.file: /cfg/s/anchors.jsonl is inside storage.dir (/cfg/s): whoever can roll the ledger back can edit it"),
+    (BASE + '[anchors]\nsyslog = "log.example.com:514"',
+     'anchors.syslog: expected a unix socket path ("/dev/log") or "udp:HOST:PORT", got "log.example.com:514"'),
+    (BASE + '[anchors]\nhttp = "audit.example.com"', "anchors.http: expected an http(s) URL"),
+    (BASE + '[anchors]\nhttp_token = "env:T"', "anchors.http_token: is set, but there is no http sink to send it to"),
+    (BASE + '[anchors]\nhttp = "http://audit/a"\nhttp_token = "env:T"',
+     "anchors.http_token: an http:// sink would carry the token in clear text; use https://"),
+    (BASE + '[anchors]\nhttp_token = "tok-123"\nhttp = "https://a/"', "anchors.http_token: secrets never go into"),
+    (BASE + "[anchors]\nfail_closed = true", "anchors.fail_closed: is true, but no sink is set"),
+    (BASE + '[anchors]\nsyslog_facility = "local9"\nsyslog = "/dev/log"', 'anchors.syslog_facility: expected one of'),
+    (BASE + "[anchors]\nmax_lag = 0", "anchors.max_lag: expected a number of seconds in (0, 86400], got 0"),
     # TOML syntax
     ('[storage]\ndir = "s"\nfsync = batch\n', "gw.toml: line 3, column 9: invalid TOML"),
     ('[storage]\ndir = "s"\ndir = "t"\n', "gw.toml: line 3, column"),
@@ -150,7 +163,7 @@ def test_schema_and_dataclasses_agree():
             else:
                 assert f.default == key.default, f.name
             checked += 1
-    assert checked == sum(1 for _ in cfgmod.iter_keys()) - 7  # all but the 7 top-level sections
+    assert checked == sum(1 for _ in cfgmod.iter_keys()) - 9  # all but the 9 top-level sections
 
 
 def test_numbers_sizes_and_lists_convert():
@@ -225,7 +238,7 @@ def test_doc_embeds_the_embedded_default_verbatim():
 def test_doc_documents_every_key():
     doc = DOC.read_text()
     missing = [path for path, _ in cfgmod.iter_keys() if path not in ("storage", "sessions", "identity", "policy",
-                                                                     "masking", "capture")
+                                                                     "masking", "capture", "review", "anchors")
                and f"`{path}`" not in doc]
     assert missing == []
 

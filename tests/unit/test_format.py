@@ -269,13 +269,35 @@ def test_record_checks_version_fields_and_order(tmp_path):
     assert r.state == "broken"
 
 
+@pytest.mark.parametrize("dest, ok", [
+    (None, True),
+    ({"host": "api.openai.com", "port": 443, "address": None}, True),
+    ({"host": "127.0.0.1", "port": 8443, "address": "127.0.0.1"}, True),
+    ({"host": "api.openai.com", "port": "443", "address": None}, False),
+    ({"host": "api.openai.com", "port": 443, "address": 7}, False),
+    ({"port": 443, "address": None}, False),
+    ("api.openai.com", False),
+])
+def test_the_destination_fields_are_checked(tmp_path, dest, ok):
+    chain = format_v1.Chain()
+    lines = [chain.next_line("session.open", 1.0, open_fields()),
+             chain.next_line("http.request", 2.0, dict(request_fields(), dest=dest)),
+             chain.next_line("http.end", 3.0, {"flow": FLOW, "size": {}, "duration_ms": 1, "ttfb_ms": None,
+                                               "address": dest["address"] if isinstance(dest, dict) else None})]
+    path = tmp_path / "s.jsonl.zst"
+    write_lines(path, lines, finish=False)
+    r = read_session(path)
+    bad = [p for p in r.problems if "dest" in p.message or "address" in p.message]
+    assert (not bad) == ok, [str(p) for p in r.problems]
+
+
 def test_unsupported_version_and_unknown_types(tmp_path):
     chain = format_v1.Chain()
-    lines = [chain.next_line("session.open", 1.0, open_fields()), chain.next_line("tcp.open", 2.0, {"flow": "t1"})]
+    lines = [chain.next_line("session.open", 1.0, open_fields()), chain.next_line("smtp.message", 2.0, {"flow": "t1"})]
     path = tmp_path / "s.jsonl.zst"
     write_lines(path, lines)
     r = read_session(path)
-    assert r.problems == [] and r.records[1]["t"] == "tcp.open"  # kept, chained, not an error
+    assert r.problems == [] and r.records[1]["t"] == "smtp.message"  # kept, chained, not an error
     v2 = orjson.loads(lines[1])
     v2["v"] = 2
     lines[1] = orjson.dumps(v2)

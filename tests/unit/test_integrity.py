@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import zstandard
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from recorder import cli, format_v1, ledger, signing, verify
+from recorder import anchors, cli, format_v1, ledger, signing, verify
 from recorder.sessions import SessionRegistry
-from recorder.writer import RecordWriter
+from recorder.writer import Alarm, RecordWriter
+from tests.support.checks import wait_until
 
 IDENTITY = {"sub": "alice", "email": None, "groups": [], "iss": None, "method": "none", "authenticated": False}
 
@@ -331,3 +333,355 @@ def test_signed_bytes_test_vector():
 
 
 VECTOR_SIG = "XC56iZ+9RkGOvBx63cGcmTrTjsZFCGJ0M/AoZXzicK/UQ1CwUn4Y3KpsP0hnOV/2h2auj1B4cDGoGkmCsbdsAg=="
+
+
+# -- damage the gateway suffered, and tampering passed off as damage ----------------------------------
+
+OPEN_FIELDS = {"identity": IDENTITY, "client": {"ip": "10.0.0.1", "port": 4000}, "gateway": {"host": "gw", "version": "0"}}
+
+
+def make_file(store: Path, sid: str, n: int, signer, sealed: bool) -> tuple[str, int, str]:
+    """A session file as the writer leaves it: sealed, or cut off by a storage failure after a
+    signed checkpoint. Returns (its path relative to the store, records, head)."""
+    chain, lines = format_v1.Chain(), []
+    lines.append(chain.next_line("session.open", 1.0, {"session": sid, **OPEN_FIELDS, "key": signer and signer.key_id}))
+    for i in range(n):
+        lines.append(chain.next_line("http.error", 2.0, {"flow": f"f{i}", "phase": "connect", "message": "m"}))
+    if sealed:
+        lines.append(chain.next_line("session.close", 3.0, {"reason": "idle", "counts": {}}))
+    if signer is not None:
+        sig = signer.sign(format_v1.signed_bytes(sid, chain.seq, chain.prev))
+        lines.append(chain.next_line("seal" if sealed else "checkpoint", 3.0, {"key": signer.key_id, "sig": sig}))
+    rel = f"2026/01/01/{sid}.jsonl.zst"
+    (store / rel).parent.mkdir(parents=True, exist_ok=True)
+    cobj = zstandard.ZstdCompressor().compressobj()
+    data = cobj.compress(b"".join(x + b"\n" for x in lines)) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    (store / rel).write_bytes(data + (cobj.flush() if sealed else b""))
+    return rel, chain.seq, chain.prev
+
+
+def write_ledger(store: Path, entries: list[tuple[str, dict]], signer) -> list[bytes]:
+    seq, prev, lines = 0, format_v1.ZERO_HASH, []
+    for t, fields in entries:
+        line = ledger.encode_entry(seq, prev, t, 10.0 + seq, fields, signer)
+        lines.append(line)
+        seq, prev = seq + 1, format_v1.line_hash(line)
+    (store / ledger.LEDGER_NAME).write_bytes(b"".join(x + b"\n" for x in lines))
+    return lines
+
+
+A, B, C = "01KDVDNA00AAAAAAAAAAAAAAAA", "01KDVDNA00BBBBBBBBBBBBBBBB", "01KDVDNA00CCCCCCCCCCCCCCCC"
+
+
+def damaged_store(store: Path, signer) -> dict:
+    """A sealed session A; B, whose storage failed after 3 records (file kept); C, whose storage
+    failed before any record reached the disk (file removed). The ledger as the writer keeps it."""
+    store.mkdir(parents=True, exist_ok=True)
+    a, a_n, a_head = make_file(store, A, 2, signer, sealed=True)
+    b, b_n, b_head = make_file(store, B, 2, signer, sealed=False)
+    c = f"2026/01/01/{C}.jsonl.zst"
+    first = {}
+    for sid, rel in ((A, a), (B, b)):
+        first[sid] = format_v1.line_hash(zstandard.ZstdDecompressor().decompressobj()
+                                         .decompress((store / rel).read_bytes()).split(b"\n")[0])
+    failure = {"cause": "disk full", "error": "cannot write x: No space left on device", "failed_at": 12.5}
+    entries = [
+        ("gateway.start", {"host": "gw", "pid": 1}),
+        ("session.open", {"session": A, "path": a, "first": first[A]}),
+        ("session.open", {"session": B, "path": b, "first": first[B]}),
+        ("session.close", {"session": A, "path": a, "records": a_n, "head": a_head, "sealed": True}),
+        ("session.open", {"session": C, "path": c, "first": "0" * 64}),
+        ("session.failed", {"session": B, "path": b, "records": b_n, "head": b_head, **failure, "file": "kept"}),
+        ("session.failed", {"session": C, "path": c, "records": 0, "head": None, **failure, "file": "removed"}),
+    ]
+    write_ledger(store, entries, signer)
+    return {"a": store / a, "b": store / b, "c": store / c, "entries": entries}
+
+
+def test_storage_failures_in_the_ledger_are_damage_not_tampering(tmp_path, keys, capsys):
+    signer = signing.load_signer(keys[0])
+    store = tmp_path / "store"
+    paths = damaged_store(store, signer)
+    report = verify.verify_paths([store], [signer.verifier])
+    assert report.ok and report.code == verify.DAMAGED
+    by_path = {f.path: f for f in report.files}
+    assert by_path[paths["a"]].state == "sealed" and not by_path[paths["a"]].damage
+    [b_damage] = by_path[paths["b"]].damage
+    assert b_damage.startswith("storage failed (disk full) at 1970-01-01T00:00:12Z: cannot write x: No space left")
+    assert "the gateway wrote 4 record(s) of this session and could write no more (ledger seq 5)" in b_damage
+    [(entry, c_damage)] = report.ledgers[0].damage
+    assert entry.session == C and "no record of it reached the disk, and the gateway removed its empty file" in c_damage
+    assert cli.main(["verify", "--key", str(keys[1]), str(store)]) == 3
+    out = capsys.readouterr().out
+    assert f"DAMAGED {paths['b']}: storage failed (disk full)" in out
+    assert f"DAMAGED {paths['c']}: session {C}: storage failed (disk full)" in out
+    assert "FAILED" not in out and "1 sealed, 1 damaged" in out
+
+    # The gateway stopped before it removed C's empty file: still damage, not a broken file.
+    paths["c"].write_bytes(b"")
+    report = verify.verify_paths([store], [signer.verifier])
+    assert report.code == verify.DAMAGED, [f.describe() for f in report.files]
+    # A file deleted by hand is tampering, whatever the ledger says about other sessions.
+    paths["b"].unlink()
+    report = verify.verify_paths([store], [signer.verifier])
+    assert report.code == verify.TAMPERED and report.ledgers[0].missing
+
+
+def test_tampering_cannot_pass_as_damage(tmp_path, keys, capsys):
+    """Someone deletes sealed session A and rewrites its close entry as a storage failure (file
+    removed), re-chaining the ledger after it: without the key, no signature fits."""
+    signer = signing.load_signer(keys[0])
+    store = tmp_path / "store"
+    paths = damaged_store(store, signer)
+    paths["a"].unlink()
+    entries = [json.loads(x) for x in (store / ledger.LEDGER_NAME).read_bytes().split(b"\n")[:-1]]
+    i = next(n for n, e in enumerate(entries) if e["t"] == "session.close")
+    entries[i].update(t="session.failed", records=0, head=None, cause="disk full", file="removed")
+    del entries[i]["sealed"], entries[i]["sig"]
+    prev, out = format_v1.ZERO_HASH, []
+    for e in entries:
+        e["prev"] = prev
+        line = json.dumps(e, separators=(",", ":")).encode()
+        out.append(line)
+        prev = format_v1.line_hash(line)
+    (store / ledger.LEDGER_NAME).write_bytes(b"".join(x + b"\n" for x in out))
+    assert cli.main(["verify", "--key", str(keys[1]), str(store)]) == 1
+    out = capsys.readouterr().out
+    assert f"ledger seq {i}: ledger entry session.failed is not signed (--key was given)" in out
+    assert f"ledger seq {i + 1}: ledger signature does not verify" in out
+    # Without the key the chain is whole and verify reports the damage claimed, saying nothing proves it.
+    assert cli.main(["verify", str(store)]) == 3
+    assert "without --key nothing proves the gateway wrote it" in capsys.readouterr().out
+    # An unsigned store: any damage it claims is said to be worthless as proof.
+    store2 = tmp_path / "unsigned"
+    damaged_store(store2, None)
+    assert cli.main(["verify", str(store2)]) == 3
+    assert "the ledger is UNSIGNED: anyone who can write the store could have written it" in capsys.readouterr().out
+
+
+def test_an_empty_file_the_gateway_made_right_before_a_crash_is_not_tampering(tmp_path, keys):
+    signer = signing.load_signer(keys[0])
+    store = tmp_path / "store"
+    store.mkdir()
+    rel = f"2026/01/01/{A}.jsonl.zst"
+    (store / rel).parent.mkdir(parents=True)
+    (store / rel).write_bytes(b"")
+    write_ledger(store, [("gateway.start", {"host": "gw", "pid": 1}),
+                         ("session.open", {"session": A, "path": rel, "first": "0" * 64})], signer)
+    report = verify.verify_paths([store], [signer.verifier])
+    assert report.code == verify.INTACT, report.files[0].describe()
+    assert "no record reached the disk (the gateway stopped right after making the file)" in report.files[0].describe()[0]
+    # Not in the ledger, the same empty file is planted.
+    write_ledger(store, [("gateway.start", {"host": "gw", "pid": 1})], signer)
+    assert verify.verify_paths([store], [signer.verifier]).code == verify.TAMPERED
+
+
+def test_signed_files_without_their_ledger_fail_with_key(tmp_path, keys, capsys):
+    signer = signing.load_signer(keys[0])
+    store = tmp_path / "store"
+    paths = damaged_store(store, signer)
+    (store / ledger.LEDGER_NAME).unlink()
+    report = verify.verify_paths([store], [signer.verifier])
+    assert report.code == verify.TAMPERED and report.store_issues
+    assert f"session file(s) here are signed by key {signer.key_id}" in report.store_issues[0]
+    assert verify.verify_paths([store], [signer.verifier], need_ledger=False).code == verify.INTACT
+    assert verify.verify_paths([store]).code == verify.INTACT  # no key: nothing says they were signed
+    assert cli.main(["verify", "--key", str(keys[1]), "--no-ledger", str(paths["a"])]) == 0
+    assert cli.main(["verify", "--key", str(keys[1]), str(paths["a"])]) == 1
+    assert "a signed store always has its ledger" in capsys.readouterr().out
+
+
+# -- anchors ----------------------------------------------------------------------------------------------
+
+
+def anchor_line(lines: list[bytes], at: int, signer, of: str | None = None, **over) -> bytes:
+    """An anchor of `lines`' entry `at` (or, with `of`, of another ledger), signed; `over` then
+    alters fields after signing, as a forger would."""
+    a = anchors.encode(of or ledger.ledger_id(lines[0]), at, format_v1.line_hash(lines[at]), "x", 5.0, "gw", "/s",
+                       signer)
+    if over:
+        d = json.loads(a)
+        d.update(over)
+        a = json.dumps(d).encode()
+    return a
+
+
+def test_read_anchors_takes_file_http_and_syslog_lines(tmp_path, keys):
+    signer = signing.load_signer(keys[0])
+    lines = [ledger.encode_entry(0, format_v1.ZERO_HASH, "gateway.start", 1.0, {}, signer)]
+    a = anchor_line(lines, 0, signer)
+    f = tmp_path / "a.log"
+    f.write_bytes(b"Dec  3 10:00:00 host sshd[1]: unrelated\n" + a + b"\n"
+                  + b"Dec  3 10:00:01 host wiretrail[42]: " + a + b"\n"
+                  + b'Dec  3 10:00:02 host wiretrail[42]: {"wiretrail_anchor":1,"ledger":"ab\n'
+                  + b'{"wiretrail_anchor":1,"ledger":"x","seq":-1}\n')
+    got, problems = anchors.read_anchors(f)
+    assert [x.where for x in got] == [f"{f}:2", f"{f}:3"] and got[0].seq == 0 and got[0].check([signer.verifier]) is None
+    assert problems == [f"{f}:4: an anchor that is not valid JSON (cut or altered)",
+                        f"{f}:5: not a well-formed anchor (ledger, seq, head, key, sig)"]
+
+
+def test_anchors_catch_a_cut_replaced_or_forged_ledger(tmp_path, keys):
+    signer = signing.load_signer(keys[0])
+    store = tmp_path / "store"
+    damaged_store(store, signer)
+    lines = (store / ledger.LEDGER_NAME).read_bytes().split(b"\n")[:-1]
+
+    def check(*anchor_lines: bytes, verifiers=(signer.verifier,)) -> verify.Report:
+        f = tmp_path / "anchors.jsonl"
+        f.write_bytes(b"".join(x + b"\n" for x in anchor_lines))
+        got, problems = anchors.read_anchors(f)
+        assert not problems
+        return verify.verify_paths([store], list(verifiers) or None, anchored=got)
+
+    good = [anchor_line(lines, i, signer) for i in (2, 6)]
+    r = check(*good)
+    assert r.code == verify.DAMAGED and r.ledgers[0].anchors.endswith("holds seq 6; nothing newer")
+    # Cut back to before seq 6: the newest anchor is gone from it.
+    (store / ledger.LEDGER_NAME).write_bytes(b"".join(x + b"\n" for x in lines[:6]))
+    r = check(*good)
+    assert r.code == verify.TAMPERED
+    assert "cut back or rewritten after it was anchored" in str(r.ledgers[0].issues[0])
+    assert "it has only 6 entries; 1 of 2 anchor(s) fail like this" in str(r.ledgers[0].issues[0])
+    (store / ledger.LEDGER_NAME).write_bytes(b"".join(x + b"\n" for x in lines))
+    # An anchor of another ledger (this one was replaced, or the file mixes stores).
+    r = check(*good, anchor_line(lines, 1, signer, of="e" * 64))
+    assert r.code == verify.TAMPERED and "match no ledger checked" in r.anchor_issues[0]
+    # Forged or unsigned anchors: caught with --key, not taken for the truth.
+    r = check(anchor_line(lines, 1, signer, seq=3))
+    assert r.anchor_issues == [f"anchor {tmp_path / 'anchors.jsonl'}:1 signature does not verify: the anchor was "
+                               "forged or altered"]
+    r = check(anchor_line(lines, 1, None))
+    assert "is not signed" in r.anchor_issues[0]
+    # Without --key the signatures are not checked; containment still is.
+    assert check(anchor_line(lines, 1, None), verifiers=()).code == verify.DAMAGED
+
+
+class FakeSink:
+    def __init__(self):
+        self.name = "fake sink"
+        self.lines: list[bytes] = []
+        self.fail = False
+        self.sent = threading.Event()
+
+    def send(self, line):
+        if self.fail:
+            raise anchors.AnchorError("the fake sink is down")
+        self.lines.append(line)
+        self.sent.set()
+
+    def close(self):
+        pass
+
+
+def anchorer_with(sink, signer, **spec) -> tuple[anchors.Anchorer, list]:
+    events = []
+    a = anchors.Anchorer(anchors.AnchorSpec(**{"interval": 0.01, **spec}), signer=signer, store=Path("/s"),
+                         host="gw", on_event=events.append, alarm=Alarm)
+    a.states = [anchors._SinkState(sink)]
+    a.start()
+    return a, events
+
+
+def test_anchorer_sends_the_newest_head_logs_failures_and_recovers(keys, monkeypatch):
+    signer = signing.load_signer(keys[0])
+    sink = FakeSink()
+    monkeypatch.setattr(anchors, "MAX_BACKOFF", 0.05)
+    a, events = anchorer_with(sink, signer, fail_closed=True, max_lag=0.2)
+    a.offer("L" * 64, 0, "h0", "gateway.start")
+    assert wait_until(lambda: sink.lines)
+    sink.fail = True
+    a.offer("L" * 64, 1, "h1", "session.open")
+    assert wait_until(lambda: any("ANCHOR FAILED" in e for e in events))
+    alarm = next(e for e in events if "ANCHOR FAILED" in e)
+    assert isinstance(alarm, Alarm) and "the fake sink is down" in alarm and "ledger entries after seq 0 are" in alarm
+    assert a.refusal() is None or "fail_closed" in a.refusal()
+    assert wait_until(lambda: a.refusal() is not None)  # failing longer than max_lag
+    assert "no ledger head reached the anchor sink fake sink" in a.refusal()
+    for i in range(2, 6):  # heads made while it fails are merged into the newest
+        a.offer("L" * 64, i, f"h{i}", "session.close")
+    sink.fail = False
+    assert wait_until(lambda: any("works again" in e for e in events))
+    assert wait_until(lambda: json.loads(sink.lines[-1])["seq"] == 5)
+    assert a.refusal() is None
+    assert [json.loads(x)["seq"] for x in sink.lines] == [0, 5]
+    last = json.loads(sink.lines[-1])
+    assert signer.verifier.verify(anchors.signed_bytes(last["ledger"], 5, "h5"), last["sig"])
+    # At stop the newest head goes out at once, without waiting for the interval.
+    a.spec = anchors.AnchorSpec(interval=3600)
+    a.offer("L" * 64, 6, "h6", "session.close")
+    a.stop(5)
+    assert json.loads(sink.lines[-1])["seq"] == 6
+
+
+def test_the_writer_anchors_each_durable_ledger_head(tmp_path, keys):
+    signer = signing.load_signer(keys[0])
+    store = tmp_path / "store"
+    w = writer(store, signer, anchors=anchors.AnchorSpec(file=tmp_path / "anchors.jsonl", interval=0.01))
+    one_session(w, store, signer.key_id)
+    assert w.stop()
+    lines = (store / ledger.LEDGER_NAME).read_bytes().split(b"\n")[:-1]
+    got, problems = anchors.read_anchors(tmp_path / "anchors.jsonl")
+    assert not problems and got[-1].seq == len(lines) - 1
+    assert verify.verify_paths([store], [signer.verifier], anchored=got).code == verify.INTACT
+
+
+# -- a full disk, at the writer ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    import subprocess
+
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_on_a_full_disk_the_ledger_says_at_once_which_sessions_failed(tiny_tmpfs, keys):
+    """The ledger's reserve takes its entries when session files get ENOSPC; each failed session
+    gets its session.failed while the gateway still runs, and its empty file goes after it."""
+    signer = signing.load_signer(keys[0])
+    store = tiny_tmpfs / "store"
+    w = writer(store, signer)
+    reg = SessionRegistry(w, store, idle_timeout=60, max_duration=600, signing_key_id=signer.key_id)
+    assert wait_until(lambda: (store / ledger.LEDGER_NAME).exists())
+    fd = os.open(tiny_tmpfs / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    errors = []
+    for i in range(20):  # 20 sessions: their entries (~14 KB) need more than a page of the ledger
+        s = reg.begin_flow(f"u{i}", IDENTITY, ("10.0.0.1", 1))
+        acked = threading.Event()
+        s.record("http.error", {"flow": "f", "phase": "x", "message": os.urandom(8192).hex()},
+                 ack=lambda e, ev=acked: (errors.append(e), ev.set()))
+        assert acked.wait(5)
+    assert all(e is not None and e.cause == "disk full" for e in errors)
+    entries = ledger.read_ledger(store / ledger.LEDGER_NAME, [signer.verifier])
+    assert not entries.problems
+    failed = [e for e in entries.entries if e["t"] == "session.failed"]
+    assert len(failed) == 20 and all(e["file"] == "removed" and e["cause"] == "disk full" for e in failed)
+    assert not list(store.rglob("*.jsonl.zst"))  # removed once the ledger said so
+    w.stop()
+    report = verify.verify_paths([store], [signer.verifier])
+    assert report.code == verify.DAMAGED and len(report.ledgers[0].damage) == 20
+
+
+def test_verify_help_and_integrity_doc_give_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["verify", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "integrity.md").read_text()
+    for code, word in ((verify.INTACT, "intact"), (verify.TAMPERED, "tampered with or broken"),
+                       (verify.USAGE, "usage error"), (verify.DAMAGED, "damaged, not tampered")):
+        assert f"{code} {word}" in text
+        assert f"| {code} | {word}" in doc

@@ -47,6 +47,12 @@ inject = "x-api-key"
 name = "recordonly"
 hosts = ["free.example.com"]
 credential = "none"
+[[connections]]
+name = "cookies"
+hosts = ["cookies.example.com"]
+credential = "env:WT_SWAP_TEST_KEY"
+strip_cookies = false
+keep_query = ["Token"]
 """
 
 
@@ -68,7 +74,7 @@ async def decide(tmp_path, monkeypatch, *, host, headers, reverse=False, unregis
     config = WiretrailConfig()
     identity = Identity(config)
     policy = Policy(config, identity)
-    credentials = Credentials(config)
+    credentials = Credentials(config, identity)
     with taddons.context(config, identity, policy, credentials) as tctx:
         tctx.configure(config, wiretrail_config=str(cfg_path))
         for addon in (config, identity, credentials):
@@ -77,12 +83,13 @@ async def decide(tmp_path, monkeypatch, *, host, headers, reverse=False, unregis
         if reverse:
             flow.client_conn.proxy_mode = mode_specs.ProxyMode.parse(f"reverse:https://{host}")
         flow.request.host, flow.request.port, flow.request.scheme = host, 443 if scheme == "https" else 80, scheme
+        flow.client_conn.sni = host if scheme == "https" else None  # what a client's TLS names
         flow.request.path = path
         flow.request.headers.clear()
         for k, v in headers.items():
             flow.request.headers[k] = v
         await identity.requestheaders(flow)
-        policy.requestheaders(flow)
+        await policy.requestheaders(flow)
         credentials.requestheaders(flow)
         return flow
 
@@ -150,3 +157,63 @@ def test_refusal_body_for_an_anthropic_client(tmp_path, monkeypatch):
     body = anthropic_flow.response.json()
     assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
     assert "not-a-token" not in anthropic_flow.response.text
+
+
+OWN_KEY = "sk-the-clients-own-key"
+
+
+@pytest.mark.parametrize("headers", [
+    {"authorization": "Bearer {t}", "x-api-key": "{t}"},
+    {"x-api-key": "{t}", "api-key": "{t}"},
+    {"authorization": "Bearer {t}", "x-goog-api-key": "{t}", "api-key": "{t}", "x-auth-token": "{t}"},
+    {"x-api-key": "{t}", "authorization": "Basic {b}"},
+    {"x-api-key": "{t}", "x-custom-forward": "{t}"},
+], ids=["authorization+x-api-key", "x-api-key+api-key", "four headers", "basic-wrapped", "any header"])
+@pytest.mark.parametrize("host", ["free.example.com", "api.example.com"], ids=["record-only", "injecting"])
+def test_the_token_never_goes_upstream_in_any_header(tmp_path, monkeypatch, headers, host):
+    tok = token()
+    b64 = base64.b64encode(f"u:{tok}".encode()).decode()
+    sent = {k: v.format(t=tok, b=b64) for k, v in headers.items()}
+    sent["private-token"] = OWN_KEY  # the client's own, different key
+    flow = asyncio.run(decide(tmp_path, monkeypatch, host=host, headers=sent, reverse=True,
+                              path=f"/v1/x?alt=sse&t={tok}"))
+    assert flow.response is None and flow.metadata[IDENTITY].sub == "alice"
+    upstream = repr(flow.request.headers.fields) + flow.request.path
+    assert tok not in upstream and b64 not in upstream
+    assert flow.request.path == "/v1/x?alt=sse"
+    if host == "free.example.com":
+        assert flow.request.headers.get("private-token") == OWN_KEY  # record-only: the client's own key passes
+    else:
+        assert OWN_KEY not in upstream and flow.request.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_the_token_in_the_tunnel_is_removed_too(tmp_path, monkeypatch):
+    tok = token()
+    flow = asyncio.run(decide(tmp_path, monkeypatch, host="free.example.com",
+                              headers={"proxy-authorization": basic(tok), "authorization": f"Bearer {tok}",
+                                       "x-api-key": OWN_KEY}))
+    assert flow.response is None
+    assert tok not in repr(flow.request.headers.fields) and flow.request.headers["x-api-key"] == OWN_KEY
+
+
+def test_client_credentials_in_query_keys_and_cookies_are_stripped_where_the_gateway_injects(tmp_path, monkeypatch):
+    flow = asyncio.run(decide(tmp_path, monkeypatch, host="api.example.com",
+                              path="/v1/x?%6bey=sk-a&API_KEY=sk-b&access%5Ftoken=sk-c&alt=sse&token=t",
+                              headers={"proxy-authorization": basic(token()), "cookie": f"session={OWN_KEY}"}))
+    assert flow.request.path == "/v1/x?alt=sse"
+    assert "cookie" not in flow.request.headers
+
+
+def test_strip_cookies_false_and_keep_query_let_them_pass(tmp_path, monkeypatch):
+    flow = asyncio.run(decide(tmp_path, monkeypatch, host="cookies.example.com",
+                              path="/v1/x?%6bey=sk-a&token=page-2",
+                              headers={"proxy-authorization": basic(token()), "cookie": "affinity=abc"}))
+    assert flow.request.path == "/v1/x?token=page-2"
+    assert flow.request.headers["cookie"] == "affinity=abc"
+    assert flow.request.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_a_record_only_connection_passes_query_keys_and_cookies(tmp_path, monkeypatch):
+    flow = asyncio.run(decide(tmp_path, monkeypatch, host="free.example.com", path="/v1/x?key=sk-own",
+                              headers={"proxy-authorization": basic(token()), "cookie": "c=1"}))
+    assert flow.request.path == "/v1/x?key=sk-own" and flow.request.headers["cookie"] == "c=1"
