@@ -34,9 +34,9 @@ from recorder.client_credentials import header_name_keywords, header_name_patter
 PLACEHOLDERS = r"^(?:\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|\{\{.*\}\}|<[^>]*>|%\(?\w*\)?s|\*+|x+|X+|\.\.\.|[A-Z][A-Z_]*|null|none|None|true|false)$"
 # Code, not a value: a dotted attribute path or an identifier (snake_case, camelCase, CONSTANT_CASE).
 CODE_REFERENCE = (r"^(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"  # dotted.attribute.path
-                  r"|[a-z]+(?:[_-][a-z0-9]+)*"  # snake_case / kebab-case words
-                  r"|[A-Za-z][a-z]+(?:[A-Z][a-z]+)+"  # camelCase, PascalCase
-                  r"|[A-Z]+(?:_[A-Z0-9]+)+)$")  # CONSTANT_CASE
+                  r"|_*[a-z]+(?:[_-][a-z0-9]+)*"  # snake_case / kebab-case words
+                  r"|_*[A-Za-z][a-z]+(?:[A-Z][a-z]+)*"  # camelCase, PascalCase, a class name
+                  r"|_*[A-Z]+(?:_[A-Z0-9]+)+)$")  # CONSTANT_CASE
 MASK_TAG = r"^\[(?:MASKED|credential):"
 
 TOKEN = "A-Za-z0-9_"  # a token next to one of these is part of a longer word: not masked (a "-" before it is not: `x-ghp_…`)
