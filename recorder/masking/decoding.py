@@ -48,12 +48,13 @@ _X = rb"[A-Za-z0-9+/_\-]"
 _B64_RUN = _compile(_X + rb"*(?:" + b"|".join(_X + b"{%d}[0-9]" % i + _X + b"{%d}" % (MIN_RUN - 1 - i)
                                                for i in range(MIN_RUN)) + rb")" + _X + rb"*={0,2}")
 _HEXCHARS_B = b"0123456789abcdefABCDEF"
-_PCT_RUN = _compile(rb"[^\s\"'<>&=?]*%[0-9A-Fa-f]{2}[^\s\"'<>&=?]*")
+_PCT_FIND = _compile(rb"%[0-9A-Fa-f]{2}")
+_PCT_STOP = frozenset(b" \t\r\n\"'<>&=?")
 _ESC_SOURCE = rb"\\(?:u[0-9A-Fa-f]{4}|x[0-9A-Fa-f]{2}|/)"
 _ESC = _compile(_ESC_SOURCE)
-# The engine's prefilter says whether these occur: a %XX, an escape, and a long run of the
-# base64 alphabet (an encoding of an encoding shows no keyword in any form).
-HINTS = (rb"%[0-9A-Fa-f]{2}", _ESC_SOURCE, rb"[A-Za-z0-9+/_\-]{64}")
+# The engine's prefilter says whether these occur: a %XX, an escape, and hex that encodes text
+# (pairs 2x..7x: an encoding of an encoding shows no keyword in any form; a hash is not this).
+HINTS = (rb"%[0-9A-Fa-f]{2}", _ESC_SOURCE, rb"(?:[2-7][0-9a-fA-F]){24}")
 _RUN_STOP = frozenset(b" \t\r\n\"'")
 _PCT = re.compile(rb"%[0-9A-Fa-f]{2}")
 _DIGITS = b"0123456789"
@@ -290,8 +291,12 @@ def runs(data: bytes, base64_too: bool = True, percent: bool = True, escapes: bo
         if got is not None and is_text(got[0]):
             yield s, s + len(run), got[0], got[1]
     if percent and b"%" in data:
-        for m in _PCT_RUN.finditer(data):
-            s, e = m.start(), m.end()
+        end = 0
+        for m in _PCT_FIND.finditer(data):
+            if m.start() < end:
+                continue  # inside the run of an earlier %XX
+            s, e = _run_around(data, m.start(), _PCT_STOP)
+            end = e
             if e - s > MAX_RUN or e - s < 6:
                 continue
             decoded, seg = _unpercent(data[s:e])
@@ -308,6 +313,17 @@ def runs(data: bytes, base64_too: bool = True, percent: bool = True, escapes: bo
             decoded, seg = unescape(data[s:e])
             if decoded != data[s:e]:
                 yield s, e, decoded, seg
+
+
+def _run_around(data: bytes, at: int, stop) -> tuple[int, int]:
+    """The run of characters not in `stop` around position `at` (at most MAX_RUN each way)."""
+    s = at
+    while s > 0 and data[s - 1] not in stop and at - s < MAX_RUN:
+        s -= 1
+    e, n = at, len(data)
+    while e < n and data[e] not in stop and e - at < MAX_RUN:
+        e += 1
+    return s, e
 
 
 def _escape_run(data: bytes, at: int) -> tuple[int, int]:
@@ -329,7 +345,7 @@ def _escape_run(data: bytes, at: int) -> tuple[int, int]:
 
 
 def encoded_spans(find, data: bytes, covered, depth: int, budget: list[int], base64_too: bool = True,
-                  percent: bool = True, escapes: bool = True) -> list:
+                  percent: bool = True, escapes: bool = True, worth=None) -> list:
     """Spans of secrets inside encoded runs of data, in data's coordinates.
 
     `find(text, depth)` finds spans in a decoded text (itself recursively); `covered(s, e)`
@@ -347,6 +363,8 @@ def encoded_spans(find, data: bytes, covered, depth: int, budget: list[int], bas
         if budget[0] < 0:
             break
         ctx = data[max(0, s - CONTEXT):s]
+        if worth is not None and not worth(ctx + decoded):
+            continue  # no keyword, encoded keyword or known secret in it: nothing to find
         for sp in find(ctx + decoded, depth + 1):
             if sp.end <= len(ctx):
                 continue

@@ -297,6 +297,7 @@ class Masker:
         self.allowlist = frozenset(a.encode("utf-8") if isinstance(a, str) else a for a in allowlist)
         self.known = KnownSecrets(known_secrets)
         self._cache = _Cache(cache_bytes)
+        self._tags: dict[tuple, bytes] = {}  # (rule, secret) -> tag: a resent history's secrets are tagged again
         self._order = {KNOWN_RULE_ID: -1}
         for i, r in enumerate(self.rules):
             self._order.setdefault(r.id, i)
@@ -407,7 +408,7 @@ class Masker:
 
     def decode_hints(self, hits: list[int]) -> tuple[bool, bool, bool]:
         """From the prefilter's hits: whether data may hold an encoded keyword (base64 or hex: a
-        keyword's encoded form, or a long encoded run; always when a rule has no keyword or there
+        keyword's encoded form, or hex that encodes text; always when a rule has no keyword or there
         are known secrets), a %XX, a \\u escape."""
         n = len(self._keywords)
         m = n + len(self._encoded)
@@ -427,7 +428,7 @@ class Masker:
         if not (b64 or pct or esc):
             return chosen
         extra = decoding.encoded_spans(lambda text, d: self._find(text, d, budget), data, covered, depth, budget,
-                                       b64, pct, esc)
+                                       b64, pct, esc, self._worth_decoding)
         for x in self._resolve(data, extra) if extra else ():
             over = [c for c in chosen if c.start < x.end and x.start < c.end]
             if any(c.start <= x.start and x.end <= c.end for c in over):
@@ -438,6 +439,10 @@ class Masker:
             chosen = sorted([c for c in chosen if c not in over] + [Span(start, end, x.rule, x.secret)],
                             key=lambda sp: sp.start)
         return chosen
+
+    def _worth_decoding(self, text: bytes) -> bool:
+        """Decoded text is scanned only when the prefilter sees something in it."""
+        return bool(self._always or self.known or self._prefilter(text))
 
     def _resolve(self, data: bytes, found: list[Span]) -> list[Span]:
         if not found:
@@ -467,8 +472,15 @@ class Masker:
     # -- masking ----------------------------------------------------------------------
 
     def tag(self, span: Span) -> bytes:
-        secret = span.secret if span.rule != KNOWN_RULE_ID else self.known.original(span.secret)
-        return mask_tag(span.rule, secret, self.key).encode("ascii")
+        key = (span.rule, span.secret)
+        tag = self._tags.get(key)
+        if tag is None:
+            secret = span.secret if span.rule != KNOWN_RULE_ID else self.known.original(span.secret)
+            tag = mask_tag(span.rule, secret, self.key).encode("ascii")
+            if len(self._tags) > 4096:
+                self._tags.clear()
+            self._tags[key] = tag
+        return tag
 
     def apply(self, data: bytes, spans: list[Span], start: int = 0, end: int | None = None) -> bytes:
         """data[start:end] with the spans inside it replaced by their tags."""
