@@ -164,9 +164,11 @@ def render_chunk(chunk: ChunkBytes, now: float | None = None) -> dict | None:
         data, truncated = _cut(data, st.max_body, st.recorded)
         st.recorded += len(data)
         return format_v1.encode_body(data, size=0, truncated=truncated)
-    if st.done:  # the stream already ended (capture's tee and its end both flush it): nothing to add
-        st.wire += len(chunk.data)
-        return format_v1.encode_body(b"", size=0)
+    if st.done:
+        if not chunk.data:  # the stream already ended (capture's tee and its end both flush it)
+            return format_v1.encode_body(b"", size=0)
+        # More after an end (raw TCP settles each client read): a new segment, a fresh decoder.
+        st.decoder = decoder_for(st.encoding)
     st.done = chunk.final
     st.wire += len(chunk.data)
     data = chunk.data
