@@ -30,7 +30,7 @@ from mitmproxy import http
 from addons.config import WiretrailConfig
 from addons.refusal import REFUSAL, refuse
 from addons.streaming import request_streams, response_streams
-from recorder.content_decoding import DecodeError, can_decode, codings, decodable_codings, decoder_for
+from recorder.content_decoding import DecodeError, can_decode, decodable_codings, decoder_for
 from recorder.masking import Masker
 from recorder.masking.bodies import mask_body
 

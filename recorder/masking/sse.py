@@ -33,7 +33,6 @@ import re
 import orjson
 
 from recorder.masking.decoding import SegMap, unescape
-from recorder.masking.engine import Span
 from recorder.masking.stream import TextChannel
 
 MAX_EVENT = 1024 * 1024  # an "event" longer than this without its end gets no channel text

@@ -119,7 +119,7 @@ def test_4_raw_deflate_and_stacked_codings_are_decoded_then_masked(coding):
 
 
 def test_4_compress_lzw_is_decoded():
-    from recorder.content_decoding import decoder_for, unlzw
+    from recorder.content_decoding import unlzw
 
     wire = (VECTORS / "compress-lzw.Z").read_bytes()
     data = unlzw(wire)
