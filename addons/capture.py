@@ -726,6 +726,11 @@ class Capture:
                 # Storage fails: the rest of the reply is not forwarded unrecorded (rule 2).
                 self._abort_soon(fc, 502, "response", f"not recorded ({next(iter(self._failing))}): the rest "
                                  "of the reply was not forwarded")
+        if not final and not fc.ended:
+            # The writer's masker may hold back the end of this batch (what could still be a
+            # secret). If nothing follows within the interval, a tick makes it release what
+            # the hold-back's time bound allows (recorder/bodies.py).
+            fc.timers[direction] = self.loop.call_later(self.cfg.capture.chunk_interval, self._tick, fc, direction)
 
     def _record_acked(self, fc: FlowCapture, fields: dict) -> asyncio.Future:
         """Record a batch of a streamed request; a failure aborts the flow at once, before more
@@ -741,6 +746,17 @@ class Capture:
 
         fut.add_done_callback(written)
         return fut
+
+    def _tick(self, fc: FlowCapture, direction: str) -> None:
+        fc.timers.pop(direction, None)
+        stream = fc.streams.get(direction)
+        if fc.ended or stream is None or fc.session.closed:
+            return
+        if fc.buffers[direction]:
+            self._flush(fc, direction, final=False)
+            return
+        fc.session.record("http.chunk", {"flow": fc.flow_id, "dir": direction, "n": fc.chunk_n[direction],
+                                         "body": ChunkBytes(b"", stream, False)})
 
     def _flush_all(self, fc: FlowCapture, final: bool) -> None:
         for direction in ("request", "response"):

@@ -11,11 +11,18 @@ crosses the wire, both off by default (docs/masking.md states their latency cost
 
 It sits before capture in the chain: capture's tee records what the upstream sent and
 forwards what this addon's stream callable returns.
+
+Whatever the options, a body whose Content-Encoding the gateway cannot undo (aes128gcm,
+dcb, exi, an unknown name) could hide a secret from the record: such a request is refused
+(415), clients are asked only for codings the gateway decodes, and a reply that comes in
+another one anyway is not forwarded. And every log line (mitmproxy's flow lines included)
+goes through the masker before it is printed.
 """
 from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Callable
 
 from mitmproxy import http
@@ -23,7 +30,7 @@ from mitmproxy import http
 from addons.config import WiretrailConfig
 from addons.refusal import REFUSAL, refuse
 from addons.streaming import request_streams, response_streams
-from recorder.content_decoding import DecodeError, decoder_for
+from recorder.content_decoding import DecodeError, can_decode, decodable_codings, decoder_for
 from recorder.masking import Masker
 from recorder.masking.bodies import mask_body
 
@@ -42,6 +49,7 @@ class Masking:
         if cfg is None or self.masker is not None:
             return
         self.refresh()
+        _mask_logs(lambda: self.masker)
         options = [name for name in ("mask_requests", "mask_responses") if getattr(cfg.masking, name)]
         if options:
             log.info(f"wiretrail: masking what is forwarded too: {', '.join(options)}")
@@ -58,10 +66,19 @@ class Masking:
     def requestheaders(self, flow: http.HTTPFlow):
         if flow.response is not None or REFUSAL in flow.metadata or self.masker is None:
             return
+        encoding = flow.request.headers.get("content-encoding")
+        if not can_decode(encoding):
+            refuse(flow, 415, "cannot_record",
+                   f"this request body's Content-Encoding {encoding!r} cannot be decoded by the gateway, so it "
+                   f"could not be recorded with its secrets masked; send it in {', '.join(decodable_codings())} "
+                   "or uncompressed")
+            return
         masking = self.config_addon.current.masking
         if masking.mask_responses:
             # Plain bytes can be masked as they stream; an encoded reply would need decoding first.
             flow.request.headers["accept-encoding"] = "identity"
+        elif "accept-encoding" in flow.request.headers:
+            _only_decodable(flow.request.headers)
         threshold = self.config_addon.current.capture.stream_threshold
         if masking.mask_requests and request_streams(flow.request, threshold):
             if flow.request.headers.get("content-encoding", "identity").lower() != "identity":
@@ -73,7 +90,7 @@ class Masking:
             # The masked body has another length: send it chunked (HTTP/2 frames need no length).
             if req.headers.pop("content-length", None) is not None and req.http_version.startswith("HTTP/1"):
                 req.headers["transfer-encoding"] = "chunked"
-            req.stream = _masking_stream(self.masker.body_stream(req.headers.get("content-type")))
+            req.stream = _masking_stream(self.masker.stream(req.headers.get("content-type")))
 
     def request(self, flow: http.HTTPFlow):
         if flow.response is not None or self.masker is None or flow.request.stream:
@@ -86,11 +103,17 @@ class Masking:
                        "cannot mask it; send it uncompressed")
 
     def responseheaders(self, flow: http.HTTPFlow):
-        if self.masker is None or not self.config_addon.current.masking.mask_responses:
-            return
-        if REFUSAL in flow.metadata:
+        if self.masker is None or REFUSAL in flow.metadata:
             return
         resp = flow.response
+        if not can_decode(resp.headers.get("content-encoding")):
+            # It was not asked for (Accept-Encoding names only what the gateway decodes).
+            log.error(f"wiretrail: a reply in Content-Encoding {resp.headers.get('content-encoding')!r} cannot be "
+                      f"decoded, so it cannot be recorded masked; the connection is closed: {flow.request.pretty_url}")
+            flow.kill()
+            return
+        if not self.config_addon.current.masking.mask_responses:
+            return
         if not response_streams(resp, self.config_addon.current.capture.stream_threshold):
             return  # buffered: masked whole in `response`
         encoding = resp.headers.get("content-encoding")
@@ -106,7 +129,7 @@ class Masking:
         resp.headers.pop("content-length", None)
         if resp.http_version.startswith("HTTP/1"):
             resp.headers["transfer-encoding"] = "chunked"
-        resp.stream = _masking_stream(self.masker.body_stream(resp.headers.get("content-type")), decoder)
+        resp.stream = _masking_stream(self.masker.stream(resp.headers.get("content-type")), decoder)
 
     def response(self, flow: http.HTTPFlow):
         if self.masker is None or not self.config_addon.current.masking.mask_responses or REFUSAL in flow.metadata:
@@ -123,7 +146,7 @@ def _mask_message(masker: Masker, message: http.Message) -> bool:
         content = message.get_content(strict=True)
     except ValueError:
         return False
-    masked = mask_body(masker, content, message.headers.get("content-type"), exact=False)
+    masked = mask_body(masker, content, message.headers.get("content-type"))
     if masked != content:
         message.content = masked  # re-encoded with the message's Content-Encoding; length updated
     return True
@@ -140,7 +163,7 @@ def _masking_stream(stream_masker, decoder=None):
                     chunk = decoder.decode(chunk)
                 except DecodeError:
                     chunk = b""  # undecodable: nothing unmasked goes out
-            out = stream_masker.feed(chunk) if chunk else b""
+            out = stream_masker.feed(chunk, time.monotonic()) if chunk else b""
         else:
             tail = b""
             if decoder is not None:
@@ -152,6 +175,67 @@ def _masking_stream(stream_masker, decoder=None):
         return [out] if out else []
 
     return forward
+
+
+def _only_decodable(headers) -> None:
+    """Accept-Encoding without the codings the gateway cannot decode (so the reply comes in one it can)."""
+    wanted = []
+    for part in headers.get("accept-encoding", "").split(","):
+        name = part.split(";")[0].strip().lower()
+        if name and (name in ("identity", "*") or can_decode(name)):
+            wanted.append(part.strip() if name != "*" else "identity")
+    headers["accept-encoding"] = ", ".join(wanted) if wanted else "identity"
+
+
+class _MaskingFilter(logging.Filter):
+    """Masks a log record's text with the gateway's current masker before any handler prints it."""
+
+    def __init__(self, masker_of):
+        super().__init__("wiretrail-masking")
+        self.masker_of = masker_of
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        masker = self.masker_of()
+        if masker is not None:
+            try:
+                text = record.getMessage()
+            except Exception:  # a broken format string: leave it to logging's own error report
+                return True
+            masked = masker.mask_text(text)
+            if masked != text:
+                record.msg, record.args = masked, ()
+        return True
+
+
+class _MaskingWriter:
+    """A text stream that masks what is written to it (mitmdump's flow lines)."""
+
+    def __init__(self, out, masker_of):
+        self._out = out
+        self._masker_of = masker_of
+
+    def write(self, text: str) -> int:
+        masker = self._masker_of()
+        return self._out.write(masker.mask_text(text) if masker is not None and text else text)
+
+    def __getattr__(self, name):
+        return getattr(self._out, name)
+
+
+def _mask_logs(masker_of) -> None:
+    """Every output of the process masks: log handlers, and the flow lines mitmdump prints."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not any(isinstance(f, _MaskingFilter) for f in handler.filters):
+            handler.addFilter(_MaskingFilter(masker_of))
+    try:
+        from mitmproxy import ctx
+
+        dumper = ctx.master.addons.get("dumper")
+    except Exception:  # no master (unit tests) or no dumper (mitmweb)
+        dumper = None
+    if dumper is not None and not isinstance(getattr(dumper, "outfp", None), _MaskingWriter):
+        dumper.outfp = _MaskingWriter(dumper.outfp, masker_of)
 
 
 def _signing_material(config: WiretrailConfig) -> list[str]:

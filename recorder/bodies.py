@@ -9,10 +9,13 @@ Masking happens here too, on the writer thread: whoever builds a BodyBytes/BodyS
 passes the gateway's Masker (recorder.masking) and the body's Content-Type; the loop only
 hands the reference over. Buffered bodies are masked whole (SSE as events, JSON value by
 value, anything else as bytes); streamed ones through a stream masker created on the
-first chunk, which holds back a tail that could still become a secret. Masking runs on
-the decoded bytes before the max_body cut, so a cut never splits a secret open. Bodies
-that are not UTF-8 (stored as b64) are masked as bytes: a secret in them is replaced by
-its tag, which changes the binary (docs/masking.md).
+first chunk, which holds back only what could still become a secret, for at most about
+capture.chunk_interval: capture sends an empty "tick" batch after a quiet interval, and
+the writer then releases what the time bound allows (a tick that releases nothing writes
+no record). The recorded bytes are the bytes that crossed, except inside masked spans.
+Masking runs on the decoded bytes before the max_body cut, so a cut never splits a
+secret open. Bodies that are not UTF-8 (stored as b64) are masked as bytes: a secret in
+them is replaced by its tag, which changes the binary (docs/masking.md).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ class BodyStream:
     """The state of one streamed body direction. Created on the loop, used by the writer."""
 
     __slots__ = ("decoder", "encoding", "max_body", "recorded", "wire", "decoded", "held", "decode_error",
-                 "masker", "content_type", "mask_state", "ref")
+                 "masker", "content_type", "mask_state", "ref", "records", "done")
 
     def __init__(self, encoding: str | None = None, max_body: int = 0, masker=None, content_type: str | None = None):
         self.masker = masker  # a recorder.masking.Masker, or None (recorded unmasked)
@@ -53,10 +56,13 @@ class BodyStream:
         self.held = b""  # an incomplete UTF-8 sequence waiting for its next byte
         self.decode_error: str | None = None
         self.ref: int | None = None  # its number on the way to a writer process (recorder/writer_process.py)
+        self.done = False  # its final chunk was rendered
+        self.records = 0  # http.chunk records written: their `n` (a tick that writes nothing takes none)
 
 
 class ChunkBytes:
-    """A batch of a streamed body; `final` marks the end of the stream."""
+    """A batch of a streamed body; `final` marks the end of the stream. An empty batch that
+    is not final is a tick: it releases held-back text whose time is up."""
 
     __slots__ = ("data", "stream", "final")
 
@@ -66,14 +72,22 @@ class ChunkBytes:
         self.final = final
 
 
-def render_bodies(fields: dict) -> dict:
-    """Replace BodyBytes/ChunkBytes values by their stored form. Writer thread only."""
+def render_bodies(fields: dict, ts: float | None = None) -> dict | None:
+    """Replace BodyBytes/ChunkBytes values by their stored form. Writer thread only.
+    `ts` is the record's time (the hold-back's clock). None: a tick with nothing to write."""
     out = None
     for key, value in fields.items():
         if isinstance(value, BodyBytes):
             rendered = render_buffered(value)
         elif isinstance(value, ChunkBytes):
-            rendered = render_chunk(value)
+            rendered = render_chunk(value, ts)
+            if rendered is None:
+                return None
+            if "n" in fields:
+                if out is None:
+                    out = dict(fields)
+                out["n"] = value.stream.records
+                value.stream.records += 1
         else:
             continue
         if out is None:
@@ -148,8 +162,23 @@ def _split_utf8_tail(data: bytes) -> tuple[bytes, bytes]:
     return data, b""
 
 
-def render_chunk(chunk: ChunkBytes) -> dict:
+def render_chunk(chunk: ChunkBytes, now: float | None = None) -> dict | None:
     st = chunk.stream
+    if not chunk.data and not chunk.final:  # a tick: release what has been held long enough
+        if st.mask_state is None:
+            return None
+        data = st.mask_state.force(now)
+        if not data:
+            return None
+        data, truncated = _cut(data, st.max_body, st.recorded)
+        st.recorded += len(data)
+        return format_v1.encode_body(data, size=0, truncated=truncated)
+    if st.done:
+        if not chunk.data:  # the stream already ended (capture's tee and its end both flush it)
+            return format_v1.encode_body(b"", size=0)
+        # More after an end (raw TCP settles each client read): a new segment, a fresh decoder.
+        st.decoder = decoder_for(st.encoding)
+    st.done = chunk.final
     st.wire += len(chunk.data)
     data = chunk.data
     if st.decoder is not None and st.decode_error is None:
@@ -168,8 +197,8 @@ def render_chunk(chunk: ChunkBytes) -> dict:
     size = len(data)
     if st.masker is not None:
         if st.mask_state is None:
-            st.mask_state = st.masker.record_stream(st.content_type)
-        data = st.mask_state.feed(data)
+            st.mask_state = st.masker.stream(st.content_type)
+        data = st.mask_state.feed(data, now)
         if chunk.final:
             data += st.mask_state.finish()
     data, truncated = _cut(data, st.max_body, st.recorded)

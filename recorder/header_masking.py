@@ -6,7 +6,8 @@
   replaced whole by `[MASKED:<header>:<8 hex>]`: a keyed hash, so the same credential
   gets the same tag without being revealed.
 - Every other value goes through the masking engine when a Masker is given (a token in
-  a custom header, a password in a Referer URL).
+  a custom header, a password in a Referer URL), and so does every name (a header called
+  `x-ghp_…` carries its secret in the name).
 """
 from __future__ import annotations
 
@@ -36,5 +37,7 @@ def recordable_headers(items, key: bytes, injected: dict[str, str] | None = None
             value = mask_tag(low, value, key)
         elif masker is not None and value:
             value = masker.mask_text(value)
+        if masker is not None:
+            name = masker.mask_text(name)
         out.append([name, value])
     return out

@@ -116,13 +116,16 @@ def _text(s: str, changes: list) -> str:
         return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def line_for(chain: format_v1.Chain, rtype: str, ts: float, fields: dict) -> tuple[bytes, str | None]:
+def line_for(chain: format_v1.Chain, rtype: str, ts: float, fields: dict) -> tuple[bytes | None, str | None]:
     """The line for one record, and None; or, when it cannot be written as it is, the best
-    line that can (module docstring) and why. Never raises."""
+    line that can (module docstring) and why; (None, None) for a streamed body's tick that
+    released nothing. Never raises."""
     from recorder.bodies import render_bodies
 
     try:
-        rendered = render_bodies(fields)
+        rendered = render_bodies(fields, ts)
+        if rendered is None:
+            return None, None
     except Exception as e:  # bodies render once (a stream's state moves on): retried from raw bytes
         error, rendered = e, None
     else:
@@ -132,7 +135,7 @@ def line_for(chain: format_v1.Chain, rtype: str, ts: float, fields: dict) -> tup
             error = e
     try:
         if rendered is None:
-            rendered = render_bodies(fallback_bodies(fields, error))
+            rendered = render_bodies(fallback_bodies(fields, error), ts) or {}
         rendered, changes = repair(rendered)
         rendered["repaired"] = f"{_describe(error)}" + (f"; {', '.join(changes)}" if changes else "")
         return chain.next_line(rtype, ts, rendered), f"repaired: {rendered['repaired']}"

@@ -62,7 +62,7 @@ class _Remasker:
     def headers(self, headers):
         if not isinstance(headers, list):
             return headers
-        return [[item[0], self.text(item[1])] if isinstance(item, list) and len(item) == 2 else item
+        return [[self.text(item[0]), self.text(item[1])] if isinstance(item, list) and len(item) == 2 else item
                 for item in headers]
 
     def body(self, body, masked: bytes) -> dict:
@@ -76,19 +76,87 @@ class _Remasker:
         return out
 
 
-def remasked_records(read: SessionRead, rm: _Remasker, new_id: str) -> Iterator[tuple[str, float, dict]]:
+class _Streams:
+    """Streamed bodies masked as one stream per flow and direction, as the writer does."""
+
+    def __init__(self, records: list[dict], masker):
+        self.masker = masker
+        self.ctypes: dict[tuple[str, str], str | None] = {}
+        self.last: dict[tuple[str, str], int] = {}  # the last chunk of each flow direction finishes its stream
+        for i, rec in enumerate(records):
+            t, flow = rec.get("t"), rec.get("flow")
+            if t in ("http.request", "http.response"):
+                self.ctypes[(flow, t[5:])] = _header(rec.get("headers"), "content-type")
+            elif t == "http.chunk":
+                self.last[(flow, rec.get("dir"))] = i
+        self.open: dict[tuple[str, str], object] = {}
+
+    def chunk(self, i: int, rec: dict, data: bytes) -> bytes:
+        key = (rec.get("flow"), rec.get("dir"))
+        sm = self.open.get(key)
+        if sm is None:
+            sm = self.open[key] = self.masker.stream(self.ctypes.get(key))
+        out = sm.feed(data)
+        if self.last.get(key) == i:
+            out += sm.finish()
+        return out
+
+
+def _stored(body: dict) -> tuple[bytes, dict]:
+    """A stored body's bytes, decoded now when the recording gateway could not undo its
+    Content-Encoding (raw deflate, stacked codings) but today's decoders can; and its notes."""
+    data = format_v1.decode_body(body)
+    if body.get("decoded") is False and body.get("encoding") and not body.get("truncated"):
+        from recorder.content_decoding import DecodeError, decoder_for
+
+        decoder = decoder_for(body["encoding"])
+        if decoder is not None:
+            try:
+                decoded = decoder.decode(data) + decoder.flush()
+            except DecodeError:
+                return data, body
+            notes = {k: v for k, v in body.items() if k not in ("decoded", "decode_error")}
+            notes["size"] = len(decoded)
+            return decoded, notes
+    return data, body
+
+
+def _masked_fields(rm: _Remasker, streams: _Streams, i: int, rec: dict, fields: dict) -> dict:
+    """One record's fields with every text in it masked again (urls, headers, bodies, messages)."""
+    t = rec.get("t")
     masker = rm.masker
+    if t in ("http.request", "http.response"):
+        if "url" in fields:
+            fields["url"] = rm.text(fields["url"])
+        fields["headers"] = rm.headers(fields.get("headers"))
+        if isinstance(fields.get("body"), dict):
+            data, b = _stored(fields["body"])
+            ctype = streams.ctypes.get((rec.get("flow"), t[5:]))
+            fields["body"] = rm.body(b, masker.mask_body(data, ctype))
+    elif t == "http.chunk" and isinstance(fields.get("body"), dict):
+        b = fields["body"]
+        fields["body"] = rm.body(b, streams.chunk(i, rec, format_v1.decode_body(b)))
+    elif t == "http.error" and "message" in fields:
+        fields["message"] = rm.text(fields["message"])
+    elif t == "auth.refused":
+        if "url" in fields:
+            fields["url"] = rm.text(fields["url"])
+        fields["headers"] = rm.headers(fields.get("headers"))
+    return fields
+
+
+def masked_records(read: SessionRead, masker) -> list[dict]:
+    """The session's records, one for one, with today's rules applied to every text: what
+    `show`, `export` and replay print, so that a session recorded before a rule existed does
+    not reach a terminal or an export unmasked. Envelope fields stay as stored."""
+    rm = _Remasker(masker)
+    streams = _Streams(read.records, masker)
+    return [_masked_fields(rm, streams, i, rec, dict(rec)) for i, rec in enumerate(read.records)]
+
+
+def remasked_records(read: SessionRead, rm: _Remasker, new_id: str) -> Iterator[tuple[str, float, dict]]:
     records = read.records
-    # content types per flow, and the last chunk of each flow direction (it finishes the stream)
-    ctypes: dict[tuple[str, str], str | None] = {}
-    last_chunk: dict[tuple[str, str], int] = {}
-    for i, rec in enumerate(records):
-        t, flow = rec.get("t"), rec.get("flow")
-        if t in ("http.request", "http.response"):
-            ctypes[(flow, t[5:])] = _header(rec.get("headers"), "content-type")
-        elif t == "http.chunk":
-            last_chunk[(flow, rec.get("dir"))] = i
-    streams: dict[tuple[str, str], object] = {}
+    streams = _Streams(records, rm.masker)
     closed = False
     dropped = rm.dropped
     for i, rec in enumerate(records):
@@ -103,28 +171,11 @@ def remasked_records(read: SessionRead, rm: _Remasker, new_id: str) -> Iterator[
             fields["remasked_from"] = {"session": read.session_id, "head": read.head, "state": read.state,
                                        "records": len(records), "file": read.path.name}
             fields["remasked_at"] = time.time()
-        elif t in ("http.request", "http.response"):
-            if "url" in fields:
-                fields["url"] = rm.text(fields["url"])
-            fields["headers"] = rm.headers(fields.get("headers"))
-            if isinstance(fields.get("body"), dict):
-                b = fields["body"]
-                fields["body"] = rm.body(b, masker.mask_body(format_v1.decode_body(b), ctypes.get((rec.get("flow"), t[5:]))))
-        elif t == "http.chunk" and isinstance(fields.get("body"), dict):
-            key = (rec.get("flow"), rec.get("dir"))
-            sm = streams.get(key)
-            if sm is None:
-                sm = streams[key] = masker.record_stream(ctypes.get(key))
-            b = fields["body"]
-            masked = sm.feed(format_v1.decode_body(b))
-            if last_chunk.get(key) == i:
-                masked += sm.finish()
-            fields["body"] = rm.body(b, masked)
-        elif t == "http.error" and "message" in fields:
-            fields["message"] = rm.text(fields["message"])
         elif t == "session.close":
             closed = True
             fields["remasked"] = {"dropped": dropped}
+        else:
+            fields = _masked_fields(rm, streams, i, rec, fields)
         yield t, ts, fields
     if not closed:
         yield "session.close", time.time(), {

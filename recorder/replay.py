@@ -9,6 +9,11 @@ sets them for the sandbox), content-encoding and accept-encoding (bodies are sto
 decoded), and every header whose value is a credential marker or a masked value.
 The caller adds the sandbox's own credential. Masked values inside a body or URL are
 sent as the masked text, and the result says so.
+
+Everything printed is masked first (recorder/masking/output.py): the sandbox's live
+replies, and the recorded ones, with today's rules. A masked span of the recording
+compared with the live reply matches whatever the reply holds there: it is counted as
+masked (not compared), not reported as a difference.
 """
 from __future__ import annotations
 
@@ -74,6 +79,7 @@ class ReplayResult:
     sandbox_status: int | None = None
     sandbox_size: int | None = None
     first_difference: str | None = None
+    masked_spans: int = 0  # masked spans of the recording, not compared with the live reply
     error: str | None = None
     streamed: bool = False
     duration_ms: float | None = None
@@ -210,7 +216,7 @@ def make_client(*, insecure: bool = False, ca: str | None = None, timeout: float
     return httpx.Client(verify=verify, trust_env=False, timeout=httpx.Timeout(timeout), follow_redirects=False)
 
 
-def send(p: PlannedRequest, client) -> ReplayResult:
+def send(p: PlannedRequest, client, masker=None) -> ReplayResult:
     import httpx
 
     ex = p.exchange
@@ -233,15 +239,19 @@ def send(p: PlannedRequest, client) -> ReplayResult:
         return result
     result.duration_ms = (time.monotonic() - start) * 1000
     result.sandbox_size = len(got)
+    masked = [0]
     result.first_difference = first_difference(
-        ex.status, result.sandbox_status, recorded, bytes(got), ex.response_header("content-type"), ctype
+        ex.status, result.sandbox_status, recorded, bytes(got), ex.response_header("content-type"), ctype,
+        masker=masker, masked=masked,
     )
+    result.masked_spans = masked[0]
     return result
 
 
 # -- compare ----------------------------------------------------------------------------
 
 _SHOW = 60
+_TAG = re.compile(r"\[(?:MASKED:[a-z0-9-]+:[0-9a-f]{8}|credential:[^\]\s]{1,100})\]")
 
 
 def _short(value) -> str:
@@ -249,14 +259,34 @@ def _short(value) -> str:
     return text if len(text) <= _SHOW else text[:_SHOW] + "..."
 
 
-def _json_diff(a, b, path: str = "$") -> str | None:
+def _wildcard(pattern: str, text: str) -> bool:
+    """text matches pattern, each tag of pattern standing for any text."""
+    parts = _TAG.split(pattern)
+    if len(parts) == 1:
+        return False
+    rx = "(?s)" + ".*?".join(re.escape(p) for p in parts)
+    return re.fullmatch(rx, text) is not None
+
+
+def _masked_equal(a: str, b: str, masked: list[int]) -> bool:
+    """a and b differ only where one of them holds a mask tag: count those spans."""
+    if _wildcard(a, b) or _wildcard(b, a):
+        masked[0] += max(len(_TAG.findall(a)), len(_TAG.findall(b)))
+        return True
+    return False
+
+
+def _json_diff(a, b, path: str = "$", masked: list[int] | None = None) -> str | None:
+    masked = [0] if masked is None else masked
+    if isinstance(a, str) and isinstance(b, str) and a != b and _masked_equal(a, b, masked):
+        return None
     if type(a) is not type(b):
         return f"{path}: {_short(a)} vs {_short(b)}"
     if isinstance(a, dict):
         for key in a:
             if key not in b:
                 return f"{path}.{key}: only in the recording"
-            d = _json_diff(a[key], b[key], f"{path}.{key}")
+            d = _json_diff(a[key], b[key], f"{path}.{key}", masked)
             if d:
                 return d
         for key in b:
@@ -265,7 +295,7 @@ def _json_diff(a, b, path: str = "$") -> str | None:
         return None
     if isinstance(a, list):
         for i, (x, y) in enumerate(zip(a, b)):
-            d = _json_diff(x, y, f"{path}[{i}]")
+            d = _json_diff(x, y, f"{path}[{i}]", masked)
             if d:
                 return d
         if len(a) != len(b):
@@ -274,8 +304,10 @@ def _json_diff(a, b, path: str = "$") -> str | None:
     return None if a == b else f"{path}: {_short(a)} vs {_short(b)}"
 
 
-def _bytes_diff(a: bytes, b: bytes) -> str | None:
+def _bytes_diff(a: bytes, b: bytes, masked: list[int] | None = None) -> str | None:
     if a == b:
+        return None
+    if masked is not None and _masked_equal(a.decode("utf-8", "replace"), b.decode("utf-8", "replace"), masked):
         return None
     n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     ra = a[n : n + 30].decode("utf-8", errors="replace")
@@ -283,8 +315,18 @@ def _bytes_diff(a: bytes, b: bytes) -> str | None:
     return f"byte {n}: {ra!r} vs {rb!r}"
 
 
-def first_difference(rec_status, got_status, recorded: bytes, got: bytes, rec_ctype=None, got_ctype=None) -> str | None:
-    """The first way the sandbox's reply differs from the recorded one, or None."""
+def first_difference(rec_status, got_status, recorded: bytes, got: bytes, rec_ctype=None, got_ctype=None, *,
+                     masker=None, masked: list[int] | None = None) -> str | None:
+    """The first way the sandbox's reply differs from the recorded one, or None. Both are
+    masked first (`masker`, default: the built-in rules); `masked` counts the recording's
+    masked spans that were not compared."""
+    if masker is None:
+        from recorder.masking.output import output_masker
+
+        masker = output_masker()[0]
+    masked = [0] if masked is None else masked
+    recorded = masker.mask_body(recorded, rec_ctype) if recorded else recorded
+    got = masker.mask_body(got, got_ctype) if got else got
     if rec_status != got_status:
         return f"status {rec_status} vs {got_status}"
     if is_sse(rec_ctype, recorded) or is_sse(got_ctype, got):
@@ -294,15 +336,19 @@ def first_difference(rec_status, got_status, recorded: bytes, got: bytes, rec_ct
                 return f"event {i + 1}: type {x.event!r} vs {y.event!r}"
             if x.data != y.data:
                 jx, jy = x.json(), y.json()
-                inner = _json_diff(jx, jy) if jx is not None and jy is not None else _bytes_diff(x.data.encode(), y.data.encode())
-                return f"event {i + 1}: {inner}"
+                inner = (_json_diff(jx, jy, masked=masked) if jx is not None and jy is not None
+                         else _bytes_diff(x.data.encode(), y.data.encode(), masked))
+                if inner:
+                    return f"event {i + 1}: {inner}"
         if len(a) != len(b):
             return f"{len(a)} events vs {len(b)}"
+        if masked[0]:
+            return None
         return _bytes_diff(recorded, got) and "same events, different framing"
     ja, jb = json_depth.loads(recorded), json_depth.loads(got)  # None: not JSON, or too deep to compare as JSON
     if ja is None or jb is None:
-        return _bytes_diff(recorded, got)
-    return _json_diff(ja, jb) or (None if recorded == got else "same JSON, different bytes")
+        return _bytes_diff(recorded, got, masked)
+    return _json_diff(ja, jb, masked=masked) or (None if recorded == got or masked[0] else "same JSON, different bytes")
 
 
 # -- report -----------------------------------------------------------------------------
@@ -336,6 +382,7 @@ def result_json(r: ReplayResult, *, sent: bool = True) -> dict:
             "error": r.error,
         }
         out["first_difference"] = r.first_difference
+        out["masked_spans"] = r.masked_spans
     return out
 
 
@@ -348,8 +395,12 @@ def table(results: list[ReplayResult]) -> list[str]:
             diff = "skipped: " + p.skip
         elif r.error:
             diff = "not sent: " + r.error
+        elif r.first_difference:
+            diff = r.first_difference
+        elif r.masked_spans:
+            diff = f"none; masked: {r.masked_spans} masked span(s) of the recording not compared"
         else:
-            diff = r.first_difference or "none"
+            diff = "none"
         rows.append(
             (
                 str(p.exchange.index),
@@ -380,13 +431,18 @@ def notes(planned: list[PlannedRequest]) -> list[str]:
     return out
 
 
-def dry_run_lines(planned: list[PlannedRequest]) -> list[str]:
+def dry_run_lines(planned: list[PlannedRequest], masker=None) -> list[str]:
+    """What would be sent, masked with today's rules (the recording may predate one)."""
+    if masker is None:
+        from recorder.masking.output import output_masker
+
+        masker = output_masker()[0]
     out = []
     for p in planned:
-        out.append(f"[{p.exchange.index}] {p.method} {p.url}" + (f"   SKIPPED: {p.skip}" if p.skip else ""))
+        out.append(masker.mask_text(f"[{p.exchange.index}] {p.method} {p.url}") + (f"   SKIPPED: {p.skip}" if p.skip else ""))
         for k, v in p.headers:
-            out.append(f"    {k}: {'[sandbox header, not shown]' if k.lower() in p.added else v}")
-        preview = p.body[:200].decode("utf-8", errors="replace")
+            out.append(masker.mask_text(f"    {k}: {'[sandbox header, not shown]' if k.lower() in p.added else v}"))
+        preview = masker.mask_body(p.body)[:200].decode("utf-8", errors="replace")
         if p.body:
             out.append(f"    body {len(p.body)} B: {preview}{'...' if len(p.body) > 200 else ''}")
     return out

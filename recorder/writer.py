@@ -48,7 +48,7 @@ _ZSTD_LEVEL = 3
 def _chained(chain: format_v1.Chain, records: list[tuple]) -> list[bytes]:
     """Lines for several records, all or none: the chain moves only once every one encoded."""
     scratch = format_v1.Chain(chain.seq, chain.prev)
-    lines = [scratch.next_line(rtype, ts, render_bodies(fields)) for rtype, ts, fields in records]
+    lines = [scratch.next_line(rtype, ts, render_bodies(fields, ts)) for rtype, ts, fields in records]
     chain.seq, chain.prev = scratch.seq, scratch.prev
     return lines
 
@@ -446,7 +446,7 @@ class RecordWriter:
             problem = None
             if held is None:
                 line, problem = record_repair.line_for(sf.chain, rtype, op.ts, fields)
-                lines = [line]
+                lines = [] if line is None else [line]  # None: a streamed body's tick that released nothing
             else:
                 try:
                     lines = _chained(sf.chain, held)

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-writes", action="store_true", help="with --pg: also run statements that write "
                    "(default: reads only, each in a READ ONLY transaction)")
     p.add_argument("--dir", metavar="DIR", help="the session store to look the id up in; default ./sessions")
-    p.add_argument("--config", metavar="PATH", help="look the id up in storage.dir of this gateway config")
+    p.add_argument("--config", metavar="PATH", help="look the id up in storage.dir of this gateway config; its "
+                   "masking rules also mask what is printed")
     p.add_argument("--flow", action="append", metavar="ID", help="replay only this flow (id, id prefix, or the [n] of wiretrail show); repeatable")
     p.add_argument("--only", metavar="PATTERN", help="replay only requests whose 'METHOD URL' matches this regular expression")
     p.add_argument("--header", action="append", default=[], metavar="'K: V'", help="add (or replace) a header, e.g. the sandbox credential; repeatable")
@@ -75,8 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     except replay.ReplayRefused as e:
         print("replay: " + "\n".join(safe(line) for line in str(e).split("\n")), file=err)
         return 1
-    for w in warnings:
-        print(f"replay: {safe(w)}", file=err)
+    from recorder.config import ConfigError
+    from recorder.masking import RuleError
+    from recorder.masking.output import output_masker
+
+    try:
+        masker, mask_warnings = output_masker(args.config)
+    except (ConfigError, RuleError, OSError) as e:
+        print(f"replay: {e}", file=err)
+        return 2
+    for w in warnings + mask_warnings:
+        print(f"replay: {safe(masker.mask_text(w))}", file=err)
     if not planned:
         print("replay: no request to replay (check --flow / --only)" if args.pg is None
               else "replay: the session has no database statement", file=err)
@@ -87,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             doc = {"session": read.session_id, "target": args.target, "dry_run": True,
                    "flows": [replay.result_json(replay.ReplayResult(p, p.exchange.status, len(p.exchange.response_body)), sent=False) for p in planned]}
-            sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+            sys.stdout.write(masker.mask_body(orjson.dumps(doc, option=orjson.OPT_INDENT_2), "application/json").decode() + "\n")
         else:
             print(f"dry run: {len(planned)} request(s) to {args.target}; nothing is sent")
-            for line in replay.dry_run_lines(planned) + replay.notes(planned):
-                print(safe(line))
+            for line in replay.dry_run_lines(planned, masker) + replay.notes(planned):
+                print(safe(masker.mask_text(line)))
         return 0
     try:
         client = replay.make_client(insecure=args.insecure, ca=args.ca, timeout=args.timeout)
@@ -99,14 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"replay: {e}", file=err)
         return 2
     with client:
-        results = [replay.send(p, client) for p in planned]
+        results = [replay.send(p, client, masker) for p in planned]
     if args.json:
         doc = {"session": read.session_id, "target": args.target, "dry_run": False,
                "warnings": warnings, "flows": [replay.result_json(r) for r in results]}
-        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(masker.mask_body(orjson.dumps(doc, option=orjson.OPT_INDENT_2), "application/json").decode() + "\n")
     else:
         for line in replay.table(results) + replay.notes(planned):
-            print(safe(line))
+            print(safe(masker.mask_text(line)))
     return 1 if any(r.error for r in results) else 0
 
 

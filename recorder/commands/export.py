@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
         help="export a session as HAR or as a mitmproxy flow file",
         description=(
             "Export one session: --har FILE writes HAR 1.2 (browser devtools), --mitm FILE a mitmproxy flow "
-            "file (mitmproxy -r FILE, mitmweb -r FILE). Give one or both."
+            "file (mitmproxy -r FILE, mitmweb -r FILE). Give one or both. What is exported is masked again "
+            "with today's rules (and the --config's)."
         ),
     )
     add_session_arguments(p)
@@ -36,8 +37,14 @@ def run(args: argparse.Namespace) -> int:
     except NotFound as e:
         print(f"wiretrail export: {e}", file=sys.stderr)
         return 2
+    from recorder.commands.show import _masked
+
     read = read_session(path)
-    if read.state == "broken":
+    broken = read.state == "broken"
+    read = _masked(read, args.config)
+    if read is None:
+        return 2
+    if broken:
         print(
             f"wiretrail export: warning: {path} failed verification ({len(read.problems)} problem(s); "
             "wiretrail verify shows them): exporting what is readable",

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -33,23 +32,9 @@ def add_parser(subparsers) -> None:
 
 
 def _masker(config_arg: str | None):
-    from recorder.masking import Masker
+    from recorder.masking.output import output_masker
 
-    key = os.urandom(32)  # tags correlate within the new file; the gateway's key is not needed
-    if not config_arg:
-        return Masker(key), []
-    from recorder.config import ConfigError, load_config
-
-    cfg = load_config(config_arg, read_secrets=False)
-    known, warnings = [], []
-    for conn in cfg.connections:
-        if conn.credential is None:
-            continue
-        try:
-            known.append(conn.credential.read())
-        except ConfigError as e:
-            warnings.append(f"{e}; that credential is masked only where a rule finds it")
-    return Masker.from_config(cfg.masking, key, known_secrets=known), warnings
+    return output_masker(config_arg)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 Default: who and when, then per exchange the conversation's new messages, tool calls
 and results, the reply (assembled from its stream), model, usage and timing
 (recorder/transcript). `--json` gives the same for machines, `--records` one line per
-record, `--raw` the stored lines exactly.
+record, `--raw` the stored lines exactly. Everything but `--raw` is masked again with
+today's rules (and --config's) before it is printed (recorder/masking/output.py).
 """
 from __future__ import annotations
 
@@ -221,6 +222,22 @@ def footer(read: SessionRead) -> list[str]:
     return out
 
 
+def _masked(read: SessionRead, config: str | None) -> SessionRead | None:
+    """The session with today's rules applied to everything that will be printed."""
+    from recorder.config import ConfigError
+    from recorder.masking import RuleError
+    from recorder.masking.output import masked_read, output_masker
+
+    try:
+        masker, warnings = output_masker(config)
+    except (ConfigError, RuleError, OSError) as e:
+        print(f"wiretrail: {e}", file=sys.stderr)
+        return None
+    for w in warnings:
+        print(f"wiretrail: warning: {safe(w)}", file=sys.stderr)
+    return masked_read(read, masker)
+
+
 def transcript_json(read: SessionRead) -> dict:
     s = summarize(read)
     opened = read.open_record or {}
@@ -254,6 +271,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"wiretrail show: {e}", file=sys.stderr)
         return 2
     read = read_session(path)
+    if not args.raw:
+        read = _masked(read, args.config)
+        if read is None:
+            return 2
     if args.raw:
         out = sys.stdout.buffer
         for line in read.lines:

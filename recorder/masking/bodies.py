@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from recorder.masking.json_masking import mask_json_bytes
 from recorder.masking.sse import SseMasker
-from recorder.masking.sse_record import RecordSseMasker
 from recorder.masking.stream import StreamMasker
 
 
@@ -13,13 +12,13 @@ def is_event_stream(content_type: str | None) -> bool:
 
 def mask_body(masker, data: bytes, content_type: str | None = None, *, exact: bool = True,
               notes: set | None = None) -> bytes:
-    """A whole body masked. `exact`: SSE keeps its original bytes wherever nothing was masked
-    (the record); otherwise held text may move between events (what a client receives).
+    """A whole body masked: the original bytes except inside masked spans (`exact` is kept
+    for callers of the time when what was forwarded could differ; every output is exact now).
     `notes` gets why a part that looked like JSON was masked as text instead."""
     if not data:
         return data
     if is_event_stream(content_type):
-        s = RecordSseMasker(masker) if exact else SseMasker(masker)
+        s = SseMasker(masker)
         out = s.feed(data) + s.finish()
         if notes is not None:
             notes |= s.notes
@@ -30,11 +29,7 @@ def mask_body(masker, data: bytes, content_type: str | None = None, *, exact: bo
     return masker.mask_bytes(data)
 
 
-def body_stream(masker, content_type: str | None = None):
-    """A streaming masker for what is forwarded: released text is never held longer than needed."""
+def stream_masker(masker, content_type: str | None = None):
+    """A masker for one streamed body: feed(bytes, now) -> bytes, force(now) -> bytes (the
+    time bound), finish() -> bytes. Its output is the input except inside masked spans."""
     return SseMasker(masker) if is_event_stream(content_type) else StreamMasker(masker)
-
-
-def record_stream(masker, content_type: str | None = None):
-    """A streaming masker for the record: the original bytes wherever nothing was masked."""
-    return RecordSseMasker(masker) if is_event_stream(content_type) else StreamMasker(masker)

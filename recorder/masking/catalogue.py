@@ -18,6 +18,9 @@ One entry per rule:
   blocks, JWTs): the whole held text is checked for this rule's partial match.
 - `entropy`: optional minimum Shannon entropy (bits per character) of the secret.
 - `allowlist`: optional regexes; a secret that one of them finds is not masked.
+- `names`: the secret follows a name (`api_key = …`); recorder/masking/names.py decides from
+  the name whether it holds a secret (`max_tokens`, `prompt_cache_key`, `key_id` do not), and
+  for a weak name (`key`) whether the value looks like a token rather than an id.
 - `what`: one line for the catalogue table.
 
 Order matters only for ties: two rules that match the same span are reported under the
@@ -31,14 +34,16 @@ from recorder.client_credentials import header_name_keywords, header_name_patter
 PLACEHOLDERS = r"^(?:\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|\{\{.*\}\}|<[^>]*>|%\(?\w*\)?s|\*+|x+|X+|\.\.\.|[A-Z][A-Z_]*|null|none|None|true|false)$"
 # Code, not a value: a dotted attribute path or an identifier (snake_case, camelCase, CONSTANT_CASE).
 CODE_REFERENCE = (r"^(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"  # dotted.attribute.path
-                  r"|[a-z]+(?:[_-][a-z0-9]+)*"  # snake_case / kebab-case words
-                  r"|[A-Za-z][a-z]+(?:[A-Z][a-z]+)+"  # camelCase, PascalCase
-                  r"|[A-Z]+(?:_[A-Z0-9]+)+)$")  # CONSTANT_CASE
+                  r"|_*[a-z]+(?:[_-][a-z0-9]+)*"  # snake_case / kebab-case words
+                  r"|_*[A-Za-z][a-z]+(?:[A-Z][a-z]+)*"  # camelCase, PascalCase, a class name
+                  r"|_*[A-Z]+(?:_[A-Z0-9]+)+)$")  # CONSTANT_CASE
 MASK_TAG = r"^\[(?:MASKED|credential):"
 
-TOKEN = "A-Za-z0-9_\\-"  # a token next to one of these is part of a longer word: not masked
+TOKEN = "A-Za-z0-9_"  # a token next to one of these is part of a longer word: not masked (a "-" before it is not: `x-ghp_…`)
 ALNUM = "A-Za-z0-9"
-_ASSIGN = r"""["']?\s*(?:=>|:=|[:=])\s*["']?"""
+# `name = value`, `"name": "value"`, `name => value`; the quotes may carry backslashes (one or two
+# levels of escaping: a .env file inside a JSON string inside a JSON body reads API_KEY=\\"...\\")
+_ASSIGN = r"""(?:\\*["'])?[ \t]*(?:=>|:=|[:=])[ \t]*(?:\\*["'])?"""  # spaces, not a line break: `KEY=` then a new line is empty
 
 RULES: tuple[dict, ...] = (
     # -- cloud --------------------------------------------------------------------------
@@ -53,7 +58,7 @@ RULES: tuple[dict, ...] = (
         "id": "aws-secret-access-key", "group": "Cloud",
         "what": "AWS secret access key (40 chars) after an aws… or SecretAccessKey name",
         "regex": r"(?i)(?:aws[\w.\-]{0,40}?|secret_?access_?key)" + _ASSIGN + r"([A-Za-z0-9/+]{40})",
-        "keywords": ("aws", "secretaccesskey", "secret_access_key"), "boundary": "A-Za-z0-9/+=",
+        "keywords": ("aws", "secretaccesskey", "secret_access_key"), "boundary": "A-Za-z0-9/+",
         "entropy": 4.0, "allowlist": (r"EXAMPLEKEY$",),
     },
     {
@@ -65,8 +70,8 @@ RULES: tuple[dict, ...] = (
     {
         "id": "gcp-service-account-key", "group": "Cloud",
         "what": 'GCP service-account JSON "private_key" (the PEM block, escaped or not)',
-        "regex": r'"private_key"\s*:\s*"(-----BEGIN[A-Z ]{0,30}PRIVATE KEY-----[\s\S]*?-----END[A-Z ]{0,30}PRIVATE KEY-----(?:\\n|\n)*)',
-        "keywords": ('"private_key"',), "long": True,
+        "regex": r'"private_key\\*"\s*:\s*\\*"(-----BEGIN[A-Z ]{0,30}PRIVATE KEY-----[\s\S]*?-----END[A-Z ]{0,30}PRIVATE KEY-----(?:\\+n|\n)*)',
+        "keywords": ('"private_key',), "long": True,
     },
     {
         "id": "azure-storage-key", "group": "Cloud",
@@ -211,11 +216,11 @@ RULES: tuple[dict, ...] = (
     {
         "id": "private-key", "group": "Structural",
         "what": "PEM private keys of every kind (RSA, EC, DSA, OPENSSH, ENCRYPTED, PGP…), multi-line, "
-        "also with \\n escapes; an unterminated block is masked to its end",
+        "also with \\n escapes (one or more levels); an unterminated block is masked to its end",
         "regex": r"(-----BEGIN[A-Z0-9 _\-]{0,40}PRIVATE KEY(?: BLOCK)?-----"
         # base64 lines, headers (Proc-Type: 4,ENCRYPTED), escaped breaks; a "-" only inside a word,
         # so the body stops at "-----END"
-        r"(?:[A-Za-z0-9+/=:, \t\r\n]|\\[rn]|-[A-Za-z0-9])*"
+        r"(?:[A-Za-z0-9+/=:, \t\r\n]|\\+[rn]|-[A-Za-z0-9])*"
         r"(?:-----END[A-Z0-9 _\-]{0,40}PRIVATE KEY(?: BLOCK)?-----)?)",
         "keywords": ("-----begin",), "long": True,
     },
@@ -244,7 +249,7 @@ RULES: tuple[dict, ...] = (
         "id": "authorization-header", "group": "Structural",
         "what": "the value of Authorization / Proxy-Authorization / X-Api-Key style headers written in text (curl -H, logs, code)",
         "regex": r"(?i)" + header_name_pattern()
-        + r"""["']?\s*[:=]\s*["']?(?:(?:bearer|basic|token|digest|negotiate|apikey|sso-key)\s+)?([A-Za-z0-9._~+/=\-:]{8,})""",
+        + r"""(?:\\*["'])?[ \t]*[:=][ \t]*(?:\\*["'])?(?:(?:bearer|basic|token|digest|negotiate|apikey|sso-key)[ \t]+)?([A-Za-z0-9._~+/=\-:]{8,})""",
         "keywords": header_name_keywords(),
         "entropy": 2.5, "allowlist": (PLACEHOLDERS, CODE_REFERENCE),
     },
@@ -258,10 +263,10 @@ RULES: tuple[dict, ...] = (
     {
         "id": "generic-secret", "group": "Generic",
         "what": "key / secret / password / token / credential assignments (=, :, =>) with a high-entropy value",
-        "regex": r"(?i)(?:key|secret|passw(?:or)?d|pwd|token|credentials?)[\w.\-]{0,20}?" + _ASSIGN
+        "regex": r"(?i)(?:key|secret|pass(?:w(?:or)?d)?|pwd|token|credentials?)[\w.\-]{0,20}?" + _ASSIGN
         + r"([A-Za-z0-9+/=_\-.~!@#%^&*?]{8,})",
-        "keywords": ("key", "secret", "passw", "pwd", "token", "credential"),
-        "entropy": 3.0,
+        "keywords": ("key", "secret", "pass", "pwd", "token", "credential"),
+        "entropy": 3.0, "names": True,
         "allowlist": (PLACEHOLDERS, CODE_REFERENCE, r"^[0-9.]+$"),
     },
 )

@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - exercised only where google-re2 does n
 
 import regex as _regex
 
+from recorder.masking import decoding, names
 from recorder.masking.catalogue import RULES as BUILTIN_RULES
 from recorder.masking.known_secrets import KnownSecrets
 
@@ -63,6 +64,7 @@ class Rule:
     long: bool = False  # matches can be longer than the streaming window (PEM blocks, JWTs)
     what: str = ""
     group: str = "Custom"
+    names: bool = False  # the secret follows a name: names.verdict() decides whether it is a secret name
 
     @classmethod
     def from_dict(cls, d: dict) -> "Rule":
@@ -70,6 +72,7 @@ class Rule:
             id=d["id"], regex=d["regex"], keywords=tuple(d.get("keywords", ())), entropy=d.get("entropy"),
             allowlist=tuple(d.get("allowlist", ())), boundary=d.get("boundary"), require=d.get("require"),
             anchored=d.get("anchored", True), long=d.get("long", False), what=d.get("what", ""), group=d.get("group", "Custom"),
+            names=d.get("names", False),
         )
 
 
@@ -92,9 +95,41 @@ def _re2_options():
     return opts
 
 
+def _prefix_source(regex: str) -> str | None:
+    """The part of a rule's regex before its secret group, when the group is the first
+    capturing group at the top level and the regex has no top-level alternation. Streams
+    use it to hold back only the secret, not the name before it."""
+    i, depth, in_class, cut = 0, 0, False, None
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if regex[i + 1:i + 2] == "^":
+                i += 1
+            if regex[i + 1:i + 2] == "]":
+                i += 1
+        elif c == "(":
+            if regex[i + 1:i + 2] != "?" and cut is None:
+                if depth:
+                    return None
+                cut = i
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return None
+        i += 1
+    return regex[:cut] if cut else None
+
+
 class CompiledRule:
     __slots__ = ("rule", "id", "scan", "python", "allow", "boundary", "require", "entropy", "partial",
-                 "keywords")
+                 "keywords", "prefix", "names")
 
     def __init__(self, rule: Rule):
         self.rule = rule
@@ -118,10 +153,18 @@ class CompiledRule:
         self.require = re.compile(rule.require.encode()) if rule.require else None
         self.entropy = rule.entropy
         self.keywords = tuple(k.lower() for k in rule.keywords)
+        self.names = rule.names
         try:  # streams need partial matches, which only the regex module finds
             self.partial = _regex.compile(source)
         except _regex.error as e:
             raise RuleError(f"rule {rule.id}: the regex does not compile for streaming: {e}") from None
+        self.prefix = None
+        prefix = _prefix_source(rule.regex)
+        if prefix and prefix not in ("(?i)",):
+            try:
+                self.prefix = _regex.compile(prefix.encode("utf-8"))
+            except _regex.error:
+                self.prefix = None
 
     def secret_span(self, m) -> tuple[int, int]:
         start, end = m.start(), m.end()
@@ -134,7 +177,8 @@ class CompiledRule:
             end -= 1
         return start, end
 
-    def accept(self, data: bytes, start: int, end: int) -> bool:
+    def accept(self, data: bytes, start: int, end: int, at: int = 0) -> bool:
+        """Whether data[start:end] is a secret; `at` is where the whole match starts."""
         if end <= start:
             return False
         if self.boundary is not None:
@@ -150,13 +194,46 @@ class CompiledRule:
         for a in self.allow:
             if a.search(secret):
                 return False
+        if self.names:
+            if data[end:end + 1] == b"(" or names.looks_like_path(secret):
+                return False  # a call (`Credentials(config)`) or where a secret is kept (`keys/gateway.key`)
+            strength = names.verdict(names.name_at(data, at))
+            if strength is None or (strength == "weak" and not names.weak_value_is_secret(secret)):
+                return False
         return True
 
     def find(self, data: bytes, out: list[Span]) -> None:
         for m in self.scan.finditer(data):
             start, end = self.secret_span(m)
-            if self.accept(data, start, end):
+            if self.accept(data, start, end, m.start()):
                 out.append(Span(start, end, self.id, data[start:end]))
+
+    def secret_start(self, data: bytes, start: int) -> int:
+        """Where the secret of a match growing from `start` begins (len(data): not begun yet)."""
+        if self.prefix is None:
+            return start
+        m = self.prefix.match(data, start)
+        return len(data) if m is None else m.end()
+
+    def strong(self, data: bytes, start: int) -> bool:
+        """A match from `start` to the end of data that already holds its rule's keyword
+        (and, for a rule after a name, a name that holds secrets): it can only be this secret."""
+        text = data[start:]
+        if not self.keywords:
+            return len(text) >= 8
+        low = text.lower()
+        if not any(k.encode() in low for k in self.keywords):
+            return False
+        return not self.names or names.verdict(names.name_at(data, start)) == "strong"
+
+
+class Pending:
+    """A match that reaches the end of a stream's text and could still grow."""
+
+    __slots__ = ("start", "secret_start", "rule", "strong")
+
+    def __init__(self, start: int, secret_start: int, rule: str, strong: bool):
+        self.start, self.secret_start, self.rule, self.strong = start, secret_start, rule, strong
 
 
 @dataclass
@@ -220,6 +297,10 @@ class Masker:
         self.allowlist = frozenset(a.encode("utf-8") if isinstance(a, str) else a for a in allowlist)
         self.known = KnownSecrets(known_secrets)
         self._cache = _Cache(cache_bytes)
+        self._tags: dict[tuple, bytes] = {}  # (rule, secret) -> tag: a resent history's secrets are tagged again
+        self._order = {KNOWN_RULE_ID: -1}
+        for i, r in enumerate(self.rules):
+            self._order.setdefault(r.id, i)
         self._always: list[CompiledRule] = [r for r in self.rules if not r.keywords]
         # keyword -> rules; the prefilter maps each keyword found back to its rules
         self._keywords: list[bytes] = []
@@ -233,13 +314,18 @@ class Masker:
                     self._keywords.append(b)
                     self._kw_rules.append([])
                 self._kw_rules[index[b]].append(r)
+        # The same prefilter pass looks for the keywords base64- or hex-encoded: only a text
+        # that holds one has its encoded runs decoded (decoding.py), unless a rule has no keyword.
+        self._encoded = sorted({f for kw in self._keywords for f in decoding.keyword_forms(kw)} - set(self._keywords))
         self._set = None
         if _re2 is not None and self._keywords:
-            opts = _re2_options()
-            opts.case_sensitive = False
-            s = _re2.Set.SearchSet(opts)
+            s = _re2.Set.SearchSet(_re2_options())
             for kw in self._keywords:
-                s.Add(re.escape(kw))
+                s.Add(b"(?i)" + re.escape(kw))
+            for form in self._encoded:  # encoded forms are case-sensitive
+                s.Add(re.escape(form))
+            for pattern in decoding.HINTS:  # a %XX, a \\u escape: runs worth decoding
+                s.Add(pattern)
             s.Compile()
             self._set = s
         # streaming: rules whose keyword comes after the match start get a partial check always
@@ -268,13 +354,23 @@ class Masker:
 
     # -- finding ----------------------------------------------------------------------
 
-    def candidates(self, data: bytes) -> list[CompiledRule]:
-        """The rules whose keywords occur in data (case-insensitive), in catalogue order."""
+    def _prefilter(self, data: bytes) -> list[int]:
+        """Indexes of the keywords (then of their encoded forms) that occur in data."""
         if self._set is not None:
-            hits = self._set.Match(data)
-        else:
-            low = data.lower()
-            hits = [i for i, kw in enumerate(self._keywords) if kw in low]
+            return self._set.Match(data) or []
+        low = data.lower()
+        n = len(self._keywords)
+        m = n + len(self._encoded)
+        return [i for i, kw in enumerate(self._keywords) if kw in low] + \
+            [n + i for i, form in enumerate(self._encoded) if form in data] + \
+            [m + i for i, p in enumerate(decoding.HINTS) if re.search(p, data)]
+
+    def candidates(self, data: bytes, hits: list[int] | None = None) -> list[CompiledRule]:
+        """The rules whose keywords occur in data (case-insensitive), in catalogue order."""
+        if hits is None:
+            hits = self._prefilter(data)
+        n = len(self._keywords)
+        hits = [i for i in hits if i < n]
         if not hits:
             return list(self._always)
         chosen = set(self._always)
@@ -289,10 +385,8 @@ class Masker:
 
     def keywords_in(self, data: bytes) -> list[bytes]:
         """The rule keywords (lowercase) that occur in data, case-insensitively."""
-        if self._set is not None:
-            return [self._keywords[i] for i in self._set.Match(data) or ()]
-        low = data.lower()
-        return [kw for kw in self._keywords if kw in low]
+        n = len(self._keywords)
+        return [self._keywords[i] for i in self._prefilter(data) if i < n]
 
     def known_secret_in(self, data: bytes) -> bool:
         found: list[Span] = []
@@ -300,12 +394,55 @@ class Masker:
         return bool(found)
 
     def find(self, data: bytes) -> list[Span]:
-        """Every secret in data, non-overlapping, sorted by start."""
+        """Every secret in data, non-overlapping, sorted by start: found directly, or inside
+        encoded runs (recorder/masking/decoding.py), reported where the encoded text carries it."""
+        return self._find(data, 0, [len(data) + decoding.BUDGET_FLOOR])
+
+    def find_direct(self, data: bytes, hits: list[int] | None = None) -> list[Span]:
+        """Every secret the rules find in data as it is (no decoding)."""
         found: list[Span] = []
         self.known.find(data, found, self)
-        for rule in self.candidates(data):
+        for rule in self.candidates(data, hits):
             rule.find(data, found)
         return self._resolve(data, found)
+
+    def decode_hints(self, hits: list[int]) -> tuple[bool, bool, bool]:
+        """From the prefilter's hits: whether data may hold an encoded keyword (base64 or hex: a
+        keyword's encoded form, or hex that encodes text; always when a rule has no keyword or there
+        are known secrets), a %XX, a \\u escape."""
+        n = len(self._keywords)
+        m = n + len(self._encoded)
+        b64 = bool(self._always or self.known) or any(n <= i < m for i in hits) or m + 2 in hits
+        return b64, m in hits, m + 1 in hits
+
+    def _find(self, data: bytes, depth: int, budget: list[int]) -> list[Span]:
+        hits = self._prefilter(data)
+        chosen = self.find_direct(data, hits)
+        if len(data) < decoding.MIN_RUN:
+            return chosen
+
+        def covered(s, e):
+            return any(c.start <= s and e <= c.end for c in chosen)
+
+        b64, pct, esc = self.decode_hints(hits)
+        if not (b64 or pct or esc):
+            return chosen
+        extra = decoding.encoded_spans(lambda text, d: self._find(text, d, budget), data, covered, depth, budget,
+                                       b64, pct, esc, self._worth_decoding)
+        for x in self._resolve(data, extra) if extra else ():
+            over = [c for c in chosen if c.start < x.end and x.start < c.end]
+            if any(c.start <= x.start and x.end <= c.end for c in over):
+                continue
+            # Decoded, the secret reaches further than the raw text showed (a PEM block whose
+            # rest is behind \u escapes): one span covers both.
+            start, end = min([x.start] + [c.start for c in over]), max([x.end] + [c.end for c in over])
+            chosen = sorted([c for c in chosen if c not in over] + [Span(start, end, x.rule, x.secret)],
+                            key=lambda sp: sp.start)
+        return chosen
+
+    def _worth_decoding(self, text: bytes) -> bool:
+        """Decoded text is scanned only when the prefilter sees something in it."""
+        return bool(self._always or self.known or self._prefilter(text))
 
     def _resolve(self, data: bytes, found: list[Span]) -> list[Span]:
         if not found:
@@ -318,9 +455,7 @@ class Masker:
             found = [s for s in found if not any(a < s.end and s.start < b for a, b in tags)]
         # Where secrets overlap, the earlier rule wins (known secrets first, then the catalogue's
         # narrow rules before the generic ones), and within a rule the longer secret.
-        order = {KNOWN_RULE_ID: -1}
-        for i, r in enumerate(self.rules):
-            order.setdefault(r.id, i)
+        order = self._order
         found.sort(key=lambda s: (order.get(s.rule, 1 << 30), -(s.end - s.start), s.start))
         starts: list[int] = []
         chosen: list[Span] = []
@@ -337,8 +472,15 @@ class Masker:
     # -- masking ----------------------------------------------------------------------
 
     def tag(self, span: Span) -> bytes:
-        secret = span.secret if span.rule != KNOWN_RULE_ID else self.known.original(span.secret)
-        return mask_tag(span.rule, secret, self.key).encode("ascii")
+        key = (span.rule, span.secret)
+        tag = self._tags.get(key)
+        if tag is None:
+            secret = span.secret if span.rule != KNOWN_RULE_ID else self.known.original(span.secret)
+            tag = mask_tag(span.rule, secret, self.key).encode("ascii")
+            if len(self._tags) > 4096:
+                self._tags.clear()
+            self._tags[key] = tag
+        return tag
 
     def apply(self, data: bytes, spans: list[Span], start: int = 0, end: int | None = None) -> bytes:
         """data[start:end] with the spans inside it replaced by their tags."""
@@ -355,25 +497,33 @@ class Masker:
         parts.append(data[pos:end])
         return b"".join(parts)
 
-    def mask_bytes(self, data: bytes, context: bytes = b"") -> bytes:
-        """data with every secret replaced by its tag. `context` is text that stood before
-        data (a JSON key, say): rules see it, but only secrets inside data are masked."""
+    def spans(self, data: bytes, context: bytes = b"") -> list[Span]:
+        """The secrets in data (offsets into data), cached by content. `context` is text that
+        stood before data (a JSON key, say): rules see it, but only secrets reaching into
+        data are returned (one that starts in the context is cut at data's start)."""
         if len(data) < MIN_SECRET_TEXT and not context:
-            return data
+            return []
         key = (context, data) if context else data
         cacheable = len(data) >= MIN_CACHED
         if cacheable:
             hit = self._cache.get(key)
             if hit is not None:
                 return hit
-        full = context + data if context else data
-        spans = self.find(full)
         if context:
-            spans = [s for s in spans if s.end > len(context)]
-        out = self.apply(full, spans, len(context)) if spans else data
+            n = len(context)
+            found = [Span(max(0, s.start - n), s.end - n, s.rule, s.secret)
+                     for s in self.find(context + data) if s.end > n]
+        else:
+            found = self.find(data)
         if cacheable:
-            self._cache.put(key, out, _cost(key))
-        return out
+            self._cache.put(key, found, _cost(key))
+        return found
+
+    def mask_bytes(self, data: bytes, context: bytes = b"") -> bytes:
+        """data with every secret replaced by its tag. `context` is text that stood before
+        data (a JSON key, say): rules see it, but only secrets inside data are masked."""
+        found = self.spans(data, context)
+        return self.apply(data, found) if found else data
 
     def mask_text(self, text: str, context: str = "") -> str:
         data = text.encode("utf-8", "surrogatepass")
@@ -392,19 +542,11 @@ class Masker:
 
         return mask_body(self, data, content_type, notes=notes)
 
-    def body_stream(self, content_type: str | None = None):
-        """A stream masker for one streamed body as it is forwarded: feed(bytes) -> bytes,
-        finish() -> bytes. SSE text held back may move to a later event."""
-        from recorder.masking.bodies import body_stream
+    def stream(self, content_type: str | None = None):
+        """A stream masker for one streamed body (recorder/masking/bodies.py)."""
+        from recorder.masking.bodies import stream_masker
 
-        return body_stream(self, content_type)
-
-    def record_stream(self, content_type: str | None = None):
-        """A stream masker for one streamed body as it is recorded: the original bytes wherever
-        nothing was masked, so the record rebuilds the exact reply."""
-        from recorder.masking.bodies import record_stream
-
-        return record_stream(self, content_type)
+        return stream_masker(self, content_type)
 
     @property
     def cache_stats(self) -> tuple[int, int]:
@@ -417,15 +559,14 @@ class Masker:
 
     # -- streaming support -------------------------------------------------------------
 
-    def hold_point(self, data: bytes, floor: int = 0, window: int = 2048) -> int:
-        """Where the text that could still grow into a secret starts: the start of the
-        leftmost match (partial, or complete but touching the end) that reaches the end
-        of data. len(data) when nothing can. Never below `floor`.
-
-        Partial matches are looked for in the last `window` bytes, except for the rules
-        marked `long` (PEM blocks, JWTs), which are looked for in all of data."""
+    def pending(self, data: bytes, floor: int = 0, window: int = 2048) -> list[Pending]:
+        """The matches that reach the end of data and could still grow: partial matches, and
+        complete ones that touch the end. Partial matches are looked for in the last `window`
+        bytes, except for the rules marked `long` (PEM blocks, JWTs), looked for in all of
+        data. Each says where its secret starts (after a name such as `password = `, which
+        need not be held) and whether it already holds its rule's keyword (`strong`)."""
         n = len(data)
-        hold = n
+        out: list[Pending] = []
         tail_at = max(0, n - window)
         tail = data[tail_at:]
         rules = set(self._unanchored) | set(self._always) | set(self.candidates(tail))
@@ -440,7 +581,42 @@ class Masker:
         for r in rules:
             at = 0 if (tail_at and r in self._long) else tail_at
             for m in r.partial.finditer(data, at, partial=True):
-                if m.end() == n and m.start() < hold and m.end() > m.start():
-                    hold = m.start()
-        hold = min(hold, self.known.partial_start(data))
+                if m.end() == m.start():
+                    continue
+                if m.end() != n:
+                    # A complete match of a long rule that stopped short can still grow when the
+                    # few bytes after it continue it (a PEM body, then the dashes of its END line).
+                    rest = data[m.end():n]
+                    if (r not in self._long or len(rest) > 64 or b'"' in rest or b"\n" in rest
+                            or r.partial.fullmatch(data, m.start(), partial=True) is None):
+                        continue
+                    secret = r.secret_span(m)[0]
+                elif m.partial:
+                    secret = r.secret_start(data, m.start())
+                else:
+                    secret = r.secret_span(m)[0]
+                if secret < n:
+                    out.append(Pending(m.start(), secret, r.id, r.strong(data, m.start())))
+        known = self.known.partial_start(data)
+        if known < n:
+            out.append(Pending(known, known, KNOWN_RULE_ID, n - known >= 4))
+        enc = decoding.tail_run_start(data, floor, self._could_hold)
+        if enc < n:
+            out.append(Pending(enc, enc, "encoded", False))
+        return out
+
+    def _could_hold(self, decoded: bytes) -> bool:
+        if self.find_direct(decoded):
+            return True
+        n = len(decoded)
+        for r in self.rules:
+            for m in r.partial.finditer(decoded, max(0, n - 256), partial=True):
+                if m.end() == n and m.end() > m.start():
+                    return True
+        return self.known.partial_start(decoded) < n
+
+    def hold_point(self, data: bytes, floor: int = 0, window: int = 2048) -> int:
+        """Where the text that could still grow into a secret starts (len(data) when nothing
+        can); never below `floor`."""
+        hold = min((p.secret_start for p in self.pending(data, floor, window)), default=len(data))
         return max(hold, floor)

@@ -1,10 +1,12 @@
-"""JSON-aware masking: mask decoded string values, not raw JSON bytes.
+"""JSON-aware masking: find secrets in decoded string values, mask them in the raw bytes.
 
 In raw JSON a PEM block's line breaks are `\\n` escapes and a secret can hide behind
-`\\u` escapes; decoded, they are plain text again. Each string value is masked with its
-key as context (`"aws_secret_access_key": "` before it), so rules that need a name
-before the secret still see one. Keys are masked too. Nothing changed: the original
-bytes are returned, byte for byte; something masked: re-encoded with orjson.
+`\\u` escapes; decoded, they are plain text again. Each string value is scanned decoded,
+with its key as context (`"aws_secret_access_key": "` before it), so rules that need a name
+before the secret still see one; keys are scanned too. A JSON document inside a string
+(a tool result that is a file) is scanned as that string's text: the rules see through
+its escaped quotes. What is found is replaced in the raw bytes, inside the string that
+carries it, so everything else stays byte for byte; nothing found: the original bytes.
 """
 from __future__ import annotations
 
@@ -12,17 +14,19 @@ import re
 
 import orjson
 
-from recorder.json_depth import DEPTH_ERROR as _DEPTH_ERROR, MAX_DEPTH
+from recorder.json_depth import DEPTH_ERROR, MAX_DEPTH, depth_exceeds
+from recorder.masking.decoding import unescape
 
-_UNCHANGED = object()
+_LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A string worth a scan although it names no rule keyword: it may hold an encoded run.
+_ENCODED_HINT = re.compile(r"[A-Za-z0-9+/_\-]{16,}|%[0-9A-Fa-f]{2}|\\[ux/]")
+_ASCII_ESCAPE = re.compile(rb"\\u00[0-7]", re.IGNORECASE)
+_KEY, _VALUE = 1, 0
 
 # Deeper JSON is masked as text (every string in it still goes through the rules, without its
-# key as context): the walk below recurses once per level, and orjson writes at most 255.
+# key as context), and the record says so: orjson writes at most 255 levels, and the
+# re-encoding fallback below recurses once per level.
 TOO_DEEP = f"JSON nested deeper than {MAX_DEPTH} levels: masked as text, not value by value"
-
-
-class TooDeep(ValueError):
-    pass
 
 
 def mask_json_bytes(masker, data: bytes, notes: set | None = None) -> bytes | None:
@@ -34,24 +38,18 @@ def mask_json_bytes(masker, data: bytes, notes: set | None = None) -> bytes | No
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as e:
-        if notes is not None and _DEPTH_ERROR.search(str(e)):
+        if notes is not None and DEPTH_ERROR.search(str(e)):
             notes.add(TOO_DEEP)
         return None
-    keywords = _keywords_present(masker, data)
-    if keywords == ():
-        return data  # no rule's keyword and no known secret anywhere in the document
-    try:
-        masked = _walk(masker, value, "", keywords)
-    except TooDeep:
+    if depth_exceeds(value):
         if notes is not None:
             notes.add(TOO_DEEP)
         return None
-    if masked is _UNCHANGED:
+    keywords = _keywords_present(masker, data)
+    hits = _scan(masker, value, keywords)
+    if not hits:
         return data
-    return orjson.dumps(masked)
-
-
-_ASCII_ESCAPE = re.compile(rb"\\u00[0-7]", re.IGNORECASE)
+    return _apply(masker, data, value, hits)
 
 
 def _keywords_present(masker, data: bytes) -> tuple[str, ...] | None:
@@ -70,42 +68,112 @@ def _keywords_present(masker, data: bytes) -> tuple[str, ...] | None:
     return tuple(kw.decode("ascii") for kw in masker.keywords_in(data))
 
 
-def _mentions(keywords, text: str) -> bool:
+def _worth(keywords, text: str) -> bool:
+    if keywords is None:
+        return True
     low = text.casefold()  # what the engine's case-insensitive keyword match sees, or more
-    return any(kw in low for kw in keywords)
+    return any(kw in low for kw in keywords) or _ENCODED_HINT.search(text) is not None
 
 
-def _walk(masker, value, key: str, keywords=None, depth: int = 0):
-    """The value with secrets masked, or _UNCHANGED. Raises TooDeep past MAX_DEPTH levels."""
-    if depth > MAX_DEPTH:
-        raise TooDeep(TOO_DEEP)
-    if isinstance(value, str):
-        if len(value) < 6:  # shorter than any secret a rule finds
-            return _UNCHANGED
+def _strings(value):
+    """(kind, text, key) of every key and string value, in document order. Iterative."""
+    stack = [(_VALUE, value, "")]
+    while stack:
+        kind, v, key = stack.pop()
+        if isinstance(v, str):
+            yield kind, v, key
+        elif isinstance(v, dict):
+            items = []
+            for k, x in v.items():
+                items.append((_KEY, k, ""))
+                items.append((_VALUE, x, k))
+            stack.extend(reversed(items))
+        elif isinstance(v, list):
+            stack.extend(reversed([(_VALUE, x, key) for x in v]))
+
+
+def _scan(masker, value, keywords) -> list:
+    """(index of the string in document order, its bytes, spans) of each string with secrets."""
+    hits = []
+    for i, (kind, text, key) in enumerate(_strings(value)):
+        if len(text) < (8 if kind == _KEY else 6):
+            continue
         context = f'"{key}": "' if key else ""
-        if keywords is not None and not _mentions(keywords, context + value):
-            return _UNCHANGED
-        out = masker.mask_text(value, context)
-        return _UNCHANGED if out is value or out == value else out
-    if isinstance(value, dict):
-        changed = None
-        for k, v in value.items():
-            new_v = _walk(masker, v, k, keywords, depth + 1)
-            new_k = masker.mask_text(k) if len(k) >= 8 and (keywords is None or _mentions(keywords, k)) else k
-            if new_v is not _UNCHANGED or new_k != k:
-                if changed is None:
-                    changed = {}
-                changed[k] = (new_k, v if new_v is _UNCHANGED else new_v)
-        if changed is None:
-            return _UNCHANGED
-        return {changed[k][0] if k in changed else k: changed[k][1] if k in changed else v for k, v in value.items()}
-    if isinstance(value, list):
-        out = None
-        for i, v in enumerate(value):
-            new_v = _walk(masker, v, key, keywords, depth + 1)
-            if new_v is not _UNCHANGED:
-                if out is None:
-                    out = list(value)
-                out[i] = new_v
-        return _UNCHANGED if out is None else out
-    return _UNCHANGED
+        if not _worth(keywords, context + text):
+            continue
+        raw = text.encode("utf-8", "surrogatepass")
+        spans = masker.spans(raw, context.encode("utf-8", "surrogatepass") if context else b"")
+        if spans:
+            hits.append((i, raw, spans))
+    return hits
+
+
+def _apply(masker, data: bytes, value, hits) -> bytes:
+    literals = [(m.start() + 1, m.end() - 1) for m in _LITERAL.finditer(data)]
+    edits = []
+    count = sum(1 for _ in _strings(value))
+    if count == len(literals):
+        for i, text, spans in hits:
+            s, e = literals[i]
+            raw = data[s:e]
+            if raw == text:
+                for sp in spans:
+                    edits.append((s + sp.start, s + sp.end, masker.tag(sp)))
+                continue
+            decoded, seg = unescape(raw)
+            if decoded != text:
+                edits = None
+                break
+            for sp in spans:
+                a, b = seg.range(sp.start, sp.end)
+                edits.append((s + a, s + b, masker.tag(sp)))
+    else:
+        edits = None
+    if edits is None:
+        return _reencoded(masker, value, hits)  # positions unknown (duplicate keys): re-encode
+    out = []
+    pos = 0
+    for a, b, tag in sorted(edits):
+        if a < pos:
+            continue
+        out.append(data[pos:a])
+        out.append(tag)
+        pos = b
+    out.append(data[pos:])
+    return b"".join(out)
+
+
+def _reencoded(masker, value, hits) -> bytes:
+    return orjson.dumps(_rebuild(masker, value, hits))
+
+
+def _rebuild(masker, value, hits):
+    """A copy of the parsed document with the strings of `hits` masked."""
+    masked = {i: masker.apply(text, spans).decode("utf-8", "surrogatepass") for i, text, spans in hits}
+    counter = iter(range(1 << 62))
+
+    def walk(v):
+        if isinstance(v, str):
+            i = next(counter)
+            return masked.get(i, v)
+        if isinstance(v, dict):
+            out = {}
+            for k, x in v.items():
+                nk = walk(k)
+                out[nk] = walk(x)
+            return out
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    return walk(value)
+
+
+_UNCHANGED = object()
+
+
+def _walk(masker, value, key: str = ""):
+    """A masked copy of a parsed JSON value, or _UNCHANGED: for callers that re-encode the
+    document themselves (recorder/ws_masking.py)."""
+    hits = _scan(masker, value, None)
+    return _rebuild(masker, value, hits) if hits else _UNCHANGED

@@ -262,7 +262,8 @@ def test_mask_requests_and_mask_responses_mask_websocket_messages_as_they_are_fo
     config["masking"] = {"mask_requests": True, "mask_responses": True}
     gw = start_gateway(config=config, extra_toml=ws_connection(ws_upstream, key_file))
     client = WsClient.through_proxy(gw, ws_upstream.host, "/echo", token=idp.token("alice", groups=["engineering"]))
-    client.send_text(json.dumps({"x_fake": "send", "messages": [{"text_b64": b64(f"server says {SPLIT_SECRET}")}]}))
+    # (reversed: with mask_requests the gateway masks a secret inside base64 of the client's message too)
+    client.send_text(json.dumps({"x_fake": "send", "messages": [{"text_rev": f"server says {SPLIT_SECRET}"[::-1]}]}))
     [(kind, got)] = client.recv(1)
     assert SPLIT_SECRET.encode() not in got and got.startswith(b"server says [MASKED:")
     client.send_text(f"client says {SPLIT_SECRET}")

@@ -18,6 +18,12 @@ Routes (any method unless noted):
   /never                     reads the request and never answers (until the connection closes)
   /nested?depth=             a JSON reply nested `depth` levels deep (default 300), a secret at the bottom
   /nested-sse?depth=         SSE whose third event is such a JSON document
+  POST /sse-script           the SSE stream the JSON body describes: {"events": [[name or null, data],
+                             ...], "delay": s, "crlf": bool, "hold": s (keep the stream open after the
+                             last event), "content_type": ...}; one event per HTTP chunk
+  POST /encoded?ce=CODINGS   the request body back in the Content-Encoding CODINGS ("gzip, br",
+                             "raw-deflate" = deflate without the zlib header; any other name is
+                             only put in the header); &stream=1: chunked, in 64-byte pieces
 
 Streams take their event count and spacing from the upstream's `sse_events` and
 `sse_delay`, overridable per request with the headers x-upstream-events and
@@ -249,6 +255,25 @@ def nested_json(depth: int, secret: str = NESTED_SECRET) -> bytes:
     """`depth` levels of {"a": ...} with {"api_key": secret} at the bottom: too deep to mask
     value by value, and a rule keyword in it."""
     return b'{"a": ' * depth + json.dumps({"api_key": secret}).encode() + b"}" * depth
+
+
+def _encode(name: str, data: bytes) -> bytes:
+    if name == "gzip":
+        return gzip.compress(data)
+    if name == "deflate":
+        return zlib.compress(data)
+    if name == "raw-deflate":
+        co = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return co.compress(data) + co.flush()
+    if name == "br":
+        import brotli
+
+        return brotli.compress(data)
+    if name == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor().compress(data)
+    return data  # a coding the upstream cannot apply (aes128gcm, x-custom): only named in the header
 
 
 GZIP_JSON = json.dumps({"compressed": True, "text": JSON_REPLY_TEXT, "items": list(range(50))}).encode()
@@ -570,6 +595,35 @@ class FakeUpstream:
             deep = b"data: " + nested_json(int(ex.query.get("depth", 300))) + b"\n\n"
             r.events(slow_events(2) + [deep] + slow_events(2), 0.02)
             r.end_chunks()
+            return "keep-alive"
+        if ex.path == "/sse-script":
+            script = json.loads(ex.body)
+            eol = "\r\n" if script.get("crlf") else "\n"
+            events = []
+            for name, data in script["events"]:
+                head = f"event: {name}{eol}" if name else ""
+                lines = "".join(f"data: {line}{eol}" for line in data.split("\n"))
+                events.append((head + lines + eol).encode("utf-8"))
+            r.stream_head(script.get("content_type", "text/event-stream"))
+            r.events(events, float(script.get("delay", 0.05)))
+            time.sleep(float(script.get("hold", 0)))
+            r.end_chunks()
+            return "keep-alive"
+        if ex.path == "/encoded":
+            names = [c.strip() for c in ex.query.get("ce", "gzip").split(",")]
+            wire = ex.body
+            for name in names:
+                wire = _encode(name, wire)
+            header = ", ".join("deflate" if n == "raw-deflate" else n for n in names)
+            ctype = ex.header("content-type") or "application/json"
+            if ex.query.get("stream"):
+                r.stream_head(ctype, extra=[("Content-Encoding", header)])
+                for i in range(0, len(wire), 64):
+                    r.chunk(b"", wire[i:i + 64])
+                r.ex.response_body = ex.body
+                r.end_chunks()
+            else:
+                r.full(200, ex.body, ctype, wire=wire, extra=[("Content-Encoding", header)])
             return "keep-alive"
         if ex.path == "/slow-sse":
             r.stream_head()

@@ -12,9 +12,9 @@ What it does with a connection depends on the upgrade's path:
 Plain HTTP requests (no upgrade) are answered too: GET /v1/models, and POST /v1/responses with
 the responder's events as SSE.
 
-On /echo, a text message {"x_fake": "send", "messages": [{"text": ..} | {"text_b64": ..} | {"b64": ..},
-...], "frames": n} makes the server send those messages (text, text given in base64, binary), each
-split into n frames, instead of an echo;
+On /echo, a text message {"x_fake": "send", "messages": [{"text": ..} | {"text_b64": ..} | {"text_rev": ..}
+| {"b64": ..}, ...], "frames": n} makes the server send those messages (text, text given in base64 or
+reversed, binary), each split into n frames, instead of an echo;
 {"x_fake": "close", "code": c, "reason": r} makes it close.
 """
 from __future__ import annotations
@@ -230,6 +230,8 @@ class FakeWsUpstream:
             for m in cmd["messages"]:
                 if "text" in m:
                     _send_frames(sock, ws, m["text"], n, text=True)
+                elif "text_rev" in m:  # a text that even a masker decoding base64 does not see in the client's message
+                    _send_frames(sock, ws, m["text_rev"][::-1], n, text=True)
                 elif "text_b64" in m:  # a text the client's own message must not carry in clear
                     _send_frames(sock, ws, base64.b64decode(m["text_b64"]).decode(), n, text=True)
                 else:

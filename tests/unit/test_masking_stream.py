@@ -197,10 +197,13 @@ def test_unchanged_events_are_recorded_byte_for_byte():
 
 def test_generic_sse_data_lines_and_non_json():
     secret = GITHUB_PAT
-    raw = b"".join(b"data: " + ch.encode() + b"\n\n" for ch in f"tok {secret} !")
+    text = f"tok.{secret}!"
+    raw = b"".join(b"data:" + ch.encode() + b"\n\n" for ch in text)  # one character per event
     out = run_sse(raw, [])
     assert secret.encode() not in out
-    assert b"".join(p for _, p in events_of(out)) == MASKER.mask_bytes(f"tok {secret} !".encode())
+    data = b"".join(line[5:] for line in out.split(b"\n\n") if line.startswith(b"data:"))
+    assert data == MASKER.mask_bytes(text.encode())
+    assert out.count(b"\n\n") == raw.count(b"\n\n")  # every event is still there, no event added
 
 
 def test_whole_secret_in_a_non_delta_event_is_masked():
@@ -217,7 +220,7 @@ def test_undecodable_bytes_are_masked_as_bytes():
     assert GITHUB_PAT.encode() not in out and out.startswith(b"\xff\xfe binary [MASKED:github-pat:")
 
 
-# -- SSE for the record: exact bytes where nothing was masked -------------------------------------
+# -- exact bytes where nothing was masked ------------------------------------------------------
 
 def _openai_sse(pieces) -> bytes:
     events = [orjson.dumps({"id": "c1", "object": "chat.completion.chunk",
@@ -226,28 +229,25 @@ def _openai_sse(pieces) -> bytes:
     return b"".join(b"data: " + e + b"\n\n" for e in events) + b"data: [DONE]\n\n"
 
 
-def test_record_masker_keeps_the_original_bytes_when_there_is_no_secret():
-    from recorder.masking.sse_record import RecordSseMasker
-
-    # Pieces that make the forwarding masker hold text back ("s" could start "sk-", "to" "token").
+def test_sse_without_a_secret_is_recorded_byte_for_byte():
+    # Pieces that make the masker hold text back for a moment ("s" could start "sk-", "to" "token").
     data = _openai_sse(["This is", " s", "o to", "ken-free", " text, gh", "ost story"])
     rng = random.Random(7)
     for _ in range(20):
         cuts = sorted(rng.sample(range(1, len(data)), 6))
         pieces = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
-        assert feed_all(RecordSseMasker(MASKER), pieces) == data
-    assert feed_all(SseMasker(MASKER), [data]) != data  # the forwarding masker moves text
+        assert feed_all(SseMasker(MASKER), pieces) == data
 
 
-def test_record_masker_masks_a_secret_spelled_one_character_per_event():
-    from recorder.masking.sse_record import RecordSseMasker
-
+def test_sse_secret_spelled_one_character_per_event_keeps_every_event():
     data = _openai_sse(["intro, "] + list(f"key {GITHUB_PAT} end"))
     for step in (1, 5, 64, len(data)):
-        out = feed_all(RecordSseMasker(MASKER), [data[i:i + step] for i in range(0, len(data), step)])
+        out = feed_all(SseMasker(MASKER), [data[i:i + step] for i in range(0, len(data), step)])
         assert GITHUB_PAT.encode() not in out
+        events = [line for line in out.split(b"\n\n") if line]
+        assert len(events) == data.count(b"\n\n")  # none added, none lost
         text = "".join(orjson.loads(line[6:])["choices"][0]["delta"]["content"]
-                       for line in out.split(b"\n") if line.startswith(b"data: {"))
-        assert text.startswith("intro, key [MASKED:") and text.endswith(" end")
+                       for line in events if line.startswith(b"data: {"))
+        assert text == MASKER.mask_text(f"intro, key {GITHUB_PAT} end")
         # Events before the secret started are written as they came.
         assert out.startswith(data[:data.index(b"\n\n") + 2])
