@@ -27,14 +27,14 @@ from addons.policy import TUNNELED, connection_of, destination_of, peer_address
 from addons.refusal import error_response, refusal_of
 from addons.streaming import header_values, request_streams, response_streams
 from addons.trailers import TRAILERS_STRIPPED
-from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
 from addons.masking import Masking
-from recorder.header_masking import recordable_headers
-from recorder.identity import Identity as VerifiedIdentity
-from recorder.sessions import Session, SessionRegistry
-from recorder.anchors import AnchorSpec
-from recorder.writer import RECORD_LOST, RECORD_REPAIRED, Alarm, RecordWriter, StorageError
-from recorder.writer_process import ProcessRecordWriter
+from recorder.masking.headers import recordable_headers
+from recorder.auth.identity import Identity as VerifiedIdentity
+from recorder.store.sessions import Session, SessionRegistry
+from recorder.store.anchors import AnchorSpec
+from recorder.store.writer import RECORD_LOST, RECORD_REPAIRED, Alarm, RecordWriter, StorageError
+from recorder.store.writer_process import ProcessRecordWriter
 
 log = logging.getLogger("wiretrail")
 
@@ -729,7 +729,7 @@ class Capture:
         if not final and not fc.ended:
             # The writer's masker may hold back the end of this batch (what could still be a
             # secret). If nothing follows within the interval, a tick makes it release what
-            # the hold-back's time bound allows (recorder/bodies.py).
+            # the hold-back's time bound allows (recorder/store/bodies.py).
             fc.timers[direction] = self.loop.call_later(self.cfg.capture.chunk_interval, self._tick, fc, direction)
 
     def _record_acked(self, fc: FlowCapture, fields: dict) -> asyncio.Future:

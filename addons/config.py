@@ -12,7 +12,7 @@ from typing import Optional
 from mitmproxy import ctx, exceptions
 
 from recorder.config import ConfigError, GatewayConfig, load_config
-from recorder.signing import Signer, SigningKeyError, ensure_dev_signing_key, load_signer
+from recorder.store.signing import Signer, SigningKeyError, ensure_dev_signing_key, load_signer
 
 log = logging.getLogger("wiretrail")
 

@@ -3,7 +3,7 @@
 Everywhere, the identity token never goes upstream: Proxy-Authorization, and every header and
 query parameter that carries the token (in whichever credential header, or several), are
 removed. For a connection that injects a credential, every credential the client sent is
-stripped too: each header of recorder.client_credentials.CREDENTIAL_HEADERS, credential-like
+stripped too: each header of recorder.auth.credentials.CREDENTIAL_HEADERS, credential-like
 query parameters in any case or percent-encoding (`?%6bey=`), and cookies (unless the
 connection sets `strip_cookies = false`); then the connection's own is injected. Where nothing
 is injected (credential "none", or an unregistered host under policy "record"), the client's
@@ -22,9 +22,9 @@ from addons.config import WiretrailConfig
 from addons.identity import Identity
 from addons.policy import connection_of
 from addons.refusal import REFUSAL, refuse
-from recorder.client_credentials import CREDENTIAL_HEADERS, INJECT_HEADER, field_carries_token, strip_query
+from recorder.auth.credentials import CREDENTIAL_HEADERS, INJECT_HEADER, field_carries_token, strip_query
 from recorder.config import ConfigError
-from recorder.connections import is_loopback_host
+from recorder.policy.connections import is_loopback_host
 
 log = logging.getLogger("wiretrail")
 

@@ -23,7 +23,7 @@ from mitmproxy.proxy import mode_specs
 
 from addons.config import WiretrailConfig
 from addons.refusal import refuse
-from recorder.identity import (
+from recorder.auth.identity import (
     ANONYMOUS,
     Identity as VerifiedIdentity,
     IdentityError,

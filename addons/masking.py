@@ -30,9 +30,9 @@ from mitmproxy import http
 from addons.config import WiretrailConfig
 from addons.refusal import REFUSAL, refuse
 from addons.streaming import request_streams, response_streams
-from recorder.content_decoding import DecodeError, can_decode, decodable_codings, decoder_for
+from recorder.http.content_decoding import DecodeError, can_decode, decodable_codings, decoder_for
 from recorder.masking import Masker
-from recorder.masking.bodies import mask_body
+from recorder.masking.body_masking import mask_body
 
 log = logging.getLogger("wiretrail")
 

@@ -3,7 +3,7 @@
 Policy goes by destination, not by spelling (docs/identity.md, "Policy by destination"). The
 destination is the host the gateway connects to: the CONNECT target, the reverse-mode target
 or the URL of a plain proxied request. It is matched by name (case, a trailing dot and the form
-of an IP literal do not matter) and by the addresses it resolves to (recorder/destinations.py);
+of an IP literal do not matter) and by the addresses it resolves to (recorder/policy/destinations.py);
 an alias of a registered host is that connection under every policy. The gateway connects to
 the address it checked (`server_connect`), so a DNS answer that changes in between changes
 nothing.
@@ -33,7 +33,7 @@ from addons.config import WiretrailConfig
 from addons.identity import Identity, identity_of, is_reverse
 from addons.refusal import REFUSAL, refuse
 from recorder.config import ConnectionConfig
-from recorder.destinations import (
+from recorder.policy.destinations import (
     Destination,
     Destinations,
     Registry,
@@ -42,8 +42,8 @@ from recorder.destinations import (
     misdirected,
     split_host_port,
 )
-from recorder.identity import Identity as VerifiedIdentity
-from recorder.raw_policy import UNCHECKED
+from recorder.auth.identity import Identity as VerifiedIdentity
+from recorder.policy.raw_policy import UNCHECKED
 
 log = logging.getLogger("wiretrail")
 

@@ -5,7 +5,7 @@ sees every such connection where it is decided:
 
 - next_layer: mitmproxy has picked a raw layer (TCP, UDP, DNS, QUIC) for a connection: non-HTTP
   bytes in a tunnel, with or without TLS, an unknown ALPN, a reverse tcp:// or tls:// listener,
-  `tcp_hosts`, `ignore_hosts`. recorder/raw_policy.py decides; a refusal puts a layer in its
+  `tcp_hosts`, `ignore_hosts`. recorder/policy/raw_policy.py decides; a refusal puts a layer in its
   place that closes the client connection before anything reaches the upstream.
 - response: an HTTP 101 that switches to anything but WebSocket (mitmproxy then relays raw TCP);
   refused by killing the flow before the 101 is forwarded, or let through to be recorded.
@@ -28,9 +28,9 @@ from addons.identity import Identity, identity_of
 from addons.layers import RefusedLayer, find_layer, guard_tcp, protocol_of, raw_layer_in
 from addons.masking import Masking
 from addons.policy import Policy, connection_of
-from recorder.identity import ANONYMOUS
-from recorder.raw_policy import UNCHECKED, RawDecision, decide_raw
-from recorder.websocket_records import (
+from recorder.auth.identity import ANONYMOUS
+from recorder.policy.raw_policy import UNCHECKED, RawDecision, decide_raw
+from recorder.protocols.websocket import (
     TcpState,
     tcp_close_fields,
     tcp_message_fields,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from recorder.error_bodies import api_error_body, looks_like_anthropic
+from recorder.http.error_bodies import api_error_body, looks_like_anthropic
 
 REFUSAL = "wiretrail.refusal"  # flow.metadata: {"status", "reason", "message"}
 

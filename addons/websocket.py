@@ -10,7 +10,7 @@ From websocket_start on this addon records the flow's `ws.open`, each `ws.messag
   reason; the ws.close record says which message was not forwarded.
 - A server message is forwarded at once and handed to the writer beside it, as a streamed
   reply's chunks are. Masking (on the writer) may hold its record back until the text that
-  decides a possible secret has arrived (recorder/ws_masking.py).
+  decides a possible secret has arrived (recorder/protocols/ws_masking.py).
 - mitmproxy keeps every message in flow.websocket.messages: they are dropped once handed over.
 - masking.mask_requests / mask_responses mask what is forwarded, message by message.
 """
@@ -26,8 +26,8 @@ from addons.config import WiretrailConfig
 from addons.layers import close_websocket
 from addons.masking import Masking
 from addons.policy import TUNNELED, connection_of
-from recorder.masking.bodies import mask_body
-from recorder.websocket_records import (
+from recorder.masking.body_masking import mask_body
+from recorder.protocols.websocket import (
     CLOSE_NOT_CHECKED,
     CLOSE_NOT_RECORDED,
     CLOSE_SHUTDOWN,

@@ -566,8 +566,8 @@ class Bench:
         token = self.args.token
         if not self.args.gateway_config:
             sys.path.insert(0, str(ROOT))
-            from recorder.identity import mint_dev_token
-            from recorder.signing import generate
+            from recorder.auth.identity import mint_dev_token
+            from recorder.store.signing import generate
 
             # Every feature on: the gateway signs checkpoints, seals and its ledger.
             self.signing_key = generate(self.work / "signing-key")[0]

@@ -5,11 +5,11 @@
     python scripts/replay.py SESSION --pg "host=sandbox-db dbname=app user=ro sslmode=require" [--allow-writes]
 
 With --pg the session's database statements are re-run against a sandbox database instead
-(recorder/postgres/replay.py): reads only unless --allow-writes, and row counts and errors
+(recorder/protocols/postgres/replay.py): reads only unless --allow-writes, and row counts and errors
 (SQLSTATE) are compared with the recorded ones. The password comes from PGPASSWORD.
 
 SESSION is a session file, or a session id (or unique prefix) looked up in --dir or
-the --config's storage.dir. The engine is recorder/replay.py; docs/forensics.md walks
+the --config's storage.dir. The engine is recorder/forensics/replay.py; docs/forensics.md walks
 through an incident. Exit 0: replayed (differences are reported, not errors);
 1: refused (the artifact failed verification) or a request could not be sent;
 2: usage error.
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import orjson  # noqa: E402
 
-from recorder import replay  # noqa: E402
-from recorder.postgres import replay as pg_replay  # noqa: E402
+from recorder.forensics import replay  # noqa: E402
+from recorder.protocols.postgres import replay as pg_replay  # noqa: E402
 from recorder.commands.ls import safe  # noqa: E402
 from recorder.commands.show import NotFound, find_session  # noqa: E402
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 
 from recorder.commands.show import NotFound, add_session_arguments, find_session
-from recorder.export_har import export_har
-from recorder.export_mitm import export_mitm
-from recorder.reader import read_session
+from recorder.forensics.export_har import export_har
+from recorder.forensics.export_mitm import export_mitm
+from recorder.forensics.reader import read_session
 
 
 def add_parser(subparsers) -> None:

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from recorder.destinations import canonical_host
-from recorder.postgres.transcript import databases
-from recorder.reader import SessionSummary, iter_session_files, read_session, summarize
+from recorder.policy.destinations import canonical_host
+from recorder.protocols.postgres.transcript import databases
+from recorder.forensics.reader import SessionSummary, iter_session_files, read_session, summarize
 
 DEFAULT_DIR = "sessions"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from recorder.commands.ls import safe
 from recorder.commands.show import NotFound, find_session
-from recorder.reader import read_session
+from recorder.forensics.reader import read_session
 
 
 def add_parser(subparsers) -> None:
@@ -40,7 +40,7 @@ def _masker(config_arg: str | None):
 def run(args: argparse.Namespace) -> int:
     from recorder.config import ConfigError
     from recorder.masking import RuleError
-    from recorder.remask import remask_session
+    from recorder.forensics.remask import remask_session
 
     try:
         path = find_session(args.session, args.dir, None if args.dir else args.config)

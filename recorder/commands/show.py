@@ -2,7 +2,7 @@
 
 Default: who and when, then per exchange the conversation's new messages, tool calls
 and results, the reply (assembled from its stream), model, usage and timing
-(recorder/transcript). `--json` gives the same for machines, `--records` one line per
+(recorder/forensics/transcript). `--json` gives the same for machines, `--records` one line per
 record, `--raw` the stored lines exactly. Everything but `--raw` is masked again with
 today's rules (and --config's) before it is printed (recorder/masking/output.py).
 """
@@ -16,13 +16,13 @@ from pathlib import Path
 
 import orjson
 
-from recorder import format_v1
+from recorder.store import format_v1
 from recorder.commands.ls import StoreError, human_bytes, human_duration, iso_utc, safe, store_dir
-from recorder.postgres.transcript import sql_log_lines, statements as sql_statements
-from recorder.reader import SessionRead, read_session, summarize
-from recorder.transcript import build
-from recorder.transcript.exchange import header as find_header
-from recorder.transcript.render import TEXT_LIMIT, Style, turn_json, turn_lines
+from recorder.protocols.postgres.transcript import sql_log_lines, statements as sql_statements
+from recorder.forensics.reader import SessionRead, read_session, summarize
+from recorder.forensics.transcript import build
+from recorder.forensics.exchange import header as find_header
+from recorder.forensics.transcript.render import TEXT_LIMIT, Style, turn_json, turn_lines
 
 PREVIEW_CHARS = 200
 ENVELOPE = set(format_v1.ENVELOPE)
@@ -298,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
     limit = None if args.full else TEXT_LIMIT
     last_system: dict = {}
     turns = build(read.records)
-    sql_log = sql_log_lines(read.records)  # database connections (recorder/postgres)
+    sql_log = sql_log_lines(read.records)  # database connections (recorder/protocols/postgres)
     if not turns and not sql_log:
         print("(no exchanges)")
     for turn in turns:

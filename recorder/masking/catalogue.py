@@ -28,7 +28,7 @@ first. Keep the narrow rules (a provider's prefix) before the broad ones (generi
 """
 from __future__ import annotations
 
-from recorder.client_credentials import header_name_keywords, header_name_pattern
+from recorder.auth.credentials import header_name_keywords, header_name_pattern
 
 # Placeholders that turn up where a real value would go ("${TOKEN}", "<password>", "xxxx").
 PLACEHOLDERS = r"^(?:\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|\{\{.*\}\}|<[^>]*>|%\(?\w*\)?s|\*+|x+|X+|\.\.\.|[A-Z][A-Z_]*|null|none|None|true|false)$"

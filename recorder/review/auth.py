@@ -1,5 +1,5 @@
 """Who may read sessions: an identity token checked exactly as the gateway checks it
-(recorder.identity.TokenVerifier with the config's [identity]), and a group in
+(recorder.auth.identity.TokenVerifier with the config's [identity]), and a group in
 identity.review_groups.
 
 The browser holds the token in an HttpOnly, SameSite=Strict cookie. It gets there by a POST
@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from recorder.config import IdentityConfig
-from recorder.identity import Identity, IdentityError, TokenVerifier
+from recorder.auth.identity import Identity, IdentityError, TokenVerifier
 
 COOKIE = "wiretrail_review"
 LOGIN_LINK_TTL = 3600.0  # seconds a printed one-time login link stays usable

@@ -24,8 +24,8 @@ import orjson
 import tornado.web
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from recorder.export_har import export_har
-from recorder.export_mitm import export_mitm
+from recorder.forensics.export_har import export_har
+from recorder.forensics.export_mitm import export_mitm
 from recorder.review.auth import COOKIE, Refused, ReviewAuth, Reviewer
 from recorder.review.index import SessionIndex
 from recorder.review.integrity import STATES, integrity_of
@@ -229,7 +229,7 @@ class DownloadHandler(Base):
 
     @staticmethod
     def _make(path: Path, stem: str, kind: str) -> tuple[bytes, str, str]:
-        from recorder.reader import read_session
+        from recorder.forensics.reader import read_session
 
         if kind == "artifact":
             return path.read_bytes(), "application/zstd", f"{stem}.jsonl.zst"

@@ -11,7 +11,7 @@ import orjson
 import pytest
 import zstandard
 
-from recorder import format_v1
+from recorder.store import format_v1
 from tests.support import upstream as fake
 from tests.support.checks import finish
 from tests.support.clients import httpx_client, new_test_id, openai_client

@@ -484,7 +484,7 @@ def test_replay_against_a_second_database_gives_the_same_row_counts(db, pg):
 
 
 def test_readme_database_setup_works_as_written(pg, tmp_path, monkeypatch):
-    from recorder.dev_secret import ensure_dev_secret
+    from recorder.auth.dev_secret import ensure_dev_secret
     from tests.support.gateway import free_port
     from tests.support.pg_gateway import wait_listening
 

@@ -1,6 +1,6 @@
 """Reading what the gateway recorded, for assertions.
 
-Sessions are read with recorder.reader (the code under test). `independent_chain`
+Sessions are read with recorder.forensics.reader (the code under test). `independent_chain`
 re-checks a file with nothing but zstandard and hashlib, so a reader bug cannot make
 a chain assertion pass on its own.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import zstandard
 
-from recorder.reader import SessionRead, iter_session_files, read_session, rebuild_body
+from recorder.forensics.reader import SessionRead, iter_session_files, read_session, rebuild_body
 
 TEST_ID_HEADER = "x-test-id"
 

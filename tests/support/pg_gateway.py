@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from recorder.identity import mint_dev_token
+from recorder.auth.identity import mint_dev_token
 from tests.support.artifacts import Artifacts, store_bytes
 from tests.support.gateway import free_port
 from tests.support.postgres import APP_DB, APP_USER, PgServer

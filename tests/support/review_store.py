@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from recorder import format_v1
-from recorder.sessions import SessionRegistry
-from recorder.signing import generate, load_signer
-from recorder.writer import RecordWriter
+from recorder.store import format_v1
+from recorder.store.sessions import SessionRegistry
+from recorder.store.signing import generate, load_signer
+from recorder.store.writer import RecordWriter
 
 T0 = 1767225600.0  # 2026-01-01T00:00:00Z
 

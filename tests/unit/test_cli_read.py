@@ -8,10 +8,11 @@ import orjson
 import pytest
 import zstandard
 
-from recorder import cli, format_v1
-from recorder.bodies import BodyBytes
-from recorder.sessions import SessionRegistry
-from recorder.writer import RecordWriter
+from recorder import cli
+from recorder.store import format_v1
+from recorder.store.bodies import BodyBytes
+from recorder.store.sessions import SessionRegistry
+from recorder.store.writer import RecordWriter
 
 WIRETRAIL = Path(sys.executable).parent / "wiretrail"
 LONG_TEXT = "x" * 150 + "y" * 150 + "TAIL-NOT-SHOWN"

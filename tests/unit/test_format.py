@@ -9,17 +9,11 @@ import orjson
 import pytest
 import zstandard
 
-from recorder import format_v1
-from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
-from recorder.reader import (
-    flow_records,
-    iter_session_files,
-    read_session,
-    rebuild_body,
-    summarize,
-)
-from recorder.sessions import SessionRegistry
-from recorder.writer import RecordWriter
+from recorder.store import format_v1
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
+from recorder.forensics.reader import flow_records, iter_session_files, read_session, rebuild_body, summarize
+from recorder.store.sessions import SessionRegistry
+from recorder.store.writer import RecordWriter
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors"

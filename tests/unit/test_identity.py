@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from recorder.commands import token as token_cmd
 from recorder.config import ConfigError, IdentityConfig, SecretRef, load_config
-from recorder.identity import (
+from recorder.auth.identity import (
     ANONYMOUS,
     MAX_TOKEN_LENGTH,
     Identity,
@@ -30,7 +30,7 @@ from recorder.identity import (
     token_from_api_headers,
     token_from_proxy_authorization,
 )
-from recorder.jwks import parse_jwks, JwksUnavailable
+from recorder.auth.jwks import parse_jwks, JwksUnavailable
 from tests.support.idp import AUDIENCE, ISSUER, LocalIdP, new_private_key, public_jwk
 
 DEV_SECRET = "dev-secret-0123456789-abcdefghijklmnopqrstuvwxyz"  # 48 bytes

@@ -9,11 +9,12 @@ from pathlib import Path
 import orjson
 import zstandard
 
-from recorder import cli, verify
-from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
-from recorder.reader import read_session, rebuild_body
-from recorder.sessions import SessionRegistry
-from recorder.writer import RecordWriter
+from recorder import cli
+from recorder.forensics import verify
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
+from recorder.forensics.reader import read_session, rebuild_body
+from recorder.store.sessions import SessionRegistry
+from recorder.store.writer import RecordWriter
 from tests.unit.masking_fakes import GITHUB_PAT, OPENAI_KEY, PASSWORD, j
 
 WIRETRAIL = Path(sys.executable).parent / "wiretrail"

@@ -1,9 +1,9 @@
-"""recorder/raw_policy.py: what happens to bytes that are not HTTP, by policy, connection and caller."""
+"""recorder/policy/raw_policy.py: what happens to bytes that are not HTTP, by policy, connection and caller."""
 import pytest
 
 from recorder.config import parse_config
-from recorder.identity import ANONYMOUS, Identity
-from recorder.raw_policy import UNCHECKED, decide_raw
+from recorder.auth.identity import ANONYMOUS, Identity
+from recorder.policy.raw_policy import UNCHECKED, decide_raw
 
 BASE = """
 [storage]

@@ -20,15 +20,15 @@ import pytest
 import zstandard
 
 from recorder.config import ConfigError, IdentityConfig, SecretRef, parse_config
-from recorder.identity import TokenVerifier, mint_dev_token
+from recorder.auth.identity import TokenVerifier, mint_dev_token
 from recorder.review.auth import COOKIE, Refused, ReviewAuth
 from recorder.review.index import SessionIndex
 from recorder.review.integrity import integrity_of
 from recorder.review.listing import Filters, FilterError
 from recorder.review.server import ReviewContext, make_app
 from recorder.review.session_view import TurnView, segments, session_view
-from recorder.signing import load_verifier
-from recorder.verify import verify_file
+from recorder.store.signing import load_verifier
+from recorder.forensics.verify import verify_file
 from tests.support.review_store import Store
 
 SECRET = "s" * 48
@@ -131,7 +131,7 @@ def test_tampered_names_the_record(store):
 
 def test_a_crashed_session_is_unsealed_after_a_crash(store):
     st, s = store
-    from recorder.writer import RecordWriter
+    from recorder.store.writer import RecordWriter
 
     w = RecordWriter(fsync="never", storage_dir=st.dir, signer=st.signer)  # the next start recovers carol's
     w.start()

@@ -15,7 +15,7 @@ from addons.credentials import INJECTED, Credentials
 from addons.identity import IDENTITY, Identity
 from addons.policy import CONNECTION, Policy
 from addons.refusal import REFUSAL
-from recorder.identity import mint_dev_token
+from recorder.auth.identity import mint_dev_token
 
 SECRET = "s" * 40
 UPSTREAM_KEY = "upstream-" + "k" * 20

@@ -8,9 +8,9 @@ import orjson
 import pytest
 
 from recorder import cli
-from recorder.reader import read_session
-from recorder.transcript import build
-from recorder.transcript.sse import parse_sse
+from recorder.forensics.reader import read_session
+from recorder.forensics.transcript import build
+from recorder.http.sse import parse_sse
 from tests.support.sessions_built import Recorder, sse
 
 def show(path: Path, capsys, *extra) -> str:

@@ -12,7 +12,7 @@ from wsproto.frame_protocol import Opcode
 from addons.capture import Capture
 from addons.config import WiretrailConfig
 from addons.websocket import WebSocketCapture
-from recorder.reader import iter_session_files, read_session
+from recorder.forensics.reader import iter_session_files, read_session
 from tests.unit.test_capture_addon import write_config
 
 

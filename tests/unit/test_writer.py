@@ -10,12 +10,12 @@ import orjson
 import pytest
 import zstandard
 
-from recorder import format_v1
-from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
-from recorder.ids import is_session_id, new_session_id
-from recorder.sessions import SessionRegistry
-from recorder import writer as writer_module
-from recorder.writer import RecordWriter, StorageError
+from recorder.store import format_v1
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
+from recorder.store.ids import is_session_id, new_session_id
+from recorder.store.sessions import SessionRegistry
+from recorder.store import writer as writer_module
+from recorder.store.writer import RecordWriter, StorageError
 from tests.support.acks import wait_ack
 
 
@@ -98,7 +98,7 @@ def test_an_unencodable_record_is_written_repaired_not_dropped(tmp_path):
 
 
 def test_a_record_that_cannot_be_written_leaves_an_http_error_in_its_place(tmp_path, monkeypatch):
-    from recorder import record_repair
+    from recorder.store import record_repair
 
     def broken(value):
         raise RuntimeError("cannot repair")
@@ -120,7 +120,7 @@ def test_a_record_that_cannot_be_written_leaves_an_http_error_in_its_place(tmp_p
     assert err["flow"] == "f1" and err["phase"] == "record" and err["lost"] == "http.response"
     assert "missing from this session" in err["message"]
     assert errors and errors[0].cause == writer_module.RECORD_LOST and errors[0].flow == "f1"
-    from recorder.verify import verify_file
+    from recorder.forensics.verify import verify_file
 
     verdict = verify_file(path)  # verify reports the gap, with its seq, as damage (exit 3)
     assert any("GAP at seq 1: the http.response record of flow f1" in n for n in verdict.damage)
@@ -217,7 +217,7 @@ def test_gzip_stream_is_recorded_decoded_and_utf8_split_stays_text():
     text = "héllo wörld — ünïcode ✓ " * 50
     wire = gzip.compress(text.encode())
     st = BodyStream("gzip")
-    from recorder.bodies import render_chunk
+    from recorder.store.bodies import render_chunk
 
     out = []
     for i in range(0, len(wire), 7):
@@ -229,7 +229,7 @@ def test_gzip_stream_is_recorded_decoded_and_utf8_split_stays_text():
 
 
 def test_binary_and_undecodable_bodies_lose_nothing():
-    from recorder.bodies import render_buffered
+    from recorder.store.bodies import render_buffered
 
     blob = os.urandom(4096)
     b = render_buffered(BodyBytes(blob))
@@ -240,7 +240,7 @@ def test_binary_and_undecodable_bodies_lose_nothing():
 
 
 def test_max_body_truncates_and_says_so():
-    from recorder.bodies import render_buffered, render_chunk
+    from recorder.store.bodies import render_buffered, render_chunk
 
     b = render_buffered(BodyBytes(b"x" * 100, max_body=10))
     assert b == {"text": "x" * 10, "size": 100, "truncated": True}
@@ -317,7 +317,7 @@ def test_max_duration_waits_for_active_flows(tmp_path):
 def test_stream_cut_inside_a_utf8_character_loses_no_byte():
     """A stream that ends (or breaks) mid-character: the held-back bytes come out with the
     final batch, even an empty one, so the recorded bytes equal what crossed the wire."""
-    from recorder.bodies import render_chunk
+    from recorder.store.bodies import render_chunk
 
     data = "ok ✓".encode()[:-1]  # the last character cut after two of its three bytes
     st = BodyStream()

@@ -9,12 +9,12 @@ import orjson
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.config import MaskingConfig
 from recorder.masking import Masker
-from recorder.signing import Signer
-from recorder.writer import StorageError
-from recorder.writer_process import ProcessRecordWriter
+from recorder.store.signing import Signer
+from recorder.store.writer import StorageError
+from recorder.store.writer_process import ProcessRecordWriter
 from tests.support.acks import wait_ack
 
 TOKEN = "ghp_" + "x7Kq2mZpR4tVw9yB3nLc8dFh6jGs1aEoUiT5"

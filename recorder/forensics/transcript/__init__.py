@@ -1,0 +1,66 @@
+"""A session as a transcript: one decoder module per protocol, tried in order.
+
+`build(records)` puts each flow back together (exchange.py), lets the first decoder
+that claims it make a Turn (model.py), and marks which messages are new
+(conversation.py). render.py turns the result into text or JSON.
+"""
+from __future__ import annotations
+
+from recorder.forensics.transcript import (
+    anthropic_messages,
+    generic,
+    mcp_jsonrpc,
+    openai_chat,
+    openai_responses,
+    websocket,
+)
+from recorder.forensics.transcript.conversation import mark_new
+from recorder.forensics.exchange import Exchange, exchanges
+from recorder.forensics.transcript.model import Message, Part, Turn
+
+# Order matters: MCP is recognised by its body, the LLM APIs by their paths.
+DECODERS = (mcp_jsonrpc, openai_responses, openai_chat, anthropic_messages)
+
+
+def decode_exchange(ex: Exchange) -> Turn:
+    if ex.kind == "http" and ex.request is not None:
+        for decoder in DECODERS:
+            try:
+                if decoder.matches(ex):
+                    turn = decoder.decode(ex)
+                    if turn.messages or turn.reply or not (ex.request_body or ex.response_body):
+                        return turn
+                    raw = generic.decode(ex)  # the path said this protocol, the bodies did not
+                    raw.notes.append(f"not readable as {decoder.PROTOCOL}; shown raw")
+                    return raw
+            except Exception as e:  # recorded data is untrusted: a decoder bug must not hide the exchange
+                turn = generic.decode(ex)
+                turn.notes.append(f"{decoder.PROTOCOL} decoder failed ({type(e).__name__}: {e}); shown raw")
+                return turn
+    if ex.kind != "http" or ex.request is None:
+        return Turn(ex, ex.kind)
+    return generic.decode(ex)
+
+
+def decode_websocket(ex: Exchange) -> list[Turn]:
+    """An upgraded flow: one turn per request it carried (recorder/forensics/transcript/websocket.py)."""
+    try:
+        return websocket.turns(ex)
+    except Exception as e:  # recorded data is untrusted: a decoder bug must not hide the exchange
+        turn = Turn(ex, "websocket")
+        turn.notes.append(f"WebSocket decoder failed ({type(e).__name__}: {e}); {len(ex.messages)} message(s) recorded")
+        return [turn]
+
+
+def build(records: list[dict]) -> list[Turn]:
+    turns: list[Turn] = []
+    for ex in exchanges(records):
+        if ex.kind == "http" and (ex.ws_open is not None or ex.messages):
+            turns.extend(decode_websocket(ex))
+        else:
+            turns.append(decode_exchange(ex))
+    mark_new(turns)
+    return turns
+
+
+__all__ = ["Exchange", "Message", "Part", "Turn", "build", "decode_exchange", "exchanges"]
