@@ -23,16 +23,16 @@ from addons import proxy_control
 from addons.config import WiretrailConfig
 from addons.credentials import INJECTED
 from addons.identity import IDENTITY, identity_of
+from addons.masking import Masking
 from addons.policy import TUNNELED, connection_of, destination_of, peer_address
 from addons.refusal import error_response, refusal_of
 from addons.streaming import header_values, request_streams, response_streams
 from addons.trailers import TRAILERS_STRIPPED
-from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
-from addons.masking import Masking
+from recorder.auth.identity import VerifiedIdentity
 from recorder.masking.headers import recordable_headers
-from recorder.auth.identity import Identity as VerifiedIdentity
-from recorder.store.sessions import Session, SessionRegistry
 from recorder.store.anchors import AnchorSpec
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
+from recorder.store.sessions import Session, SessionRegistry
 from recorder.store.writer import RECORD_LOST, RECORD_REPAIRED, Alarm, RecordWriter, StorageError
 from recorder.store.writer_process import ProcessRecordWriter
 

@@ -25,9 +25,9 @@ from addons.config import WiretrailConfig
 from addons.refusal import refuse
 from recorder.auth.identity import (
     ANONYMOUS,
-    Identity as VerifiedIdentity,
     IdentityError,
     TokenVerifier,
+    VerifiedIdentity,
     token_from_api_headers,
     token_from_proxy_authorization,
 )

@@ -42,7 +42,6 @@ from recorder.policy.destinations import (
     misdirected,
     split_host_port,
 )
-from recorder.auth.identity import Identity as VerifiedIdentity
 from recorder.policy.raw_policy import UNCHECKED
 
 log = logging.getLogger("wiretrail")

@@ -29,8 +29,8 @@ from addons.config import WiretrailConfig
 from addons.credentials import Credentials
 from addons.identity import Identity
 from addons.masking import Masking
-from recorder.config import ConnectionConfig, split_host_port
 from recorder.auth.identity import ANONYMOUS
+from recorder.config import ConnectionConfig, split_host_port
 from recorder.protocols.postgres.frontend import Frontend, FrontendSettings, Hooks
 from recorder.protocols.postgres.upstream import UpstreamSettings
 

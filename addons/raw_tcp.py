@@ -29,7 +29,7 @@ from addons.layers import RefusedLayer, find_layer, guard_tcp, protocol_of, raw_
 from addons.masking import Masking
 from addons.policy import Policy, connection_of
 from recorder.auth.identity import ANONYMOUS
-from recorder.policy.raw_policy import UNCHECKED, RawDecision, decide_raw
+from recorder.policy.raw_policy import RawDecision, decide_raw
 from recorder.protocols.websocket import (
     TcpState,
     tcp_close_fields,

@@ -25,8 +25,8 @@ import asyncio
 import base64
 import ctypes
 import dataclasses
-import gc
 import functools
+import gc
 import hashlib
 import itertools
 import json
@@ -182,12 +182,12 @@ def reset_peak_rss(pid: int) -> bool:
 
 def make_upstream_cert(dirpath: Path) -> tuple[Path, Path]:
     import datetime
+    import ipaddress
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])

@@ -25,10 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import orjson  # noqa: E402
 
+from recorder.commands.common import SessionNotFound, find_session, safe  # noqa: E402
 from recorder.forensics import replay  # noqa: E402
 from recorder.protocols.postgres import replay as pg_replay  # noqa: E402
-from recorder.commands.ls import safe  # noqa: E402
-from recorder.commands.show import NotFound, find_session  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             target = pg_replay.parse_target(args.pg)
         else:
             planned = replay.plan(read, args.target, flows=args.flow, only=args.only, extra_headers=extra)
-    except (NotFound, replay.ReplayUsageError, pg_replay.ReplayUsageError) as e:
+    except (SessionNotFound, replay.ReplayUsageError) as e:
         print(f"replay: {e}", file=err)
         return 2
     except replay.ReplayRefused as e:

@@ -2,7 +2,7 @@
 
 A client presents a JWT from the organisation's IdP (or, for local development, one minted by
 `wiretrail token` with a shared HS256 secret). TokenVerifier checks its signature, expiry, issuer
-and audience and returns an Identity; anything wrong raises IdentityError with a machine reason
+and audience and returns a VerifiedIdentity; anything wrong raises IdentityError with a machine reason
 and a message for a person. No message ever contains the token or any part of it.
 
 A verified token is cached by its SHA-256 until it expires, so a request pays for verification
@@ -32,10 +32,10 @@ import jwt
 from jwt import exceptions as jwt_errors
 
 from recorder.auth.credentials import API_KEY_HEADERS
-from recorder.config import ConfigError, IdentityConfig
-from recorder.policy.connections import is_loopback_host
 from recorder.auth.dev_secret import ensure_dev_secret  # noqa: F401 (part of this module's API)
 from recorder.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksUnavailable, KeyStore, file_fetcher, url_fetcher
+from recorder.config import ConfigError, IdentityConfig
+from recorder.policy.connections import is_loopback_host
 
 MAX_TOKEN_LENGTH = 16 * 1024  # characters; longer is refused before any parsing
 CACHE_SIZE = 10_000  # verified tokens kept (LRU)
@@ -58,7 +58,7 @@ class IdentityError(Exception):
 
 
 @dataclass(frozen=True)
-class Identity:
+class VerifiedIdentity:
     sub: str
     email: str | None = None
     name: str | None = None
@@ -79,7 +79,7 @@ class Identity:
 
 
 # Identity mode "none" (demos): everyone is this, and the record says it was not checked.
-ANONYMOUS = Identity(sub="anonymous", method="none", authenticated=False)
+ANONYMOUS = VerifiedIdentity(sub="anonymous", method="none", authenticated=False)
 
 
 # -- where the token is ------------------------------------------------------------------------
@@ -174,7 +174,7 @@ class TokenVerifier:
         self._clock = clock
         if refresh_interval is None:
             refresh_interval = config.jwks_refresh_interval
-        self._cache: OrderedDict[bytes, Identity] = OrderedDict()
+        self._cache: OrderedDict[bytes, VerifiedIdentity] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_size = cache_size
         self.verifications = 0  # tokens checked in full (cache misses), for tests and diagnostics
@@ -220,8 +220,8 @@ class TokenVerifier:
 
     # -- the cache ------------------------------------------------------------------------------
 
-    def cached(self, token: str) -> Identity | None:
-        """The Identity of a token already verified and not yet expired (exp + leeway); no I/O,
+    def cached(self, token: str) -> VerifiedIdentity | None:
+        """The VerifiedIdentity of a token already verified and not yet expired (exp + leeway); no I/O,
         no crypto."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             return None
@@ -237,8 +237,8 @@ class TokenVerifier:
             self._cache.move_to_end(digest)
             return identity
 
-    def verify(self, token: str) -> Identity:
-        """The Identity the token proves, or IdentityError. May block on a JWKS fetch."""
+    def verify(self, token: str) -> VerifiedIdentity:
+        """The VerifiedIdentity the token proves, or IdentityError. May block on a JWKS fetch."""
         if not isinstance(token, str) or not token.strip():
             raise IdentityError("missing", "no identity token was sent")
         if len(token) > MAX_TOKEN_LENGTH:
@@ -258,7 +258,7 @@ class TokenVerifier:
 
     # -- the full check --------------------------------------------------------------------------
 
-    def _verify(self, token: str) -> Identity:
+    def _verify(self, token: str) -> VerifiedIdentity:
         self.verifications += 1
         header = _parse_structure(token)
         alg = header["alg"]
@@ -308,7 +308,7 @@ class TokenVerifier:
                                 f"{', '.join(sorted(found.algorithms))}")
         return found.key, [alg], f"the IdP's key {_kid(found.kid)}"
 
-    def _identity(self, claims: dict[str, Any]) -> Identity:
+    def _identity(self, claims: dict[str, Any]) -> VerifiedIdentity:
         config, now = self.config, self._clock()
         leeway = config.leeway
         iss = claims.get("iss")
@@ -339,7 +339,7 @@ class TokenVerifier:
         if not isinstance(sub, str) or not sub.strip():
             raise IdentityError("no_subject", "the token names nobody (no sub claim); use a token issued "
                                 "to a person or a service account")
-        return Identity(
+        return VerifiedIdentity(
             sub=sub,
             email=_text(claims.get("email")),
             name=_text(claims.get("name")),

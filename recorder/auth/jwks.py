@@ -19,12 +19,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-
-from recorder.policy.connections import is_loopback_host
 from urllib.parse import urlsplit
 
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
+
+from recorder.policy.connections import is_loopback_host
 
 MAX_JWKS_BYTES = 1024 * 1024  # a real key set is a few KiB
 

@@ -7,8 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+from recorder.commands.common import safe
 from recorder.forensics import verify
-from recorder.commands.ls import safe
 
 _ANCHOR = re.compile(r"(\d+):([0-9a-f]{64})\Z")
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from recorder.store.anchors import SYSLOG_FACILITIES
 from recorder.auth.credentials import INJECT_MODES, query_key
-from recorder.policy.connections import is_loopback_host
 from recorder.auth.dev_secret import ensure_dev_secret
+from recorder.policy.connections import is_loopback_host
+from recorder.store.anchors import SYSLOG_FACILITIES
 
 
 class ConfigError(ValueError):

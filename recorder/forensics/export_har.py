@@ -12,8 +12,8 @@ import time
 from urllib.parse import parse_qsl, urlsplit
 
 from recorder import __version__
-from recorder.forensics.reader import SessionRead
 from recorder.forensics.exchange import Exchange, exchanges
+from recorder.forensics.reader import SessionRead
 
 
 def _iso(ts: float | None) -> str:

@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from recorder.forensics.reader import SessionRead
 from recorder.forensics.exchange import Exchange, exchanges
+from recorder.forensics.reader import SessionRead
 
 FLOW_FORMAT_VERSION = 21
 _NS = uuid.UUID("5b0f1a6e-8f55-4f0e-9a59-7a1c0c2f7e11")  # stable connection ids per session

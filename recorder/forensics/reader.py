@@ -1,9 +1,9 @@
 """Reading session files (format v1) without ever raising on damage.
 
-A session file is one zstd frame of JSON lines, hash-chained (docs/format.md). The
-reader walks the frame block by block, so that everything in complete blocks is read
-even when the file was cut mid-write or a block further on is corrupt, then checks
-the chain and every record's fields. Damage becomes a `Problem`, never an exception.
+A session file is one zstd frame of JSON lines, hash-chained (docs/format.md). The reader
+decodes what the frame's complete blocks hold (recorder/forensics/zstd_blocks.py), then checks
+the chain, the order and every record's fields. Damage becomes a `Problem`, never an exception.
+Summaries for `ls` and the review page are in recorder/forensics/summary.py.
 """
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-import zstandard
 
-from recorder.store import format_v1
+from recorder.forensics import zstd_blocks
 from recorder.protocols.postgres.records import REQUIRED as PG_REQUIRED
+from recorder.store import format_v1
 
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SESSION_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 
@@ -116,88 +115,6 @@ class SessionRead:
         if self.records and self.records[0].get("t") == "session.open":
             return self.records[0]
         return None
-
-
-# -- zstd -------------------------------------------------------------------------------
-
-
-class _Frame:
-    """Where the units of one zstd frame lie in the file (RFC 8878 block headers)."""
-
-    __slots__ = ("pieces", "end", "partial", "error")
-
-    def __init__(self):
-        self.pieces: list[tuple[int, int]] = []  # (start, end): header + first block, then one block each
-        self.end: int | None = None  # offset just past the frame, when it is ended
-        self.partial = False  # the data stops inside the header, a block or the checksum
-        self.error: str | None = None  # a block header that no encoder writes
-
-
-def _walk_frame(data: bytes) -> _Frame:
-    frame = _Frame()
-    if len(data) < 5:
-        frame.partial = True
-        return frame
-    fhd = data[4]
-    if fhd & 0x08:
-        frame.error = "reserved bit set in the zstd frame header"
-        return frame
-    fcs_flag, single, checksum, did_flag = fhd >> 6, fhd & 0x20, fhd & 0x04, fhd & 0x03
-    pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[did_flag] + (1 if single else 0, 2, 4, 8)[fcs_flag]
-    start = 0  # the frame header is fed together with the first block
-    while True:
-        if pos + 3 > len(data):
-            frame.partial = pos != len(data)  # cut inside the frame header or a block header
-            return frame
-        header = int.from_bytes(data[pos : pos + 3], "little")
-        last, btype, bsize = header & 1, (header >> 1) & 3, header >> 3
-        if btype == 3:
-            frame.error = f"reserved zstd block type at byte {pos}; records after it are lost"
-            return frame
-        end = pos + 3 + (1 if btype == 1 else bsize)  # an RLE block stores one byte
-        if last and checksum:
-            end += 4
-        if end > len(data):
-            frame.partial = True
-            return frame
-        frame.pieces.append((start, end))
-        start = pos = end
-        if last:
-            frame.end = end
-            return frame
-
-
-def _decompress(data: bytes, result: SessionRead) -> bytes:
-    """The decodable content of the file. Records problems on `result`."""
-    if not data:
-        result.problems.append(Problem(None, "empty", "the file is empty (no zstd frame, no records)"))
-        return b""
-    if data[:4] != ZSTD_MAGIC[: len(data[:4])]:
-        result.problems.append(
-            Problem(None, "not-zstd", "not a zstd stream (the file does not start with the zstd magic number)")
-        )
-        return b""
-    frame = _walk_frame(data)
-    if frame.error:
-        result.problems.append(Problem(None, "zstd", frame.error))
-    result.truncated_tail = frame.partial
-    result.frame_ended = frame.end is not None
-    out = []
-    dobj = zstandard.ZstdDecompressor().decompressobj()
-    for start, end in frame.pieces:
-        try:
-            out.append(dobj.decompress(data[start:end]))
-        except zstandard.ZstdError as e:
-            result.problems.append(
-                Problem(None, "zstd", f"zstd block at byte {start} does not decode ({e}); records after it are lost")
-            )
-            result.frame_ended = False
-            break
-    if frame.end is not None and frame.end < len(data):
-        result.problems.append(
-            Problem(None, "trailing-data", f"{len(data) - frame.end} bytes after the end of the zstd frame")
-        )
-    return b"".join(out)
 
 
 # -- records ----------------------------------------------------------------------------
@@ -343,7 +260,10 @@ def read_session(path: str | Path) -> SessionRead:
     except OSError as e:
         result.problems.append(Problem(None, "io", f"cannot read the file: {e.strerror or e}"))
         return result
-    content = _decompress(data, result)
+    decoded = zstd_blocks.decode(data)
+    result.problems.extend(Problem(None, kind, message) for kind, message in decoded.problems)
+    result.frame_ended, result.truncated_tail = decoded.frame_ended, decoded.truncated_tail
+    content = decoded.content
     if content:
         *complete, tail = content.split(b"\n")
         result.lines = complete
@@ -409,79 +329,3 @@ def rebuild_body(records: list[dict], flow_id: str, dir: str) -> bytes:
             return format_v1.decode_body(rec["body"])
     chunks = [r for r in mine if r.get("t") == "http.chunk" and r.get("dir") == dir]
     return b"".join(format_v1.decode_body(r.get("body")) for r in chunks)
-
-
-EXCHANGE_TYPES = ("http.request", "pg.query", "pg.execute", "pg.function")  # a database statement is an exchange
-
-
-@dataclass(frozen=True)
-class SessionSummary:
-    """What `wiretrail ls` and the header of `wiretrail show` say about a session."""
-
-    session_id: str | None
-    path: Path
-    state: str
-    start: float | None  # Unix seconds (session.open ts)
-    end: float | None  # Unix seconds of the last readable record
-    duration: float | None  # seconds
-    sub: str | None
-    authenticated: bool | None
-    client: str | None  # "ip:port"
-    client_ip: str | None
-    exchanges: int  # http.request records and database statements (EXCHANGE_TYPES)
-    bytes: int  # body bytes per flow: http.end sizes, else the recorded body sizes
-    records: int
-
-
-def _number(value) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _flow_bytes(recs: list[dict]) -> int:
-    # A WebSocket's or raw TCP flow's messages are counted in its ws.close / tcp.close.
-    after = sum(sum(_number(v) for v in rec["size"].values()) for rec in recs
-                if rec.get("t") in ("ws.close", "tcp.close") and isinstance(rec.get("size"), dict))
-    for rec in recs:
-        if rec.get("t") == "http.end" and isinstance(rec.get("size"), dict):
-            return sum(_number(v) for v in rec["size"].values()) + after
-    if after:
-        return after
-    total = 0
-    for rec in recs:
-        if rec.get("t") in ("http.request", "http.response", "http.chunk") and isinstance(rec.get("body"), dict):
-            total += _number(rec["body"].get("size"))
-    return total
-
-
-def summarize(read: SessionRead) -> SessionSummary:
-    opened = read.open_record or {}
-    identity = opened.get("identity") if isinstance(opened.get("identity"), dict) else {}
-    client = opened.get("client") if isinstance(opened.get("client"), dict) else {}
-    times = [r["ts"] for r in read.records if isinstance(r.get("ts"), (int, float)) and not isinstance(r.get("ts"), bool)]
-    start = opened.get("ts") if isinstance(opened.get("ts"), (int, float)) else (times[0] if times else None)
-    end = times[-1] if times else None
-    duration = None
-    for rec in reversed(read.records):
-        if rec.get("t") == "session.close" and isinstance(rec.get("duration_s"), (int, float)):
-            duration = float(rec["duration_s"])
-            break
-    if duration is None and start is not None and end is not None:
-        duration = max(0.0, end - start)
-    ip, port = client.get("ip"), client.get("port")
-    return SessionSummary(
-        session_id=read.session_id,
-        path=read.path,
-        state=read.state,
-        start=start,
-        end=end,
-        duration=duration,
-        sub=identity.get("sub"),
-        authenticated=identity.get("authenticated"),
-        client=None if ip is None else (f"[{ip}]:{port}" if ":" in str(ip) else f"{ip}:{port}"),
-        client_ip=ip,
-        exchanges=sum(1 for r in read.records if r.get("t") in EXCHANGE_TYPES),
-        bytes=sum(_flow_bytes(recs) for recs in flow_records(read.records).values())
-        + sum(_number(v) for r in read.records if r.get("t") == "pg.end" and isinstance(r.get("bytes"), dict)
-              for v in r["bytes"].values()),  # database connections: bytes from both sides
-        records=len(read.records),
-    )

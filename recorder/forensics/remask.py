@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recorder.forensics.reader import SessionRead
 from recorder.store import format_v1
 from recorder.store.ids import new_session_id
-from recorder.forensics.reader import SessionRead
 from recorder.store.session_file import write_session_file
 
 _ENVELOPE = set(format_v1.ENVELOPE)

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from recorder.http import json_depth
-from recorder.forensics.reader import SessionRead
 from recorder.forensics.exchange import CREDENTIAL_PREFIX, MASK_PREFIX, Exchange, exchanges
+from recorder.forensics.reader import SessionRead
+from recorder.http import json_depth
 from recorder.http.sse import is_sse, parse_sse
 
 HOP_BY_HOP = {

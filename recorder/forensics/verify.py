@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recorder.forensics.reader import SessionRead, iter_session_files, read_session
 from recorder.store import format_v1
 from recorder.store.anchors import Anchor
 from recorder.store.ledger import LEDGER_NAME, LedgerRead, SessionEntry, ledger_id, read_ledger
-from recorder.forensics.reader import SessionRead, iter_session_files, read_session
 from recorder.store.recovery import SIGNING_TYPES
 from recorder.store.signing import Verifier
 

@@ -1,4 +1,8 @@
-"""Server-Sent Events, parsed from a recorded body (the whole stream, as rebuilt).
+"""Server-Sent Events: which bodies are event streams, and the events of a whole stream.
+
+The one SSE parser: transcripts, replay and export read recorded streams with it, and masking
+(recorder/masking/sse_masker.py, which masks a stream as it flows) picks its masker with
+`is_event_stream`.
 
 Follows the WHATWG event-stream rules that matter here: events end at a blank line,
 `data:` lines join with newlines, one optional space after the colon is dropped,
@@ -22,8 +26,14 @@ class SSEEvent:
         return json_depth.loads(self.data)
 
 
+def is_event_stream(content_type: str | None) -> bool:
+    """The Content-Type says the body is an event stream."""
+    return bool(content_type) and "text/event-stream" in content_type.lower()
+
+
 def is_sse(content_type: str | None, body: bytes) -> bool:
-    if content_type and "text/event-stream" in content_type.lower():
+    """An event stream by its Content-Type, or by how a body without one starts."""
+    if is_event_stream(content_type):
         return True
     head = body[:64].lstrip()
     return head.startswith((b"data:", b"event:"))

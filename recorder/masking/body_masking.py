@@ -1,13 +1,10 @@
 """Which masker a body gets: SSE as events, JSON value by value, the rest as bytes."""
 from __future__ import annotations
 
+from recorder.http.sse import is_event_stream
 from recorder.masking.json_masking import mask_json_bytes
 from recorder.masking.sse_masker import SseMasker
 from recorder.masking.stream import StreamMasker
-
-
-def is_event_stream(content_type: str | None) -> bool:
-    return bool(content_type) and "text/event-stream" in content_type.lower()
 
 
 def mask_body(masker, data: bytes, content_type: str | None = None, *, exact: bool = True,

@@ -5,8 +5,8 @@ bodies are handed over raw (WsMessageBody, ChunkBytes) and masked by the writer.
 """
 from __future__ import annotations
 
-from recorder.store.bodies import BodyStream, ChunkBytes
 from recorder.protocols.ws_masking import WsDirection, WsFlush, WsMessageBody
+from recorder.store.bodies import BodyStream, ChunkBytes
 
 # Close codes the gateway sends itself (RFC 6455 §7.4.1).
 CLOSE_NOT_RECORDED = 1013  # "Try Again Later": like the 503 of an HTTP request it could not record

@@ -28,11 +28,11 @@ import base64
 
 import orjson
 
-from recorder.store.bodies import _cut
 from recorder.http.json_depth import depth_exceeds
 from recorder.masking.json_masking import _UNCHANGED, _walk
 from recorder.masking.sse_masker import _deltas, _get, _set
 from recorder.masking.stream import CONTEXT, MAX_HOLD, _char_start
+from recorder.store.bodies import _cut
 
 MAX_HELD_MESSAGES = 256  # a direction holding more is settled as if its channels ended
 

@@ -18,11 +18,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recorder.store import format_v1
-from recorder.store.ledger import LEDGER_NAME, LedgerRead, check_lines
-from recorder.review.integrity import integrity_of
-from recorder.review.listing import Filters, SessionRow, make_row
-from recorder.store.signing import Verifier
 from recorder.forensics.transcript import build
 from recorder.forensics.verify import (
     FileVerdict,
@@ -31,6 +26,11 @@ from recorder.forensics.verify import (
     check_missing,
     verify_file,
 )
+from recorder.review.integrity import integrity_of
+from recorder.review.listing import Filters, SessionRow, make_row
+from recorder.store import format_v1
+from recorder.store.ledger import LEDGER_NAME, LedgerRead, check_lines
+from recorder.store.signing import Verifier
 
 # Crockford base32 -> the digits int(x, 32) reads ("0-9a-v"), for the time in a session id.
 _TO_BASE32 = str.maketrans("0123456789ABCDEFGHJKMNPQRSTVWXYZ", "0123456789abcdefghijklmnopqrstuv")

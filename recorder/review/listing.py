@@ -9,12 +9,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from recorder.commands.ls import host_matches, hosts_of, parse_time
-from recorder.forensics.reader import summarize
-from recorder.review.integrity import STATES, Integrity
-from recorder.forensics.transcript import Turn, build
+from recorder.commands.common import parse_time
 from recorder.forensics.exchange import header
+from recorder.forensics.summary import host_matches, hosts_of, summarize
+from recorder.forensics.transcript import Turn, build
 from recorder.forensics.verify import FileVerdict
+from recorder.review.integrity import STATES, Integrity
 
 _PRODUCT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

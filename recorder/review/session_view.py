@@ -17,14 +17,14 @@ from typing import Callable
 
 import orjson
 
-from recorder.store import format_v1
 from recorder.commands.show import record_details
-from recorder.forensics.reader import summarize
-from recorder.review.integrity import Integrity
-from recorder.review.listing import Agent, agent_of, has_error, token_usage, tool_calls
+from recorder.forensics.summary import summarize
 from recorder.forensics.transcript import Turn, build
 from recorder.forensics.transcript.model import Message, Part
 from recorder.forensics.verify import FileVerdict
+from recorder.review.integrity import Integrity
+from recorder.review.listing import Agent, agent_of, has_error, token_usage, tool_calls
+from recorder.store import format_v1
 
 PART_LIMIT = 20_000  # characters of one message part shown on the page
 BODY_LIMIT = 100_000  # characters of one raw body shown in the drawer

@@ -19,8 +19,8 @@ them is replaced by its tag, which changes the binary (docs/masking.md).
 """
 from __future__ import annotations
 
-from recorder.store import format_v1
 from recorder.http.content_decoding import DecodeError, decoder_for
+from recorder.store import format_v1
 
 
 class BodyBytes:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recorder.store.ledger import SessionEntry
 from recorder.forensics.reader import read_session
+from recorder.store.ledger import SessionEntry
 
 SIGNING_TYPES = ("checkpoint", "seal")
 

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import zstandard
 
-from recorder.store import format_v1, ledger as ledger_mod, record_repair, recovery, retention
+from recorder.protocols.ws_masking import held_records
+from recorder.store import format_v1, record_repair, recovery, retention
+from recorder.store import ledger as ledger_mod
 from recorder.store.anchors import Anchorer, AnchorSpec
 from recorder.store.bodies import BodyBytes, ChunkBytes, render_bodies
-from recorder.protocols.ws_masking import held_records
 from recorder.store.signing import Signer
 
 Ack = Callable[[BaseException | None], None]

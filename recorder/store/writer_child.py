@@ -15,10 +15,10 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
-import select
 import sys
 import threading
 import time

@@ -31,12 +31,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from recorder.protocols.ws_masking import WsFlush, WsMessageBody
 from recorder.store import writer_child
 from recorder.store.anchors import AnchorSpec
 from recorder.store.bodies import BodyBytes, ChunkBytes
 from recorder.store.signing import Signer
 from recorder.store.writer import FSYNC_POLICIES, Ack, StorageError
-from recorder.protocols.ws_masking import WsFlush, WsMessageBody
 
 _HEADER = struct.Struct(">I")
 _SOCKET_BUFFER = 4 << 20

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.support.artifacts import TEST_ID_HEADER, header, store_bytes
 from tests.support.checks import wait_for_records
-from tests.support.gateway import REPO_ROOT
 from tests.support.clients import TIMEOUT, new_test_id, read_http_head, trust
+from tests.support.gateway import REPO_ROOT
 from tests.support.idp import AUDIENCE, ISSUER, LocalIdP, new_private_key
 from tests.support.plain_upstream import PlainUpstream
 

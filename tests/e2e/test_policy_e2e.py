@@ -15,7 +15,6 @@ import json
 import socket
 import ssl
 import subprocess
-import time
 
 import httpx
 import pytest

@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.test_integrity_e2e import fill, small_tmpfs  # noqa: F401 (a fixture)
 from tests.support.artifacts import Artifacts
-from tests.support.gateway import WIRETRAIL, REPO_ROOT
+from tests.support.gateway import REPO_ROOT, WIRETRAIL
 from tests.support.pg_gateway import PgGateway
 from tests.support.postgres import PgServer, available, pg_bin
 

@@ -104,8 +104,9 @@ class PgGateway:
                               input=input, capture_output=True, text=True, env=env, timeout=60)
 
     async def asyncpg(self, token: str | None = "", **kw):
-        import asyncpg
         import ssl as ssl_mod
+
+        import asyncpg
 
         ctx = ssl_mod.create_default_context(cafile=str(self.gw.ca_path))
         return await asyncpg.connect(host="127.0.0.1", port=self.port, user="alice", database=APP_DB,

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from recorder.tls import ca
 from recorder.commands import ca as ca_command
+from recorder.tls import ca
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

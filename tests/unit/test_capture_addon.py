@@ -16,8 +16,8 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addons.capture import Capture
 from addons.config import WiretrailConfig
-from recorder.store.writer import RecordWriter
 from recorder.forensics.reader import iter_session_files, read_session, rebuild_body
+from recorder.store.writer import RecordWriter
 
 
 def write_config(tmp_path: Path, extra: str = "", storage: str = "") -> Path:

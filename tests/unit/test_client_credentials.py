@@ -9,9 +9,9 @@ import pytest
 
 import recorder.auth.credentials as cc
 from recorder import config as cfgmod
-from recorder.masking import headers as header_masking
 from recorder.auth import identity
 from recorder.auth.credentials import carries_token, query_key, strip_query
+from recorder.masking import headers as header_masking
 from recorder.masking.catalogue import RULES
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"

@@ -7,8 +7,8 @@ import orjson
 import pytest
 
 from recorder.http import json_depth
-from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes, render_buffered, render_chunk
 from recorder.masking import Masker
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes, render_buffered, render_chunk
 from recorder.store.record_repair import repair
 from tests.unit.masking_fakes import OPENAI_KEY
 

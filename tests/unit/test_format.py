@@ -9,9 +9,10 @@ import orjson
 import pytest
 import zstandard
 
+from recorder.forensics.reader import flow_records, iter_session_files, read_session, rebuild_body
+from recorder.forensics.summary import summarize
 from recorder.store import format_v1
 from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
-from recorder.forensics.reader import flow_records, iter_session_files, read_session, rebuild_body, summarize
 from recorder.store.sessions import SessionRegistry
 from recorder.store.writer import RecordWriter
 

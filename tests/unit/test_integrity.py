@@ -16,9 +16,9 @@ import zstandard
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from recorder.store import anchors, format_v1, ledger, signing
 from recorder import cli
 from recorder.forensics import verify
+from recorder.store import anchors, format_v1, ledger, signing
 from recorder.store.sessions import SessionRegistry
 from recorder.store.writer import Alarm, RecordWriter
 from tests.support.checks import wait_until

@@ -9,9 +9,9 @@ import urllib.parse
 
 import orjson
 
-from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes, render_buffered, render_chunk
-from recorder.masking.headers import recordable_headers
 from recorder.masking import Masker
+from recorder.masking.headers import recordable_headers
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes, render_buffered, render_chunk
 from tests.unit.masking_fakes import AWS_SECRET, GITHUB_PAT, OPENAI_KEY, PASSWORD, j, pem
 
 UPSTREAM = j("sk-", "proj-", "UpStreamKeyOfTheGateway0123456789abcdefXYZ")

@@ -15,9 +15,9 @@ import brotli
 import orjson
 import pytest
 
-from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes, render_buffered, render_chunk
-from recorder.masking.headers import recordable_headers
 from recorder.masking import Masker, SseMasker
+from recorder.masking.headers import recordable_headers
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes, render_buffered, render_chunk
 from tests.unit.masking_fakes import ALNUM, GITHUB_PAT, PASSWORD, j, rnd
 
 MASKER = Masker(b"c" * 32)

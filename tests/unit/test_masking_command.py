@@ -11,8 +11,8 @@ import zstandard
 
 from recorder import cli
 from recorder.forensics import verify
-from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.forensics.reader import read_session, rebuild_body
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.store.sessions import SessionRegistry
 from recorder.store.writer import RecordWriter
 from tests.unit.masking_fakes import GITHUB_PAT, OPENAI_KEY, PASSWORD, j

@@ -15,8 +15,22 @@ from recorder.config import parse_config
 from recorder.masking import Masker
 from recorder.masking.catalogue import RULES
 from tests.unit.masking_fakes import (
-    ALNUM, AWS_ID, AWS_SECRET, B32, B64, GITHUB_PAT, HEX, OPENAI_KEY, ANTHROPIC_KEY, PASSWORD, SLACK_TOKEN, URLSAFE,
-    j, jwt, pem, rnd,
+    ALNUM,
+    ANTHROPIC_KEY,
+    AWS_ID,
+    AWS_SECRET,
+    B32,
+    B64,
+    GITHUB_PAT,
+    HEX,
+    OPENAI_KEY,
+    PASSWORD,
+    SLACK_TOKEN,
+    URLSAFE,
+    j,
+    jwt,
+    pem,
+    rnd,
 )
 
 KEY = b"k" * 32

@@ -14,13 +14,13 @@ import orjson
 import pytest
 
 from recorder.config import ConfigError, parse_config
+from recorder.forensics.reader import REQUIRED, _check_fields
 from recorder.protocols.postgres import protocol as pg
 from recorder.protocols.postgres.auth import AuthFailed, ScramClient
 from recorder.protocols.postgres.records import Tracker
 from recorder.protocols.postgres.sqlkind import kind
 from recorder.protocols.postgres.transcript import sql_log_lines
 from recorder.protocols.postgres.values import decode_binary, recorded_value
-from recorder.forensics.reader import REQUIRED, _check_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 

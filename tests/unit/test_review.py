@@ -19,16 +19,16 @@ import httpx
 import pytest
 import zstandard
 
-from recorder.config import ConfigError, IdentityConfig, SecretRef, parse_config
 from recorder.auth.identity import TokenVerifier, mint_dev_token
-from recorder.review.auth import COOKIE, Refused, ReviewAuth
+from recorder.config import ConfigError, IdentityConfig, SecretRef, parse_config
+from recorder.forensics.verify import verify_file
+from recorder.review.auth import COOKIE, ReviewAuth, ReviewRefused
 from recorder.review.index import SessionIndex
 from recorder.review.integrity import integrity_of
-from recorder.review.listing import Filters, FilterError
+from recorder.review.listing import FilterError, Filters
 from recorder.review.server import ReviewContext, make_app
 from recorder.review.session_view import TurnView, segments, session_view
 from recorder.store.signing import load_verifier
-from recorder.forensics.verify import verify_file
 from tests.support.review_store import Store
 
 SECRET = "s" * 48
@@ -293,7 +293,7 @@ def test_refusals(tmp_path, tok, status, reason):
         tok = token(**tok)  # minted now: a token minted at collection expires in a long run
     ident = dev_identity(tmp_path)
     auth = ReviewAuth(ident, TokenVerifier(ident))
-    with pytest.raises(Refused) as e:
+    with pytest.raises(ReviewRefused) as e:
         auth.check(tok)
     assert (e.value.status, e.value.reason) == (status, reason)
     assert tok is None or tok not in e.value.message

@@ -11,10 +11,10 @@ import pytest
 import zstandard
 
 from recorder.store import format_v1
+from recorder.store import writer as writer_module
 from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.store.ids import is_session_id, new_session_id
 from recorder.store.sessions import SessionRegistry
-from recorder.store import writer as writer_module
 from recorder.store.writer import RecordWriter, StorageError
 from tests.support.acks import wait_ack
 

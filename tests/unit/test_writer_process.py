@@ -9,9 +9,9 @@ import orjson
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.config import MaskingConfig
 from recorder.masking import Masker
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.store.signing import Signer
 from recorder.store.writer import StorageError
 from recorder.store.writer_process import ProcessRecordWriter

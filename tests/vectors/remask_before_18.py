@@ -31,8 +31,8 @@ def secrets() -> dict[str, str]:
 
 
 def write(out_dir: Path) -> Path:
-    from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
     from recorder.masking import Masker
+    from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
     from recorder.store.sessions import SessionRegistry
     from recorder.store.writer import RecordWriter
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recorder.store import format_v1
 from recorder.protocols.postgres import protocol as pg
 from recorder.protocols.postgres.records import Tracker
+from recorder.store import format_v1
 
 HERE = Path(__file__).resolve().parent
 JSONL = HERE / "v1-postgres.jsonl"

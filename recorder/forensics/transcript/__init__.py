@@ -6,6 +6,7 @@ that claims it make a Turn (model.py), and marks which messages are new
 """
 from __future__ import annotations
 
+from recorder.forensics.exchange import Exchange, exchanges
 from recorder.forensics.transcript import (
     anthropic_messages,
     generic,
@@ -15,7 +16,6 @@ from recorder.forensics.transcript import (
     websocket,
 )
 from recorder.forensics.transcript.conversation import mark_new
-from recorder.forensics.exchange import Exchange, exchanges
 from recorder.forensics.transcript.model import Message, Part, Turn
 
 # Order matters: MCP is recognised by its body, the LLM APIs by their paths.

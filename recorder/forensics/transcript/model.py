@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from recorder.http import json_depth
 from recorder.forensics.exchange import Exchange
+from recorder.http import json_depth
 
 
 @dataclass

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 
-from recorder.forensics.transcript import openai_responses
 from recorder.forensics.exchange import Exchange
+from recorder.forensics.transcript import openai_responses
 from recorder.forensics.transcript.model import Message, Part, Turn
 
 PREVIEW = 500

@@ -29,8 +29,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from recorder.auth.identity import IdentityError, VerifiedIdentity
 from recorder.policy.connections import is_loopback_host
-from recorder.auth.identity import Identity, IdentityError
 from recorder.protocols.postgres import protocol as pg
 from recorder.protocols.postgres.records import CLIENT_KEEP, SERVER_KEEP, Tracker
 from recorder.protocols.postgres.upstream import (
@@ -79,10 +79,10 @@ class FrontendSettings:
 class Hooks:
     """What the front end needs from the gateway."""
 
-    authenticate: Callable[[str | None], Awaitable[Identity]] | None  # None: identity.mode "none"
-    anonymous: Identity
+    authenticate: Callable[[str | None], Awaitable[VerifiedIdentity]] | None  # None: identity.mode "none"
+    anonymous: VerifiedIdentity
     masker: Callable[[], object]  # the current Masker (or None)
-    session_for: Callable[[Identity | None, tuple[str, int]], object]  # opens or reuses; counts a flow
+    session_for: Callable[[VerifiedIdentity | None, tuple[str, int]], object]  # opens or reuses; counts a flow
     end_flow: Callable[[object], None]
     write_and_wait: Callable[[object, str, dict], Awaitable[BaseException | None]]
     mark_failed: Callable[[object, BaseException], None]
@@ -92,8 +92,8 @@ class Hooks:
     leeway: float = 30.0  # identity.leeway: a connection ends once its token expired this long ago
 
 
-class Refused(Exception):
-    def __init__(self, reason: str, sqlstate: str, message: str, identity: Identity | None = None):
+class LoginRefused(Exception):
+    def __init__(self, reason: str, sqlstate: str, message: str, identity: VerifiedIdentity | None = None):
         super().__init__(message)
         self.reason, self.sqlstate, self.message, self.identity = reason, sqlstate, message, identity
 
@@ -298,7 +298,7 @@ class ClientConnection:
         except (OSError, asyncio.TimeoutError, ConnectionError):
             pass
 
-    def _refusal(self, r: Refused) -> None:
+    def _refusal(self, r: LoginRefused) -> None:
         """Every refused attempt is recorded, in the caller's session when it was verified."""
         session = self.hooks.session_for(r.identity, self.peer)
         fields = {"conn": self.id, "connection": self.s.name, "reason": r.reason, "sqlstate": r.sqlstate,
@@ -313,7 +313,7 @@ class ClientConnection:
         self.sock = sock
         try:
             startup = await asyncio.wait_for(self._startup(sock), STARTUP_TIMEOUT)
-        except Refused as r:
+        except LoginRefused as r:
             self._refusal(r)
             if self.writer is not None:
                 await self._send_fatal(r.sqlstate, "wiretrail: " + r.message,
@@ -380,7 +380,7 @@ class ClientConnection:
                 self.fe.by_key[key] = self
                 return key
 
-    async def _startup(self, sock: socket.socket) -> Identity | None:
+    async def _startup(self, sock: socket.socket) -> VerifiedIdentity | None:
         first = await _peek(sock, STARTUP_TIMEOUT)
         if not first:
             raise ConnectionError("closed")
@@ -423,24 +423,24 @@ class ClientConnection:
         if code & 0xFFFF or extensions:
             self.writer.write(pg.negotiate_protocol_version(0, extensions))
         if self.tls is None and not (self.s.allow_plaintext and is_loopback_host(self.peer[0])):
-            raise Refused("tls_required", INVALID_AUTHORIZATION,
+            raise LoginRefused("tls_required", INVALID_AUTHORIZATION,
                           "this gateway accepts database connections only over TLS; connect with sslmode=require "
                           "(or sslmode=verify-full with the gateway's CA as sslrootcert)")
         if "replication" in self.params and self.params["replication"].lower() not in ("false", "off", "no", "0"):
-            raise Refused("replication", INVALID_AUTHORIZATION,
+            raise LoginRefused("replication", INVALID_AUTHORIZATION,
                           "replication connections are not supported through the gateway")
         if self.s.database is not None and self.params.get("database", self.params.get("user")) != self.s.database:
-            raise Refused("database", INVALID_AUTHORIZATION,
+            raise LoginRefused("database", INVALID_AUTHORIZATION,
                           f"the connection {self.s.name!r} serves the database {self.s.database!r}; "
                           f"connect with dbname={self.s.database}")
         identity = await self._authenticate()
         if self.s.allow_groups and not set(identity.groups) & set(self.s.allow_groups):
-            raise Refused("forbidden", INVALID_AUTHORIZATION,
+            raise LoginRefused("forbidden", INVALID_AUTHORIZATION,
                           f"{identity.sub} is not in a group allowed to use the database connection {self.s.name!r} "
                           f"(it needs one of: {', '.join(self.s.allow_groups)})", identity)
         return identity
 
-    async def _authenticate(self) -> Identity:
+    async def _authenticate(self) -> VerifiedIdentity:
         if self.hooks.authenticate is None:
             return self.hooks.anonymous
         self.writer.write(pg.auth_request(pg.AUTH_CLEARTEXT))
@@ -449,7 +449,7 @@ class ClientConnection:
             head = await self.reader.readexactly(5)
         except (asyncio.IncompleteReadError, ConnectionError):
             # libpq hangs up here when it has no password to send.
-            raise Refused("missing", INVALID_AUTHORIZATION,
+            raise LoginRefused("missing", INVALID_AUTHORIZATION,
                           "no identity token: the client closed the connection when asked for a password") from None
         length = int.from_bytes(head[1:], "big", signed=True)
         if head[:1] != b"p" or length < 4 or length > 65536:
@@ -460,10 +460,10 @@ class ClientConnection:
             return await self.hooks.authenticate(token or None)
         except IdentityError as e:
             if e.reason == "idp_unreachable":
-                raise Refused(e.reason, CANNOT_CONNECT_NOW, e.message) from None
+                raise LoginRefused(e.reason, CANNOT_CONNECT_NOW, e.message) from None
             if e.reason == "missing":
-                raise Refused(e.reason, INVALID_AUTHORIZATION, "no identity token was sent as the password") from None
-            raise Refused(e.reason, INVALID_PASSWORD, e.message) from None
+                raise LoginRefused(e.reason, INVALID_AUTHORIZATION, "no identity token was sent as the password") from None
+            raise LoginRefused(e.reason, INVALID_PASSWORD, e.message) from None
 
     async def _write(self, *records: tuple[str, dict]) -> bool:
         """Write records, the last one waited for. False: not recorded, and the connection is

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from recorder.forensics.replay import ReplayUsageError
 from recorder.protocols.postgres import protocol as pg
 from recorder.protocols.postgres.sqlkind import kind
 from recorder.protocols.postgres.transcript import statements
@@ -26,9 +27,6 @@ from recorder.protocols.postgres.upstream import UpstreamError, UpstreamSettings
 
 MASKED = "[MASKED:"
 
-
-class ReplayUsageError(Exception):
-    pass
 
 
 @dataclass

@@ -1,0 +1,31 @@
+"""The layout's promises: recorder/ is a library that never imports mitmproxy."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def recorder_modules() -> list[str]:
+    out = []
+    for path in sorted((REPO / "recorder").rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return out
+
+
+def test_every_recorder_module_imports_without_mitmproxy():
+    modules = recorder_modules()
+    assert "recorder.store.writer" in modules and "recorder.forensics.reader" in modules
+    # A fresh interpreter: this test process may have loaded mitmproxy for other tests.
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}:\n"
+        "    importlib.import_module(m)\n"
+        "print(sorted(k for k in sys.modules if k == 'mitmproxy' or k.startswith('mitmproxy.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"recorder/ loaded mitmproxy modules: {done.stdout.strip()}"
