@@ -35,6 +35,16 @@ from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.store.sessions import Session, SessionRegistry
 from recorder.store.writer import RECORD_LOST, RECORD_REPAIRED, Alarm, RecordWriter, StorageError
 from recorder.store.writer_process import ProcessRecordWriter
+from recorder.store.records import (
+    AUTH_REFUSED,
+    HTTP_CHUNK,
+    HTTP_END,
+    HTTP_ERROR,
+    HTTP_REQUEST,
+    HTTP_RESPONSE,
+    HTTP_TRAILERS,
+    TUNNEL,
+)
 
 log = logging.getLogger("wiretrail")
 
@@ -249,7 +259,7 @@ class Capture:
             # Streams still open at shutdown: keep what arrived, and say why it stops here.
             self._flush_all(fc, final=True)
             fc.session.record(
-                "http.error",
+                HTTP_ERROR,
                 {"flow": fc.flow_id, "phase": "shutdown", "message": "the gateway shut down with the flow in progress"},
             )
             self._end(fc)
@@ -321,7 +331,7 @@ class Capture:
             err = err or await fut
         fc.request_acks.clear()
         if err is None and flow.request.trailers:
-            err = await self._write_and_wait(fc.session, "http.trailers", self._trailer_fields(flow, "request"))
+            err = await self._write_and_wait(fc.session, HTTP_TRAILERS, self._trailer_fields(flow, "request"))
         if err is not None and fc.abort is None:
             if self._unrecorded(flow, fc, err):
                 await self._abort(fc, 503, "request", self._not_recorded_message(err))
@@ -363,7 +373,7 @@ class Capture:
         if "response" not in fc.streams:
             body = self._body_bytes(flow.response)
             fc.wire["response"] = len(body.data)
-            fc.session.record("http.response", self._response_fields(flow, body, streamed=False))
+            fc.session.record(HTTP_RESPONSE, self._response_fields(flow, body, streamed=False))
             fc.streams["response"] = None  # recorded: a later call (a waiting request stream) does not repeat it
         if "request" in fc.streams and not fc.request_done and fc.abort is None:
             # The reply ended while the request still streams (bidirectional): the flow ends
@@ -375,10 +385,10 @@ class Capture:
         killed = flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
         if killed:
             # Killed in `response` by a part of the gateway: the reply was not forwarded.
-            fc.session.record("http.error", {"flow": fc.flow_id, "phase": "response", "message": self._mask_text(
+            fc.session.record(HTTP_ERROR, {"flow": fc.flow_id, "phase": "response", "message": self._mask_text(
                 flow.metadata.get(KILLED) or flow.error.msg)})
         elif flow.response is not None and flow.response.trailers:
-            fc.session.record("http.trailers", self._trailer_fields(flow, "response"))
+            fc.session.record(HTTP_TRAILERS, self._trailer_fields(flow, "response"))
         self._record_end(flow, fc)
         if flow.websocket is not None and not killed:
             return  # it goes on as a WebSocket; addons/websocket.py ends it with its ws.close
@@ -400,7 +410,7 @@ class Capture:
             return
         # Keep whatever arrived before the failure, decoder tail included.
         self._flush_all(fc, final=True)
-        fc.session.record("http.error", self._error_fields(flow, fc))
+        fc.session.record(HTTP_ERROR, self._error_fields(flow, fc))
         self._record_end(flow, fc)
         self._end(fc)
 
@@ -422,7 +432,7 @@ class Capture:
             return
         peer = client.peername or ("", 0)
         session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
-        session.record("tunnel", {"conn": client.id, "host": host, "port": port, **(details or {})})
+        session.record(TUNNEL, {"conn": client.id, "host": host, "port": port, **(details or {})})
         self.registry.end_flow(session)
 
     # -- records ----------------------------------------------------------------------
@@ -434,7 +444,7 @@ class Capture:
         refusal = refusal_of(flow)
         session = self.session_for(flow.metadata.get(IDENTITY), flow.client_conn.peername or ("", 0))
         req = flow.request
-        session.record("auth.refused", {
+        session.record(AUTH_REFUSED, {
             "flow": flow.id,
             "conn": flow.client_conn.id,
             "mode": flow.client_conn.proxy_mode.type_name,
@@ -468,7 +478,7 @@ class Capture:
         if ident is not None and not ident.authenticated and self.cfg.identity.mode != "none":
             ident = None  # not verified (a CONNECT refused, say): the unverified session of its address
         session = self.session_for(ident, client.peername or ("", 0))
-        session.record("http.error", {"flow": str(uuid.uuid4()), "conn": client.id, "phase": phase,
+        session.record(HTTP_ERROR, {"flow": str(uuid.uuid4()), "conn": client.id, "phase": phase,
                                       "message": message, "by": "gateway"})
         self.registry.end_flow(session)
 
@@ -490,9 +500,9 @@ class Capture:
             "streamed": body is None,
         }
         fc.request_recorded = True
-        writes = [self._write_and_wait(fc.session, "http.request", fields)]
+        writes = [self._write_and_wait(fc.session, HTTP_REQUEST, fields)]
         if body is not None and req.trailers:  # buffered: its trailers go upstream right after it
-            writes.append(self._write_and_wait(fc.session, "http.trailers", self._trailer_fields(flow, "request")))
+            writes.append(self._write_and_wait(fc.session, HTTP_TRAILERS, self._trailer_fields(flow, "request")))
         err = None
         for write in writes:
             err = err or await write
@@ -594,7 +604,7 @@ class Capture:
         end = (resp.timestamp_end if resp and resp.timestamp_end else None) or time.time()
         ttfb = round((resp.timestamp_start - start) * 1000, 3) if resp and resp.timestamp_start else None
         fc.session.record(
-            "http.end",
+            HTTP_END,
             {
                 "flow": fc.flow_id,
                 "status": resp.status_code if resp else None,
@@ -704,7 +714,7 @@ class Capture:
         if fc.response_head is not None and direction == "response":
             flow, at = fc.response_head
             fc.response_head = None
-            fc.session.record("http.response", self._response_fields(flow, None, streamed=True), ts=at)
+            fc.session.record(HTTP_RESPONSE, self._response_fields(flow, None, streamed=True), ts=at)
         # An empty final batch still goes to the writer when the stream carried data: it
         # flushes the decoder and any held-back UTF-8 tail, which live on the writer thread.
         if not buf and (not final or fc.chunk_n[direction] == 0):
@@ -721,7 +731,7 @@ class Capture:
         if direction == "request" and fc.abort is None:
             fc.request_acks.add(self._record_acked(fc, fields))
         else:
-            fc.session.record("http.chunk", fields)
+            fc.session.record(HTTP_CHUNK, fields)
             if self._failing and self.cfg.storage.fail_closed and direction == "response":
                 # Storage fails: the rest of the reply is not forwarded unrecorded (rule 2).
                 self._abort_soon(fc, 502, "response", f"not recorded ({next(iter(self._failing))}): the rest "
@@ -735,7 +745,7 @@ class Capture:
     def _record_acked(self, fc: FlowCapture, fields: dict) -> asyncio.Future:
         """Record a batch of a streamed request; a failure aborts the flow at once, before more
         of the body (and certainly before its end) goes upstream."""
-        fut = self._write(fc.session, "http.chunk", fields)
+        fut = self._write(fc.session, HTTP_CHUNK, fields)
 
         def written(f: asyncio.Future) -> None:
             err = f.result()
@@ -755,7 +765,7 @@ class Capture:
         if fc.buffers[direction]:
             self._flush(fc, direction, final=False)
             return
-        fc.session.record("http.chunk", {"flow": fc.flow_id, "dir": direction, "n": fc.chunk_n[direction],
+        fc.session.record(HTTP_CHUNK, {"flow": fc.flow_id, "dir": direction, "n": fc.chunk_n[direction],
                                          "body": ChunkBytes(b"", stream, False)})
 
     def _flush_all(self, fc: FlowCapture, final: bool) -> None:

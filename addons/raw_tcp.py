@@ -37,6 +37,7 @@ from recorder.protocols.websocket import (
     tcp_open_fields,
     tcp_refused_fields,
 )
+from recorder.store.records import TCP_CLOSE, TCP_MESSAGE, TCP_OPEN, TCP_REFUSED
 
 log = logging.getLogger("wiretrail")
 
@@ -145,7 +146,7 @@ class RawTcp:
         self.flows[flow.id] = st
         address = flow.server_conn.address or (None, None)
         conn = decided.decision.connection
-        session.record("tcp.open", tcp_open_fields(
+        session.record(TCP_OPEN, tcp_open_fields(
             flow.id, flow.client_conn.id, conn.name if conn else None, flow.client_conn.proxy_mode.type_name,
             address[0], address[1], decided.via, decided.upgrade_of, flow.client_conn.sni,
             flow.client_conn.alpn.decode("ascii", "replace") if flow.client_conn.alpn else None,
@@ -163,7 +164,7 @@ class RawTcp:
         cap = self.capture
         data = msg.content
         if msg.from_client:
-            err = await cap._write_and_wait(st.session, "tcp.message",
+            err = await cap._write_and_wait(st.session, TCP_MESSAGE,
                                             tcp_message_fields(st, "client", data, final=True))
             if err is not None:
                 if getattr(err, "cause", None) != NOT_RESPONDING:
@@ -175,7 +176,7 @@ class RawTcp:
                 else:
                     log.warning(f"wiretrail: UNRECORDED raw TCP bytes: {err}")
         else:
-            st.session.record("tcp.message", tcp_message_fields(st, "server", data, final=False), ts=msg.timestamp)
+            st.session.record(TCP_MESSAGE, tcp_message_fields(st, "server", data, final=False), ts=msg.timestamp)
         del flow.messages[:-1]  # handed over: mitmproxy would keep every read (later addons read the last)
 
     def tcp_end(self, flow: tcp.TCPFlow):
@@ -221,8 +222,8 @@ class RawTcp:
         if not st.session.closed:
             if st.counts["server"]:
                 # The server's stream ends: the writer releases what masking held back of it.
-                st.session.record("tcp.message", tcp_message_fields(st, "server", b"", final=True))
-            st.session.record("tcp.close", tcp_close_fields(st, ended=time.time(), error=error))
+                st.session.record(TCP_MESSAGE, tcp_message_fields(st, "server", b"", final=True))
+            st.session.record(TCP_CLOSE, tcp_close_fields(st, ended=time.time(), error=error))
         self.capture.registry.end_flow(st.session)
 
     def _record_refused(self, client, host, port, decision: RawDecision, protocol: str, ident) -> None:
@@ -234,7 +235,7 @@ class RawTcp:
         ident = ident or ANONYMOUS
         session = cap.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
         conn = decision.connection
-        session.record("tcp.refused", tcp_refused_fields(
+        session.record(TCP_REFUSED, tcp_refused_fields(
             client.id, host, port, conn.name if conn else None, protocol, decision.reason, decision.message))
         cap.registry.end_flow(session)
 

@@ -36,6 +36,7 @@ from recorder.protocols.websocket import (
     ws_message_fields,
     ws_open_fields,
 )
+from recorder.store.records import WS_CLOSE, WS_MESSAGE, WS_OPEN
 
 log = logging.getLogger("wiretrail")
 
@@ -72,7 +73,7 @@ class WebSocketCapture:
                      started=time.time())
         self.sockets[flow.id] = st
         conn = connection_of(flow)
-        fc.session.record("ws.open", ws_open_fields(
+        fc.session.record(WS_OPEN, ws_open_fields(
             flow.id, flow.client_conn.id, conn.name if conn else None, cap._recorded_url(flow.request),
             resp.headers.get("sec-websocket-protocol") if resp else None,
             resp.headers.get("sec-websocket-extensions") if resp else None,
@@ -96,7 +97,7 @@ class WebSocketCapture:
         data = msg.content
         if msg.from_client:
             fields = ws_message_fields(st, "client", data, msg.is_text)
-            err = await cap._write_and_wait(st.session, "ws.message", fields)
+            err = await cap._write_and_wait(st.session, WS_MESSAGE, fields)
             if err is not None:
                 late = getattr(err, "cause", None) == NOT_RESPONDING
                 if not late:
@@ -112,7 +113,7 @@ class WebSocketCapture:
             if masker is not None and self.config_addon.current.masking.mask_requests:
                 msg.content = mask_body(masker, data, None, exact=False)
         else:
-            st.session.record("ws.message", ws_message_fields(st, "server", data, msg.is_text), ts=msg.timestamp)
+            st.session.record(WS_MESSAGE, ws_message_fields(st, "server", data, msg.is_text), ts=msg.timestamp)
             if masker is not None and self.config_addon.current.masking.mask_responses:
                 msg.content = mask_body(masker, data, None, exact=False)
         del messages[:-1]  # handed over: mitmproxy would keep every message (later addons read the last)
@@ -165,7 +166,7 @@ class WebSocketCapture:
         fields = ws_close_fields(st, code=code, reason=cap._mask_text(reason or ""), by=by, ended=time.time())
         fc = cap.flows.get(st.flow)
         if not st.session.closed:
-            st.session.record("ws.close", fields)
+            st.session.record(WS_CLOSE, fields)
         if fc is not None and not fc.ended:
             cap._end(fc)
 

@@ -15,52 +15,14 @@ from pathlib import Path
 import orjson
 
 from recorder.forensics import zstd_blocks
-from recorder.protocols.postgres.records import REQUIRED as PG_REQUIRED
-from recorder.store import format_v1
+from recorder.store import format_v1, records
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SESSION_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 
-# Fields each record type must carry (beyond the envelope), and the JSON types allowed.
-_ANY = object()
-_DICT_OR_NULL = (dict, type(None))
-_STR_OR_NULL = (str, type(None))
-REQUIRED: dict[str, dict[str, object]] = {
-    "session.open": {"session": str, "identity": dict, "client": dict, "gateway": dict, "key": _STR_OR_NULL},
-    "http.request": {
-        "flow": str,
-        "conn": _ANY,
-        "connection": _STR_OR_NULL,
-        "method": str,
-        "url": str,
-        "http_version": str,
-        "headers": list,
-        "body": _DICT_OR_NULL,
-    },
-    "http.response": {"flow": str, "status": int, "headers": list, "body": _DICT_OR_NULL, "streamed": bool},
-    "http.chunk": {"flow": str, "dir": str, "body": dict},
-    "http.end": {"flow": str, "size": _ANY, "duration_ms": _ANY, "ttfb_ms": _ANY},
-    "http.error": {"flow": str, "phase": str, "message": str},
-    "ws.open": {"flow": str, "conn": _ANY, "connection": _STR_OR_NULL, "url": str},
-    "ws.message": {"flow": str, "from": str, "n": int, "kind": str, "body": dict},
-    "ws.close": {"flow": str, "code": _ANY, "by": _STR_OR_NULL, "messages": dict},
-    "tcp.open": {"flow": str, "conn": _ANY, "connection": _STR_OR_NULL, "host": _STR_OR_NULL, "port": _ANY},
-    "tcp.message": {"flow": str, "from": str, "n": int, "body": dict},
-    "tcp.close": {"flow": str, "messages": dict, "size": dict},
-    "tcp.refused": {"conn": _ANY, "host": _STR_OR_NULL, "port": _ANY, "reason": str, "message": str},
-    "session.close": {"reason": str, "counts": dict},
-    "checkpoint": {"key": str, "sig": str},
-    "seal": {"key": str, "sig": str},
-    **PG_REQUIRED,
-}
-# Fields a record may carry (newer gateways write them), and the JSON types they must have then.
-_DEST = object()  # {"host": str, "port": int, "address": str or null}, or null
-OPTIONAL: dict[str, dict[str, object]] = {
-    "http.request": {"dest": _DEST},
-    "auth.refused": {"dest": _DEST},
-    "http.end": {"address": _STR_OR_NULL},
-    "tunnel": {"address": _STR_OR_NULL, "sni": _STR_OR_NULL},
-}
+# Fields each record type must and may carry, and their JSON types: the one table.
+REQUIRED: dict[str, tuple[str, ...]] = {t: spec.required for t, spec in records.RECORDS.items()}
+OPTIONAL: dict[str, tuple[str, ...]] = {t: spec.optional for t, spec in records.RECORDS.items()}
 
 
 @dataclass(frozen=True)
@@ -120,20 +82,6 @@ class SessionRead:
 # -- records ----------------------------------------------------------------------------
 
 
-def _type_ok(value, expected) -> bool:
-    if expected is _ANY:
-        return True
-    types = expected if isinstance(expected, tuple) else (expected,)
-    if isinstance(value, bool) and bool not in types:
-        return False  # JSON true/false is not a number
-    return isinstance(value, types)
-
-
-def _dest_ok(dest) -> bool:
-    return dest is None or (isinstance(dest, dict) and isinstance(dest.get("host"), str)
-                            and _type_ok(dest.get("port"), int) and _type_ok(dest.get("address"), _STR_OR_NULL))
-
-
 def _check_body(seq: int, key: str, body) -> Problem | None:
     if body is None:
         return None
@@ -161,21 +109,8 @@ def _check_fields(seq: int, rec: dict) -> list[Problem]:
     ts = rec.get("ts")
     if not isinstance(ts, (int, float)) or isinstance(ts, bool):
         out.append(Problem(seq, "field", f"{t}: \"ts\" is not a number"))
-    for key, expected in REQUIRED.get(t, {}).items():
-        if key not in rec:
-            out.append(Problem(seq, "field", f"{t}: missing field \"{key}\""))
-        elif not _type_ok(rec[key], expected):
-            out.append(Problem(seq, "field", f"{t}: field \"{key}\" has the wrong type ({type(rec[key]).__name__})"))
-    for key, expected in OPTIONAL.get(t, {}).items():
-        if key in rec and not (_dest_ok(rec[key]) if expected is _DEST else _type_ok(rec[key], expected)):
-            out.append(Problem(seq, "field", f"{t}: field \"{key}\" has the wrong type or shape"))
-    if t == "http.chunk" and rec.get("dir") not in ("request", "response", None):
-        out.append(Problem(seq, "field", f"http.chunk: dir {rec.get('dir')!r} is not \"request\" or \"response\""))
-    if t in ("ws.message", "tcp.message") and rec.get("from") not in ("client", "server", None):
-        out.append(Problem(seq, "field", f"{t}: from {rec.get('from')!r} is not \"client\" or \"server\""))
-    if t == "ws.message" and rec.get("kind") not in ("text", "binary", None):
-        out.append(Problem(seq, "field", f"ws.message: kind {rec.get('kind')!r} is not \"text\" or \"binary\""))
-    if t in ("http.request", "http.response", "http.chunk", "ws.message", "tcp.message") and isinstance(rec.get("body"), dict):
+    out += [Problem(seq, "field", text) for text in records.field_problems(rec)]
+    if t in records.BODY_TYPES and isinstance(rec.get("body"), dict):
         p = _check_body(seq, f"{t}: body", rec["body"])
         if p:
             out.append(p)

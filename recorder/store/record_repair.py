@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from recorder.store import format_v1
 from recorder.store.bodies import BodyBytes, ChunkBytes
+from recorder.store.records import HTTP_ERROR
 
 MAX_DEPTH = 64  # record fields are shallow; anything deeper is not recorded structurally
 _INT_LIMIT = 1 << 63
@@ -149,5 +150,5 @@ def lost_line(chain: format_v1.Chain, rtype: str, ts: float, fields: dict, error
     flow = fields.get("flow") if isinstance(fields.get("flow"), str) else None
     message = (f"the {rtype} record could not be written ({_describe(error)}"
                + (f"; then {_describe(again)}" if again is not None else "") + "); it is missing from this session")
-    return chain.next_line("http.error", ts, {"flow": flow, "phase": "record", "by": "gateway", "lost": rtype,
+    return chain.next_line(HTTP_ERROR, ts, {"flow": flow, "phase": "record", "by": "gateway", "lost": rtype,
                                               "message": message}), f"lost: {message}"

@@ -16,6 +16,7 @@ from recorder import __version__
 from recorder.store import format_v1
 from recorder.store.ids import new_session_id
 from recorder.store.writer import Ack, RecordWriter
+from recorder.store.records import HTTP_ERROR, RECORDS
 
 
 @dataclass(eq=False)  # identity semantics: sessions live in sets
@@ -39,8 +40,10 @@ class Session:
     def record(self, rtype: str, fields: dict, ack: Ack | None = None, ts: float | None = None) -> None:
         if self.closed:
             raise RuntimeError(f"session {self.id} is closed")
+        if rtype not in RECORDS:
+            raise ValueError(f"{rtype!r} is not a record type of format v1 (recorder/store/records.py)")
         self.records += 1
-        if rtype == "http.error":
+        if rtype == HTTP_ERROR:
             self.errors += 1
         self.writer.record(self.id, rtype, time.time() if ts is None else ts, fields, ack)
 
@@ -149,6 +152,7 @@ class SessionRegistry:
             "client": {"ip": client[0], "port": client[1]},
             "gateway": self.gateway,
             "key": self.signing_key_id,
+            "opened": now,
         }
         session.records += 1
         self.writer.open_session(sid, session.path, now, fields)

@@ -37,6 +37,7 @@ from recorder.store import ledger as ledger_mod
 from recorder.store.anchors import Anchorer, AnchorSpec
 from recorder.store.bodies import BodyBytes, ChunkBytes, render_bodies
 from recorder.store.signing import Signer
+from recorder.store.records import CHECKPOINT, SEAL, SESSION_CLOSE, SESSION_OPEN
 
 Ack = Callable[[BaseException | None], None]
 
@@ -373,7 +374,7 @@ class RecordWriter:
             for sf in touched.values():
                 if sf.session_id not in ending and sf.error is None and sf.unsigned and \
                         now - sf.last_signed >= self.checkpoint_interval:
-                    self._sign(sf, "checkpoint")
+                    self._sign(sf, CHECKPOINT)
         for sf in touched.values():
             self._flush_block(sf)
         for sf, op in closing:
@@ -421,13 +422,13 @@ class RecordWriter:
                 self._files[op.session_id] = sf
                 return e
             self._files[op.session_id] = sf
-            rtype, fields = "session.open", op.fields
+            rtype, fields = SESSION_OPEN, op.fields
         else:
             sf = self._files.get(op.session_id)
             if sf is None:
                 return StorageError("unknown session", op.session_id)
             if isinstance(op, _Close):
-                rtype, fields = "session.close", op.fields
+                rtype, fields = SESSION_CLOSE, op.fields
             else:
                 rtype, fields = op.rtype, op.fields
         if sf.error is not None:
@@ -478,7 +479,7 @@ class RecordWriter:
             sf.in_ledger = True
         if isinstance(op, _Close):
             if self.signer is not None:
-                self._sign(sf, "seal")
+                self._sign(sf, SEAL)
             closing.append((sf, op))
         return err
 
@@ -771,7 +772,7 @@ class RecordWriter:
             for sf in list(self._files.values()):
                 if sf.error is None and sf.fd >= 0 and sf.unsigned and \
                         now - sf.last_signed >= self.checkpoint_interval:
-                    self._sign(sf, "checkpoint")
+                    self._sign(sf, CHECKPOINT)
                     self._flush_block(sf)
         if self._ledger is not None:
             if self._ledger.pending or self._ledger.fd < 0:

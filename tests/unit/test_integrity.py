@@ -336,6 +336,28 @@ def test_signed_bytes_test_vector():
 
 VECTOR_SIG = "XC56iZ+9RkGOvBx63cGcmTrTjsZFCGJ0M/AoZXzicK/UQ1CwUn4Y3KpsP0hnOV/2h2auj1B4cDGoGkmCsbdsAg=="
 
+LEDGER_VECTOR = (
+    b'{"v":1,"seq":0,"t":"gateway.start","ts":1767225600.0,"prev":"' + b"0" * 64 + b'","host":"gw1","pid":4242,'
+    b'"key":"21fe31dfa154a261","sig":"3jeJZywmmZd8eQseqNlbzferypVyesi/jzRRgLv56S9/sg0F/FaZ7s6V+ttJyP27uvzYffexeyHB+qUBCTH6DA=="}'
+)
+
+
+def test_ledger_line_test_vector():
+    """docs/format.md §10: a signed ledger line, checked byte for byte, by the key alone and by the reader."""
+    secret = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(secret)
+    signer = signing.Signer.from_private(private)
+    line = ledger.encode_entry(0, format_v1.ZERO_HASH, "gateway.start", 1767225600.0, {"host": "gw1", "pid": 4242},
+                               signer)
+    assert line == LEDGER_VECTOR
+    assert format_v1.line_hash(line) == "6d3c4a1ed862d63cbe9a22cf499f4aed72002c6bea4235b2c1e4c528b891390e"
+    # What is signed, derived here from the spec's words rather than from ledger.split_signature.
+    cut = line.index(b',"sig":"')
+    signed = b"wiretrail-ledger-v1\n" + line[:cut] + b"}"
+    sig = base64.b64decode(line[cut + len(b',"sig":"'):-2])
+    private.public_key().verify(sig, signed)  # raises if the vector's signature is not over those bytes
+    assert ledger.split_signature(line) == (line[:cut] + b"}", base64.b64encode(sig).decode())
+
 
 # -- damage the gateway suffered, and tampering passed off as damage ----------------------------------
 

@@ -41,6 +41,7 @@ from recorder.protocols.postgres.upstream import (
     send_cancel,
     tls_info,
 )
+from recorder.store.records import PG_CANCEL, PG_CONNECT, PG_END, PG_ERROR, PG_REFUSED
 
 log = logging.getLogger("wiretrail")
 
@@ -192,7 +193,7 @@ class Frontend:
         fields = {"conn": target.id, "forwarded": forwarded, "from": {"ip": peer[0], "port": peer[1]}}
         if error:
             fields["error"] = error
-        target.record("pg.cancel", fields)
+        target.record(PG_CANCEL, fields)
 
 
 async def _peek(sock: socket.socket, timeout: float) -> bytes:
@@ -274,7 +275,7 @@ class ClientConnection:
             if message:
                 masker = self.hooks.masker()
                 fields["message"] = masker.mask_text(message) if masker is not None else message
-            self.record("pg.end", fields)
+            self.record(PG_END, fields)
             self.hooks.end_flow(self.session)
         self.close()
 
@@ -304,7 +305,7 @@ class ClientConnection:
         fields = {"conn": self.id, "connection": self.s.name, "reason": r.reason, "sqlstate": r.sqlstate,
                   "message": r.message, "tls": self.tls,
                   "client": {k: self.params[k] for k in ("user", "database", "application_name") if k in self.params}}
-        session.record("pg.refused", fields)
+        session.record(PG_REFUSED, fields)
         self.hooks.end_flow(session)
 
     # -- the connection ---------------------------------------------------------------
@@ -341,7 +342,7 @@ class ClientConnection:
         except UpstreamError as e:
             masker = self.hooks.masker()
             text = masker.mask_text(e.message) if masker is not None else e.message
-            self.record("pg.error", {"conn": self.id, "phase": "connect", "sqlstate": e.sqlstate, "message": text})
+            self.record(PG_ERROR, {"conn": self.id, "phase": "connect", "sqlstate": e.sqlstate, "message": text})
             client_text = (f"wiretrail: the database refused the gateway's own login ({e.sqlstate}: {text}); "
                            "the gateway operator must fix the connection's user or credential"
                            if e.sqlstate.startswith("28") else f"wiretrail: {text}")
@@ -363,7 +364,7 @@ class ClientConnection:
                          "tls": up.tls, "auth": up.auth, "backend_pid": up.key[0] if up.key else None},
             "server_version": up.params.get("server_version"),
         }
-        if not await self._write(("pg.connect", fields)):
+        if not await self._write((PG_CONNECT, fields)):
             return
         self.key = self._new_key()
         out = [pg.auth_request(pg.AUTH_OK)]
@@ -488,7 +489,7 @@ class ClientConnection:
             except Exception:
                 pass
             if late:
-                self.record("pg.end", {"conn": self.id, "reason": "storage",
+                self.record(PG_END, {"conn": self.id, "reason": "storage",
                                        "message": "not forwarded: the record was not written in time"})
             self.hooks.end_flow(self.session)
             self.close()

@@ -17,21 +17,9 @@ from typing import Callable
 
 from recorder.protocols.postgres import protocol as pg
 from recorder.protocols.postgres.values import recorded_value, type_name
+from recorder.store.records import PG_BIND, PG_ERROR, PG_EXECUTE, PG_FUNCTION, PG_PARSE, PG_QUERY, PG_RESULT
 
-# Fields each pg record type must carry (recorder/forensics/reader.py checks them); docs/format.md §4.
-REQUIRED: dict[str, dict[str, object]] = {
-    "pg.connect": {"conn": str, "connection": str, "client": dict, "upstream": dict},
-    "pg.refused": {"conn": str, "connection": str, "reason": str, "sqlstate": str, "message": str},
-    "pg.query": {"conn": str, "n": int, "sql": str},
-    "pg.parse": {"conn": str, "n": int, "statement": str, "sql": str, "param_types": list},
-    "pg.bind": {"conn": str, "n": int, "portal": str, "statement": str, "params": list},
-    "pg.execute": {"conn": str, "n": int, "portal": str},
-    "pg.function": {"conn": str, "n": int, "oid": int, "args": list},
-    "pg.result": {"conn": str, "n": (int, type(None)), "tag": (str, type(None)), "rows": (int, type(None))},
-    "pg.cancel": {"conn": str, "forwarded": bool},
-    "pg.error": {"conn": str, "phase": str, "message": str},
-    "pg.end": {"conn": str, "reason": str},
-}
+# The fields of each pg.* record are in the one table of record types, recorder/store/records.py.
 
 # Message types whose bodies are read; the others (DataRow, CopyData) are only counted.
 CLIENT_KEEP = frozenset(bytes([c]) for c in b"QPBEDCSHFXcf")
@@ -112,14 +100,14 @@ class Tracker:
                 continue
             if mtype == b"Q":
                 n = self._next()
-                out.append(("pg.query", {"conn": self.conn, "n": n, "sql": self._mask(pg.parse_query(body))}))
+                out.append((PG_QUERY, {"conn": self.conn, "n": n, "sql": self._mask(pg.parse_query(body))}))
                 self.pending.append(_Pending(b"Q", n))
             elif mtype == b"P":
                 name, sql, types = pg.parse_parse(body)
                 n = self._next()
                 self.statements[name] = types
                 self.stmt_columns.pop(name, None)
-                out.append(("pg.parse", {"conn": self.conn, "n": n, "statement": name, "sql": self._mask(sql),
+                out.append((PG_PARSE, {"conn": self.conn, "n": n, "statement": name, "sql": self._mask(sql),
                                          "param_types": [type_name(t) for t in types]}))
                 self.pending.append(_Pending(b"P", n, name))
             elif mtype == b"B":
@@ -135,7 +123,7 @@ class Tracker:
                 fields = {"conn": self.conn, "n": n, "portal": portal, "statement": stmt, "params": params}
                 if any(result_formats):
                     fields["result_formats"] = "binary" if all(result_formats) else result_formats
-                out.append(("pg.bind", fields))
+                out.append((PG_BIND, fields))
                 cols = self.stmt_columns.get(stmt)
                 if cols is not None:  # a statement's description has no formats: the Bind chooses them
                     cols = [(c[0], c[1], result_formats[i] if len(result_formats) > 1 else
@@ -149,7 +137,7 @@ class Tracker:
                 fields = {"conn": self.conn, "n": n, "portal": portal, "statement": stmt}
                 if max_rows:
                     fields["max_rows"] = max_rows
-                out.append(("pg.execute", fields))
+                out.append((PG_EXECUTE, fields))
                 p = _Pending(b"E", n, portal)
                 p.columns = columns
                 self.pending.append(p)
@@ -157,7 +145,7 @@ class Tracker:
                 oid, formats, args = pg.parse_function_call(body)
                 n = self._next()
                 masker = self.masker_of()
-                out.append(("pg.function", {"conn": self.conn, "n": n, "oid": oid, "args": [
+                out.append((PG_FUNCTION, {"conn": self.conn, "n": n, "oid": oid, "args": [
                     recorded_value(a, 0, (formats[i] if len(formats) > 1 else (formats[0] if formats else 0)) == 1,
                                    masker, self.max_value) for i, a in enumerate(args)]}))
                 self.pending.append(_Pending(b"F", n))
@@ -221,7 +209,7 @@ class Tracker:
             fields["suspended"] = True
         if error is not None:
             fields["error"] = error
-        self.emit("pg.result", fields)
+        self.emit(PG_RESULT, fields)
         if p is not None:  # a Query's next statement starts afresh
             p.columns, p.rows, p.sample, p.copy = None, 0, None, None
         self.copy = None
@@ -306,7 +294,7 @@ class Tracker:
         p = self._head()
         if p is None or p.kind in (b"S",):
             # Not an answer to a statement: a FATAL (the server shutting down) or an error at Sync.
-            self.emit("pg.error", {"conn": self.conn, "phase": "server", "message": error["message"],
+            self.emit(PG_ERROR, {"conn": self.conn, "phase": "server", "message": error["message"],
                                    "sqlstate": error["sqlstate"], "severity": error["severity"]})
             return
         if p.kind in (b"Q", b"F"):
