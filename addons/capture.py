@@ -21,13 +21,18 @@ from mitmproxy.addons.errorcheck import ErrorCheckHandler
 
 from addons import proxy_control
 from addons.config import WiretrailConfig
-from addons.credentials import INJECTED
-from addons.identity import IDENTITY, identity_of
+from addons.flow_state import (
+    identity_of,
+    injected_of,
+    is_tunneled,
+    killed_reason,
+    noted_identity,
+    trailers_stripped,
+)
 from addons.masking import Masking
-from addons.policy import TUNNELED, connection_of, destination_of, peer_address
+from addons.policy import connection_of, destination_of, peer_address
 from addons.refusal import error_response, refusal_of
 from addons.streaming import header_values, request_streams, response_streams
-from addons.trailers import TRAILERS_STRIPPED
 from recorder.auth.identity import VerifiedIdentity
 from recorder.masking.headers import recordable_headers
 from recorder.store.anchors import AnchorSpec
@@ -48,7 +53,6 @@ from recorder.store.records import (
 
 log = logging.getLogger("wiretrail")
 
-KILLED = "wiretrail.killed"  # flow.metadata: why a part killed the flow in `response` (recorded)
 NOT_RESPONDING = "storage not responding"  # the cause when a record is late past storage.write_timeout
 NOT_RECORDED = ("wiretrail could not record this request, so it was not forwarded. "
                 "The gateway operator has been told; retry later.")
@@ -293,7 +297,7 @@ class Capture:
             )
             return
         ident = identity_of(flow)
-        if flow.metadata.get(TUNNELED):
+        if is_tunneled(flow):
             # An unregistered host under policy "tunnel" over plain http: forwarded, content unrecorded.
             self.record_tunnel(flow.client_conn, flow.request.host, flow.request.port, ident)
             return
@@ -386,7 +390,7 @@ class Capture:
         if killed:
             # Killed in `response` by a part of the gateway: the reply was not forwarded.
             fc.session.record(HTTP_ERROR, {"flow": fc.flow_id, "phase": "response", "message": self._mask_text(
-                flow.metadata.get(KILLED) or flow.error.msg)})
+                killed_reason(flow) or flow.error.msg)})
         elif flow.response is not None and flow.response.trailers:
             fc.session.record(HTTP_TRAILERS, self._trailer_fields(flow, "response"))
         self._record_end(flow, fc)
@@ -442,7 +446,7 @@ class Capture:
         if self.registry is None or self._stopped:
             return
         refusal = refusal_of(flow)
-        session = self.session_for(flow.metadata.get(IDENTITY), flow.client_conn.peername or ("", 0))
+        session = self.session_for(noted_identity(flow), flow.client_conn.peername or ("", 0))
         req = flow.request
         session.record(AUTH_REFUSED, {
             "flow": flow.id,
@@ -495,7 +499,7 @@ class Capture:
             "url": self._recorded_url(req),
             "dest": destination_of(flow),
             "http_version": req.http_version,
-            "headers": self._headers(req.headers, flow.metadata.get(INJECTED)),
+            "headers": self._headers(req.headers, injected_of(flow)),
             "body": body,
             "streamed": body is None,
         }
@@ -581,7 +585,7 @@ class Capture:
     def _trailer_fields(self, flow: http.HTTPFlow, direction: str) -> dict:
         message = flow.request if direction == "request" else flow.response
         fields = {"flow": flow.id, "dir": direction, "headers": self._headers(message.trailers)}
-        stripped = flow.metadata.get(TRAILERS_STRIPPED) if direction == "request" else None
+        stripped = trailers_stripped(flow) if direction == "request" else None
         if stripped:
             fields["stripped"] = stripped
         return fields

@@ -21,14 +21,14 @@ from mitmproxy import http
 from addons.config import WiretrailConfig
 from addons.identity import Identity
 from addons.policy import connection_of
-from addons.refusal import REFUSAL, refuse
+from addons.flow_state import is_refused, set_injected
+from addons.refusal import refuse
 from recorder.auth.credentials import CREDENTIAL_HEADERS, INJECT_HEADER, field_carries_token, strip_query
 from recorder.config import ConfigError
 from recorder.policy.connections import is_loopback_host
 
 log = logging.getLogger("wiretrail")
 
-INJECTED = "wiretrail.injected"  # flow.metadata: {header name: connection name}
 
 _CREDENTIAL_FIELDS = frozenset(name.encode() for name in CREDENTIAL_HEADERS)
 _CREDENTIAL_AND_COOKIE_FIELDS = _CREDENTIAL_FIELDS | {b"cookie"}
@@ -80,7 +80,7 @@ class Credentials:
     def requestheaders(self, flow: http.HTTPFlow):
         req = flow.request
         token = self.identity.token_of(flow) if self.identity is not None else None
-        conn = None if flow.response is not None or REFUSAL in flow.metadata else connection_of(flow)
+        conn = None if flow.response is not None or is_refused(flow) else connection_of(flow)
         injects = conn is not None and conn.credential is not None and conn.inject != "none"
         # Whatever happens, the identity token never goes upstream; where the gateway injects, no
         # credential of the client's either. One pass over the header fields for both.
@@ -109,7 +109,7 @@ class Credentials:
         value = f"Bearer {secret}" if conn.inject == "bearer" else secret
         # Appended to the raw fields: the header was stripped just above (Headers.__setitem__ scans again).
         req.headers.fields += ((header.encode(), value.encode("utf-8", "surrogateescape")),)
-        flow.metadata[INJECTED] = {header: conn.name}
+        set_injected(flow, header, conn.name)
 
 
 _PROXY_AUTHORIZATION = frozenset({b"proxy-authorization"})

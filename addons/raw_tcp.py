@@ -22,8 +22,9 @@ import weakref
 from mitmproxy import ctx, http, tcp
 from mitmproxy.proxy import layer, layers
 
-from addons.capture import KILLED, NOT_RESPONDING, Capture
+from addons.capture import NOT_RESPONDING, Capture
 from addons.config import WiretrailConfig
+from addons.flow_state import set_killed
 from addons.identity import Identity, identity_of
 from addons.layers import RefusedLayer, find_layer, guard_tcp, protocol_of, raw_layer_in
 from addons.masking import Masking
@@ -118,7 +119,7 @@ class RawTcp:
         if decision.action != "record":
             why = (f"the upstream switched protocols to {upgrade!r}, which is not WebSocket; "
                    f"the gateway does not forward it: {decision.message or 'it cannot be recorded'}")
-            flow.metadata[KILLED] = why
+            set_killed(flow, why)
             log.warning(f"wiretrail: refused: {why} ({flow.request.pretty_url})")
             flow.kill()
             return

@@ -18,11 +18,11 @@ from __future__ import annotations
 from mitmproxy import http
 
 from addons.config import WiretrailConfig
+from addons.flow_state import set_trailers_stripped
 from addons.identity import Identity
 from addons.masking import Masking
 from recorder.auth.credentials import COOKIE_HEADERS, CREDENTIAL_HEADERS, field_carries_token
 
-TRAILERS_STRIPPED = "wiretrail.trailers_stripped"  # flow.metadata: names removed from request trailers
 
 _NEVER_IN_TRAILERS = frozenset(name.encode() for name in CREDENTIAL_HEADERS + COOKIE_HEADERS)
 
@@ -46,7 +46,7 @@ class Trailers:
 
         gone = [f for f in trailers.fields if credential(f)]
         if gone:
-            flow.metadata[TRAILERS_STRIPPED] = sorted({name.lower().decode("latin-1") for name, _ in gone})
+            set_trailers_stripped(flow, sorted({name.lower().decode("latin-1") for name, _ in gone}))
             trailers.fields = tuple(f for f in trailers.fields if not credential(f))
         if self._masks("mask_requests"):
             self._mask(trailers)

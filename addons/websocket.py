@@ -25,7 +25,8 @@ from addons.capture import NOT_RESPONDING, Capture
 from addons.config import WiretrailConfig
 from addons.layers import close_websocket
 from addons.masking import Masking
-from addons.policy import TUNNELED, connection_of
+from addons.flow_state import is_tunneled
+from addons.policy import connection_of
 from recorder.masking.body_masking import mask_body
 from recorder.protocols.websocket import (
     CLOSE_NOT_CHECKED,
@@ -58,7 +59,7 @@ class WebSocketCapture:
         cap = self.capture
         fc = cap.flows.get(flow.id)
         if fc is None or fc.ended:
-            if flow.metadata.get(TUNNELED):
+            if is_tunneled(flow):
                 return  # an unregistered plain-http host under policy "tunnel": not recorded, by design
             # Nothing to record it in (the upgrade was refused, or capture is not running): no
             # message passes, and it is closed.
@@ -84,7 +85,7 @@ class WebSocketCapture:
         msg = messages[-1]
         st = self.sockets.get(flow.id)
         if st is None:
-            if not flow.metadata.get(TUNNELED):
+            if not is_tunneled(flow):
                 msg.drop()  # a WebSocket nobody started recording: nothing passes
             del messages[:-1]
             return

@@ -29,3 +29,21 @@ def test_every_recorder_module_imports_without_mitmproxy():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", f"recorder/ loaded mitmproxy modules: {done.stdout.strip()}"
+
+
+def test_flow_metadata_is_used_only_through_addons_flow_state():
+    """The contract between the gateway's parts (which flow.metadata keys exist, what they hold)
+    is one module: no other part reads or writes flow.metadata itself."""
+    import re
+
+    from addons import flow_state
+
+    offenders = []
+    for path in sorted((REPO / "addons").glob("*.py")):
+        if path.name == "flow_state.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\.metadata\b", line.split("#")[0]):
+                offenders.append(f"{path.name}:{n}: {line.strip()}")
+    assert offenders == [], "use addons/flow_state.py:\n" + "\n".join(offenders)
+    assert len(set(flow_state.KEYS)) == len(flow_state.KEYS) and all(k.startswith("wiretrail.") for k in flow_state.KEYS)

@@ -11,10 +11,10 @@ from mitmproxy.proxy import mode_specs
 from mitmproxy.test import taddons, tflow
 
 from addons.config import WiretrailConfig
-from addons.credentials import INJECTED, Credentials
-from addons.identity import IDENTITY, Identity
-from addons.policy import CONNECTION, Policy
-from addons.refusal import REFUSAL
+from addons.credentials import Credentials
+from addons.flow_state import CONNECTION, IDENTITY, INJECTED, REFUSAL
+from addons.identity import Identity
+from addons.policy import Policy
 from recorder.auth.identity import mint_dev_token
 
 SECRET = "s" * 40
