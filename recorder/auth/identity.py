@@ -205,10 +205,6 @@ class TokenVerifier:
         else:
             raise ValueError("identity mode jwt needs jwks_url, jwks_file or hs256_secret")
 
-    @property
-    def key_store(self) -> KeyStore | None:
-        return self._keys
-
     def load_keys(self) -> None:
         """Fetch the JWKS now (call it off the event loop at start-up to fail early and warm the
         cache). Raises IdentityError("idp_unreachable"). Nothing to do in hs256 mode."""

@@ -187,10 +187,6 @@ class KeyStore:
     def keys(self) -> tuple[SigningKey, ...]:
         return self._keys or ()
 
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
-
     def load(self) -> tuple[SigningKey, ...]:
         """Fetch now, ignoring the rate limit (start-up). Raises JwksUnavailable on failure."""
         with self._fetch_lock:

@@ -247,20 +247,3 @@ def flow_records(records: list[dict]) -> dict[str, list[dict]]:
         if isinstance(flow, str):
             flows.setdefault(flow, []).append(rec)
     return flows
-
-
-def rebuild_body(records: list[dict], flow_id: str, dir: str) -> bytes:
-    """The recorded body of one direction of a flow: the buffered body, or the
-    http.chunk bodies of that direction joined in order. Bytes as stored (decoded
-    Content-Encoding, masked, cut where the gateway truncated)."""
-    if dir not in ("request", "response"):
-        raise ValueError(f"dir must be 'request' or 'response', not {dir!r}")
-    head_type = "http." + dir
-    mine = [r for r in records if r.get("flow") == flow_id]
-    if not mine:
-        raise KeyError(f"no records for flow {flow_id}")
-    for rec in mine:
-        if rec.get("t") == head_type and rec.get("body") is not None:
-            return format_v1.decode_body(rec["body"])
-    chunks = [r for r in mine if r.get("t") == "http.chunk" and r.get("dir") == dir]
-    return b"".join(format_v1.decode_body(r.get("body")) for r in chunks)

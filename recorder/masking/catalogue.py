@@ -37,7 +37,6 @@ CODE_REFERENCE = (r"^(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"  # 
                   r"|_*[a-z]+(?:[_-][a-z0-9]+)*"  # snake_case / kebab-case words
                   r"|_*[A-Za-z][a-z]+(?:[A-Z][a-z]+)*"  # camelCase, PascalCase, a class name
                   r"|_*[A-Z]+(?:_[A-Z0-9]+)+)$")  # CONSTANT_CASE
-MASK_TAG = r"^\[(?:MASKED|credential):"
 
 TOKEN = "A-Za-z0-9_"  # a token next to one of these is part of a longer word: not masked (a "-" before it is not: `x-ghp_…`)
 ALNUM = "A-Za-z0-9"

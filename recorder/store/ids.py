@@ -20,6 +20,3 @@ def new_session_id(now: float | None = None) -> str:
         value >>= 5
     return "".join(reversed(chars))
 
-
-def is_session_id(text: str) -> bool:
-    return len(text) == 26 and all(c in _ALPHABET for c in text)

@@ -16,8 +16,9 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addons.capture import Capture
 from addons.config import WiretrailConfig
-from recorder.forensics.reader import iter_session_files, read_session, rebuild_body
+from recorder.forensics.reader import iter_session_files, read_session
 from recorder.store.writer import RecordWriter
+from tests.support.artifacts import recorded_body
 
 
 def write_config(tmp_path: Path, extra: str = "", storage: str = "") -> Path:
@@ -143,8 +144,8 @@ def test_buffered_exchange_is_recorded_and_credentials_masked(tmp_path):
     types = [r["t"] for r in s.records]
     assert types == ["session.open", "http.request", "http.response", "http.end", "session.close"]
     req = s.records[1]
-    assert rebuild_body(s.records, fid, "request") == b'{"model": "gpt", "messages": []}'
-    assert rebuild_body(s.records, fid, "response") == b'{"id": "r1"}'
+    assert recorded_body(s.records, fid, "request") == b'{"model": "gpt", "messages": []}'
+    assert recorded_body(s.records, fid, "response") == b'{"id": "r1"}'
     auth = dict(req["headers"])["authorization"]
     assert auth.startswith("[MASKED:authorization:") and "sk-live" not in json.dumps(s.records)
     assert s.records[0]["identity"]["authenticated"] is False
@@ -165,7 +166,7 @@ def test_sse_reply_is_teed_and_rebuilds_exactly(tmp_path):
     (s,), fid = run(main())
     resp = next(r for r in s.records if r["t"] == "http.response")
     assert resp["streamed"] is True and resp["body"] is None
-    assert rebuild_body(s.records, fid, "response") == b"".join(events)
+    assert recorded_body(s.records, fid, "response") == b"".join(events)
 
 
 @pytest.mark.parametrize("then", ["stream ends", "client gone", "shutdown"])
@@ -200,7 +201,7 @@ def test_a_streamed_reply_head_is_recorded_with_its_first_batch_not_before_its_f
     head = mine[1]
     assert head["streamed"] is True and head["status"] == 200
     assert before <= head["ts"] <= came <= mine[2]["ts"], "the record keeps when the headers came"
-    assert rebuild_body(s.records, fid, "response") == b"data: one\n\n"
+    assert recorded_body(s.records, fid, "response") == b"data: one\n\n"
 
 
 def test_large_request_body_streams_through_the_tee(tmp_path):
@@ -222,7 +223,7 @@ def test_large_request_body_streams_through_the_tee(tmp_path):
     (s,), fid = run(main())
     req = next(r for r in s.records if r["t"] == "http.request")
     assert req["streamed"] is True and req["body"] is None
-    assert rebuild_body(s.records, fid, "request") == b"a" * 40 + b"b" * 60
+    assert recorded_body(s.records, fid, "request") == b"a" * 40 + b"b" * 60
 
 
 def test_unwritable_storage_fails_closed_with_503(tmp_path):
@@ -345,7 +346,7 @@ def test_client_gone_mid_stream_keeps_what_arrived(tmp_path):
             return g.stop(), f.id
 
     (s,), fid = run(main())
-    assert rebuild_body(s.records, fid, "response") == b"data: one\n\n"
+    assert recorded_body(s.records, fid, "response") == b"data: one\n\n"
     err = next(r for r in s.records if r["t"] == "http.error")
     assert err["phase"] == "client"
 
@@ -387,7 +388,7 @@ def test_a_reply_is_recorded_on_the_next_loop_step_not_before_it_is_sent(tmp_pat
 
     (s,), fid = run(main())
     assert [r["t"] for r in s.records if r.get("flow") == fid] == ["http.request", "http.response", "http.end"]
-    assert rebuild_body(s.records, fid, "response") == b'{"id": "r1"}'
+    assert recorded_body(s.records, fid, "response") == b'{"id": "r1"}'
 
 
 @pytest.mark.parametrize("then", ["error", "shutdown"])
@@ -403,7 +404,7 @@ def test_a_reply_answered_just_before_an_error_or_shutdown_is_still_recorded(tmp
     (s,), fid = run(main())
     assert s.state == "closed", s.problems
     assert [r["t"] for r in s.records if r.get("flow") == fid] == ["http.request", "http.response", "http.end"]
-    assert rebuild_body(s.records, fid, "response") == b'{"id": "r2"}'
+    assert recorded_body(s.records, fid, "response") == b'{"id": "r2"}'
 
 
 @pytest.mark.parametrize(
