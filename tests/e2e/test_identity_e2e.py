@@ -447,8 +447,9 @@ def test_jwks_rotation_and_an_idp_that_goes_down(start_gateway, idp, upstream, p
     unseen = idp.add_key(publish=True)
     time.sleep(0.3)
     answer = call(_good_token(idp, kid=unseen))
-    assert answer.status == 503 and "IdP" in answer.json()["error"]["message"] or \
-        "reach" in answer.json()["error"]["message"], answer.body
+    error = answer.json()["error"]
+    assert answer.status == 503, answer.body
+    assert error["code"] == "idp_unreachable" and "cannot reach" in error["message"], answer.body
     assert len(upstream.exchanges) == 4
 
 

@@ -136,10 +136,20 @@ def test_checkpoints_while_records_arrive_and_a_seal_at_close(tmp_path, keys):
     assert all(b - a > 1 for a, b in zip(seqs, seqs[1:]))
 
 
-def test_quiet_session_gets_its_tail_signed_by_the_timer(tmp_path, keys):
+def test_quiet_session_gets_its_tail_signed_by_the_timer(tmp_path, keys, monkeypatch):
     priv, _, kid = keys
     store = tmp_path / "store"
     w = writer(store, signing.load_signer(priv), checkpoint_interval=0.1)
+    scans = []  # when the writer's timer looked at the sessions
+    real_tick = w._tick
+
+    def tick():
+        before = w._next_scan
+        real_tick()
+        if w._next_scan != before:
+            scans.append(time.monotonic())
+
+    monkeypatch.setattr(w, "_tick", tick)
     one_session(w, store, kid, n=2, close=False)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -150,7 +160,9 @@ def test_quiet_session_gets_its_tail_signed_by_the_timer(tmp_path, keys):
         time.sleep(0.02)
     assert recs[-1]["t"] == "checkpoint" and recs[-1]["seq"] == 3, recs
     path = paths[0]
-    time.sleep(0.3)  # no new records: no new checkpoint
+    seen = time.monotonic()
+    # The timer looked again well after an interval had passed, and signed nothing new: no new records.
+    assert wait_until(lambda: any(t > seen + 0.25 for t in scans), 5), "the writer's timer stopped"
     assert len(read_lines(path)) == 4
     w.stop()
 
