@@ -52,6 +52,7 @@ class Credentials:
 
     def _sighup(self):
         log.info("wiretrail: SIGHUP: re-reading upstream credentials")
+        self.config_addon.reread()
         self.reload()
         if self.on_reload is not None:
             self.on_reload()

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import tomllib
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -87,7 +88,8 @@ class SecretRef:
 
 
 # -- the settings, as the rest of the gateway sees them ------------------------------------
-# Field names are the TOML key names. Defaults here must equal SCHEMA's (a unit test checks).
+# Field names are the TOML key names. SCHEMA (below) holds each key's allowed values and its default;
+# the defaults here must equal SCHEMA's (a unit test checks).
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,9 @@ class StorageConfig:
     signing_key: Path | None = None
     checkpoint_interval: float = 5.0
     retention_days: int = 0
-    fsync: str = "batch"  # batch | always | never
+    fsync: str = "batch"
     fsync_interval: float = 0.05  # seconds; bound on a batch's fsync delay
-    writer: str = "thread"  # thread | process: where records are masked, compressed and written
+    writer: str = "thread"  # where records are masked, compressed and written
     write_timeout: float = 30.0  # seconds a request waits for its record before 503 "storage not responding"
     queue_limit: int = 64 * 1024 * 1024  # body bytes waiting for the writer before streams are slowed
     stop_timeout: float = 10.0  # seconds shutdown waits for the writer; then it says what was not written
@@ -113,7 +115,7 @@ class SessionsConfig:
 
 @dataclass(frozen=True)
 class IdentityConfig:
-    mode: str = "jwt"  # jwt | none
+    mode: str = "jwt"
     issuer: str | None = None
     audience: str | None = None
     jwks_url: str | None = None
@@ -127,8 +129,8 @@ class IdentityConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    unregistered: str = "deny"  # deny | tunnel | record
-    raw_tcp: str = "refuse"  # refuse | record: bytes that are not HTTP (nor WebSocket) inside a tunnel
+    unregistered: str = "deny"
+    raw_tcp: str = "refuse"  # bytes that are not HTTP (nor WebSocket) inside a tunnel
     resolve_timeout: float = 5.0  # seconds a destination's DNS lookup may take before it is refused
     resolve_interval: float = 60.0  # seconds a lookup is reused; registered hosts are looked up again this often
 
@@ -157,15 +159,15 @@ class ConnectionConfig:
     hosts: tuple[str, ...] = ()  # required for kind "http"
     ports: tuple[int, ...] = ()
     credential: SecretRef | None = None  # None when "none" (record only)
-    inject: str = "bearer"  # bearer | x-api-key | api-key | x-goog-api-key | none
+    inject: str = "bearer"
     allow_groups: tuple[str, ...] = ()
     # kind "postgres" (docs/configuration.md, "Database connections"): the keys below
-    kind: str = "http"  # http | postgres
+    kind: str = "http"
     listen: str | None = None  # "host:port" where database clients connect
     upstream: str | None = None  # "host:port" of the database
     database: str | None = None  # the one database clients may ask for; None = the client's choice
     user: str | None = None  # the gateway's database role
-    upstream_tls: str = "require"  # disable | prefer | require | verify-full
+    upstream_tls: str = "require"
     upstream_ca: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
@@ -518,6 +520,7 @@ class Key:
     kind: _Kind
     default: Any = _REQUIRED
     doc: str = ""
+    rule: str = ""  # a rule a check across keys enforces, for the docs' "Allowed" column
 
     @property
     def required(self) -> bool:
@@ -778,25 +781,25 @@ SCHEMA = _Table(dict, (
     Key("connections", _Tables(_Table(ConnectionConfig, (
         Key("name", _Text(), doc="the connection's name, recorded with each request"),
         Key("hosts", _ListOf(_Host(), 'a non-empty array of host names, e.g. ["api.openai.com"]', min_items=1), (),
-            "hosts this connection matches (kind http; required there)"),
+            "hosts this connection matches (kind http; required there)", rule="required for kind `http`"),
         Key("ports", _ListOf(_Number(integer=True, ge=1, le=65535, expected="a port number 1..65535"),
                              "an array of port numbers, e.g. [443]"), (), "ports it matches; empty = any"),
         Key("credential", _Secret(allow_none=True), None, "the upstream credential the gateway injects"),
         Key("inject", _OneOf(*INJECT_MODES), "bearer", "how the credential is sent upstream"),
         Key("allow_groups", _NAMES, (), "groups allowed to use it; empty = any authenticated identity"),
         Key("kind", _OneOf("http", "postgres"), "http", "http: an API reached through the proxy; postgres: a database"),
-        Key("listen", _HostPort(None, "127.0.0.1:15432"), None, "postgres: where database clients connect"),
-        Key("upstream", _HostPort(5432, "db.internal:5432"), None, "postgres: the database's host and port"),
+        Key("listen", _HostPort(None, "127.0.0.1:15432"), None, "postgres: where database clients connect", rule="required for kind `postgres`, unique"),
+        Key("upstream", _HostPort(5432, "db.internal:5432"), None, "postgres: the database's host and port", rule="required for kind `postgres`"),
         Key("database", _Text(), None, "postgres: the one database clients may ask for; default: their choice"),
-        Key("user", _Text(), None, "postgres: the gateway's database role"),
+        Key("user", _Text(), None, "postgres: the gateway's database role", rule="required for kind `postgres`"),
         Key("upstream_tls", _OneOf("disable", "prefer", "require", "verify-full"), "require",
             "postgres: TLS to the database"),
         Key("upstream_ca", _PathValue(), None, "postgres: CA bundle that verify-full checks the database against"),
         Key("client_cert", _PathValue(), None, "postgres: client certificate the gateway logs in with"),
-        Key("client_key", _PathValue(), None, "postgres: its private key"),
-        Key("tls_cert", _PathValue(), None, "postgres: the certificate clients see (default: from the mitmproxy CA)"),
-        Key("tls_key", _PathValue(), None, "postgres: its private key"),
-        Key("allow_plaintext", _Bool(), False, "postgres: accept clients without TLS (loopback listen only)"),
+        Key("client_key", _PathValue(), None, "postgres: its private key", rule="needs `client_cert`"),
+        Key("tls_cert", _PathValue(), None, "postgres: the certificate clients see (default: from the mitmproxy CA)", rule="with `tls_key`"),
+        Key("tls_key", _PathValue(), None, "postgres: its private key", rule="with `tls_cert`"),
+        Key("allow_plaintext", _Bool(), False, "postgres: accept clients without TLS (loopback listen only)", rule="only with a loopback `listen`"),
         Key("sample_rows", _Number(integer=True, ge=0, le=1000, unit="rows"), 0,
             "postgres: rows per result recorded as a masked sample; 0 = none"),
         Key("strip_cookies", _Bool(), True,
@@ -812,7 +815,7 @@ SCHEMA = _Table(dict, (
             "the gateway's public keys (PEM), kept outside the store, that the review page checks signatures with"),
     ), expected="a table ([review])"), _EMPTY_TABLE),
     Key("anchors", _Table(AnchorsConfig, (
-        Key("file", _PathValue(), None, "a file outside the store that each signed ledger head is appended to"),
+        Key("file", _PathValue(), None, "a file outside the store that each signed ledger head is appended to", rule="not inside `storage.dir`"),
         Key("syslog", _Text('a unix socket path ("/dev/log") or "udp:HOST:PORT"',
                             r"/\S+|udp:(?:[^\s:\[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}"), None,
             "a syslog socket each signed ledger head is sent to"),
@@ -865,65 +868,20 @@ def _unknown_key(name: str, at: str, known: tuple[str, ...]) -> ConfigError:
     return ConfigError(f"unknown key; {hint}", key=path)
 
 
+def changed_sections(old: GatewayConfig | None, new: GatewayConfig) -> list[str]:
+    """The top-level sections in which two configs differ ("connections", "storage" ...)."""
+    if old is None:
+        return []
+    return [k.name for k in SCHEMA.keys if getattr(old, k.name, None) != getattr(new, k.name, None)]
+
+
 # -- loading ---------------------------------------------------------------------------------
 
 EMBEDDED_SOURCE = "<embedded default>"
 EMBEDDED_DEV_SECRET = "keys/dev-identity.secret"  # the embedded default's hs256_secret file
 
-EMBEDDED_DEFAULT = """\
-# wiretrail's embedded default: a LOCAL DEMO, used when no --set wiretrail_config=PATH is given.
-# Identity is the development identity: tokens minted by `wiretrail token`, checked with a random
-# secret made in ./keys on first start, as is the signing key. Not for production: use your IdP
-# (docs/identity.md) and a signing key kept apart from the store (docs/integrity.md).
-
-[storage]
-dir = "sessions"            # relative to the directory the gateway was started in
-fail_closed = true          # a record that cannot be written stops the exchange (503)
-fsync = "batch"
-signing_key = "keys/gateway.key"   # made on first start (wiretrail keygen); verify with keys/gateway.pub
-checkpoint_interval = 5
-
-[sessions]
-idle_timeout = 1800
-max_duration = 28800
-
-[identity]
-mode = "jwt"
-issuer = "wiretrail-dev"
-audience = "wiretrail"
-hs256_secret = "file:keys/dev-identity.secret"   # made on first start, mode 0600
-groups_claim = "groups"
-leeway = 30
-review_groups = ["reviewers"]   # who may read sessions with `wiretrail serve`
-
-[policy]
-unregistered = "record"
-
-[masking]
-builtin = true
-
-[capture]
-stream_threshold = "256k"
-chunk_interval = 0.1
-max_body = 0
-
-# Record only: the gateway holds no upstream key for these (credential = "none").
-[[connections]]
-name = "openai"
-hosts = ["api.openai.com"]
-credential = "none"
-inject = "none"
-
-[[connections]]
-name = "anthropic"
-hosts = ["api.anthropic.com"]
-credential = "none"
-inject = "none"
-
-[review]
-listen = "127.0.0.1:8090"             # wiretrail serve
-verify_keys = ["keys/gateway.pub"]    # the demo's public key; a real deployment keeps it off the gateway host
-"""
+# The demo config shipped in the package (recorder/config/demo.toml); docs/configuration.md shows it.
+EMBEDDED_DEFAULT = (resources.files(__package__) / "demo.toml").read_text(encoding="utf-8")
 
 _TOML_AT = re.compile(r"(.*) \(at line (\d+), column (\d+)\)\Z", re.DOTALL)
 
