@@ -38,10 +38,9 @@ from recorder.store.anchors import Anchorer, AnchorSpec
 from recorder.store.bodies import BodyBytes, ChunkBytes, render_bodies
 from recorder.store.signing import Signer
 from recorder.store.records import CHECKPOINT, SEAL, SESSION_CLOSE, SESSION_OPEN
+from recorder.store.writer_protocol import FSYNC_POLICIES, Ack, check_settings  # noqa: F401 (FSYNC_POLICIES, Ack: API)
 
-Ack = Callable[[BaseException | None], None]
 
-FSYNC_POLICIES = ("batch", "always", "never")
 _MAX_BATCH = 512
 COALESCE = 0.02  # seconds a record nobody waits for may sit before it is written
 _ZSTD_LEVEL = 3
@@ -175,8 +174,7 @@ class RecordWriter:
         `signer` given: checkpoints, seals and ledger signatures. `on_event` gets one-line
         notes worth logging (recoveries, retention, a damaged ledger; an `Alarm` is an error).
         `anchors` (with a storage dir): send each durable ledger head to those sinks."""
-        if fsync not in FSYNC_POLICIES:
-            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
+        check_settings(fsync=fsync)
         self.fsync = fsync
         self.fsync_interval = fsync_interval
         self.on_error = on_error

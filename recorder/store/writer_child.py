@@ -23,6 +23,8 @@ import sys
 import threading
 import time
 
+from recorder.store import writer_protocol as wp
+
 _HEADER = struct.Struct(">I")
 
 # This process's state; the unpickling of bodies reads it.
@@ -135,9 +137,9 @@ def main(argv: list[str]) -> int:
             os._exit(1)
         pending += got
     init = pickle.loads(pending.pop(0))
-    if init[0] != "init":
+    if not isinstance(init, wp.Init):
         os._exit(1)
-    opts = dict(init[1])
+    opts = dict(init.options)
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -170,46 +172,42 @@ def main(argv: list[str]) -> int:
     def acker(aid):
         if aid is None:
             return None
-        return lambda err: send(("ack", aid, _error_tuple(err)))
+        return lambda err: send(wp.Acked(aid, _error_tuple(err)))
 
     def _apply(writer, msg) -> None:
         global _masker
         msg = pickle.loads(msg)
-        op = msg[0]
-        if op == "rec":
-            _, sid, rtype, ts, fields, aid = msg
-            writer.record(sid, rtype, ts, fields, acker(aid))
-        elif op == "open":
-            _, sid, path, ts, fields, aid = msg
-            writer.open_session(sid, path, ts, fields, acker(aid))
-        elif op == "close":
-            _, sid, ts, fields, aid = msg
-            writer.close_session(sid, ts, fields, acker(aid))
-        elif op == "barrier":
-            writer.barrier(acker(msg[1]))
-        elif op == "flush":
+        if isinstance(msg, wp.Record):
+            writer.record(msg.session_id, msg.rtype, msg.ts, msg.fields, acker(msg.ack_id))
+        elif isinstance(msg, wp.Open):
+            writer.open_session(msg.session_id, msg.path, msg.ts, msg.fields, acker(msg.ack_id))
+        elif isinstance(msg, wp.Close):
+            writer.close_session(msg.session_id, msg.ts, msg.fields, acker(msg.ack_id))
+        elif isinstance(msg, wp.Barrier):
+            writer.barrier(acker(msg.ack_id))
+        elif isinstance(msg, wp.Flush):
             writer.flush_soon()
-        elif op == "masker":
+        elif isinstance(msg, wp.MaskerSpec):
             from recorder.masking import Masker
-            masking, key, known = msg[1]
+            masking, key, known = msg.spec
             _masker = Masker.from_config(masking, key, known_secrets=known)
-        elif op == "stop":
+        elif isinstance(msg, wp.Stop):
             writer._put(_STOP_OP, True)
 
     signer = None
     if opts.pop("signing_key") is not None:
-        signer = Signer.from_private(Ed25519PrivateKey.from_private_bytes(init[2]))
+        signer = Signer.from_private(Ed25519PrivateKey.from_private_bytes(init.private_key))
     writer = ChildWriter(
         **opts,
         signer=signer,
-        on_error=lambda e: send(("error", e.cause, e.detail, getattr(e, "flow", None))),
-        on_event=lambda text: send(("event", text)),
+        on_error=lambda e: send(wp.Failed(e.cause, e.detail, getattr(e, "flow", None))),
+        on_event=lambda text: send(wp.Event(text)),
     )
     from recorder.store.writer import _STOP as _STOP_OP  # noqa: N811 (the writer's own stop marker)
     for msg in pending:
         _apply(writer, msg)
     writer._run()  # returns once a stop was written: everything drained, sealed, fsynced
-    send(("stopped", True))
+    send(wp.Stopped())
     os._exit(0)
 
 

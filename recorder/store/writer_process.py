@@ -36,7 +36,9 @@ from recorder.store import writer_child
 from recorder.store.anchors import AnchorSpec
 from recorder.store.bodies import BodyBytes, ChunkBytes
 from recorder.store.signing import Signer
-from recorder.store.writer import FSYNC_POLICIES, Ack, StorageError
+from recorder.store import writer_protocol as wp
+from recorder.store.writer import StorageError
+from recorder.store.writer_protocol import Ack, check_settings
 
 _HEADER = struct.Struct(">I")
 _SOCKET_BUFFER = 4 << 20
@@ -101,8 +103,7 @@ class ProcessRecordWriter:
         anchors: AnchorSpec | None = None,
         queue_limit: int = 0,
     ):
-        if fsync not in FSYNC_POLICIES:
-            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
+        check_settings(fsync=fsync)
         self.on_error = on_error
         self.on_event = on_event
         self.signer = signer
@@ -157,7 +158,7 @@ class ProcessRecordWriter:
         if self.signer is not None:
             raw = self.signer.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                                     serialization.NoEncryption())
-        self._send_frame(pickle.dumps(("init", self._opts, raw), protocol=5), None)
+        self._send_frame(pickle.dumps(wp.Init(self._opts, raw), protocol=5), None)
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -171,21 +172,21 @@ class ProcessRecordWriter:
             self._reader.start()
 
     def open_session(self, session_id: str, path: Path, ts: float, fields: dict, ack: Ack | None = None) -> None:
-        self._op(("open", session_id, path, ts, fields), ack)
+        self._op(wp.Open, (session_id, path, ts, fields), ack)
 
     def record(self, session_id: str, rtype: str, ts: float, fields: dict, ack: Ack | None = None) -> None:
-        self._op(("rec", session_id, rtype, ts, fields), ack)
+        self._op(wp.Record, (session_id, rtype, ts, fields), ack)
 
     def close_session(self, session_id: str, ts: float, fields: dict, ack: Ack | None = None) -> None:
-        self._op(("close", session_id, ts, fields), ack)
+        self._op(wp.Close, (session_id, ts, fields), ack)
 
     def barrier(self, ack: Ack) -> None:
         """`ack` runs once everything queued before it is written and fsynced."""
-        self._op(("barrier",), ack)
+        self._op(wp.Barrier, (), ack)
 
     def flush_soon(self) -> None:
         """Send what is held and have the child write it now (see RecordWriter.flush_soon)."""
-        self._op(("flush",), None)
+        self._op(wp.Flush, (), None)
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Write everything queued, fsync, seal, and end the child. True if it ended in time."""
@@ -198,7 +199,7 @@ class ProcessRecordWriter:
                 if self._held:
                     self._out_append(memoryview(self._take_held()))
             self._flush_out()
-            self._send_frame(pickle.dumps(("stop", timeout), protocol=5), None)
+            self._send_frame(pickle.dumps(wp.Stop(timeout), protocol=5), None)
             self._flush_out()  # the loop is held in here: nothing else would send the rest
         if self._loop is not None and self._dead is None:
             # The loop is held in here: read the child's last acks ourselves, up to its end
@@ -235,14 +236,14 @@ class ProcessRecordWriter:
 
     # -- sending ----------------------------------------------------------------------
 
-    def _op(self, msg: tuple, ack: Ack | None) -> None:
+    def _op(self, message: type, args: tuple, ack: Ack | None) -> None:
         aid = next(self._ids) if ack is not None else None
         buf = io.BytesIO()
         p = _Pickler(buf, self)
         try:
-            p.dump(msg + (aid,))  # the ack id goes last in every operation
+            p.dump(message(*args, aid))  # the ack id is every operation's last field
         except Exception as e:  # an unpicklable record must not take the gateway down
-            err = StorageError("record could not be encoded", f"{msg[0]}: {e!r}")
+            err = StorageError("record could not be encoded", f"{message.__name__}: {e!r}")
             self._report(err)
             if ack is not None:
                 _call(ack, err)
@@ -255,8 +256,8 @@ class ProcessRecordWriter:
                 if ack is not None:
                     _call(ack, err)
                 return
-            masker_frame = pickle.dumps(("masker", getattr(p.masker, "spec", None)), protocol=5)
-        urgent = ack is not None or msg[0] in ("close", "barrier", "flush")
+            masker_frame = pickle.dumps(wp.MaskerSpec(getattr(p.masker, "spec", None)), protocol=5)
+        urgent = ack is not None or message in wp.URGENT
         self._send_frame(buf.getvalue(), aid, ack, masker_frame, p.masker, urgent)
 
     def _send_frame(self, data: bytes, aid: int | None = None, ack: Ack | None = None,
@@ -423,17 +424,16 @@ class ProcessRecordWriter:
         self._ended()
 
     def _dispatch(self, msg) -> None:
-        kind = msg[0]
-        if kind == "ack":
+        if isinstance(msg, wp.Acked):
             with self._lock:
-                ack = self._acks.pop(msg[1], None)
+                ack = self._acks.pop(msg.ack_id, None)
             if ack is not None:
-                _call(ack, None if msg[2] is None else StorageError(*msg[2]))
-        elif kind == "error":
-            self._report(StorageError(*msg[1:]))
-        elif kind == "event":
+                _call(ack, None if msg.error is None else StorageError(*msg.error))
+        elif isinstance(msg, wp.Failed):
+            self._report(StorageError(msg.cause, msg.detail, msg.flow))
+        elif isinstance(msg, wp.Event):
             if self.on_event is not None:
-                _call(self.on_event, msg[1])
+                _call(self.on_event, msg.text)
 
     def _ended(self) -> None:
         if self._stopping:
