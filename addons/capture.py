@@ -133,6 +133,7 @@ class Capture:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._expiry_task: asyncio.Task | None = None
         self._failing: set[str] = set()  # storage failure causes already logged
+        self.cfg = None  # the GatewayConfig, from running on
         self._stopped = False
         self._flush_scheduled = False
         self._acked: collections.deque = collections.deque()  # (future, error) from the writer
@@ -155,6 +156,11 @@ class Capture:
         self.before_stop: list = []
 
     # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def storage_failing(self) -> frozenset[str]:
+        """The causes of the storage failure now in force (empty once a write succeeds again)."""
+        return frozenset(self._failing)
 
     def running(self):
         if self.writer is not None or self.config_addon.current is None:

@@ -266,17 +266,17 @@ def test_a_write_stuck_past_write_timeout_is_refused_then_recorded_late_with_its
                 assert f.response is not None and f.response.status_code == 503
                 g.capture.response(f)
                 refused.append(f)
-            assert not release.is_set() and g.capture._failing == {"storage not responding"}
+            assert not release.is_set() and g.capture.storage_failing == {"storage not responding"}
             stuck.clear()
             release.set()
             for _ in range(250):  # the late records' acks end the refusals
-                if not g.capture._failing:
+                if not g.capture.storage_failing:
                     break
                 await asyncio.sleep(0.02)
             f = tflow.tflow()
             await g.capture.requestheaders(f)
             await g.capture.request(f)
-            assert f.response is None and not g.capture._failing
+            assert f.response is None and not g.capture.storage_failing
             return refused, g.stop()
 
     refused, sessions = run(main())
