@@ -34,11 +34,11 @@ import zstandard
 from recorder.protocols.ws_masking import held_records
 from recorder.store import format_v1, record_repair, recovery, retention
 from recorder.store import ledger as ledger_mod
-from recorder.store.anchors import Anchorer, AnchorSpec
+from recorder.store.anchors import Anchorer
 from recorder.store.bodies import BodyBytes, ChunkBytes, render_bodies
 from recorder.store.signing import Signer
 from recorder.store.records import CHECKPOINT, SEAL, SESSION_CLOSE, SESSION_OPEN
-from recorder.store.writer_protocol import FSYNC_POLICIES, Ack, check_settings  # noqa: F401 (FSYNC_POLICIES, Ack: API)
+from recorder.store.writer_protocol import FSYNC_POLICIES, Ack, WriterSettings  # noqa: F401 (FSYNC_POLICIES, Ack: API)
 
 
 _MAX_BATCH = 512
@@ -157,35 +157,29 @@ class RecordWriter:
     def __init__(
         self,
         *,
-        fsync: str = "batch",
-        fsync_interval: float = 0.05,
         on_error: Callable[[StorageError], None] | None = None,
-        storage_dir: Path | None = None,
         signer: Signer | None = None,
-        checkpoint_interval: float = 5.0,
-        retention_days: float = 0,
         on_event: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         pid: int | None = None,
-        anchors: AnchorSpec | None = None,
-        queue_limit: int = 0,
+        **settings,
     ):
-        """`storage_dir` given: keep `<storage_dir>/ledger.jsonl` (recovery at start, retention).
-        `signer` given: checkpoints, seals and ledger signatures. `on_event` gets one-line
-        notes worth logging (recoveries, retention, a damaged ledger; an `Alarm` is an error).
-        `anchors` (with a storage dir): send each durable ledger head to those sinks."""
-        check_settings(fsync=fsync)
-        self.fsync = fsync
-        self.fsync_interval = fsync_interval
+        """`settings`: writer_protocol.WriterSettings. `signer` given: checkpoints, seals and ledger
+        signatures. `on_event` gets one-line notes worth logging (recoveries, retention, a damaged
+        ledger; an `Alarm` is an error)."""
+        self.settings = s = WriterSettings(**settings)
+        self.fsync = s.fsync
+        self.fsync_interval = s.fsync_interval
         self.on_error = on_error
         self.on_event = on_event
         self.signer = signer
-        self.checkpoint_interval = checkpoint_interval
-        self.retention_days = retention_days
-        self.queue_limit = queue_limit  # body bytes queued beyond which the feeding side is slowed (0: none)
+        self.checkpoint_interval = s.checkpoint_interval
+        self.retention_days = s.retention_days
+        self.queue_limit = s.queue_limit
         self.clock = clock
         self.pid = pid if pid is not None else os.getpid()  # the gateway's, for the ledger's gateway.start
-        self.storage_dir = Path(storage_dir) if storage_dir is not None else None
+        self.storage_dir = s.storage_dir
+        anchors = s.anchors
         self._ledger = ledger_mod.LedgerFile(self.storage_dir, signer) if self.storage_dir is not None else None
         self._ledger_error: StorageError | None = None
         self._after_ledger: list[Callable[[], None]] = []  # removals waiting for their entry to be written

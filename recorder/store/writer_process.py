@@ -33,12 +33,11 @@ from cryptography.hazmat.primitives import serialization
 
 from recorder.protocols.ws_masking import WsFlush, WsMessageBody
 from recorder.store import writer_child
-from recorder.store.anchors import AnchorSpec
 from recorder.store.bodies import BodyBytes, ChunkBytes
 from recorder.store.signing import Signer
 from recorder.store import writer_protocol as wp
 from recorder.store.writer import StorageError
-from recorder.store.writer_protocol import Ack, check_settings
+from recorder.store.writer_protocol import Ack
 
 _HEADER = struct.Struct(">I")
 _SOCKET_BUFFER = 4 << 20
@@ -92,29 +91,19 @@ class ProcessRecordWriter:
     def __init__(
         self,
         *,
-        fsync: str = "batch",
-        fsync_interval: float = 0.05,
         on_error: Callable[[StorageError], None] | None = None,
-        storage_dir: Path | None = None,
         signer: Signer | None = None,
-        checkpoint_interval: float = 5.0,
-        retention_days: float = 0,
         on_event: Callable[[str], None] | None = None,
-        anchors: AnchorSpec | None = None,
-        queue_limit: int = 0,
+        **settings,
     ):
-        check_settings(fsync=fsync)
+        """`settings`: writer_protocol.WriterSettings, sent to the child's RecordWriter."""
         self.on_error = on_error
         self.on_event = on_event
         self.signer = signer
         self._opts = {
-            "fsync": fsync, "fsync_interval": fsync_interval,
-            "storage_dir": Path(storage_dir) if storage_dir is not None else None,
-            "checkpoint_interval": checkpoint_interval, "retention_days": retention_days,
-            "queue_limit": queue_limit,
+            **wp.WriterSettings(**settings).as_dict(),
             "signing_key": signer.key_id if signer is not None else None,
             "pid": os.getpid(),  # the ledger's gateway.start names the gateway, not the child
-            "anchors": anchors,  # the child sends the ledger heads it writes
         }
         self._lock = threading.Lock()  # one frame at a time; guards _acks and _dead with it
         self._acks: dict[int, Ack] = {}

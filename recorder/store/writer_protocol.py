@@ -12,6 +12,7 @@ rebuilt in the child from `MaskerSpec`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -20,10 +21,30 @@ FSYNC_POLICIES = ("batch", "always", "never")
 Ack = Callable[[Any], None]  # called once with None (written) or a StorageError
 
 
-def check_settings(*, fsync: str) -> None:
-    """The settings checks both writers make before they start."""
-    if fsync not in FSYNC_POLICIES:
-        raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
+@dataclass(frozen=True)
+class WriterSettings:
+    """How a writer writes; both writers take these as keyword arguments, checked here.
+
+    `storage_dir` given: keep `<storage_dir>/ledger.jsonl` (recovery at start, retention).
+    `anchors` (with a storage dir): send each durable ledger head to those sinks (AnchorSpec).
+    `queue_limit`: body bytes queued beyond which the feeding side is slowed (0: none)."""
+
+    fsync: str = "batch"
+    fsync_interval: float = 0.05
+    storage_dir: Path | None = None
+    checkpoint_interval: float = 5.0
+    retention_days: float = 0
+    queue_limit: int = 0
+    anchors: Any = None
+
+    def __post_init__(self):
+        if self.fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {self.fsync!r}")
+        if self.storage_dir is not None:
+            object.__setattr__(self, "storage_dir", Path(self.storage_dir))
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class Writer(Protocol):
