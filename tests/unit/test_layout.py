@@ -47,3 +47,17 @@ def test_flow_metadata_is_used_only_through_addons_flow_state():
                 offenders.append(f"{path.name}:{n}: {line.strip()}")
     assert offenders == [], "use addons/flow_state.py:\n" + "\n".join(offenders)
     assert len(set(flow_state.KEYS)) == len(flow_state.KEYS) and all(k.startswith("wiretrail.") for k in flow_state.KEYS)
+
+
+def test_the_readme_layout_names_every_folder_of_recorder_and_nothing_else():
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("## Layout"):]
+    block = block[block.index("```") + 3:]
+    block = block[:block.index("```")]
+    named = set(re.findall(r"^  ([a-z_]+)/", block, re.M))
+    folders = {p.name for p in (REPO / "recorder").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert named == folders, f"README layout: {sorted(named)}; recorder/: {sorted(folders)}"
+    for path in re.findall(r"\b([a-z_]+\.(?:py|toml))\b", block):
+        assert list(REPO.glob(f"**/{path}")), f"README layout names {path}, which does not exist"
