@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import time
 import uuid
 
@@ -124,7 +123,7 @@ def _phase(flow: http.HTTPFlow) -> str:
 
 
 class Capture:
-    def __init__(self, config: WiretrailConfig, masking: Masking | None = None):
+    def __init__(self, config: WiretrailConfig, masking: Masking):
         self.config_addon = config
         self.masking = masking  # holds the Masker (a writer process builds its own copy from it)
         self.writer: RecordWriter | ProcessRecordWriter | None = None
@@ -134,7 +133,7 @@ class Capture:
         self._expiry_task: asyncio.Task | None = None
         self._failing: set[str] = set()  # storage failure causes already logged
         self.cfg = None  # the GatewayConfig, from running on
-        self._stopped = False
+        self.stopped = False
         self._flush_scheduled = False
         self._acked: collections.deque = collections.deque()  # (future, error) from the writer
         self._acks_scheduled = False
@@ -143,7 +142,6 @@ class Capture:
         self._waiting: collections.deque = collections.deque()
         self._write_timeout = 0.0  # storage.write_timeout, from `running`
         self._watch_task: asyncio.Task | None = None
-        self._fallback_key = os.urandom(32)  # header tags when no masking addon runs (addon tests)
         # Back-pressure: client connections whose reading is paused while the writer is behind.
         self._pauses = proxy_control.Pauses()
         self._queue_limit = 0  # storage.queue_limit, from `running`
@@ -229,7 +227,7 @@ class Capture:
 
     async def _every(self, seconds: float, tick) -> None:
         interval = max(0.05, min(1.0, seconds))
-        while not self._stopped:
+        while not self.stopped:
             await asyncio.sleep(interval)
             tick()
 
@@ -250,9 +248,9 @@ class Capture:
             self._storage_error(err)
 
     def done(self):
-        if self._stopped or self.writer is None:
+        if self.stopped or self.writer is None:
             return
-        self._stopped = True
+        self.stopped = True
         for stop in self.before_stop:
             try:
                 stop()
@@ -264,7 +262,7 @@ class Capture:
             self._watch_task.cancel()
         for fc in list(self.flows.values()):
             if fc.completion is not None:
-                self._complete_now(fc)  # answered, its records not yet made
+                self.complete_now(fc)  # answered, its records not yet made
                 continue
             # Streams still open at shutdown: keep what arrived, and say why it stops here.
             self._flush_all(fc, final=True)
@@ -295,7 +293,7 @@ class Capture:
             return
         if flow.response is not None:
             return
-        if self.registry is None or self._stopped:
+        if self.registry is None or self.stopped:
             # mitmproxy listens before `running` and after `done`: nothing can be recorded then.
             flow.response = error_response(
                 flow, 503, "not_ready", "wiretrail is starting or shutting down and cannot record; retry shortly.",
@@ -341,7 +339,7 @@ class Capture:
             err = err or await fut
         fc.request_acks.clear()
         if err is None and flow.request.trailers:
-            err = await self._write_and_wait(fc.session, HTTP_TRAILERS, self._trailer_fields(flow, "request"))
+            err = await self.write_and_wait(fc.session, HTTP_TRAILERS, self._trailer_fields(flow, "request"))
         if err is not None and fc.abort is None:
             if self._unrecorded(flow, fc, err):
                 await self._abort(fc, 503, "request", self._not_recorded_message(err))
@@ -395,7 +393,7 @@ class Capture:
         killed = flow.error is not None and flow.error.msg == flow.error.KILLED_MESSAGE
         if killed:
             # Killed in `response` by a part of the gateway: the reply was not forwarded.
-            fc.session.record(HTTP_ERROR, {"flow": fc.flow_id, "phase": "response", "message": self._mask_text(
+            fc.session.record(HTTP_ERROR, {"flow": fc.flow_id, "phase": "response", "message": self.mask_text(
                 killed_reason(flow) or flow.error.msg)})
         elif flow.response is not None and flow.response.trailers:
             fc.session.record(HTTP_TRAILERS, self._trailer_fields(flow, "response"))
@@ -404,7 +402,7 @@ class Capture:
             return  # it goes on as a WebSocket; addons/websocket.py ends it with its ws.close
         self._end(fc)
 
-    def _complete_now(self, fc: FlowCapture) -> None:
+    def complete_now(self, fc: FlowCapture) -> None:
         handle, flow = fc.completion
         handle.cancel()
         self._complete(flow, fc)
@@ -416,7 +414,7 @@ class Capture:
         if fc.completion is not None:
             # The reply was complete before this error (a client gone right after it): it is
             # recorded as it was answered, as if the error had come a moment later.
-            self._complete_now(fc)
+            self.complete_now(fc)
             return
         # Keep whatever arrived before the failure, decoder tail included.
         self._flush_all(fc, final=True)
@@ -429,7 +427,7 @@ class Capture:
             phase, message = fc.abort
             return {"flow": fc.flow_id, "phase": phase, "message": message, "by": "gateway"}
         msg = flow.error.msg if flow.error else "unknown error"
-        fields = {"flow": fc.flow_id, "phase": _phase(flow), "message": self._mask_text(msg)}
+        fields = {"flow": fc.flow_id, "phase": _phase(flow), "message": self.mask_text(msg)}
         side = _side(msg, fields["phase"])
         if side is not None:
             fields["by"] = side
@@ -438,7 +436,7 @@ class Capture:
     def record_tunnel(self, client, host: str, port: int, ident: VerifiedIdentity, details: dict | None = None) -> None:
         """An unregistered host passed through uninspected (policy "tunnel"): note who and where
         (`details`: the address it is pinned to and the TLS SNI)."""
-        if self.registry is None or self._stopped:
+        if self.registry is None or self.stopped:
             return
         peer = client.peername or ("", 0)
         session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
@@ -449,7 +447,7 @@ class Capture:
 
     def _record_refusal(self, flow: http.HTTPFlow) -> None:
         """Every refused attempt is recorded, so the trail shows who tried. Never the token."""
-        if self.registry is None or self._stopped:
+        if self.registry is None or self.stopped:
             return
         refusal = refusal_of(flow)
         session = self.session_for(noted_identity(flow), flow.client_conn.peername or ("", 0))
@@ -459,7 +457,7 @@ class Capture:
             "conn": flow.client_conn.id,
             "mode": flow.client_conn.proxy_mode.type_name,
             "method": req.method,
-            "url": f"{req.host}:{req.port}" if req.method == "CONNECT" else self._mask_text(req.pretty_url),
+            "url": f"{req.host}:{req.port}" if req.method == "CONNECT" else self.mask_text(req.pretty_url),
             "dest": destination_of(flow),
             "status": refusal["status"],
             "reason": refusal["reason"],
@@ -483,7 +481,7 @@ class Capture:
     def record_connection_error(self, client, ident: VerifiedIdentity | None, phase: str, message: str) -> None:
         """A client connection the gateway ended before any request was complete (a header
         timeout): an http.error of its own flow, with the connection id."""
-        if self.registry is None or self._stopped:
+        if self.registry is None or self.stopped:
             return
         if ident is not None and not ident.authenticated and self.cfg.identity.mode != "none":
             ident = None  # not verified (a CONNECT refused, say): the unverified session of its address
@@ -502,7 +500,7 @@ class Capture:
             "connection": conn.name if conn else None,
             "mode": flow.client_conn.proxy_mode.type_name,
             "method": req.method,
-            "url": self._recorded_url(req),
+            "url": self.recorded_url(req),
             "dest": destination_of(flow),
             "http_version": req.http_version,
             "headers": self._headers(req.headers, injected_of(flow)),
@@ -510,9 +508,9 @@ class Capture:
             "streamed": body is None,
         }
         fc.request_recorded = True
-        writes = [self._write_and_wait(fc.session, HTTP_REQUEST, fields)]
+        writes = [self.write_and_wait(fc.session, HTTP_REQUEST, fields)]
         if body is not None and req.trailers:  # buffered: its trailers go upstream right after it
-            writes.append(self._write_and_wait(fc.session, HTTP_TRAILERS, self._trailer_fields(flow, "request")))
+            writes.append(self.write_and_wait(fc.session, HTTP_TRAILERS, self._trailer_fields(flow, "request")))
         err = None
         for write in writes:
             err = err or await write
@@ -579,7 +577,7 @@ class Capture:
             self._pause_task = asyncio.ensure_future(self._resume_when_written(logged))
 
     async def _resume_when_written(self, logged: bool) -> None:
-        while len(self._pauses) and not self._stopped:
+        while len(self._pauses) and not self.stopped:
             await asyncio.sleep(0.05)
             if self.writer.pending_bytes() <= self._queue_limit // 2:
                 n = len(self._pauses)
@@ -642,14 +640,14 @@ class Capture:
 
     def _flush_writer(self) -> None:
         self._flush_scheduled = False
-        if not self._stopped:
+        if not self.stopped:
             self.writer.flush_soon()
 
     # -- masking: the loop only hands the masker over; bodies are masked by the writer -----------
 
     @property
     def _masker(self):
-        return self.masking.masker if self.masking is not None else None
+        return self.masking.masker
 
     def _body_bytes(self, message: http.Message) -> BodyBytes:
         encoding, content_type = header_values(message.headers, b"content-encoding", b"content-type")
@@ -661,11 +659,10 @@ class Capture:
         return BodyStream(encoding, self.cfg.capture.max_body, masker=self._masker, content_type=content_type)
 
     def _headers(self, headers: http.Headers, injected: dict | None = None) -> list[list[str]]:
-        masker = self._masker
-        key = masker.key if masker is not None else self._fallback_key
-        return recordable_headers(headers.items(multi=True), key, injected, masker=masker)
+        masker = self._masker  # None only before masking runs: nothing is recorded then (an error, fail closed)
+        return recordable_headers(headers.items(multi=True), masker.key, injected, masker=masker)
 
-    def _recorded_url(self, req: http.Request) -> str:
+    def recorded_url(self, req: http.Request) -> str:
         """req.pretty_url, masked. Building it costs more than the rest of the request record
         (it parses the Host header each time), so each distinct request line is done once."""
         d = req.data
@@ -678,13 +675,13 @@ class Capture:
         if url is None:
             if len(self._urls) >= _URL_CACHE_SIZE:
                 self._urls.clear()
-            url = self._urls[key] = self._mask_text(req.pretty_url)
+            url = self._urls[key] = self.mask_text(req.pretty_url)
         return url
 
-    def _mask_text(self, text: str) -> str:
+    def mask_text(self, text: str) -> str:
         # URLs and error texts are short: masked here (a query string can carry a key).
         masker = self._masker
-        return masker.mask_text(text) if masker is not None and text else text
+        return masker.mask_text(text) if text else text
 
     # -- streaming ----------------------------------------------------------------------
 
@@ -785,7 +782,10 @@ class Capture:
 
     # -- writing ------------------------------------------------------------------------
 
-    async def _write_and_wait(self, session: Session, rtype: str, fields: dict) -> BaseException | None:
+    async def write_and_wait(self, session: Session, rtype: str, fields: dict) -> BaseException | None:
+        """Write a record and wait until it is on disk: None, or why not. For every part that records
+        before it forwards (WebSocket, raw TCP, databases), with the same fail-closed wait,
+        write_timeout and storage-error logging as HTTP requests."""
         return await self._write(session, rtype, fields)
 
     def _write(self, session: Session, rtype: str, fields: dict) -> asyncio.Future:
@@ -809,10 +809,6 @@ class Capture:
             return fut
         self._waiting.append((self.loop.time() + self._write_timeout, fut))
         return fut
-
-    # Public: other front ends (addons/postgres.py) record before they forward, with the same
-    # fail-closed wait, write_timeout and storage-error logging as HTTP requests.
-    write_and_wait = _write_and_wait
 
     def _resolve_acked(self) -> None:
         # Cleared before draining: an ack appended after this line schedules another call.

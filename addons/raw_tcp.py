@@ -135,7 +135,7 @@ class RawTcp:
             if tcp_layer is not None:
                 guard_tcp(tcp_layer, lambda f=flow: self._refused(f))
         cap = self.capture
-        if decided is None or cap.registry is None or cap._stopped:
+        if decided is None or cap.registry is None or cap.stopped:
             # A raw flow nobody decided on: nothing of it passes.
             self.flows[flow.id] = _refused_state(flow, "wiretrail did not decide on this raw connection")
             return
@@ -165,7 +165,7 @@ class RawTcp:
         cap = self.capture
         data = msg.content
         if msg.from_client:
-            err = await cap._write_and_wait(st.session, TCP_MESSAGE,
+            err = await cap.write_and_wait(st.session, TCP_MESSAGE,
                                             tcp_message_fields(st, "client", data, final=True))
             if err is not None:
                 if getattr(err, "cause", None) != NOT_RESPONDING:
@@ -230,7 +230,7 @@ class RawTcp:
     def _record_refused(self, client, host, port, decision: RawDecision, protocol: str, ident) -> None:
         cap = self.capture
         log.warning(f"wiretrail: refused {protocol} to {host}:{port}: {decision.message}")
-        if cap.registry is None or cap._stopped:
+        if cap.registry is None or cap.stopped:
             return
         peer = client.peername or ("", 0)
         ident = ident or ANONYMOUS

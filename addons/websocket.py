@@ -68,14 +68,14 @@ class WebSocketCapture:
             close_websocket(flow, CLOSE_NOT_RECORDED, why)
             return
         if fc.completion is not None:
-            cap._complete_now(fc)  # the 101's records come first
+            cap.complete_now(fc)  # the 101's records come first
         resp = flow.response
         st = WsState(flow.id, fc.session, flow.client_conn.id, self._masker, cap.cfg.capture.max_body,
                      started=time.time())
         self.sockets[flow.id] = st
         conn = connection_of(flow)
         fc.session.record(WS_OPEN, ws_open_fields(
-            flow.id, flow.client_conn.id, conn.name if conn else None, cap._recorded_url(flow.request),
+            flow.id, flow.client_conn.id, conn.name if conn else None, cap.recorded_url(flow.request),
             resp.headers.get("sec-websocket-protocol") if resp else None,
             resp.headers.get("sec-websocket-extensions") if resp else None,
         ))
@@ -98,7 +98,7 @@ class WebSocketCapture:
         data = msg.content
         if msg.from_client:
             fields = ws_message_fields(st, "client", data, msg.is_text)
-            err = await cap._write_and_wait(st.session, WS_MESSAGE, fields)
+            err = await cap.write_and_wait(st.session, WS_MESSAGE, fields)
             if err is not None:
                 late = getattr(err, "cause", None) == NOT_RESPONDING
                 if not late:
@@ -164,7 +164,7 @@ class WebSocketCapture:
 
     def _record_close(self, st: WsState, *, code, reason, by) -> None:
         cap = self.capture
-        fields = ws_close_fields(st, code=code, reason=cap._mask_text(reason or ""), by=by, ended=time.time())
+        fields = ws_close_fields(st, code=code, reason=cap.mask_text(reason or ""), by=by, ended=time.time())
         fc = cap.flows.get(st.flow)
         if not st.session.closed:
             st.session.record(WS_CLOSE, fields)

@@ -16,6 +16,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addons.capture import Capture
 from addons.config import WiretrailConfig
+from addons.masking import Masking
 from recorder.forensics.reader import iter_session_files, read_session
 from recorder.store.writer import RecordWriter
 from tests.support.artifacts import recorded_body
@@ -112,11 +113,13 @@ def gateway(tmp_path, extra="", storage=""):
     class Ctx:
         async def __aenter__(self):
             self.cfg = WiretrailConfig()
-            self.capture = Capture(self.cfg)
-            self.ctx = taddons.context(self.cfg, self.capture)
+            masking = Masking(self.cfg)
+            self.capture = Capture(self.cfg, masking)
+            self.ctx = taddons.context(self.cfg, masking, self.capture)
             tctx = self.ctx.__enter__()
             tctx.configure(self.cfg, wiretrail_config=str(cfg_path))
             self.cfg.running()
+            masking.running()
             self.capture.running()
             g = Gateway(tctx, self.cfg, self.capture)
             g.store = tmp_path / "store"
@@ -294,11 +297,13 @@ def test_fail_open_lets_traffic_pass_when_configured(tmp_path):
 
     async def main_open():
         cfg_addon = WiretrailConfig()
-        capture = Capture(cfg_addon)
+        masking = Masking(cfg_addon)
+        capture = Capture(cfg_addon, masking)
         with taddons.context(cfg_addon, capture) as tctx:
             cfg.write_text('[storage]\ndir = "store"\nfail_closed = false\n[identity]\nmode = "none"\n')
             tctx.configure(cfg_addon, wiretrail_config=str(cfg))
             cfg_addon.running()
+            masking.running()
             capture.running()
             f = tflow.tflow()
             await capture.requestheaders(f)
@@ -354,7 +359,7 @@ def test_client_gone_mid_stream_keeps_what_arrived(tmp_path):
 def test_flows_before_running_are_refused_not_passed_unrecorded(tmp_path):
     async def main():
         cfg_addon = WiretrailConfig()
-        capture = Capture(cfg_addon)
+        capture = Capture(cfg_addon, Masking(cfg_addon))
         with taddons.context(cfg_addon, capture):
             f = tflow.tflow()
             await capture.requestheaders(f)  # mitmproxy may listen before `running`
@@ -439,7 +444,7 @@ def test_the_recorded_url_is_the_masked_pretty_url_and_follows_a_new_masker(tmp_
     cases[0].headers["host"] = "front.example"
     for req in cases:
         for _ in range(2):  # the second time from the cache
-            assert capture._recorded_url(req) == Holder.masker.mask_text(req.pretty_url)
-    assert secret not in capture._recorded_url(cases[2])
+            assert capture.recorded_url(req) == Holder.masker.mask_text(req.pretty_url)
+    assert secret not in capture.recorded_url(cases[2])
     Holder.masker = Masker(b"j" * 32)  # a new masker (SIGHUP): another key, other tags
-    assert capture._recorded_url(cases[2]) == Holder.masker.mask_text(cases[2].pretty_url)
+    assert capture.recorded_url(cases[2]) == Holder.masker.mask_text(cases[2].pretty_url)
