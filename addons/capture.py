@@ -46,6 +46,8 @@ _MAX_BATCH_BYTES = 1 << 20  # a fast stream is recorded in batches of at most 1 
 # A request's end waits for its last batch to be written: smaller batches let the writer work
 # while the rest of the body arrives, so less is left to write when the end comes.
 _MAX_REQUEST_BATCH_BYTES = 256 << 10
+# What a body is rendered by; the last two name a Connect/gRPC stream's per-message compression.
+_BODY_HEADERS = (b"content-encoding", b"content-type", b"connect-content-encoding", b"grpc-encoding")
 _URL_CACHE_SIZE = 4096  # recorded URLs remembered; an agent calls the same few again and again
 
 
@@ -632,13 +634,14 @@ class Capture:
         return self.masking.masker if self.masking is not None else None
 
     def _body_bytes(self, message: http.Message) -> BodyBytes:
-        encoding, content_type = header_values(message.headers, b"content-encoding", b"content-type")
+        encoding, content_type, connect, grpc = header_values(message.headers, *_BODY_HEADERS)
         return BodyBytes(message.raw_content or b"", encoding, self.cfg.capture.max_body,
-                         masker=self._masker, content_type=content_type)
+                         masker=self._masker, content_type=content_type, message_encoding=connect or grpc)
 
     def _body_stream(self, message: http.Message) -> BodyStream:
-        encoding, content_type = header_values(message.headers, b"content-encoding", b"content-type")
-        return BodyStream(encoding, self.cfg.capture.max_body, masker=self._masker, content_type=content_type)
+        encoding, content_type, connect, grpc = header_values(message.headers, *_BODY_HEADERS)
+        return BodyStream(encoding, self.cfg.capture.max_body, masker=self._masker, content_type=content_type,
+                          message_encoding=connect or grpc)
 
     def _headers(self, headers: http.Headers, injected: dict | None = None) -> list[list[str]]:
         masker = self._masker

@@ -20,32 +20,38 @@ them is replaced by its tag, which changes the binary (docs/masking.md).
 from __future__ import annotations
 
 from recorder import format_v1
+from recorder.connect.envelopes import is_rpc
+from recorder.connect.record import RpcStream
 from recorder.content_decoding import DecodeError, decoder_for
 
 
 class BodyBytes:
     """A whole buffered body, as it crossed the wire (still content-encoded)."""
 
-    __slots__ = ("data", "encoding", "max_body", "masker", "content_type")
+    __slots__ = ("data", "encoding", "max_body", "masker", "content_type", "message_encoding")
 
     def __init__(self, data: bytes, encoding: str | None = None, max_body: int = 0, masker=None,
-                 content_type: str | None = None):
+                 content_type: str | None = None, message_encoding: str | None = None):
         self.data = data
         self.encoding = encoding
         self.max_body = max_body
         self.masker = masker  # a recorder.masking.Masker, or None (recorded unmasked)
         self.content_type = content_type
+        self.message_encoding = message_encoding  # Connect/gRPC per-message compression (recorder/connect)
 
 
 class BodyStream:
     """The state of one streamed body direction. Created on the loop, used by the writer."""
 
     __slots__ = ("decoder", "encoding", "max_body", "recorded", "wire", "decoded", "held", "decode_error",
-                 "masker", "content_type", "mask_state", "ref", "records", "done")
+                 "masker", "content_type", "mask_state", "ref", "records", "done", "message_encoding", "rpc")
 
-    def __init__(self, encoding: str | None = None, max_body: int = 0, masker=None, content_type: str | None = None):
+    def __init__(self, encoding: str | None = None, max_body: int = 0, masker=None, content_type: str | None = None,
+                 message_encoding: str | None = None):
         self.masker = masker  # a recorder.masking.Masker, or None (recorded unmasked)
         self.content_type = content_type
+        self.message_encoding = message_encoding  # Connect/gRPC per-message compression
+        self.rpc: RpcStream | None = None  # a Connect/gRPC body's messages, made on the writer thread
         self.mask_state = None  # the stream masker, made on the writer thread at the first chunk
         self.encoding = encoding
         self.decoder = decoder_for(encoding)
@@ -128,6 +134,11 @@ def render_buffered(body: BodyBytes) -> dict:
     else:
         data = wire
     size = len(data)
+    if is_rpc(body.content_type) and note.get("decoded") is not False:
+        # Connect/gRPC: stored as masked messages, never as bytes (recorder/connect/record.py)
+        rendered = RpcStream(body.content_type, body.message_encoding, body.masker, body.max_body).feed(data, True)
+        rendered.update(note)
+        return rendered
     notes: set[str] = set()
     if body.masker is not None and data:
         data = body.masker.mask_body(data, body.content_type, notes=notes)
@@ -189,6 +200,14 @@ def render_chunk(chunk: ChunkBytes, now: float | None = None) -> dict | None:
         except DecodeError as e:
             # From here on the stream is recorded as it crossed the wire.
             st.decode_error = str(e)
+    if st.rpc is not None or is_rpc(st.content_type):
+        # Connect/gRPC: stored as masked messages, never as bytes (recorder/connect/record.py)
+        if st.rpc is None:
+            st.rpc = RpcStream(st.content_type, st.message_encoding, st.masker, st.max_body)
+        st.decoded += len(data)
+        if st.decode_error is not None:  # `data` is as it crossed the wire
+            return st.rpc.feed_undecodable(data, chunk.final, st.decode_error)
+        return st.rpc.feed(data, chunk.final)
     data = st.held + data
     st.held = b""
     if not chunk.final:

@@ -1,0 +1,241 @@
+"""Connect and gRPC bodies as the record stores them: masked message trees, not bytes.
+
+The writer thread renders each direction of an RPC body (`RpcStream`, one per direction,
+fed chunk by chunk) into a body `{"framing", "messages", "size"}` (docs/format.md,
+"Connect and gRPC bodies"). The raw bytes are not stored: they would hold every secret the
+messages carry, compressed or not. Each message is stored as its masked field tree
+(`proto`), from which `stored_bytes` rebuilds the body the upstream would have seen had the
+secrets been masked (with the envelopes uncompressed), for replay and export. What cannot
+be decoded is masked as bytes and says why; what cannot be decompressed is left out, with
+its size and hash.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+from recorder.connect import wire
+from recorder.connect.envelopes import (
+    COMPRESSED,
+    END_STREAM,
+    GRPC_WEB_TRAILERS,
+    DecompressError,
+    EnvelopeReader,
+    decompress,
+    framing_of,
+)
+from recorder.connect.tree_masking import TreeMasker
+
+NOT_RECORDED = "it could hold a secret the gateway cannot see, so its bytes are not recorded"
+
+
+def _text_or_b64(data: bytes) -> dict:
+    try:
+        return {"text": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+class RpcStream:
+    """One direction of a Connect or gRPC body, rendered on the writer thread."""
+
+    __slots__ = ("framing", "codec", "encoding", "masker", "tree", "reader", "unary", "n", "recorded",
+                 "max_body", "truncated")
+
+    def __init__(self, content_type: str | None, message_encoding: str | None = None, masker=None,
+                 max_body: int = 0):
+        self.framing, self.codec = framing_of(content_type) or ("unary", "proto")
+        self.encoding = message_encoding
+        self.masker = masker
+        self.tree = TreeMasker(masker) if masker is not None else None
+        self.reader = EnvelopeReader() if self.framing != "unary" else None
+        self.unary = bytearray()
+        self.n = 0
+        self.recorded = 0  # message bytes recorded (decompressed), against capture.max_body
+        self.max_body = max_body
+        self.truncated = False
+
+    def feed(self, data: bytes, final: bool = False) -> dict:
+        """The body of one chunk record: the messages completed (and released by masking) so far."""
+        entries: list[dict] = []
+        if self.reader is None:
+            self.unary += data
+            if final:
+                self._message(entries, None, bytes(self.unary))
+                self.unary = bytearray()
+        else:
+            for env in self.reader.feed(data):
+                self._message(entries, env.flags, env.payload)
+            if final and self.reader.pending:
+                expected = self.reader.expected()
+                rest = self.reader.rest()
+                item = {"n": self.n, "incomplete": True, "size": len(rest)}
+                if expected is not None:
+                    item["expected"] = expected
+                item.update(_text_or_b64(self._mask_bytes(rest)))
+                self.n += 1
+                self._done(entries, item)
+        if self.tree is not None:
+            entries.extend(self.tree.finish() if final else self.tree.ready())
+        body = {"framing": self.framing, "messages": entries, "size": len(data)}
+        if self.tree is not None and self.tree.holding:
+            body["held"] = self.tree.holding  # messages waiting for masking to decide (a later record)
+        if self.truncated:
+            body["truncated"] = True
+        return body
+
+    def feed_undecodable(self, data: bytes, final: bool, why: str) -> dict:
+        """A chunk whose Content-Encoding could not be undone: its bytes, masked as bytes."""
+        entries: list[dict] = []
+        if data:
+            item = {"n": self.n, "size": len(data),
+                    "undecoded": f"the Content-Encoding could not be undone ({why}); masked as bytes"}
+            item.update(_text_or_b64(self._mask_bytes(data)))
+            self.n += 1
+            self._done(entries, item)
+        body = self.feed(b"", final)
+        body["messages"] = entries + body["messages"]
+        body.update({"size": len(data), "decoded": False, "decode_error": why})
+        return body
+
+    # -- one message ------------------------------------------------------------------
+
+    def _done(self, entries: list[dict], item: dict) -> None:
+        if self.tree is not None:
+            self.tree.add_done(item)  # keeps its place behind held messages
+        else:
+            entries.append(item)
+
+    def _mask_bytes(self, data: bytes) -> bytes:
+        return self.masker.mask_bytes(data) if self.masker is not None and data else data
+
+    def _message(self, entries: list[dict], flags: int | None, payload: bytes) -> None:
+        item: dict = {"n": self.n}
+        self.n += 1
+        if flags is not None:
+            item["flags"] = flags
+        item["size"] = len(payload)
+        if self.max_body and self.recorded >= self.max_body:
+            item["omitted"] = "capture.max_body"
+            self.truncated = True
+            self._done(entries, item)
+            return
+        if flags is not None and flags & COMPRESSED:
+            item["compressed"] = (self.encoding or "identity").strip().lower()
+            try:
+                payload = decompress(payload, self.encoding)
+            except DecompressError as e:
+                item["omitted"] = f"cannot decompress ({e}); {NOT_RECORDED}"
+                item["sha256"] = hashlib.sha256(payload).hexdigest()
+                self._done(entries, item)
+                return
+            item["decompressed_size"] = len(payload)
+        self.recorded += len(payload)
+        end = flags is not None and ((self.framing == "connect" and flags & END_STREAM)
+                                     or (self.framing == "grpc-web" and flags & GRPC_WEB_TRAILERS))
+        if end and self.framing == "connect":
+            item.update(self._end_stream(payload))
+        elif end or self.codec == "json":
+            item.update(_text_or_b64(self._mask_text(payload)))
+        else:
+            try:
+                fields = wire.parse(payload)
+            except (wire.WireError, RecursionError) as e:
+                item["undecoded"] = f"not a protobuf message ({e}); masked as bytes"
+                item.update(_text_or_b64(self._mask_bytes(payload)))
+            else:
+                if self.tree is not None:
+                    self.tree.add(item, fields)
+                    return
+                item["proto"] = wire.to_json(fields)
+                entries.append(item)
+                return
+        self._done(entries, item)
+
+    def _mask_text(self, data: bytes) -> bytes:
+        """JSON (connect+json messages, gRPC-Web trailers) is masked value by value where it parses."""
+        if self.masker is None or not data:
+            return data
+        masked = self.masker.mask_json(data)
+        return masked if masked is not None else self.masker.mask_bytes(data)
+
+    def _end_stream(self, payload: bytes) -> dict:
+        """Connect's end-of-stream message: JSON with the error and trailing metadata. Error
+        details carry protobuf messages in base64: they are decoded and masked like messages."""
+        try:
+            end = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return {"undecoded": "the end-of-stream message is not JSON"} | _text_or_b64(self._mask_text(payload))
+        if not isinstance(end, dict):
+            return _text_or_b64(self._mask_text(payload))
+        details = (end.get("error") or {}).get("details") if isinstance(end.get("error"), dict) else None
+        for d in details if isinstance(details, list) else ():
+            if isinstance(d, dict) and isinstance(d.get("value"), str):
+                d["value"] = _mask_detail(d["value"], self.masker)
+        masked = self._mask_text(json.dumps(end, ensure_ascii=False).encode("utf-8"))
+        try:
+            return {"end": json.loads(masked)}
+        except ValueError:
+            return _text_or_b64(masked)
+
+
+def _mask_detail(value: str, masker) -> str:
+    """An error detail's base64 protobuf, masked inside and encoded again."""
+    try:
+        raw = base64.b64decode(value + "=" * (-len(value) % 4))
+        fields = wire.parse(raw)
+    except (ValueError, wire.WireError, RecursionError):
+        return value
+    if masker is None:
+        return value
+    tree = TreeMasker(masker)
+    item: dict = {}
+    tree.add(item, fields)
+    tree.finish()
+    data = wire.encode(wire.from_json(item["proto"])) if "proto" in item else base64.b64decode(item["b64"])
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+# -- reading a stored body back -------------------------------------------------------------
+
+
+def message_bytes(item: dict) -> bytes | None:
+    """The bytes of one stored message as recorded (masked), or None when it was left out."""
+    if "proto" in item:
+        return wire.encode(wire.from_json(item["proto"]))
+    if "end" in item:
+        return json.dumps(item["end"], ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if isinstance(item.get("b64"), str):
+        return base64.b64decode(item["b64"])
+    if isinstance(item.get("text"), str):
+        return item["text"].encode("utf-8")
+    return None
+
+
+def stored_bytes(body: dict) -> bytes:
+    """A stored RPC body as bytes: each message re-encoded from its masked tree and framed
+    again, uncompressed (the compression flag cleared). Messages left out are skipped.
+    Raises ValueError when the body is not a valid one."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise ValueError("messages is not a list")
+    unary = body.get("framing") == "unary"
+    out = bytearray()
+    for item in messages:
+        if not isinstance(item, dict):
+            raise ValueError("a message is not an object")
+        data = message_bytes(item)
+        if data is None:
+            continue
+        if unary or item.get("incomplete"):
+            out += data
+            continue
+        flags = item.get("flags", 0)
+        flags = flags & ~COMPRESSED if isinstance(flags, int) and 0 <= flags < 256 else 0
+        out += bytes([flags]) + len(data).to_bytes(4, "big") + data
+    return bytes(out)
+
+
+def is_stored_rpc(body) -> bool:
+    return isinstance(body, dict) and "messages" in body
