@@ -197,6 +197,7 @@ class TimeoutsConfig:
 class ReviewConfig:
     listen: str = "127.0.0.1:8090"  # where `wiretrail serve` listens
     verify_keys: tuple[Path, ...] = ()  # public keys the review page verifies signatures with
+    descriptor_sets: tuple[Path, ...] = ()  # FileDescriptorSets that name protobuf fields (recorder/connect)
 
 
 @dataclass(frozen=True)
@@ -826,6 +827,9 @@ SCHEMA = _Table(dict, (
             "where `wiretrail serve` listens"),
         Key("verify_keys", _ListOf(_PathValue(), 'an array of paths, e.g. ["keys/gateway.pub"]'), (),
             "the gateway's public keys (PEM), kept outside the store, that the review page checks signatures with"),
+        Key("descriptor_sets", _ListOf(_PathValue(), 'an array of paths, e.g. ["protos/agent.pb"]'), (),
+            "FileDescriptorSets (protoc --include_imports --descriptor_set_out) that name Connect/gRPC fields in "
+            "`wiretrail show --config`"),
     ), expected="a table ([review])"), _EMPTY_TABLE),
     Key("anchors", _Table(AnchorsConfig, (
         Key("file", _PathValue(), None, "a file outside the store that each signed ledger head is appended to"),

@@ -41,7 +41,7 @@ class RpcStream:
     """One direction of a Connect or gRPC body, rendered on the writer thread."""
 
     __slots__ = ("framing", "codec", "encoding", "masker", "tree", "reader", "unary", "n", "recorded",
-                 "max_body", "truncated")
+                 "max_body", "truncated", "fed")
 
     def __init__(self, content_type: str | None, message_encoding: str | None = None, masker=None,
                  max_body: int = 0):
@@ -55,9 +55,15 @@ class RpcStream:
         self.recorded = 0  # message bytes recorded (decompressed), against capture.max_body
         self.max_body = max_body
         self.truncated = False
+        self.fed = 0  # chunk records fed: a message's "chunk" is the one it arrived in
 
     def feed(self, data: bytes, final: bool = False) -> dict:
-        """The body of one chunk record: the messages completed (and released by masking) so far."""
+        """The body of one chunk record: the messages completed (and released by masking) so far.
+        A message held back by masking comes in a later record, with `chunk`: the `n` of the
+        chunk record its last byte arrived in, so readers keep the order it happened in."""
+        self.fed += 1
+        if self.tree is not None:
+            self.tree.release_stale()
         entries: list[dict] = []
         if self.reader is None:
             self.unary += data
@@ -70,7 +76,7 @@ class RpcStream:
             if final and self.reader.pending:
                 expected = self.reader.expected()
                 rest = self.reader.rest()
-                item = {"n": self.n, "incomplete": True, "size": len(rest)}
+                item = {"n": self.n, "chunk": self.fed - 1, "incomplete": True, "size": len(rest)}
                 if expected is not None:
                     item["expected"] = expected
                 item.update(_text_or_b64(self._mask_bytes(rest)))
@@ -78,6 +84,9 @@ class RpcStream:
                 self._done(entries, item)
         if self.tree is not None:
             entries.extend(self.tree.finish() if final else self.tree.ready())
+        for item in entries:
+            if item.get("chunk") == self.fed - 1:
+                del item["chunk"]  # recorded where it arrived
         body = {"framing": self.framing, "messages": entries, "size": len(data)}
         if self.tree is not None and self.tree.holding:
             body["held"] = self.tree.holding  # messages waiting for masking to decide (a later record)
@@ -89,7 +98,7 @@ class RpcStream:
         """A chunk whose Content-Encoding could not be undone: its bytes, masked as bytes."""
         entries: list[dict] = []
         if data:
-            item = {"n": self.n, "size": len(data),
+            item = {"n": self.n, "chunk": self.fed, "size": len(data),
                     "undecoded": f"the Content-Encoding could not be undone ({why}); masked as bytes"}
             item.update(_text_or_b64(self._mask_bytes(data)))
             self.n += 1
@@ -111,7 +120,7 @@ class RpcStream:
         return self.masker.mask_bytes(data) if self.masker is not None and data else data
 
     def _message(self, entries: list[dict], flags: int | None, payload: bytes) -> None:
-        item: dict = {"n": self.n}
+        item: dict = {"n": self.n, "chunk": self.fed - 1}
         self.n += 1
         if flags is not None:
             item["flags"] = flags
@@ -239,3 +248,35 @@ def stored_bytes(body: dict) -> bytes:
 
 def is_stored_rpc(body) -> bool:
     return isinstance(body, dict) and "messages" in body
+
+
+class RpcRemask:
+    """`wiretrail mask`: a stored RPC body's messages masked again with today's rules, one
+    direction of a flow at a time (the trails run across its chunk records)."""
+
+    def __init__(self, masker):
+        self.masker = masker
+        self.tree = TreeMasker(masker)
+
+    def body(self, body: dict, final: bool, n: int | None = None) -> dict:
+        """`n`: the chunk record's `n`; a message held here into a later record keeps it as `chunk`."""
+        for item in body.get("messages") or ():
+            if not isinstance(item, dict):
+                continue
+            new = {k: v for k, v in item.items() if k not in ("proto", "b64", "text", "end", "masked_as_bytes")}
+            if isinstance(n, int):
+                new.setdefault("chunk", n)
+            if "proto" in item:
+                self.tree.add(new, wire.from_json(item["proto"]))
+                continue
+            if "end" in item:
+                masked = self.masker.mask_json(json.dumps(item["end"], ensure_ascii=False).encode("utf-8"))
+                new["end"] = json.loads(masked) if masked is not None else item["end"]
+            elif isinstance(item.get("text"), str) or isinstance(item.get("b64"), str):
+                new.update(_text_or_b64(self.masker.mask_bytes(message_bytes(item))))
+            self.tree.add_done(new)
+        out = {k: v for k, v in body.items() if k != "held"}
+        out["messages"] = self.tree.finish() if final else self.tree.ready()
+        if self.tree.holding:
+            out["held"] = self.tree.holding
+        return out

@@ -13,6 +13,7 @@ that part of the message bytes, masked as bytes.
 from __future__ import annotations
 
 import base64
+import time
 from collections import deque
 
 from recorder.connect import wire
@@ -20,6 +21,10 @@ from recorder.connect import wire
 CONTEXT = 512  # released text kept per trail as left context (a name before a value)
 MAX_HOLD = 256 * 1024  # text held past this is released, masked as if the stream ended
 MAX_HELD_MESSAGES = 256
+# Text held this long is released (masked as if its stream ended) when the next message of
+# its direction arrives: the hold waits for a delta that follows at once, not for the next
+# prompt minutes later. capture.chunk_interval's default.
+MAX_HOLD_SECONDS = 0.1
 
 
 class _Held:
@@ -36,15 +41,18 @@ class _Held:
 class _Trail:
     """The texts of one field path, in arrival order."""
 
-    __slots__ = ("ctx", "pieces", "held")
+    __slots__ = ("ctx", "pieces", "held", "since")
 
     def __init__(self):
         self.ctx = b""
         self.pieces: list[tuple[_Held, wire.Field, bytes]] = []
         self.held = 0
+        self.since = 0.0  # time.monotonic() when the oldest held piece came
 
     def add(self, held: _Held, field: wire.Field) -> None:
         text = field.value.encode("utf-8", "surrogatepass")
+        if not self.pieces:
+            self.since = time.monotonic()
         self.pieces.append((held, field, text))
         self.held += len(text)
 
@@ -74,6 +82,7 @@ class _Trail:
             self.pieces = self.pieces[len(out):]
             self.held -= pos - base
             self.ctx = full[max(0, pos - CONTEXT):pos]
+            self.since = time.monotonic()
         return out
 
 
@@ -106,6 +115,14 @@ class TreeMasker:
         force = len(self.queue) > MAX_HELD_MESSAGES
         for path in touched:
             self._release(self.trails[path], force)
+        self.release_stale()
+
+    def release_stale(self) -> None:
+        """Release trails whose text has been held longer than MAX_HOLD_SECONDS."""
+        now = time.monotonic()
+        for trail in self.trails.values():
+            if trail.pieces and now - trail.since >= MAX_HOLD_SECONDS:
+                self._release(trail, True)
 
     def add_done(self, item: dict) -> None:
         """An entry that needs no masking here (masked already, or without content): it keeps

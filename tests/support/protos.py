@@ -74,20 +74,26 @@ class Compiled:
     descriptor_set: Path
 
 
-def compile_protos(directory: Path) -> Compiled:
+def compile_files(directory: Path, files: dict[str, str], descriptor_set: str) -> tuple[dict, Path]:
+    """Compile {file name: .proto text} with protoc; ({module name: module}, descriptor set path)."""
     from grpc_tools import protoc
 
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "wt_everything.proto").write_text(EVERYTHING_PROTO)
-    (directory / "wt_legacy.proto").write_text(LEGACY_PROTO)
-    fds = directory / "everything.pb"
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    fds = directory / descriptor_set
     rc = protoc.main(["protoc", f"-I{directory}", f"--python_out={directory}", "--include_imports",
-                      f"--descriptor_set_out={fds}", "wt_everything.proto", "wt_legacy.proto"])
+                      f"--descriptor_set_out={fds}", *files])
     assert rc == 0, f"protoc failed ({rc})"
     sys.path.insert(0, str(directory))
     try:
-        everything = importlib.import_module("wt_everything_pb2")
-        legacy = importlib.import_module("wt_legacy_pb2")
+        modules = {name[:-len(".proto")]: importlib.import_module(name[:-len(".proto")] + "_pb2") for name in files}
     finally:
         sys.path.remove(str(directory))
-    return Compiled(everything, legacy, fds)
+    return modules, fds
+
+
+def compile_protos(directory: Path) -> Compiled:
+    modules, fds = compile_files(directory, {"wt_everything.proto": EVERYTHING_PROTO,
+                                             "wt_legacy.proto": LEGACY_PROTO}, "everything.pb")
+    return Compiled(modules["wt_everything"], modules["wt_legacy"], fds)
