@@ -155,9 +155,38 @@ def _text_path(server: list[RpcMessage]) -> str | None:
     return path if count >= 3 else None
 
 
+def causal(client: list[RpcMessage], server: list[RpcMessage]) -> list[RpcMessage]:
+    """Both sides in the order they happened. Records keep the order they were written in,
+    and a streamed batch is written up to capture.chunk_interval after its bytes came, so a
+    fast reply can be on file before the message it answers. Two rules put that right: the
+    stream starts with the client's first message (the server answers a request), and a
+    client message that quotes an id first sent by the server (a tool result naming its
+    call) comes after that server message."""
+    timeline = sorted(client + server, key=lambda m: m.order)
+    if client:
+        first = min(client, key=lambda m: m.order)
+        timeline.remove(first)
+        timeline.insert(0, first)
+    introduced: dict[str, int] = {}
+    for i, msg in enumerate(timeline):
+        if msg.side == "server":
+            for ident in _ids(msg):
+                introduced.setdefault(ident, i)
+    out: list[RpcMessage] = []
+    waiting: dict[int, list[RpcMessage]] = {}
+    for i, msg in enumerate(timeline):
+        later = [introduced[x] for x in _ids(msg) if introduced.get(x, -1) > i] if msg.side == "client" else []
+        if later:
+            waiting.setdefault(min(later), []).append(msg)
+        else:
+            out.append(msg)
+        out.extend(waiting.pop(i, ()))
+    return out
+
+
 def _conversation(ex: Exchange, client: list[RpcMessage], server: list[RpcMessage], namer: Namer) -> list[Turn]:
     text_path = _text_path(server)
-    timeline = sorted(client + server, key=lambda m: m.order)
+    timeline = causal(client, server)
     out: list[Turn] = []
     calls: dict[str, Part] = {}  # tool call ids -> the call, to name its result
     state = {"turn": None, "text": []}
