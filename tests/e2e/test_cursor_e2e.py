@@ -182,3 +182,18 @@ def test_http1_fallback_is_recorded_as_one_conversation(cursor_gateway, upstream
              + request_id)
     assert "BidiAppend -> 200" not in out  # the posts are inside the conversation, not apart
     assert PASTED not in out
+
+
+def test_a_message_encoding_the_recorder_cannot_undo_is_refused(cursor_gateway, upstream, mimic):
+    backend = CursorBackend(mimic, conversation(mimic, PASTED))
+    upstream.routes[RUN_SSE] = backend.run_sse
+    proxy = f"http://alice:{token()}@127.0.0.1:{cursor_gateway.proxy_port}"
+    with httpx.Client(proxy=proxy, verify=trust(cursor_gateway), trust_env=False, timeout=30) as client:
+        r = client.post(f"https://api2.cursor.sh:{upstream.port}{RUN_SSE}",
+                        content=envelope(run_sse_request(mimic, "req-1"), 0x01),
+                        headers={"content-type": "application/connect+proto", "connect-content-encoding": "snappy"})
+    assert r.status_code == 415 and "snappy" in r.text
+    assert not [e for e in upstream.exchanges if e.path == RUN_SSE]  # nothing reached the backend
+    sessions = stop_and_check(cursor_gateway)
+    refused = [r for r in sessions["alice"].records if r["t"] == "auth.refused"]
+    assert refused and refused[0]["reason"] == "cannot_record" and refused[0]["status"] == 415

@@ -178,10 +178,13 @@ class CursorBackend:
 # -- the client side --------------------------------------------------------------------------
 
 
-def play_client(conv: Conversation, send, recv_chunk, *, wait: float = WAIT) -> tuple[list[bytes], list[str]]:
+def play_client(conv: Conversation, send, recv_chunk, *, wait: float = WAIT, before_end=None,
+                encoding: str | None = "gzip") -> tuple[list, list[str]]:
     """Play the client's part: `send(i)` sends client message i; `recv_chunk(timeout)` returns
-    the next response bytes (None at the end). Returns (server messages received, problems)."""
-    splitter = EnvelopeSplitter("gzip")
+    the next response bytes (None at the end); `before_end()` ends the request (a bidi stream)
+    before the end-of-stream message is awaited. Returns (the server messages received, then
+    the end-of-stream JSON; problems)."""
+    splitter = EnvelopeSplitter(encoding)
     pending: list[tuple[int, bytes]] = []
     got: list[bytes] = []
     problems: list[str] = []
@@ -209,6 +212,8 @@ def play_client(conv: Conversation, send, recv_chunk, *, wait: float = WAIT) -> 
         got.append(item[1])
         if item[1] != conv.server[i]:
             problems.append(f"server message {i} arrived changed")
+    if before_end is not None:
+        before_end()
     end = next_message()
     if end is None or end[0] != 0x02:
         problems.append(f"no end-of-stream message: {end!r}")
