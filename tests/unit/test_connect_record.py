@@ -198,3 +198,16 @@ def test_json_rpc_messages_are_masked_as_json(masker):
     data = env(0, json.dumps({"prompt": f"use {GHP}"}).encode())
     (entry,) = run(data, 5, masker, ctype="application/connect+json")
     assert json.loads(entry["text"])["prompt"].startswith("use [MASKED:github-pat:")
+
+
+def test_the_format_doc_example_is_what_the_writer_records():
+    """docs/format.md ("Connect and gRPC bodies") shows a body this code writes."""
+    from pathlib import Path
+
+    doc_masker = Masker(bytes(range(32)))
+    prompt = msg(m(1, m(2, m(1, m(1, s(1, "deploy with ghp_Zk3mQ9Zk3mQ9Zk3mQ9Zk3mQ9Zk3mQ9Zk3mQ9 please")))),
+                   m(3, s(1, "claude-4-sonnet"))))
+    body = RpcStream("application/connect+proto", None, doc_masker).feed(
+        env(0, prompt) + env(2, b'{"error":{"code":"unavailable","message":"try again"}}'), final=True)
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "format.md").read_text()
+    assert orjson.dumps(body).decode() in spec
