@@ -178,6 +178,19 @@ def generic_turn(ex: Exchange, namer: Namer) -> Turn:
     return turn
 
 
+def messages_text(body: dict) -> str:
+    """A stored RPC body as text: each message with its strings and their field paths."""
+    lines = []
+    for item in body.get("messages") or ():
+        if isinstance(item, dict):
+            msg = RpcMessage("?", 0, 0, None, item)
+            lines.append(f"message {item.get('n')}:")
+            lines.extend("  " + line for line in describe(msg, Namer(), None).split("\n"))
+    if body.get("held"):
+        lines.append(f"({body['held']} message(s) held for masking: in a later chunk)")
+    return "\n".join(lines)
+
+
 def body_summary(body: dict, limit: int = 200) -> str:
     """A stored RPC body in one line, for `wiretrail show --records`."""
     items = [i for i in body.get("messages") or () if isinstance(i, dict)]

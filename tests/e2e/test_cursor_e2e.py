@@ -20,6 +20,7 @@ import pytest
 
 from recorder.identity import mint_dev_token
 from tests.support.artifacts import header, store_bytes
+from tests.support.checks import assert_in_order
 from tests.support.clients import trust
 from tests.support.cursor_backend import CursorBackend, play_client
 from tests.support.cursor_fixture import (
@@ -78,13 +79,6 @@ def show(path: Path, *args: str) -> str:
     assert out.returncode == 0, out.stderr
     return out.stdout
 
-
-def in_order(text: str, *needles: str) -> None:
-    pos = 0
-    for n in needles:
-        at = text.find(n, pos)
-        assert at >= 0, f"{n!r} not found after position {pos} in:\n{text}"
-        pos = at + len(n)
 
 
 def chunk_reader(resp: httpx.Response):
@@ -172,7 +166,7 @@ def test_http1_fallback_is_recorded_as_one_conversation(cursor_gateway, upstream
     assert PASTED.encode().hex().encode() not in data  # nor hex-encoded, as BidiAppend carries messages
 
     out = show(session.path)
-    in_order(out, "RunSSE -> 200  (cursor.agent, claude-4-sonnet, streamed)  [cursor]",
+    assert_in_order(out, "RunSSE -> 200  (cursor.agent, claude-4-sonnet, streamed)  [cursor]",
              "user: Why does src/app.py crash? My key is [MASKED:github-pat:",
              "> assistant: " + "".join(DELTAS_1),
              f"> assistant tool call exec field 2.2 [{EXEC_ID}]: 2.2.1: {FILE_PATH}",

@@ -16,6 +16,7 @@ from recorder.connect import wire
 from recorder.masking import Masker
 from recorder.reader import read_session
 from recorder.transcript import build
+from tests.support.checks import assert_in_order
 from tests.support.cursor_fixture import (
     DELTAS_1, DELTAS_2, EXEC_ID, FILE_CONTENT, FILE_PATH, conversation, compile_mimic, envelope, end_stream,
     SessionWriter, write_h1_session, write_h2_session,
@@ -40,13 +41,6 @@ def show(capsys, *args) -> str:
     return capsys.readouterr().out
 
 
-def in_order(text: str, *needles: str) -> None:
-    pos = 0
-    for n in needles:
-        at = text.find(n, pos)
-        assert at >= 0, f"{n!r} not found after position {pos} in:\n{text}"
-        pos = at + len(n)
-
 
 def decompressed(path: Path) -> bytes:
     return zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
@@ -58,7 +52,7 @@ def test_a_cursor_session_reads_as_a_conversation(tmp_path, capsys, mimic, mode)
     (write_h2_session if mode == "h2" else write_h1_session)(tmp_path, mimic, conv, Masker(KEY))
     path = session_file(tmp_path)
     out = show(capsys, path)
-    in_order(out, "(cursor.agent, claude-4-sonnet, streamed)  [cursor]",
+    assert_in_order(out, "(cursor.agent, claude-4-sonnet, streamed)  [cursor]",
              "user: Why does src/app.py crash? My key is [MASKED:github-pat:", "if it matters.",
              "> assistant: " + "".join(DELTAS_1),
              f"> assistant tool call exec field 2.2 [{EXEC_ID}]: 2.2.1: {FILE_PATH}",
@@ -78,11 +72,11 @@ def test_tree_and_descriptors_show_every_field(tmp_path, capsys, mimic):
     write_h2_session(tmp_path, mimic, conversation(mimic, SECRET), Masker(KEY))
     path = session_file(tmp_path)
     raw = show(capsys, path, "--tree")
-    in_order(raw, "client message 0 (", "compressed gzip)", "1:", "2:", "1:", "1:", "1: 'Why does src/app.py",
+    assert_in_order(raw, "client message 0 (", "compressed gzip)", "1:", "2:", "1:", "1:", "1: 'Why does src/app.py",
              "server message 3", "2:", "1: 1 (varint)", "2:", "1: 'src/app.py'", "15: 'exec-7f3a9c21'",
              "end of stream: ok")
     named = show(capsys, path, "--tree", "--descriptors", mimic.descriptor_set)
-    in_order(named, "tool call read_file [exec-7f3a9c21]: exec_server_message.read_file.path: src/app.py",
+    assert_in_order(named, "tool call read_file [exec-7f3a9c21]: exec_server_message.read_file.path: src/app.py",
              "1 run_request:", "2 action:", "1 user_action:", "1 message:", "1 text: 'Why does",
              "2 exec_server_message:", "2 read_file:", "1 path: 'src/app.py'", "14 turn_ended:", "1 output_tokens: 42")
     assert SECRET not in raw + named
@@ -112,11 +106,11 @@ def test_an_unknown_schema_shows_strings_with_field_paths_never_hex(tmp_path, ca
     w.reg.close_all("shutdown")
     assert w.writer.stop(timeout=30)
     out = show(capsys, session_file(tmp_path))
-    in_order(out, "(grpc, streamed)", "client: 1: SELECT plan FROM billing", "2.3: eu-west-1", "> server: 1.2: plan: enterprise",
+    assert_in_order(out, "(grpc, streamed)", "client: 1: SELECT plan FROM billing", "2.3: eu-west-1", "> server: 1.2: plan: enterprise",
              "no schema: strings are shown with their field paths")
     assert "00ff1080" not in out and "AP8QgAD/" not in out  # no hex or base64 dump of the bytes field
     tree = show(capsys, session_file(tmp_path), "--tree")
-    in_order(tree, "1: 'SELECT plan FROM billing'", "4: 7 (varint)", "5: bytes AP8Q", "9: 5 (fixed32)")
+    assert_in_order(tree, "1: 'SELECT plan FROM billing'", "4: 7 (varint)", "5: bytes AP8Q", "9: 5 (fixed32)")
 
 
 def test_records_view_summarises_rpc_bodies(tmp_path, capsys, mimic):
@@ -159,4 +153,15 @@ def test_mask_remasks_connect_messages(tmp_path, capsys, mimic):
     assert acme.encode() not in data and b"[MASKED:acme:" in data
     assert read_session(new).problems == []
     text = show(capsys, new)
-    in_order(text, "user: Why does src/app.py crash? My key is [MASKED:acme:", "> assistant: Let me look at the file.")
+    assert_in_order(text, "user: Why does src/app.py crash? My key is [MASKED:acme:", "> assistant: Let me look at the file.")
+
+
+def test_the_review_page_shows_rpc_bodies_as_text(tmp_path, mimic):
+    from recorder.review.session_view import record_view
+
+    write_h2_session(tmp_path, mimic, conversation(mimic, SECRET), Masker(KEY))
+    records = read_session(session_file(tmp_path)).records
+    views = [record_view(r) for r in records if r["t"] == "http.chunk"]
+    text = "\n".join("".join(seg.text for seg in v.body.text) for v in views if v.body)
+    assert "1.2.1.1.1: Why does src/app.py crash? My key is [MASKED:github-pat:" in text
+    assert "1.1.1: Let me " in text and SECRET not in text
