@@ -95,6 +95,7 @@ class TreeMasker:
         self.masker = masker
         self.trails: dict[str, _Trail] = {}
         self.queue: deque[_Held] = deque()
+        self.dirty: set[str] = set()  # trails with text added since the last release
 
     @property
     def holding(self) -> int:
@@ -102,7 +103,7 @@ class TreeMasker:
 
     def add(self, item: dict, fields: list[wire.Field]) -> None:
         held = _Held(item, fields)
-        touched = set()
+        touched: set[str] = set()
         for path, f in wire.walk(fields):
             if f.kind == "s":
                 if f.value:
@@ -112,10 +113,7 @@ class TreeMasker:
             elif f.kind == "b64":
                 f.value = self.masker.mask_bytes(f.value)
         self.queue.append(held)
-        force = len(self.queue) > MAX_HELD_MESSAGES
-        for path in touched:
-            self._release(self.trails[path], force)
-        self.release_stale()
+        self.dirty |= touched  # released once per batch, in ready(): one hold decision per path, not per message
 
     def release_stale(self) -> None:
         """Release trails whose text has been held longer than MAX_HOLD_SECONDS."""
@@ -135,6 +133,11 @@ class TreeMasker:
             held.waiting -= 1
 
     def ready(self) -> list[dict]:
+        force = len(self.queue) > MAX_HELD_MESSAGES
+        for path in self.dirty:
+            self._release(self.trails[path], force)
+        self.dirty.clear()
+        self.release_stale()
         out = []
         while self.queue and self.queue[0].waiting == 0:
             out.append(self._done(self.queue.popleft()))
@@ -143,6 +146,7 @@ class TreeMasker:
     def finish(self) -> list[dict]:
         for trail in self.trails.values():
             self._release(trail, True)
+        self.dirty.clear()
         return self.ready()
 
     def _done(self, held: _Held) -> dict:
