@@ -136,7 +136,8 @@ def render_buffered(body: BodyBytes) -> dict:
     size = len(data)
     if is_rpc(body.content_type) and note.get("decoded") is not False:
         # Connect/gRPC: stored as masked messages, never as bytes (recorder/connect/record.py)
-        rendered = RpcStream(body.content_type, body.message_encoding, body.masker, body.max_body).feed(data, True)
+        rpc = RpcStream(body.content_type, body.message_encoding, body.masker, body.max_body)
+        rendered = _rpc_feed(rpc, data, True)
         rendered.update(note)
         return rendered
     notes: set[str] = set()
@@ -173,6 +174,18 @@ def _split_utf8_tail(data: bytes) -> tuple[bytes, bytes]:
     return data, b""
 
 
+def _rpc_feed(rpc: RpcStream, data: bytes, final: bool, undecodable: str | None = None) -> dict:
+    """An RPC body's messages. Should decoding fail (a bug meeting untrusted bytes), the bytes are
+    left out, never stored raw: compressed or hex-encoded, they could hide a secret."""
+    try:
+        if rpc.failed is None:
+            return rpc.feed_undecodable(data, final, undecodable) if undecodable else rpc.feed(data, final)
+    except Exception as e:  # noqa: BLE001 - the record says what failed; nothing raw is kept
+        rpc.failed = f"{type(e).__name__}: {str(e)[:200]}"
+    return {"framing": rpc.framing, "messages": [], "size": len(data), "omitted":
+            f"the recorder could not decode this stream ({rpc.failed}); its bytes are not recorded"}
+
+
 def render_chunk(chunk: ChunkBytes, now: float | None = None) -> dict | None:
     st = chunk.stream
     if not chunk.data and not chunk.final:  # a tick: release what has been held long enough
@@ -206,8 +219,8 @@ def render_chunk(chunk: ChunkBytes, now: float | None = None) -> dict | None:
             st.rpc = RpcStream(st.content_type, st.message_encoding, st.masker, st.max_body)
         st.decoded += len(data)
         if st.decode_error is not None:  # `data` is as it crossed the wire
-            return st.rpc.feed_undecodable(data, chunk.final, st.decode_error)
-        return st.rpc.feed(data, chunk.final)
+            return _rpc_feed(st.rpc, data, chunk.final, st.decode_error)
+        return _rpc_feed(st.rpc, data, chunk.final)
     data = st.held + data
     st.held = b""
     if not chunk.final:

@@ -41,7 +41,7 @@ class RpcStream:
     """One direction of a Connect or gRPC body, rendered on the writer thread."""
 
     __slots__ = ("framing", "codec", "encoding", "masker", "tree", "reader", "unary", "n", "recorded",
-                 "max_body", "truncated", "fed")
+                 "max_body", "truncated", "fed", "failed")
 
     def __init__(self, content_type: str | None, message_encoding: str | None = None, masker=None,
                  max_body: int = 0):
@@ -56,6 +56,7 @@ class RpcStream:
         self.max_body = max_body
         self.truncated = False
         self.fed = 0  # chunk records fed: a message's "chunk" is the one it arrived in
+        self.failed: str | None = None  # why decoding broke down (recorder/bodies.py leaves the rest out)
 
     def feed(self, data: bytes, final: bool = False) -> dict:
         """The body of one chunk record: the messages completed (and released by masking) so far.

@@ -211,3 +211,22 @@ def test_the_format_doc_example_is_what_the_writer_records():
         env(0, prompt) + env(2, b'{"error":{"code":"unavailable","message":"try again"}}'), final=True)
     spec = (Path(__file__).resolve().parents[2] / "docs" / "format.md").read_text()
     assert orjson.dumps(body).decode() in spec
+
+
+def test_a_decoder_failure_leaves_the_bytes_out(masker, monkeypatch):
+    """Should the decoder break on some input, nothing of it is stored raw (it could be
+    compressed, hiding a secret from the text rules), and the body says so."""
+    import recorder.connect.record as record_mod
+
+    def broken(*_a, **_k):
+        raise RuntimeError("decoder bug")
+
+    monkeypatch.setattr(record_mod.wire, "parse", broken)
+    st = BodyStream(None, masker=masker, content_type="application/connect+proto", message_encoding="gzip")
+    data = env(1, gzip.compress(msg(s(1, f"x {GHP}"))))
+    first = render_bodies({"body": ChunkBytes(data, st)})["body"]
+    later = render_bodies({"body": ChunkBytes(data, st, final=True)})["body"]
+    for body in (first, later):
+        assert body["messages"] == [] and "decoder bug" in body["omitted"] and body["size"] == len(data)
+        assert "b64" not in body and "text" not in body
+    assert format_v1.decode_body(first) == b""
