@@ -70,12 +70,13 @@ class ChunkBytes:
     """A batch of a streamed body; `final` marks the end of the stream. An empty batch that
     is not final is a tick: it releases held-back text whose time is up."""
 
-    __slots__ = ("data", "stream", "final")
+    __slots__ = ("data", "stream", "final", "times")
 
-    def __init__(self, data: bytes, stream: BodyStream, final: bool = False):
+    def __init__(self, data: bytes, stream: BodyStream, final: bool = False, times: list | None = None):
         self.data = data
         self.stream = stream
         self.final = final
+        self.times = times  # (length, arrival time) of the pieces of `data`: Connect/gRPC streams only
 
 
 def render_bodies(fields: dict, ts: float | None = None) -> dict | None:
@@ -174,12 +175,12 @@ def _split_utf8_tail(data: bytes) -> tuple[bytes, bytes]:
     return data, b""
 
 
-def _rpc_feed(rpc: RpcStream, data: bytes, final: bool, undecodable: str | None = None) -> dict:
+def _rpc_feed(rpc: RpcStream, data: bytes, final: bool, undecodable: str | None = None, times=None) -> dict:
     """An RPC body's messages. Should decoding fail (a bug meeting untrusted bytes), the bytes are
     left out, never stored raw: compressed or hex-encoded, they could hide a secret."""
     try:
         if rpc.failed is None:
-            return rpc.feed_undecodable(data, final, undecodable) if undecodable else rpc.feed(data, final)
+            return rpc.feed_undecodable(data, final, undecodable) if undecodable else rpc.feed(data, final, times)
     except Exception as e:  # noqa: BLE001 - the record says what failed; nothing raw is kept
         rpc.failed = f"{type(e).__name__}: {str(e)[:200]}"
     return {"framing": rpc.framing, "messages": [], "size": len(data), "omitted":
@@ -220,7 +221,7 @@ def render_chunk(chunk: ChunkBytes, now: float | None = None) -> dict | None:
         st.decoded += len(data)
         if st.decode_error is not None:  # `data` is as it crossed the wire
             return _rpc_feed(st.rpc, data, chunk.final, st.decode_error)
-        return _rpc_feed(st.rpc, data, chunk.final)
+        return _rpc_feed(st.rpc, data, chunk.final, times=chunk.times)
     data = st.held + data
     st.held = b""
     if not chunk.final:

@@ -37,7 +37,7 @@ def body(data: bytes, encoding, max_body: int, masked: bool, content_type, messa
 
 
 def chunk(data: bytes, ref: int, final: bool, encoding, max_body: int, masked: bool, content_type,
-          message_encoding=None):
+          message_encoding=None, times=None):
     from recorder.bodies import BodyStream, ChunkBytes
     stream = _streams.get(ref)
     if stream is None:
@@ -45,7 +45,7 @@ def chunk(data: bytes, ref: int, final: bool, encoding, max_body: int, masked: b
                                             content_type=content_type, message_encoding=message_encoding)
     if final:
         _streams.pop(ref, None)
-    return ChunkBytes(data, stream, final)
+    return ChunkBytes(data, stream, final, times)
 
 
 def ws_message(data: bytes, text: bool, ref: int, max_body: int, hold: bool, masked: bool, before: int | None):

@@ -64,7 +64,7 @@ class _Pickler(pickle.Pickler):
                 st.ref = next(self.owner._refs)
                 self._note(st.masker)
             return writer_child.chunk, (obj.data, st.ref, obj.final, st.encoding, st.max_body,
-                                        st.masker is not None, st.content_type, st.message_encoding)
+                                        st.masker is not None, st.content_type, st.message_encoding, obj.times)
         if t is WsMessageBody:
             d = self._ws_ref(obj.direction)
             before = self._ws_ref(d.before).ref if d.before is not None else None

@@ -37,6 +37,28 @@ def _text_or_b64(data: bytes) -> dict:
         return {"b64": base64.b64encode(data).decode("ascii")}
 
 
+class _Arrivals:
+    """When each byte of one fed chunk arrived, by its offset in the direction's stream."""
+
+    __slots__ = ("ends", "last")
+
+    def __init__(self, times: list | None, size: int, start: int):
+        self.ends: list[tuple[int, float]] = []
+        self.last = round(times[-1][1], 6) if times else None
+        if times and sum(n for n, _ in times) == size:  # the pieces are these bytes (no Content-Encoding)
+            pos = start
+            for n, t in times:
+                pos += n
+                self.ends.append((pos, round(t, 6)))
+
+    def at(self, end: int) -> float | None:
+        """The arrival time of the piece holding byte `end - 1` (a message's last)."""
+        for piece_end, t in self.ends:
+            if end <= piece_end:
+                return t
+        return self.last
+
+
 class RpcStream:
     """One direction of a Connect or gRPC body, rendered on the writer thread."""
 
@@ -58,22 +80,26 @@ class RpcStream:
         self.fed = 0  # chunk records fed: a message's "chunk" is the one it arrived in
         self.failed: str | None = None  # why decoding broke down (recorder/bodies.py leaves the rest out)
 
-    def feed(self, data: bytes, final: bool = False) -> dict:
+    def feed(self, data: bytes, final: bool = False, times: list | None = None) -> dict:
         """The body of one chunk record: the messages completed (and released by masking) so far.
         A message held back by masking comes in a later record, with `chunk`: the `n` of the
-        chunk record its last byte arrived in, so readers keep the order it happened in."""
+        chunk record its last byte arrived in, so readers keep the order it happened in.
+        `times`, the (length, time) of the pieces `data` arrived in, gives each message `at`:
+        when its last byte reached the gateway (the batch's last time where a Content-Encoding
+        changed the bytes)."""
         self.fed += 1
         if self.tree is not None:
             self.tree.release_stale()
+        arrival = _Arrivals(times, len(data), self.reader.offset + self.reader.pending if self.reader else 0)
         entries: list[dict] = []
         if self.reader is None:
             self.unary += data
             if final:
-                self._message(entries, None, bytes(self.unary))
+                self._message(entries, None, bytes(self.unary), arrival.last)
                 self.unary = bytearray()
         else:
             for env in self.reader.feed(data):
-                self._message(entries, env.flags, env.payload)
+                self._message(entries, env.flags, env.payload, arrival.at(env.offset + 5 + len(env.payload)))
             if final and self.reader.pending:
                 expected = self.reader.expected()
                 rest = self.reader.rest()
@@ -120,9 +146,11 @@ class RpcStream:
     def _mask_bytes(self, data: bytes) -> bytes:
         return self.masker.mask_bytes(data) if self.masker is not None and data else data
 
-    def _message(self, entries: list[dict], flags: int | None, payload: bytes) -> None:
+    def _message(self, entries: list[dict], flags: int | None, payload: bytes, at: float | None = None) -> None:
         item: dict = {"n": self.n, "chunk": self.fed - 1}
         self.n += 1
+        if at is not None:
+            item["at"] = at
         if flags is not None:
             item["flags"] = flags
         item["size"] = len(payload)

@@ -37,8 +37,13 @@ class RpcMessage:
         return p if isinstance(p, list) else None
 
     @property
-    def order(self) -> tuple[int, int]:
-        return (self.seq, self.index)
+    def order(self) -> tuple:
+        """When it happened: its arrival time at the gateway (`at`, on streamed messages), else
+        its record's time (a buffered body is recorded as it arrives), then its place in the file."""
+        for t in (self.item.get("at"), self.ts):
+            if isinstance(t, (int, float)) and not isinstance(t, bool):
+                return (float(t), self.seq, self.index)
+        return (float("inf"), self.seq, self.index)
 
 
 def is_rpc_exchange(ex: Exchange) -> bool:

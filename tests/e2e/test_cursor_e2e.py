@@ -47,14 +47,16 @@ def token() -> str:
 
 
 @pytest.fixture
-def cursor_gateway(start_gateway, tmp_path, monkeypatch):
+def cursor_gateway(request, start_gateway, tmp_path, monkeypatch):
+    """The gateway with the cursor preset; indirect parameter: storage.writer ("thread" by default)."""
     monkeypatch.setenv("WIRETRAIL_TEST_RESOLVE", "*.cursor.sh=127.0.0.1")
     (tmp_path / "dev.secret").write_text(DEV_SECRET)
     gw = start_gateway(
         config={"identity": {"mode": "jwt", "issuer": "wt-test", "audience": "wiretrail",
                              "hs256_secret": f"file:{tmp_path / 'dev.secret'}"},
                 "policy": {"unregistered": "deny"},  # only the preset's hosts get through
-                "capture": {"chunk_interval": 0.05}},
+                "capture": {"chunk_interval": 0.05},
+                "storage": {"writer": getattr(request, "param", "thread")}},
         extra_toml='\n[[connections]]\npreset = "cursor"\n',
         extra_args=("-s", str(DNS_OVERRIDE)))
     gw.upstream = None  # requests name Cursor's hosts, not the fake's address: checked here instead

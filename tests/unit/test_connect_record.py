@@ -230,3 +230,33 @@ def test_a_decoder_failure_leaves_the_bytes_out(masker, monkeypatch):
         assert body["messages"] == [] and "decoder bug" in body["omitted"] and body["size"] == len(data)
         assert "b64" not in body and "text" not in body
     assert format_v1.decode_body(first) == b""
+
+
+def test_the_writers_fallback_never_stores_rpc_bytes_raw(masker):
+    """When a record cannot be rendered, the writer records bodies from their raw bytes masked
+    by the text rules (recorder/record_repair.py); for Connect/gRPC that would keep a compressed
+    secret: the bytes are left out instead, for the rest of the stream too."""
+    from recorder.record_repair import fallback_bodies
+
+    st = BodyStream(None, masker=masker, content_type="application/connect+proto", message_encoding="gzip")
+    data = env(1, gzip.compress(msg(s(1, f"x {GHP}"))))
+    body = fallback_bodies({"body": ChunkBytes(data, st)}, RuntimeError("orjson said no"))["body"]
+    assert body["messages"] == [] and "orjson said no" in body["omitted"] and "b64" not in body
+    later = render_bodies({"body": ChunkBytes(data, st, final=True)})["body"]
+    assert later["messages"] == [] and "orjson said no" in later["omitted"]
+    buffered = fallback_bodies({"body": BodyBytes(gzip.compress(msg(s(1, GHP))), "gzip", masker=masker,
+                                                  content_type="application/proto")}, ValueError("x"))["body"]
+    assert buffered["framing"] == "unary" and buffered["messages"] == [] and "b64" not in buffered
+
+
+def test_each_streamed_message_carries_when_its_last_byte_came():
+    a, b, c = env(0, msg(s(1, "first"))), env(0, msg(s(1, "second"))), env(0, msg(s(1, "third")))
+    rs = RpcStream("application/connect+proto")
+    data = a + b[:3]
+    body1 = rs.feed(data, times=[(len(a) - 2, 100.0), (2 + 3, 101.5)])
+    body2 = rs.feed(b[3:] + c, times=[(len(b) - 3, 102.25), (len(c), 103.0)])
+    assert [m["at"] for m in body1["messages"]] == [101.5]  # its last two bytes came in the second piece
+    assert [m["at"] for m in body2["messages"]] == [102.25, 103.0]
+    decoded = RpcStream("application/connect+proto").feed(a, times=[(3, 7.0)])  # lengths do not match (decoded)
+    assert decoded["messages"][0]["at"] == 7.0
+    assert "at" not in RpcStream("application/connect+proto").feed(a)["messages"][0]
