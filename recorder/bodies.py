@@ -187,9 +187,22 @@ def _rpc_feed(rpc: RpcStream, data: bytes, final: bool, undecodable: str | None 
             f"the recorder could not decode this stream ({rpc.failed}); its bytes are not recorded"}
 
 
+def _rpc_tick(rpc: RpcStream) -> dict | None:
+    """A tick on an RPC stream: messages whose masking hold is over, or None (nothing to write)."""
+    if rpc.failed is not None:
+        return None
+    try:
+        return rpc.tick()
+    except Exception as e:  # noqa: BLE001 - as in _rpc_feed
+        rpc.failed = f"{type(e).__name__}: {str(e)[:200]}"
+        return None
+
+
 def render_chunk(chunk: ChunkBytes, now: float | None = None) -> dict | None:
     st = chunk.stream
     if not chunk.data and not chunk.final:  # a tick: release what has been held long enough
+        if st.rpc is not None:
+            return _rpc_tick(st.rpc)
         if st.mask_state is None:
             return None
         data = st.mask_state.force(now)
@@ -200,7 +213,7 @@ def render_chunk(chunk: ChunkBytes, now: float | None = None) -> dict | None:
         return format_v1.encode_body(data, size=0, truncated=truncated)
     if st.done:
         if not chunk.data:  # the stream already ended (capture's tee and its end both flush it)
-            return format_v1.encode_body(b"", size=0)
+            return _rpc_feed(st.rpc, b"", True) if st.rpc is not None else format_v1.encode_body(b"", size=0)
         # More after an end (raw TCP settles each client read): a new segment, a fresh decoder.
         st.decoder = decoder_for(st.encoding)
     st.done = chunk.final

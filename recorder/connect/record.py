@@ -121,6 +121,21 @@ class RpcStream:
             body["truncated"] = True
         return body
 
+    def tick(self) -> dict | None:
+        """Capture's tick while the stream is quiet: the messages masking held past its time
+        bound, as a body of their own, or None when there are none (no record is written)."""
+        if self.tree is None or not self.tree.holding:
+            return None
+        self.tree.release_all()  # quiet for capture.chunk_interval: the hold is over
+        entries = self.tree.ready()
+        if not entries:
+            return None
+        self.fed += 1  # this body becomes the direction's next chunk record
+        body = {"framing": self.framing, "messages": entries, "size": 0}
+        if self.tree.holding:
+            body["held"] = self.tree.holding
+        return body
+
     def feed_undecodable(self, data: bytes, final: bool, why: str) -> dict:
         """A chunk whose Content-Encoding could not be undone: its bytes, masked as bytes."""
         entries: list[dict] = []

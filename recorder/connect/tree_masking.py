@@ -115,6 +115,12 @@ class TreeMasker:
         self.queue.append(held)
         self.dirty |= touched  # released once per batch, in ready(): one hold decision per path, not per message
 
+    def release_all(self) -> None:
+        """Release every trail as if its stream ended here (the stream went quiet: a tick)."""
+        for trail in self.trails.values():
+            self._release(trail, True)
+        self.dirty.clear()
+
     def release_stale(self) -> None:
         """Release trails whose text has been held longer than MAX_HOLD_SECONDS."""
         now = time.monotonic()
@@ -144,9 +150,7 @@ class TreeMasker:
         return out
 
     def finish(self) -> list[dict]:
-        for trail in self.trails.values():
-            self._release(trail, True)
-        self.dirty.clear()
+        self.release_all()
         return self.ready()
 
     def _done(self, held: _Held) -> dict:

@@ -260,3 +260,18 @@ def test_each_streamed_message_carries_when_its_last_byte_came():
     decoded = RpcStream("application/connect+proto").feed(a, times=[(3, 7.0)])  # lengths do not match (decoded)
     assert decoded["messages"][0]["at"] == 7.0
     assert "at" not in RpcStream("application/connect+proto").feed(a)["messages"][0]
+
+
+def test_a_tick_releases_held_messages_as_a_record_of_their_own(masker):
+    """capture sends an empty batch (a tick) when a stream goes quiet: messages masking held
+    come out then, not at the stream's end; a tick with nothing held writes nothing."""
+    st = BodyStream(None, masker=masker, content_type="application/connect+proto")
+    held = env(0, msg(s(1, "ends like a secret could start: ghp_")))
+    first = render_bodies({"flow": "f", "n": 0, "body": ChunkBytes(held, st)})
+    assert first["body"]["messages"] == [] and first["body"]["held"] == 1 and first["n"] == 0
+    tick = render_bodies({"flow": "f", "n": 1, "body": ChunkBytes(b"", st)})
+    assert tick["n"] == 1 and texts(tick["body"]["messages"]) == ["ends like a secret could start: ghp_"]
+    assert tick["body"]["messages"][0]["chunk"] == 0  # where it arrived
+    assert render_bodies({"flow": "f", "n": 2, "body": ChunkBytes(b"", st)}) is None  # nothing held: no record
+    last = render_bodies({"flow": "f", "n": 2, "body": ChunkBytes(b"", st, final=True)})
+    assert last["n"] == 2 and last["body"]["messages"] == []
