@@ -5,8 +5,8 @@ many messages (one delta per message, at the same field path), so a secret can s
 one message and end in the next: the texts of one field path are masked as one stream of
 text (a *trail*), with the hold-back of a streamed body (docs/masking.md). A message
 whose text could still be the start of a secret is held, with every message after it, until
-the text that decides it arrives or the stream ends; the client is never delayed, only the
-record. Bytes fields are masked as bytes. Last, a message is encoded again and searched
+the text that decides it arrives, for about 100 ms at most (MAX_HOLD_SECONDS), or the stream
+ends; the client is never delayed, only the record. Bytes fields are masked as bytes. Last, a message is encoded again and searched
 whole: a secret that crosses field boundaries (text misread as a nested message) makes
 that part of the message bytes, masked as bytes.
 """
@@ -21,9 +21,10 @@ from recorder.connect import wire
 CONTEXT = 512  # released text kept per trail as left context (a name before a value)
 MAX_HOLD = 256 * 1024  # text held past this is released, masked as if the stream ended
 MAX_HELD_MESSAGES = 256
-# Text held this long is released (masked as if its stream ended) when the next message of
-# its direction arrives: the hold waits for a delta that follows at once, not for the next
-# prompt minutes later. capture.chunk_interval's default.
+# Text held this long is released (masked as if its stream ended) when more of its direction
+# arrives; a stream that goes quiet gets capture's tick after capture.chunk_interval, which
+# releases it too (RpcStream.tick). The hold waits for a delta that follows at once, not for
+# the next prompt minutes later.
 MAX_HOLD_SECONDS = 0.1
 
 
