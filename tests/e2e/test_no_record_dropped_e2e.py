@@ -76,4 +76,6 @@ def test_deep_json_is_recorded_as_text_both_ways_and_every_tool_reads_it(gateway
     assert "Recursion" not in res.stderr + res.stdout, res.stderr[-2000:]
     flows = json.loads(res.stdout)["flows"]
     assert len(flows) == 3 and all(f["sandbox"]["status"] == 200 for f in flows), res.stdout[-2000:]
-    assert all(f["first_difference"] for f in flows if "nested" in f["url"])  # the recorded reply is masked
+    nested = [f for f in flows if "nested" in f["url"]]
+    # The recorded reply's masked secret is not compared with the live one: counted, not a difference.
+    assert nested and all(not f["first_difference"] and f.get("masked_spans", 0) >= 1 for f in nested), nested
