@@ -34,6 +34,7 @@ pytestmark = pytest.mark.e2e
 DNS_OVERRIDE = Path(__file__).resolve().parents[1] / "support" / "dns_override.py"
 DEV_SECRET = "cursor-e2e-" + "d" * 40
 PASTED = "ghp_" + "Zk3mQ9" * 6  # a GitHub token the user pasted into the prompt
+TOOL_SECRET = "sk-ant-api03-" + "Qm7xV2pL9tR4" * 4  # in a file Cursor's read_file tool returns
 CURSOR_TOKEN = "cursor-session-" + "c0ffee" * 8  # Cursor's own bearer token: the user's Cursor account
 
 
@@ -113,7 +114,7 @@ def test_http1_fallback_is_recorded_as_one_conversation(cursor_gateway, upstream
     """cursor.general.disableHttp2: the RunSSE stream plus one BidiAppend post per client
     message, over HTTP/1.1, recorded and joined into one conversation."""
     gw = cursor_gateway
-    conv = conversation(mimic, PASTED)
+    conv = conversation(mimic, PASTED, tool_secret=TOOL_SECRET)
     backend = CursorBackend(mimic, conv)
     upstream.routes[RUN_SSE] = backend.run_sse
     upstream.routes[BIDI_APPEND] = backend.bidi_append
@@ -150,8 +151,9 @@ def test_http1_fallback_is_recorded_as_one_conversation(cursor_gateway, upstream
 
     sessions = stop_and_check(gw)
     data = store_bytes(gw.store_dir)
-    assert PASTED.encode() not in data and CURSOR_TOKEN.encode() not in data
+    assert PASTED.encode() not in data and CURSOR_TOKEN.encode() not in data and TOOL_SECRET.encode() not in data
     assert b"[MASKED:github-pat:" in data and b'"authorization","[MASKED:authorization:' in data
+    assert b"[MASKED:anthropic:" in data  # the secret the tool returned, masked inside the tool result
     session = sessions["alice"]
     flows = {}
     for rec in session.records:
@@ -165,7 +167,8 @@ def test_http1_fallback_is_recorded_as_one_conversation(cursor_gateway, upstream
     posts = [r["seq"] for r in session.records if r["t"] == "http.request" and r["flow"] != run]
     run_chunks = [r["seq"] for r in session.records if r["t"] == "http.chunk" and r["flow"] == run]
     assert len(posts) == 3 and any(seq > posts[1] for seq in run_chunks), (posts, run_chunks)
-    assert PASTED.encode().hex().encode() not in data  # nor hex-encoded, as BidiAppend carries messages
+    for secret in (PASTED, TOOL_SECRET):  # nor hex-encoded, as BidiAppend carries messages
+        assert secret.encode().hex().encode() not in data
 
     out = show(session.path)
     assert_in_order(out, "RunSSE -> 200  (cursor.agent, claude-4-sonnet, streamed)  [cursor]",
@@ -177,7 +180,7 @@ def test_http1_fallback_is_recorded_as_one_conversation(cursor_gateway, upstream
              "note: HTTP/1.1 fallback: 3 BidiAppend post(s) joined to this RunSSE stream by their request id "
              + request_id)
     assert "BidiAppend -> 200" not in out  # the posts are inside the conversation, not apart
-    assert PASTED not in out
+    assert PASTED not in out and TOOL_SECRET not in out and 'ANTHROPIC_API_KEY = "[MASKED:anthropic:' in out
 
 
 def test_a_message_encoding_the_recorder_cannot_undo_is_refused(cursor_gateway, upstream, mimic):

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.e2e.test_cursor_e2e import CURSOR_TOKEN, PASTED, cursor_gateway, mimic, show, stop_and_check, token  # noqa: F401
+from tests.e2e.test_cursor_e2e import CURSOR_TOKEN, PASTED, TOOL_SECRET, cursor_gateway, mimic, show, stop_and_check, token  # noqa: F401
 from tests.support.artifacts import header, store_bytes
 from tests.support.checks import assert_in_order
 from tests.support.cursor_backend import CursorBackend, play_client
@@ -84,7 +84,7 @@ def h2_backend(test_ca):
 @pytest.mark.parametrize("cursor_gateway", ["thread", "process"], indirect=True)  # storage.writer
 def test_h2_bidi_connect_stream_flows_both_ways_and_is_recorded(cursor_gateway, h2_backend, mimic):
     gw = cursor_gateway
-    conv = conversation(mimic, PASTED)
+    conv = conversation(mimic, PASTED, tool_secret=TOOL_SECRET)
     backend = CursorBackend(mimic, conv, gzip_server=True)
     h2_backend.route(RUN, backend.h2_run)
     reply, got, problems = h2_stream(gw, h2_backend, conv, mimic)
@@ -98,6 +98,7 @@ def test_h2_bidi_connect_stream_flows_both_ways_and_is_recorded(cursor_gateway, 
     sessions = stop_and_check(gw)
     data = store_bytes(gw.store_dir)
     assert PASTED.encode() not in data and CURSOR_TOKEN.encode() not in data and b"[MASKED:github-pat:" in data
+    assert TOOL_SECRET.encode() not in data and b"[MASKED:anthropic:" in data  # returned by the tool
     session = sessions["alice"]
     (flow,) = {r["flow"] for r in session.records if r["t"] == "http.request"}
     chunks = [r for r in session.records if r.get("flow") == flow and r["t"] == "http.chunk"]
@@ -121,7 +122,7 @@ def test_h2_bidi_connect_stream_flows_both_ways_and_is_recorded(cursor_gateway, 
              f"> assistant tool call exec field 2.2 [{EXEC_ID}]: 2.2.1: {FILE_PATH}",
              f"> tool tool result exec field 2.2 [{EXEC_ID}]: 2.2.1: import os",
              "> assistant: " + "".join(DELTAS_2), f"note: files: {FILE_PATH}")
-    assert PASTED not in out
+    assert PASTED not in out and TOOL_SECRET not in out and 'ANTHROPIC_API_KEY = "[MASKED:anthropic:' in out
 
 
 def test_h2_end_of_stream_error_reaches_the_client_and_the_record(cursor_gateway, h2_backend, mimic):

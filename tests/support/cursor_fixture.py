@@ -136,7 +136,10 @@ class Conversation:
     steps: list[tuple[str, int]] = field(default_factory=list)
 
 
-def conversation(m: Mimic, secret: str, conversation_id: str = "conv-0001") -> Conversation:
+def conversation(m: Mimic, secret: str, conversation_id: str = "conv-0001",
+                 tool_secret: str | None = None) -> Conversation:
+    """One agent turn; `secret` is pasted into the prompt, `tool_secret` (if any) is in the file
+    the read_file tool returns."""
     A = m.agent
     c = Conversation()
 
@@ -164,7 +167,8 @@ def conversation(m: Mimic, secret: str, conversation_id: str = "conv-0001") -> C
     result = A.AgentClientMessage()
     result.exec_client_message.id = 1
     result.exec_client_message.exec_id = EXEC_ID
-    result.exec_client_message.read_file.content = FILE_CONTENT
+    result.exec_client_message.read_file.content = FILE_CONTENT + (f'ANTHROPIC_API_KEY = "{tool_secret}"\n'
+                                                                  if tool_secret else "")
     client(result)
     client(A.AgentClientMessage(client_heartbeat=A.ClientHeartbeat()))
     for d in DELTAS_2:
