@@ -114,7 +114,10 @@ def render(text: str) -> str:
 
 
 def documented_keys(text: str) -> list[str]:
-    return [m["key"] for m in map(_ROW.match, text.splitlines()) if m]
+    """The keys of the reference rows: a dotted path, or a top-level key of the schema (other
+    tables, such as the presets', start with a name in backticks too)."""
+    top = {k.name for k in c.SCHEMA.keys}
+    return [m["key"] for m in map(_ROW.match, text.splitlines()) if m and ("." in m["key"] or m["key"] in top)]
 
 
 def problems(text: str) -> list[str]:
