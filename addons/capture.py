@@ -18,7 +18,7 @@ import uuid
 from mitmproxy import http
 from mitmproxy.addons.errorcheck import ErrorCheckHandler
 
-from addons import proxy_control
+from addons import live_connections, proxy_control
 from addons.config import WiretrailConfig
 from addons.flow_state import (
     identity_of,
@@ -285,7 +285,7 @@ class Capture:
                       f"stops anyway. NOT WRITTEN: {self.writer.unwritten()}. The sessions concerned stay "
                       "unsealed; the next start recovers what reached the disk (docs/integrity.md)")
             # A writer stuck in the kernel can keep the process from exiting: serve nothing meanwhile.
-            proxy_control.stop_serving()
+            live_connections.stop_serving()
 
     # -- hooks ------------------------------------------------------------------------
 
