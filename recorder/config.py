@@ -25,6 +25,7 @@ from recorder.anchors import SYSLOG_FACILITIES
 from recorder.client_credentials import INJECT_MODES, query_key
 from recorder.connections import is_loopback_host
 from recorder.dev_secret import ensure_dev_secret
+from recorder.store import fleet
 
 
 class ConfigError(ValueError):
@@ -211,6 +212,11 @@ class AnchorsConfig:
 
 
 @dataclass(frozen=True)
+class NodeConfig:
+    id: str | None = None  # one of several gateways sharing storage.dir (recorder/store/fleet.py)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     storage: StorageConfig
     sessions: SessionsConfig
@@ -222,7 +228,13 @@ class GatewayConfig:
     timeouts: TimeoutsConfig = TimeoutsConfig()
     review: ReviewConfig = ReviewConfig()
     anchors: AnchorsConfig = AnchorsConfig()
+    gateway: NodeConfig = NodeConfig()
     source: Path | None = None  # None = the embedded default
+
+    @property
+    def store_dir(self) -> Path:
+        """Where this gateway writes: storage.dir, or its own folder there when it has an id."""
+        return fleet.gateway_store(self.storage.dir, self.gateway.id)
 
 
 # -- value kinds: how a TOML value is checked and converted, and the message when it is not ---
@@ -825,6 +837,12 @@ SCHEMA = _Table(dict, (
         Key("fail_closed", _Bool(), False, "true: refuse traffic (503) while a sink fails for longer than max_lag"),
         Key("max_lag", _Number(gt=0, le=86400), 60.0, "seconds a sink may fail before fail_closed refuses traffic"),
     ), check=_check_anchors, expected="a table ([anchors])"), _EMPTY_TABLE),
+    Key("gateway", _Table(NodeConfig, (
+        Key("id", _Text('a gateway id of lowercase letters, digits and "-" (at most 64), e.g. "gw1"',
+                        fleet.ID_PATTERN), None,
+            "this gateway's id when several share storage.dir: it writes under storage.dir/gateways/<id>/ "
+            "and is recorded in each session.open; unique per process (docs/deployment.md)"),
+    ), expected="a table ([gateway])"), _EMPTY_TABLE),
 ), check=_check_gateway)
 
 

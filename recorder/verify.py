@@ -25,6 +25,7 @@ from recorder.ledger import LEDGER_NAME, LedgerRead, SessionEntry, ledger_id, re
 from recorder.reader import SessionRead, iter_session_files, read_session
 from recorder.recovery import SIGNING_TYPES
 from recorder.signing import Verifier
+from recorder.store import fleet
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -374,7 +375,16 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
     ledgers: dict[Path, LedgerVerdict] = {}
     seen: set[Path] = set()
     store_issues: list[str] = []
-    for p in map(Path, paths):
+    expanded: list[Path] = []
+    for p in map(Path, paths):  # a fleet's root: each gateway's store against its own ledger
+        stores, stray = fleet.store_paths(p)
+        expanded.extend(stores)
+        for f in stray:
+            seen.add(f.resolve())
+            files.append(v := verify_file(f, verifiers))
+            v.issues.append(Issue(None, f"not in any gateway's store: {p} holds the stores of several gateways "
+                                        f"({fleet.GATEWAYS}/<id>/), and no ledger there names this file"))
+    for p in expanded:
         lpath = find_ledger(p)
         lv = None
         if lpath is not None:
