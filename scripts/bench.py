@@ -552,7 +552,6 @@ class Bench:
         self.credential = ""                  # what the gateway injects upstream
         self.outsider_token = ""              # valid, but without the connection's group
         self.small_samples: dict[str, list] = {}
-        self.fleet_proxy_protocol = True      # the scale phase: HAProxy sends PROXY v2, the gateways require it
 
     # -- set-up ------------------------------------------------------------------
 
@@ -611,8 +610,6 @@ class Bench:
         text = "# written by scripts/bench.py\n"
         if gateway_id:  # one of several gateways writing one store, behind the load balancer
             text += f"[gateway]\nid = {json.dumps(gateway_id)}\n"
-            if self.fleet_proxy_protocol:
-                text += 'proxy_protocol = "require"\n'
         text += "[storage]\n" f"dir = {json.dumps(str(storage))}\n"
         if kind != "capture":
             text += f"signing_key = {json.dumps(str(self.signing_key))}\n"

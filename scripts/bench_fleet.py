@@ -201,8 +201,7 @@ def run_scale(bench, seconds: float, concurrency: int, slice_s: float = 1.0) -> 
     lbs = {}
     try:
         for n in (1, 2):
-            lb = fleet_lb.HAProxy([("127.0.0.1", t.port) for t in gws[:n]], bench.work / f"haproxy-{n}",
-                                  proxy_protocol=bench.fleet_proxy_protocol)
+            lb = fleet_lb.HAProxy([("127.0.0.1", t.port) for t in gws[:n]], bench.work / f"haproxy-{n}")
             lb.start(bench.procs.spawn)
             lbs[n] = lb
         targets = {n: bench.lb_target(lb, f"lb{n}") for n, lb in lbs.items()}

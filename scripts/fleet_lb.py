@@ -1,7 +1,7 @@
 """HAProxy in front of several gateway processes: the configuration docs/deployment.md shows,
 written and started here, for the bench's scale phase and the tests (one place for it).
 
-    python scripts/fleet_lb.py --listen 127.0.0.1:8080 127.0.0.1:8081 127.0.0.1:8082 [--no-proxy-protocol]
+    python scripts/fleet_lb.py --listen 127.0.0.1:8080 127.0.0.1:8081 127.0.0.1:8082
 
 prints the configuration (what deployment.md describes) and, with --run, runs HAProxy in the
 foreground with it.
@@ -10,9 +10,9 @@ Why TCP mode: the gateway terminates the client's TLS itself (it must see the re
 them), and a CONNECT tunnel's identity is checked once per client connection, so the balancer
 must hand whole connections to one gateway and never look inside. Every request of a connection
 then reaches the gateway that checked its identity. `balance leastconn` evens out long-lived
-agent connections better than round robin. `send-proxy-v2` passes each client's own address to
-the gateway (gateway.proxy_protocol), which records it: without it every session would have the
-balancer's address, and one identity's sessions from many machines would merge into one.
+agent connections better than round robin. The gateways see the balancer's address as the
+client's: mitmproxy 11 cannot read a PROXY protocol header, so none is sent (docs/deployment.md
+says what that means for sessions).
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from pathlib import Path
 
 TEMPLATE = """\
 global
-    maxconn 20000
+    # two file descriptors per connection: raise both with the open-files limit (systemd LimitNOFILE)
+    maxconn 4000
     log stderr format short local0 notice
 
 defaults
@@ -50,9 +51,8 @@ backend gateways
 """
 
 
-def config(listen: str, gateways: list[tuple[str, int]], proxy_protocol: bool = True,
-           check: bool = True) -> str:
-    extra = (" send-proxy-v2" if proxy_protocol else "") + (" check inter 1s" if check else "")
+def config(listen: str, gateways: list[tuple[str, int]], check: bool = True) -> str:
+    extra = " check inter 1s" if check else ""
     servers = "\n".join(f"    server gw{i + 1} {host}:{port}{extra}" for i, (host, port) in enumerate(gateways))
     return TEMPLATE.format(listen=listen, servers=servers)
 
@@ -66,13 +66,12 @@ def free_port() -> int:
 class HAProxy:
     """One HAProxy process with `config()`, listening on 127.0.0.1 (a free port unless given)."""
 
-    def __init__(self, gateways: list[tuple[str, int]], workdir: Path, *, port: int | None = None,
-                 proxy_protocol: bool = True):
+    def __init__(self, gateways: list[tuple[str, int]], workdir: Path, *, port: int | None = None):
         self.port = port or free_port()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cfg = self.workdir / "haproxy.cfg"
-        self.cfg.write_text(config(f"127.0.0.1:{self.port}", gateways, proxy_protocol))
+        self.cfg.write_text(config(f"127.0.0.1:{self.port}", gateways))
         self.log = self.workdir / "haproxy.log"
         self.proc: subprocess.Popen | None = None
 
@@ -124,10 +123,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", required=True, help="where HAProxy listens, HOST:PORT")
     p.add_argument("gateways", nargs="+", help="the gateways, HOST:PORT each")
-    p.add_argument("--no-proxy-protocol", action="store_true", help="do not send PROXY v2 headers")
     p.add_argument("--run", action="store_true", help="run HAProxy in the foreground with this config")
     a = p.parse_args(argv)
-    text = config(a.listen, [_hostport(g) for g in a.gateways], not a.no_proxy_protocol)
+    text = config(a.listen, [_hostport(g) for g in a.gateways])
     if not a.run:
         sys.stdout.write(text)
         return 0
