@@ -70,7 +70,7 @@ def client(endpoint_url: str | None = None, region: str | None = None):
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
                         config=Config(retries={"max_attempts": 5, "mode": "standard"}))
 
 

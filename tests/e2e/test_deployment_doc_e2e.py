@@ -1,24 +1,28 @@
 """docs/deployment.md, run as written: every ```sh block in order, in one bash script, with a
-real HAProxy in front of two real gateways and curl as the client. Only the settings block is
-replaced (by this machine's ports and a local TLS upstream standing in for the API). Ground
-truth is the upstream's own log: every request it got is recorded in one of the two gateways'
-parts, both gateways got traffic, the upstream saw the gateway's credential and the store
-never holds it."""
+real HAProxy in front of two real gateways, curl as the client and moto's S3 server as the
+bucket. Only the settings block is replaced (by this machine's ports, a local TLS upstream
+standing in for the API and the stand-in bucket). Ground truth is the upstream's own log: every
+request it got is recorded in one of the two gateways' parts, both gateways got traffic, the
+upstream saw the gateway's credential and the store never holds it; and the bucket itself:
+it holds every session file with its checksum."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
+import boto3
 import pytest
 
 from recorder.store import fleet
 from tests.support.artifacts import Artifacts
 from tests.support.gateway import BIN_DIR, REPO_ROOT, free_ports
+from tests.support.s3 import MotoS3
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240),
               pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (.ci/run installs it)")]
@@ -45,6 +49,14 @@ def test_the_settings_block_is_the_only_one_replaced():
 
 def test_deployment_doc_runs_as_written(tmp_path, upstream, test_ca):
     blocks = doc_blocks()
+    bucket = MotoS3(tmp_path).start()
+    try:
+        _run_doc(blocks, tmp_path, upstream, test_ca, bucket)
+    finally:
+        bucket.stop()
+
+
+def _run_doc(blocks, tmp_path, upstream, test_ca, bucket):
     gw1, gw2, lb = free_ports(3)
     secret = "sk-doc-test-" + os.urandom(8).hex()
     settings = {
@@ -55,8 +67,12 @@ def test_deployment_doc_runs_as_written(tmp_path, upstream, test_ca):
         "OPENAI_API_KEY": secret,
         "GW1_PORT": str(gw1), "GW2_PORT": str(gw2), "LB_PORT": str(lb),
         "MITMDUMP_OPTS": f"--set ssl_verify_upstream_trusted_ca={test_ca.cert_path}",
+        "BUCKET": "doc-walkthrough",
+        **bucket.env,  # AWS_REGION, AWS_ENDPOINT_URL, and the stand-in's credentials
     }
-    assert sorted(settings_names(blocks[0])) == sorted(settings), "the doc's settings changed: update this test"
+    ours_only = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # the doc leaves them to boto3's chain
+    assert sorted(settings_names(blocks[0])) == sorted(set(settings) - ours_only), \
+        "the doc's settings changed: update this test"
     ours = "\n".join(f"export {k}={_quote(v)}" for k, v in settings.items())
     script = "set -euo pipefail\n" + "\n".join([ours, *blocks[1:]])
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
@@ -85,6 +101,14 @@ def test_deployment_doc_runs_as_written(tmp_path, upstream, test_ca):
     for p in root.rglob("*"):
         if p.is_file():
             assert secret.encode() not in _plain(p), f"{p} holds the upstream key"
+    s3 = boto3.client("s3", endpoint_url=bucket.endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    for p in [*parts["gw1"].paths, *parts["gw2"].paths]:
+        key = "wiretrail/" + p.relative_to(root).as_posix()
+        head = s3.head_object(Bucket=settings["BUCKET"], Key=key, ChecksumMode="ENABLED")
+        assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(p.read_bytes()).digest()).decode(), key
+    lock = s3.get_object_lock_configuration(Bucket=settings["BUCKET"])["ObjectLockConfiguration"]
+    assert lock["Rule"]["DefaultRetention"]["Mode"] == "COMPLIANCE"
 
 
 def _plain(path: Path) -> bytes:

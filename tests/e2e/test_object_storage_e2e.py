@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -22,28 +21,20 @@ from recorder.store import fleet
 from tests.support.artifacts import TEST_ID_HEADER, Artifacts
 from tests.support.checks import wait_until
 from tests.support.clients import httpx_client, new_test_id
-from tests.support.gateway import BIN_DIR, WIRETRAIL, GatewayStartError, _accepts, free_port
+from tests.support.gateway import WIRETRAIL, GatewayStartError
+from tests.support.s3 import MotoS3
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-
-
 @pytest.fixture
 def s3_server(tmp_path, monkeypatch):
-    port = free_port()
-    log = open(tmp_path / "moto.log", "wb")
-    proc = subprocess.Popen([str(BIN_DIR / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    server = MotoS3(tmp_path).start()
     try:
-        assert wait_until(lambda: _accepts(port), 30), "moto_server did not listen"
-        endpoint = f"http://127.0.0.1:{port}"
-        for k, v in {**CREDS, "AWS_ENDPOINT_URL": endpoint}.items():
+        for k, v in server.env.items():
             monkeypatch.setenv(k, v)  # the gateway and the CLI inherit them
-        yield endpoint
+        yield server.endpoint
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 def bucket(endpoint: str, name: str, locked: bool):
