@@ -209,20 +209,35 @@ def mirror(url_text: str, dest: Path, endpoint_url: str | None = None, region: s
     s3 = client(endpoint_url, region)
     prefix = url.prefix + "/" if url.prefix else ""
     n = 0
+    skipped: list[str] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=url.bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             rel = obj["Key"][len(prefix):]
-            if not rel or rel.endswith("/") or ".." in rel.split("/"):
+            target = safe_target(dest, rel)
+            if target is None:
+                skipped.append(obj["Key"])
                 continue
-            if not (rel.endswith(format_v1.FILE_SUFFIX) or rel.endswith(LEDGER_NAME)):
-                continue
-            target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(url.bucket, obj["Key"], str(target))
             n += 1
+    if skipped:
+        log.warning(f"{url}: {len(skipped)} object(s) that are not a session file or a ledger were not read, "
+                    f"e.g. {skipped[0]!r}")
     if n == 0:
         raise FileNotFoundError(f"no session files or ledgers under {url}")
     return dest
+
+
+def safe_target(dest: Path, rel: str) -> Path | None:
+    """Where an object's key (below the prefix) goes in the local copy, or None: only session
+    files and ledgers, and never outside `dest` (a key is whatever its writer chose)."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in rel:
+        return None
+    if not (parts[-1].endswith(format_v1.FILE_SUFFIX) or parts[-1] == LEDGER_NAME):
+        return None
+    target = dest / Path(*parts)
+    return target if Path(dest) in target.parents else None
 
 
 def local_copy(path_text: str) -> tuple[str, tempfile.TemporaryDirectory | None]:
