@@ -116,3 +116,16 @@ def test_a_bucket_copy_never_writes_outside_its_folder_or_other_kinds_of_file(tm
     for key in ("/etc/x.jsonl.zst", "../x.jsonl.zst", "a/../../x.jsonl.zst", "a//x.jsonl.zst", "./x.jsonl.zst",
                 "a\\..\\x.jsonl.zst", "gateways/gw1/notes.txt", "", "ledger.jsonl.bak"):
         assert s3.safe_target(tmp_path, key) is None, key
+
+
+def test_serve_on_a_fleet_root_names_the_parts_it_can_serve(fleet_root, tmp_path):
+    import subprocess
+    import sys
+
+    root, _ = fleet_root
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(f'[storage]\ndir = "{root}"\n[identity]\nmode = "none"\n')
+    r = subprocess.run([str(Path(sys.executable).parent / "wiretrail"), "serve", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "holds the stores of several gateways" in r.stderr, r.stderr
+    assert str(root / "gateways" / "gw1") in r.stderr and str(root / "gateways" / "gw2") in r.stderr
