@@ -71,6 +71,7 @@ def _local_stores(args) -> list:
                 local, tmp = s3.local_copy(v)
                 copies.append(tmp)
                 print(f"wiretrail {args.command}: reading {v} from a copy in {local}", file=sys.stderr)
+                args.from_bucket = True
                 v = local
             out.append(v)
         if value is not None:

@@ -178,7 +178,16 @@ class Uploader:
         lpath = self.store / LEDGER_NAME
         if not lpath.exists():
             return 0
-        state = read_ledger(lpath, None).state
+        # One snapshot of the ledger (up to its last whole line) decides what is uploaded, and is
+        # the ledger uploaded after those sessions: every ended session it names is in the bucket.
+        data = lpath.read_bytes()
+        with tempfile.NamedTemporaryFile(prefix="wiretrail-ledger-", suffix=".jsonl") as snap:
+            snap.write(data[: data.rfind(b"\n") + 1])
+            snap.flush()
+            return self._upload_from(Path(snap.name))
+
+    def _upload_from(self, snapshot: Path) -> int:
+        state = read_ledger(snapshot, None).state
         count = 0
         for entry in state.sessions.values():
             if entry.end is None or entry.end.get("t") not in ENDINGS or entry.path in self._done:
@@ -195,7 +204,7 @@ class Uploader:
             if not self.keep_local:
                 path.unlink()
         if count or not self._done.get(LEDGER_NAME):
-            upload(self.s3, self.url, lpath, self._key(LEDGER_NAME))
+            upload(self.s3, self.url, snapshot, self._key(LEDGER_NAME))
             self._done[LEDGER_NAME] = "1"
         self.uploaded += count
         if count:

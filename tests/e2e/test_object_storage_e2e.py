@@ -11,9 +11,11 @@ import base64
 import hashlib
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 from botocore.exceptions import ClientError
 
@@ -76,6 +78,15 @@ def send(gw, n: int = 3) -> list[str]:
     return tids
 
 
+def keep_busy(gw, stop: threading.Event) -> None:
+    """Requests from 127.0.0.2 (its own session) more often than sessions.idle_timeout."""
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=gw.reverse_url, transport=transport, trust_env=False, timeout=10) as c:
+        while not stop.is_set():
+            c.post("/echo", content=b"keeping the session open", headers={TEST_ID_HEADER: new_test_id()})
+            stop.wait(0.1)
+
+
 def objects(s3, name: str) -> dict[str, dict]:
     return {o["Key"]: o for o in s3.list_objects_v2(Bucket=name, Prefix="fleet/").get("Contents", [])}
 
@@ -91,9 +102,21 @@ def test_sessions_reach_a_locked_bucket_with_checksums_and_verify_from_it(start_
     root = tmp_path / "store"
     gw = start_gateway(config(root, key, s3_server, "audit", require_object_lock=True))
     assert wait_until(lambda: "(Object Lock: COMPLIANCE)" in gw.log_text(), 20), gw.log_text()
-    send(gw)
-    part = root / fleet.GATEWAYS / "gw1"
-    assert wait_until(lambda: any(k.endswith(".jsonl.zst") for k in objects(s3, "audit")), 30), gw.log_text()
+    # A second session (another client address) stays open, kept busy, while the first ends and
+    # is uploaded with the ledger: the bucket's ledger names a session the bucket has no file of yet.
+    stop_busy = threading.Event()
+    busy = threading.Thread(target=keep_busy, args=(gw, stop_busy), daemon=True)
+    busy.start()
+    try:
+        send(gw)
+        part = root / fleet.GATEWAYS / "gw1"
+        assert wait_until(lambda: any(k.endswith(".jsonl.zst") for k in objects(s3, "audit")), 30), gw.log_text()
+        meanwhile = run("verify", "--key", pub, "s3://audit/fleet")
+        assert meanwhile.returncode == 0, meanwhile.stdout + meanwhile.stderr
+        assert "1 session(s) still open when this ledger was uploaded" in meanwhile.stdout, meanwhile.stdout
+    finally:
+        stop_busy.set()
+        busy.join(10)
     assert gw.stop() == 0
     local = Artifacts(part)
     assert local.paths
