@@ -36,7 +36,7 @@ from recorder.anchors import Anchorer, AnchorSpec
 from recorder.bodies import BodyBytes, ChunkBytes, render_bodies
 from recorder.ws_masking import held_records
 from recorder.signing import Signer
-from recorder.store.syncer import Syncer
+from recorder.store.syncer import Syncer, fsync_dir
 
 Ack = Callable[[BaseException | None], None]
 
@@ -642,14 +642,7 @@ class RecordWriter:
                     if sf is not None:
                         self._fsync_fd(sf)
             for d in list(self._dirty_dirs):
-                try:
-                    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-                    try:
-                        os.fsync(dfd)
-                    finally:
-                        os.close(dfd)
-                except OSError:
-                    pass  # the directory entry is made durable with the next fsync that works
+                fsync_dir(d)
         self._dirty_fds.clear()
         self._dirty_dirs.clear()
 

@@ -18,6 +18,18 @@ import threading
 from collections.abc import Callable
 
 
+def fsync_dir(path, fsync: Callable[[int], None] | None = None) -> None:
+    """Make new directory entries (a new session file's name) durable."""
+    try:
+        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            (fsync or os.fsync)(dfd)  # looked up now: tests replace os.fsync
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass  # the directory entry is made durable with the next fsync that works
+
+
 class Syncer:
     def __init__(self, on_failure: Callable[[], None] | None = None):
         self._cond = threading.Condition()
@@ -63,14 +75,7 @@ class Syncer:
         os.fsync(fd)
 
     def _fsync_dir(self, path) -> None:
-        try:
-            dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                self.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass  # the directory entry is made durable with the next fsync that works
+        fsync_dir(path, self.fsync)
 
     def _run(self) -> None:
         while True:
