@@ -86,8 +86,12 @@ def _run_doc(blocks, tmp_path, upstream, test_ca, bucket):
         _stop_leftovers(wt)
     logs = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(wt.glob("*.log")))
     assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}{logs}"
-    # The doc's own verify and ls ran (set -e): verify passed over both gateways' parts.
-    assert "2 ledger" in res.stdout or res.stdout.count("ledger") >= 2, res.stdout
+    # The doc's own verify and ls ran (set -e): verify passed over both gateways' parts, locally
+    # and in the bucket's copy, each against its own ledger.
+    for gid in ("gw1", "gw2"):
+        oks = [line for line in res.stdout.splitlines()
+               if line.startswith("OK") and f"/gateways/{gid}/ledger.jsonl: " in line]
+        assert len(oks) == 2, res.stdout
     root = wt / "sessions"
     parts = {gid: Artifacts(root / fleet.GATEWAYS / gid) for gid in ("gw1", "gw2")}
     assert parts["gw1"].sessions and parts["gw2"].sessions, "the balancer sent nothing to one of the gateways"
