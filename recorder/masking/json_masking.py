@@ -127,7 +127,7 @@ def _scan(masker, value, keywords, signs: bool = True, limit: int | None = MAX_D
 
 
 def _apply(masker, data: bytes, value, hits) -> bytes:
-    literals = [(m.start() + 1, m.end() - 1) for m in _LITERAL.finditer(data)]
+    literals = _literals(data)
     edits = []
     count = sum(1 for _ in _strings(value))
     if count == len(literals):
@@ -159,6 +159,30 @@ def _apply(masker, data: bytes, value, hits) -> bytes:
         pos = b
     out.append(data[pos:])
     return b"".join(out)
+
+
+def _literals(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of the text of every string literal in a valid JSON document, as
+    _LITERAL.finditer finds them, by a search for quotes: a quote inside a literal is escaped
+    when an odd number of backslashes stands before it; outside one, there is no backslash."""
+    out = []
+    start = -1
+    i = data.find(b'"')
+    while i >= 0:
+        if start >= 0 and data[i - 1] == 0x5C:  # a backslash before it: count them
+            j = i - 1
+            while data[j] == 0x5C:
+                j -= 1
+            if (i - 1 - j) % 2:
+                i = data.find(b'"', i + 1)
+                continue
+        if start < 0:
+            start = i
+        else:
+            out.append((start + 1, i))
+            start = -1
+        i = data.find(b'"', i + 1)
+    return out
 
 
 def _reencoded(masker, value, hits) -> bytes:

@@ -93,3 +93,24 @@ def test_random_base64_and_hex_blobs_are_left_as_they_are():
     for masker in (MASKER, KNOWN):
         for body in (blob, lines, os.urandom(200_000).hex().encode()):
             assert masker.mask_bytes(body) == body
+
+
+def test_json_literals_found_by_quote_search_are_those_the_literal_pattern_finds():
+    import json
+
+    import orjson
+
+    from recorder.masking import json_masking
+
+    rng = random.Random(1)
+    chars = ["a", '"', "\\", "\\\\", '\\"', "\u00e9", "\n", "\u2028", " ", "x"]
+
+    def text():
+        return "".join(rng.choice(chars) for _ in range(rng.randrange(0, 12)))
+
+    for _ in range(3000):
+        doc = {text(): [text(), {text(): text()}, 1, None] for _ in range(rng.randrange(1, 5))}
+        for raw in (json.dumps(doc).encode(), json.dumps(doc, ensure_ascii=False).encode(), orjson.dumps(doc),
+                    json.dumps(doc, indent=1).encode()):
+            expected = [(m.start() + 1, m.end() - 1) for m in json_masking._LITERAL.finditer(raw)]
+            assert json_masking._literals(raw) == expected
