@@ -294,6 +294,7 @@ _EVERY_SIGNS = (_re2.compile(b"|".join((_ANY_RUN,) + decoding.HINTS), _re2_optio
                 else re.compile(b"|".join((_ANY_RUN,) + decoding.HINTS)))
 
 
+SHORT_TEXT = 4096  # texts up to this size get the prefilter that also looks for encoded forms
 MIN_SECRET_TEXT = 6  # no rule matches fewer bytes than this (known secrets are 8 or more)
 # Short texts are cached too: JSON keys such as "prompt_tokens" name a rule keyword, so
 # each costs a regex run, and they recur in every reply.
@@ -355,6 +356,20 @@ class Masker:
                 s.Add(pattern)
             s.Compile()
             self._set = s
+        # The same with the keywords' encoded forms as one more pattern: for a short text, one
+        # pass also says whether decoding has work (a long one searches the forms apart, lazily).
+        self._set_small = None
+        if self._set is not None and self._encoded:
+            opts = _re2_options()
+            opts.max_mem = 64 << 20
+            s = _re2.Set.SearchSet(opts)
+            for kw in self._keywords:
+                s.Add(b"(?i)" + re.escape(kw))
+            for pattern in decoding.HINTS:
+                s.Add(pattern)
+            s.Add(b"|".join(re.escape(f) for f in self._encoded))
+            s.Compile()
+            self._set_small = s
         # streaming: rules whose keyword comes after the match start get a partial check always
         self._unanchored = [r for r in self.rules if not r.rule.anchored]
         self._long = {r for r in self.rules if r.rule.long}
@@ -383,7 +398,10 @@ class Masker:
 
     def _prefilter(self, data: bytes) -> list[int]:
         """Indexes of the keywords that occur in data, then (from len(keywords) on) of the
-        decoding HINTS that do."""
+        decoding HINTS that do; for a short text, then also whether a keyword's encoded form
+        does (_forms_in)."""
+        if self._set_small is not None and len(data) <= SHORT_TEXT:
+            return self._set_small.Match(data) or []
         if self._set is not None:
             return self._set.Match(data) or []
         low = data.lower()
@@ -438,6 +456,13 @@ class Masker:
         n = len(self._keywords)
         return [self._keywords[i] for i in self._prefilter(data) if i < n]
 
+    def _forms_in(self, data: bytes, hits: list[int]) -> bool | None:
+        """Whether a keyword's encoded form occurs in data, when the prefilter's hits say
+        (a short text); None when they do not."""
+        if self._set_small is not None and len(data) <= SHORT_TEXT:
+            return len(self._keywords) + len(decoding.HINTS) in hits
+        return None
+
     def may_decode(self, data: bytes) -> bool:
         """Whether decoding could find a secret in data where no keyword shows: data holds a
         keyword's encoded form, a %XX, an escape or hex that encodes text; when every run is
@@ -455,7 +480,8 @@ class Masker:
         hits = self._prefilter(data)
         n = len(self._keywords)
         every, hex_text, pct, esc = self.decode_hints(hits)
-        signs = every or hex_text or pct or esc or self.has_encoded_keyword(data)
+        forms = self._forms_in(data, hits)
+        signs = every or hex_text or pct or esc or (self.has_encoded_keyword(data) if forms is None else forms)
         return [self._keywords[i] for i in hits if i < n], signs
 
     def known_secret_in(self, data: bytes) -> bool:
@@ -492,8 +518,13 @@ class Masker:
         every, hex_text, pct, esc = self.decode_hints(hits)
         # Base64/hex runs are decoded where they hold a keyword's encoded form or hex that
         # encodes text (`gate`), or all of them when `every`.
-        gate = None if every else self.encoded_keywords_gate(data, hex_text)
-        b64 = every or gate.next(0) >= 0
+        if every:
+            gate, b64 = None, True
+        elif not hex_text and self._forms_in(data, hits) is False:
+            gate, b64 = None, False  # a short text without an encoded form: nothing to decode
+        else:
+            gate = self.encoded_keywords_gate(data, hex_text)
+            b64 = gate.next(0) >= 0
         if not (b64 or pct or esc):
             return chosen
         starts = [c.start for c in chosen]
@@ -529,7 +560,10 @@ class Masker:
     def _worth_decoding(self, text: bytes) -> bool:
         """Decoded text is scanned only when the prefilter sees something in it, or it holds
         a keyword's encoded form (an encoding of an encoding)."""
-        return bool(self._always or self.known or self._prefilter(text) or self.has_encoded_keyword(text))
+        if self._always or self.known:
+            return True
+        hits = self._prefilter(text)
+        return bool(hits) or (self._forms_in(text, hits) is None and self.has_encoded_keyword(text))
 
     def _resolve(self, data: bytes, found: list[Span]) -> list[Span]:
         if not found:

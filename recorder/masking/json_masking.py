@@ -80,13 +80,6 @@ def _keywords_present(masker, data: bytes) -> tuple[tuple[str, ...] | None, bool
     return tuple(kw.decode("ascii") for kw in keywords), signs
 
 
-def _worth(masker, keywords, signs: bool, text: str, raw: bytes) -> bool:
-    if keywords is None:
-        return True
-    low = text.casefold()  # what the engine's case-insensitive keyword match sees, or more
-    return any(kw in low for kw in keywords) or (signs and masker.may_decode(raw))
-
-
 def _strings(value, limit: int | None = None):
     """(kind, text, key) of every key and string value, in document order. Iterative.
     Raises _TooDeep at a container nested deeper than `limit` levels (as depth_exceeds)."""
@@ -111,18 +104,54 @@ def _strings(value, limit: int | None = None):
 
 def _scan(masker, value, keywords, signs: bool = True, limit: int | None = MAX_DEPTH) -> list:
     """(index of the string in document order, its bytes, spans) of each string with secrets.
-    Raises _TooDeep for JSON nested deeper than `limit` levels."""
+    Raises _TooDeep for JSON nested deeper than `limit` levels (the walk recurses: at most
+    `limit` levels; without a limit, _strings walks iteratively)."""
     hits = []
-    for i, (kind, text, key) in enumerate(_strings(value, limit)):
+
+    def check(i: int, kind: int, text: str, key: str) -> None:
         if len(text) < (8 if kind == _KEY else 6):
-            continue
+            return
         context = f'"{key}": "' if key else ""
-        raw = text.encode("utf-8", "surrogatepass")
-        if not _worth(masker, keywords, signs, context + text, raw):
-            continue
+        raw = None
+        if keywords is not None:
+            low = (context + text).casefold()  # what the engine's case-insensitive match sees, or more
+            if not any(kw in low for kw in keywords):
+                if not signs:
+                    return
+                raw = text.encode("utf-8", "surrogatepass")
+                if not masker.may_decode(raw):
+                    return
+        if raw is None:
+            raw = text.encode("utf-8", "surrogatepass")
         spans = masker.spans(raw, context.encode("utf-8", "surrogatepass") if context else b"")
         if spans:
             hits.append((i, raw, spans))
+
+    if limit is None:
+        for i, (kind, text, key) in enumerate(_strings(value)):
+            check(i, kind, text, key)
+        return hits
+    count = 0
+
+    def visit(v, key: str, depth: int) -> None:
+        nonlocal count
+        if isinstance(v, str):
+            check(count, _VALUE, v, key)
+            count += 1
+        elif isinstance(v, dict):
+            if depth >= limit:
+                raise _TooDeep
+            for k, x in v.items():
+                check(count, _KEY, k, "")
+                count += 1
+                visit(x, k, depth + 1)
+        elif isinstance(v, list):
+            if depth >= limit:
+                raise _TooDeep
+            for x in v:
+                visit(x, key, depth + 1)
+
+    visit(value, "", 0)
     return hits
 
 

@@ -114,3 +114,25 @@ def test_json_literals_found_by_quote_search_are_those_the_literal_pattern_finds
                     json.dumps(doc, indent=1).encode()):
             expected = [(m.start() + 1, m.end() - 1) for m in json_masking._LITERAL.finditer(raw)]
             assert json_masking._literals(raw) == expected
+
+
+def test_a_short_texts_prefilter_says_whether_an_encoded_keyword_is_there_as_the_form_search_does():
+    """Short texts get one prefilter pass that also looks for the keywords' encoded forms; it
+    must agree with the search of the forms that long texts get."""
+    rng = random.Random(4)
+    forms = MASKER._encoded
+    seen = {True: 0, False: 0}
+    for _ in range(3000):
+        text = bytearray(os.urandom(rng.randrange(0, 300)).hex().encode() if rng.random() < 0.3
+                         else base64.b64encode(os.urandom(rng.randrange(0, 300))))
+        if rng.random() < 0.5:
+            at = rng.randrange(0, len(text) + 1)
+            text[at:at] = rng.choice(forms)
+        text = bytes(text)
+        told = MASKER._forms_in(text, MASKER._prefilter(text))
+        if len(text) <= 4096:
+            assert told is not None
+        if told is not None:
+            assert told == MASKER.has_encoded_keyword(text)
+            seen[told] += 1
+    assert min(seen.values()) > 300
