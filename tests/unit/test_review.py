@@ -29,7 +29,11 @@ from recorder.review.server import ReviewContext, make_app
 from recorder.review.session_view import TurnView, segments, session_view
 from recorder.signing import load_verifier
 from recorder.verify import verify_file
+from tests.support.checks import wait_until as wait_until_true
 from tests.support.review_store import Store
+from tests.unit.test_integrity import IDENTITY as INTEGRITY_IDENTITY
+from tests.unit.test_integrity import keys, tiny_tmpfs  # noqa: F401 (fixtures)
+from tests.unit.test_integrity import writer as integrity_writer
 
 SECRET = "s" * 48
 TOOLS = [{"type": "function", "function": {"name": "read_file", "description": "Read a file", "parameters": {}}}]
@@ -584,3 +588,44 @@ def test_a_postgres_session_is_counted_and_summarised_like_http(tmp_path):
                  "pg.end end (client) after 2.5 s, 2 statements",
                  "pg.refused refused (forbidden, SQLSTATE 28000): pete is not in a group allowed to use app-db"):
         assert want in lines, (want, sorted(lines))
+
+
+def test_a_session_the_gateway_could_not_write_at_all_is_listed_as_damage(tiny_tmpfs, keys, tmp_path):
+    """A session whose every record met a full disk has no file (removed once its signed
+    session.failed entry was written): no row, but a damage line above the list, not a ledger problem."""
+    from recorder import signing as signing_mod
+    from recorder.ledger import LEDGER_NAME
+    from recorder.sessions import SessionRegistry
+
+    signer = signing_mod.load_signer(keys[0])
+    store = tiny_tmpfs / "store"
+    w = integrity_writer(store, signer)
+    reg = SessionRegistry(w, store, idle_timeout=60, max_duration=600, signing_key_id=signer.key_id)
+    assert wait_until_true(lambda: (store / LEDGER_NAME).exists())
+    fd = os.open(tiny_tmpfs / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    acked = threading.Event()
+    s = reg.begin_flow("u", INTEGRITY_IDENTITY, ("10.0.0.1", 1))
+    s.record("http.error", {"flow": "f", "phase": "x", "message": os.urandom(8192).hex()}, ack=lambda e: acked.set())
+    assert acked.wait(5)
+    assert wait_until_true(lambda: not list(store.rglob("*.jsonl.zst")))
+    w.stop()
+    page = SessionIndex(store, [signer.verifier]).page(Filters())
+    assert page.rows == [] and page.ledger_problems == []
+    assert len(page.ledger_damage) == 1 and page.ledger_damage[0].startswith("damaged, not tampered with: session ")
+    assert "disk full" in page.ledger_damage[0]
+    ident = dev_identity(tmp_path)
+    ctx = ReviewContext(store=store, index=SessionIndex(store, [signer.verifier]),
+                        auth=ReviewAuth(ident, TokenVerifier(ident)), key_ids=["k"])
+    ctx.log = lambda *a: None
+    with Running(ctx) as base, httpx.Client(base_url=base, trust_env=False,
+                                            headers={"Authorization": f"Bearer {token()}"}) as c:
+        r = c.get("/")
+        assert r.status_code == 200 and 'class="banner damage ledger-damage"' in r.text
+        assert "ledger-problem" not in r.text
