@@ -137,7 +137,7 @@ inject = "none"
         return cmd
 
     def _start_once(self, timeout: float) -> None:
-        ports = free_ports(len(self.reverse_specs) + 2)
+        ports = free_ports(len(self.reverse_specs) + 2)  # Gateway.start's two ports are replaced here
         self.proxy_port, self.reverse_port = ports[0], ports[1]
         self.reverse_ports = dict(zip(self.reverse_specs, ports[2:]))
         self.reverse_ports[("http1", "name")] = self.reverse_port
@@ -155,11 +155,7 @@ def gateways(tmp_path_factory, upstreams, test_ca):
     try:
         for policy in POLICIES:
             gw = MatrixGateway(tmp_path_factory.mktemp(f"matrix-{policy}"), upstreams, test_ca, policy)
-            # Gateway.start picks two ports and retries; ours picks its own in _start_once
-            gw.workdir.mkdir(parents=True, exist_ok=True)
-            gw.config_path.write_text(gw.config_text)
-            gw._start_once(30.0)
-            started[policy] = gw
+            started[policy] = gw.start()  # picks its ports in _start_once; retried if one was taken
         yield started
     finally:
         for gw in started.values():

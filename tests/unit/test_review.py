@@ -30,6 +30,7 @@ from recorder.review.session_view import TurnView, segments, session_view
 from recorder.signing import load_verifier
 from recorder.verify import verify_file
 from tests.support.checks import wait_until as wait_until_true
+from tests.support.disk import fill
 from tests.support.review_store import Store
 from tests.unit.test_integrity import IDENTITY as INTEGRITY_IDENTITY
 from tests.unit.test_integrity import keys, tiny_tmpfs  # noqa: F401 (fixtures)
@@ -602,14 +603,7 @@ def test_a_session_the_gateway_could_not_write_at_all_is_listed_as_damage(tiny_t
     w = integrity_writer(store, signer)
     reg = SessionRegistry(w, store, idle_timeout=60, max_duration=600, signing_key_id=signer.key_id)
     assert wait_until_true(lambda: (store / LEDGER_NAME).exists())
-    fd = os.open(tiny_tmpfs / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fill(tiny_tmpfs)
     acked = threading.Event()
     s = reg.begin_flow("u", INTEGRITY_IDENTITY, ("10.0.0.1", 1))
     s.record("http.error", {"flow": "f", "phase": "x", "message": os.urandom(8192).hex()}, ack=lambda e: acked.set())
