@@ -55,6 +55,7 @@ class Entry:
     order: tuple = ()  # the message's place among records (WireMessage.order)
     answer_flow: str | None = None
     answer_order: tuple = ()
+    answer_earliest: float | None = None  # the answer arrived after this (see WireMessage.ts_min)
     progress: list = field(default_factory=list)  # [(ts, params)] of notifications/progress
     during: "Entry | None" = None  # a server request: the client request it came during
     cancelled: object = None  # the params of a notifications/cancelled for it
@@ -288,6 +289,7 @@ def build_log(s: McpSession, exchanges: list, close: dict | None = None) -> None
             e.answer_index = m.index
             e.answer_flow = m.flow
             e.answer_order = m.order
+            e.answer_earliest = m.earliest
             if e.answer_ts < e.ts:
                 # A stream's message is stamped when its batch was recorded (within
                 # capture.chunk_interval of its arrival): it was sent before the answer to it.

@@ -42,6 +42,14 @@ class WireMessage:
     index: int  # the exchange's [n] in the session (0 over stdio)
     event_id: str | None = None  # the SSE event's id (Last-Event-ID resumption)
     raw: str | None = None  # the SSE data or the line, to tell a resent duplicate from a different message
+    # A streamed message is stamped with the record that completed it: it arrived after the
+    # record before it on the same stream (ts_min) and by `ts`. POST bodies and stdio lines are
+    # recorded as they arrive: ts_min = ts.
+    ts_min: float | None = None
+
+    @property
+    def earliest(self) -> float:
+        return self.ts if self.ts_min is None else min(self.ts_min, self.ts)
 
 
 @dataclass
@@ -51,6 +59,7 @@ class SseEvent:
     id: str | None
     ts: float
     seq: int
+    ts_min: float | None = None
 
 
 class SseParser:
@@ -58,6 +67,7 @@ class SseParser:
     with the time and seq of the piece that completed it."""
 
     def __init__(self):
+        self.ts_min: float | None = None  # the time of the piece before the current one
         self._buf = ""
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._data: list[str] = []
@@ -91,7 +101,8 @@ class SseParser:
     def _line(self, line: str, ts: float, seq: int) -> None:
         if line == "":
             if self._data or self._event:
-                self.events.append(SseEvent(self._event or "message", "\n".join(self._data), self._id, ts, seq))
+                self.events.append(SseEvent(self._event or "message", "\n".join(self._data), self._id, ts, seq,
+                                            self.ts_min))
             self._data, self._event, self._id = [], "", None
             return
         if line.startswith(":"):
@@ -156,12 +167,14 @@ def exchange_wire(ex) -> ExchangeWire:
             last = ex.response_chunks[-1]
             for i, rpc in enumerate(_json_messages(body)):
                 out.messages.append(WireMessage(rpc, SERVER, _num(last, "ts"), (_num(last, "seq"), i), ex.flow,
-                                                stream, ex.index))
+                                                stream, ex.index, ts_min=_num(resp, "ts")))
             return out
         parser = SseParser()
+        parser.ts_min = _num(resp, "ts")
         chunks = ex.response_chunks
         for k, chunk in enumerate(chunks):
             parser.feed(format_body(chunk), _num(chunk, "ts"), _num(chunk, "seq"), final=k == len(chunks) - 1)
+            parser.ts_min = _num(chunk, "ts")
         events = parser.events
     else:
         body = ex.response_body
@@ -184,7 +197,7 @@ def exchange_wire(ex) -> ExchangeWire:
             others.append(ev)
         for i, rpc in enumerate(msgs):
             out.messages.append(WireMessage(rpc, SERVER, ev.ts, (ev.seq, k, i), ex.flow, stream, ex.index,
-                                            event_id=ev.id, raw=ev.data))
+                                            event_id=ev.id, raw=ev.data, ts_min=ev.ts_min))
     out.other_events = others
     return out
 
