@@ -96,7 +96,10 @@ class _Streams:
         sm = self.open.get(key)
         if sm is None:
             sm = self.open[key] = self.masker.stream(self.ctypes.get(key))
-        out = sm.feed(data)
+        # The gateway's time bound on what a stream holds, at the record's time: text is not
+        # moved to a much later chunk (whose time would then be wrong), as the gateway did not.
+        ts = rec.get("ts")
+        out = sm.feed(data, now=ts if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None)
         if self.last.get(key) == i:
             out += sm.finish()
         return out

@@ -35,6 +35,13 @@ def _ms(value) -> str:
     return f"{value:.0f} ms" if value < 1000 else f"{value / 1000:.1f} s"
 
 
+def _number(value) -> str:
+    """A progress number as people write it (3, not 3.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _json(value) -> str:
     return json.dumps(value, ensure_ascii=False)
 
@@ -144,16 +151,17 @@ def entry_lines(e: Entry, limit: int | None, safe) -> list[str]:
     if e.kind == "unpaired":
         what = f"error {error_text(e.error)}" if e.error is not None else _cut(content_text(e.result), limit)
         return [safe(head + f"{e.sender} answer [{id_text(e.id)}] to a request not in the record: {what}")]
-    timing = f"  ({_ms(e.duration_ms)}{_stream_note(e)})" if e.answered else ""
+    timing = f"  ({_ms(e.duration_ms)}{_stream_note(e)})" if e.answered and e.duration_ms is not None else (
+        f"  (answered{_stream_note(e)})" if e.answered else "")
     first = head + _cut(_call_label(e), limit) + timing
     lines = [safe(first)]
     if e.during is not None:
         lines.append(safe(PAD + f"during {_call_label(e.during).split(' {')[0]}"
                           + (" (on the GET stream)" if e.stream == GET else "")))
     for ts, p in e.progress:
-        total = f"/{p.get('total')}" if p.get("total") is not None else ""
+        total = f"/{_number(p.get('total'))}" if p.get("total") is not None else ""
         msg = f" {p.get('message')}" if p.get("message") else ""
-        lines.append(safe(PAD + f"progress {p.get('progress')}{total}{msg}  (+{_ms((ts - e.ts) * 1000)})"))
+        lines.append(safe(PAD + f"progress {_number(p.get('progress'))}{total}{msg}  (+{_ms((ts - e.ts) * 1000)})"))
     if e.cancelled is not None:
         lines.append(safe(PAD + f"cancelled by the {'client' if e.sender == CLIENT else 'server'}: "
                           + str(e.cancelled.get("reason") or "")))

@@ -63,10 +63,11 @@ class Entry:
     tools_diff: dict | None = None  # tools/list after an earlier one: {"added", "removed", "changed"}
     text: str | None = None  # session events and notes: what happened, in words
     http_status: int | None = None  # a POST refused or failed at the HTTP level
+    timing_unknown: bool = False  # a server request recorded after the client's answer (chunk batching)
 
     @property
     def duration_ms(self) -> float | None:
-        if self.answer_ts is None:
+        if self.answer_ts is None or self.timing_unknown:
             return None
         return round((self.answer_ts - self.ts) * 1000, 3)
 
@@ -292,8 +293,10 @@ def build_log(s: McpSession, exchanges: list, close: dict | None = None) -> None
             e.answer_earliest = m.earliest
             if e.answer_ts < e.ts:
                 # A stream's message is stamped when its batch was recorded (within
-                # capture.chunk_interval of its arrival): it was sent before the answer to it.
+                # capture.chunk_interval of its arrival): it was sent before the answer to it,
+                # when is known only to that interval, so no duration is given.
                 e.ts = e.answer_ts
+                e.timing_unknown = True
         elif k == jsonrpc.NOTIFICATION:
             method = rpc.get("method")
             params = rpc.get("params")
@@ -369,7 +372,7 @@ def _transport_entries(s: McpSession, exchanges: list, post_requests: dict, clos
             out.append(Entry("transport", ex.ts or 0, SERVER, flow=ex.flow, index=ex.index, http_status=status,
                              text=f"{method} -> {status}" + (f": {body}" if body else "")))
         for err in ex.errors:
-            if err.get("normal"):
+            if err.get("normal") or _closed_when_done(ex, err, method, post_requests):
                 continue
             out.append(Entry("transport", err.get("ts") or ex.ts or 0, None, flow=ex.flow, index=ex.index,
                              text=f"{method} [{ex.index}] failed ({err.get('phase')}): {err.get('message')}"))
@@ -379,6 +382,16 @@ def _transport_entries(s: McpSession, exchanges: list, post_requests: dict, clos
         out.append(Entry("end", close.get("ts") or 0, None, flow=str(close.get("flow")),
                          text=_stdio_end_text(close)))
     return [e for e in out if e is not None]
+
+
+def _closed_when_done(ex, err: dict, method: str, post_requests: dict) -> bool:
+    """A client that closes a stream once it has what it asked for ends it normally: a GET stream
+    (it stops listening; the session's log says so), or a POST whose every request was answered."""
+    if err.get("phase") != "client" or ex.response is None:
+        return False
+    if method == "GET":
+        return True
+    return ex.end is not None and all(e.answered for e in post_requests.get(ex.flow, ()))
 
 
 def _stream_end(ex) -> Entry | None:
@@ -412,4 +425,7 @@ def sessions_of(records: list[dict], exchanges) -> tuple[list[McpSession], dict[
     """Every MCP session of a session file: over HTTP (among `exchanges`) and over stdio."""
     http, of_flow = http_sessions(exchanges)
     stdio = stdio_sessions(records)
+    for s in stdio:
+        for flow in s.flows:
+            of_flow[flow] = s
     return http + stdio, of_flow

@@ -1,0 +1,256 @@
+"""MCP through a real gateway, with the official MCP Python SDK as client and server (in a venv of
+their own, tests/support/mcp_sdk.py). The server's own log is the ground truth of what it received
+and sent.
+
+- Streamable HTTP (proxy mode, with the GET stream) and the HTTP+SSE transport (reverse mode):
+  every message the server received and sent is in the record; `wiretrail show` reads the session
+  as one tool-call log (initialize, tools offered and their change, each call paired with its
+  result or error, progress, the server's sampling and elicitation requests with the client's
+  answers, resources, prompts); `show --json` pairs every call; the `ghp_` token a tool returns
+  is masked everywhere; the store verifies.
+- stdio through `wiretrail mcp-stdio`: the same log, under the caller's verified identity, masked,
+  verified; without a token the server is not started and the client is told why.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import mcp_sdk
+from tests.support.artifacts import store_bytes
+from tests.support.gateway import WIRETRAIL
+from tests.support.idp import AUDIENCE, ISSUER, LocalIdP
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+# A GitHub token the built-in masking rules know, returned by the read_secret tool.
+SECRET = "ghp_" + hashlib.sha256(b"wiretrail-mcp-e2e").hexdigest()[:36]
+ALL_STEPS = "list_tools,read_secret,count,concurrent,explode,ask_model,confirm,add_tool,resources,prompts"
+
+
+@pytest.fixture(scope="module")
+def sdk_python():
+    return mcp_sdk.python()  # made once; fails if pip cannot install the SDK
+
+
+@pytest.fixture
+def mcp_server(tmp_path, test_ca, sdk_python):
+    servers = []
+
+    def start(transport: str, name: str = "server") -> mcp_sdk.McpServer:
+        srv = mcp_sdk.McpServer(tmp_path / "mcp", test_ca, transport, secret=SECRET, name=name).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
+def show(store, *args: str) -> str:
+    path = only_session(store)
+    proc = subprocess.run([str(WIRETRAIL), "show", str(path), "--full", "--color", "never", *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def only_session(store):
+    files = sorted(p for p in store.rglob("*.jsonl.zst"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def canon(msg: dict) -> str:
+    return json.dumps(msg, sort_keys=True)
+
+
+def recorded_messages(store) -> list[dict]:
+    """Every JSON-RPC message in the store's MCP sessions, from `show --json`."""
+    doc = json.loads(show(store, "--json"))
+    return doc
+
+
+def assert_log_complete(doc: dict, server: mcp_sdk.McpServer, transport: str) -> dict:
+    """The one MCP session in `doc` (show --json) pairs every request the server saw with its answer."""
+    sessions = doc["mcp"]
+    assert len(sessions) == 1, [(s["transport"], s["session_id"]) for s in sessions]
+    s = sessions[0]
+    assert s["transport"] == transport
+    assert s["client"]["name"] == "wiretrail-test-client"
+    assert s["server"]["name"] == "wiretrail-test-server"
+    log = s["log"]
+    requests = [e for e in log if e["kind"] == "request"]
+    # Ground truth: every request the client sent reached the server and is in the log once, answered.
+    received = [m for m in server.received() if "method" in m and m.get("id") is not None]
+    client_requests = [e for e in requests if e["sender"] == "client"]
+    assert sorted((m["method"], json.dumps(m["id"])) for m in received) == \
+        sorted((e["method"], json.dumps(e["id"])) for e in client_requests)
+    unanswered = [e for e in requests if not e["answered"]]
+    assert not unanswered, unanswered
+    assert not [e for e in log if e["kind"] == "unpaired"]
+    # Every answer the server sent is paired with its request (masked where it held the secret).
+    sent = {json.dumps(m["id"]): m for m in server.sent() if "id" in m and "method" not in m}
+    for e in client_requests:
+        m = sent[json.dumps(e["id"])]
+        if "error" in m:
+            assert e["error"]["code"] == m["error"]["code"]
+        elif SECRET not in canon(m):
+            assert canon(e["result"]) == canon(m["result"]), e["method"]
+    # Each answer's time is when it crossed (the server's log says when it sent it), not later:
+    # `show` re-masks a stream without moving its text to a later chunk.
+    sent_at = answer_times(server)
+    for e in client_requests:
+        if json.dumps(e["id"]) in sent_at:
+            assert abs(e["answer_ts"] - sent_at[json.dumps(e["id"])]) < 0.5, (e["method"], e["id"])
+    # The server's own requests (sampling, elicitation) with the client's answers.
+    server_requests = {e["method"]: e for e in requests if e["sender"] == "server"}
+    assert "42 is the answer" in canon(server_requests["sampling/createMessage"]["answer"])
+    assert server_requests["elicitation/create"]["answer"]["action"] == "accept"
+    calls = {e["tool"]: e for e in requests if e.get("tool")}
+    assert calls["explode"]["is_error"] is True
+    counts = {e["arguments"]["n"]: e for e in requests if e.get("tool") == "count"}
+    assert sorted(counts) == [2, 3, 4]  # count, and count_a and count_b at once
+    for n, e in counts.items():  # each progress with the call whose token it carried
+        assert [p["progress"] for p in e["progress"]] == list(range(1, n + 1)), e
+    tools_lists = [e for e in requests if e["method"] == "tools/list"]
+    assert [t["name"] for t in tools_lists[-1]["tools_diff"]["added"]] == ["exfiltrate"]
+    return s
+
+
+def answer_times(server: mcp_sdk.McpServer) -> dict[str, float]:
+    """When the server sent each of its answers (HTTP servers log each chunk as it leaves)."""
+    out = {}
+    for ev in server.log():
+        if ev.get("ev") in ("chunk", "stdout"):
+            for m in re.finditer(r'"id":\s*(\d+),\s*"(?:result|error)"', ev.get("data") or ev.get("line") or ""):
+                out.setdefault(m.group(1), ev["ts"])
+    return out
+
+
+def assert_show_text(text: str) -> None:
+    for expected in ("tool call read_secret", "[MASKED:", "tool call count", "progress 3/3 step 3 of 3",
+                     "tool call explode", "result (isError)", "server request sampling/createMessage",
+                     "client answer: 42 is the answer to what is six times seven",
+                     "server request elicitation/create", "TOOLS CHANGED", "+ exfiltrate",
+                     "resources/read", "error 0: Unknown resource: config://missing", "prompts/get", "client wiretrail-test-client"):
+        assert expected in text, f"{expected!r} not in:\n{text}"
+    assert "client: request None" not in text
+    assert "failed (client)" not in text  # a stream the client closed once it had its answer ended normally
+    assert SECRET not in text
+
+
+def assert_masked(store, *also: str) -> None:
+    assert SECRET.encode() not in store_bytes(store)
+    for text in also:
+        assert SECRET not in text
+
+
+def run_ok(doc: dict) -> None:
+    assert doc["returncode"] == 0 and "fatal" not in doc, json.dumps(doc)[:4000]
+    failed = [s for s in doc["steps"] if not s["ok"] and s["step"] != "read_missing"]
+    assert not failed, failed
+    assert SECRET in mcp_sdk.tool_text(doc, "read_secret")  # the client got the secret: masking is on the record
+
+
+def test_streamable_http_through_the_proxy_is_one_tool_call_log(start_gateway, mcp_server):
+    server = mcp_server("streamable-http")
+    gw = start_gateway(upstream_url=server.base_url)
+    doc = mcp_sdk.run_client("streamable-http", server.url, proxy=gw.proxy_url, ca=gw.ca_path, steps=ALL_STEPS)
+    run_ok(doc)
+    gw.stop()
+    # The GET stream the server keeps open carried something: the SDK opens it after initialize.
+    assert any(ev.get("method") == "GET" for ev in server.log() if ev.get("ev") == "request")
+    s = assert_log_complete(json.loads(show(gw.store_dir, "--json")), server, "streamable-http")
+    assert s["session_id"] == doc["session_id"]
+    assert [e["text"] for e in s["log"] if e["kind"] == "end" and "DELETE" in e["text"]] == [
+        "the client ended the MCP session (DELETE) -> 200"]
+    text = show(gw.store_dir)
+    assert_show_text(text)
+    assert f"MCP session {doc['session_id']} (Streamable HTTP)" in text
+    assert "Client disconnected" not in text
+    assert_masked(gw.store_dir, text)
+    verify = gw.verify_cli()
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_http_sse_transport_in_reverse_mode_pairs_replies_from_the_get_stream(start_gateway, mcp_server):
+    server = mcp_server("sse")
+    gw = start_gateway(upstream_url=server.base_url, config={"capture": {"chunk_interval": 0.05}})
+    doc = mcp_sdk.run_client("sse", gw.reverse_url + "/sse", steps=ALL_STEPS)
+    run_ok(doc)
+    gw.stop()
+    s = assert_log_complete(json.loads(show(gw.store_dir, "--json")), server, "http+sse")
+    # Every reply came on the GET /sse stream, every POST got 202.
+    assert {e["answer_stream"] for e in s["log"] if e["kind"] == "request" and e["sender"] == "client"} == {"get"}
+    text = show(gw.store_dir)
+    assert_show_text(text)
+    assert "(HTTP+SSE)" in text
+    assert_masked(gw.store_dir, text)
+    verify = gw.verify_cli()
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.fixture
+def idp():
+    with LocalIdP() as server:
+        yield server
+
+
+def stdio_config(tmp_path, idp) -> os.PathLike:
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(f"""
+[storage]
+dir = "{tmp_path / 'store'}"
+
+[identity]
+mode = "jwt"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+jwks_url = "{idp.jwks_url}"
+""")
+    return cfg
+
+
+def stdio_server_command(tmp_path, log_name: str = "stdio-server") -> tuple[list[str], object]:
+    log = tmp_path / f"{log_name}.log.jsonl"
+    return [str(mcp_sdk.python()), str(mcp_sdk.SERVER_APP), "--transport", "stdio", "--log", str(log)], log
+
+
+def test_stdio_through_mcp_stdio_is_recorded_under_the_callers_identity(tmp_path, idp, sdk_python):
+    cfg = stdio_config(tmp_path, idp)
+    server_cmd, log = stdio_server_command(tmp_path)
+    wrapper = [str(WIRETRAIL), "mcp-stdio", "--config", str(cfg), "--name", "test-tools", "--", *server_cmd]
+    env = mcp_sdk.clean_env(WIRETRAIL_TOKEN=idp.token("alice"), MCP_TEST_SECRET=SECRET)
+    doc = mcp_sdk.run_client("stdio", command=wrapper, env=env, steps=ALL_STEPS)
+    run_ok(doc)
+    store = tmp_path / "store"
+    server = mcp_sdk.McpServer(tmp_path, None, "stdio")
+    server.log_path = log
+    s = assert_log_complete(json.loads(show(store, "--json")), server, "stdio")
+    assert s["stdio"]["command"][-1] == str(log)
+    assert s["log"][-1]["kind"] == "end"
+    text = show(store)
+    assert_show_text(text)
+    assert "(stdio (wiretrail mcp-stdio))" in text and "[test-tools]" in text
+    assert "who       alice" in text
+    assert_masked(store, text)
+    verify = subprocess.run([str(WIRETRAIL), "verify", str(store)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_mcp_stdio_without_a_token_does_not_start_the_server(tmp_path, idp, sdk_python):
+    cfg = stdio_config(tmp_path, idp)
+    server_cmd, log = stdio_server_command(tmp_path)
+    wrapper = [str(WIRETRAIL), "mcp-stdio", "--config", str(cfg), "--", *server_cmd]
+    doc = mcp_sdk.run_client("stdio", command=wrapper, env=mcp_sdk.clean_env(), steps="list_tools", timeout=60)
+    # The client is told why, in its own protocol, and the server never ran.
+    assert "WIRETRAIL_TOKEN" in json.dumps(doc), json.dumps(doc)[:3000]
+    assert not log.exists()
+    assert not list((tmp_path / "store").rglob("*.jsonl.zst")) if (tmp_path / "store").exists() else True
