@@ -141,6 +141,15 @@ def _masked_fields(rm: _Remasker, streams: _Streams, i: int, rec: dict, fields: 
         fields["body"] = rm.body(b, streams.chunk(i, rec, format_v1.decode_body(b)))
     elif t == "http.error" and "message" in fields:
         fields["message"] = rm.text(fields["message"])
+    elif t == "mcp.message" and isinstance(fields.get("body"), dict):  # one stdio line (wiretrail mcp-stdio)
+        data, b = _stored(fields["body"])
+        fields["body"] = rm.body(b, masker.mask_body(data, "application/json"))
+    elif t in ("mcp.open", "mcp.close"):
+        if isinstance(fields.get("command"), list):
+            fields["command"] = [rm.text(a) if isinstance(a, str) else a for a in fields["command"]]
+        for key in ("cwd", "message"):
+            if isinstance(fields.get(key), str):
+                fields[key] = rm.text(fields[key])
     elif t == "auth.refused":
         if "url" in fields:
             fields["url"] = rm.text(fields["url"])
