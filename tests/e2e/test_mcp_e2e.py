@@ -159,40 +159,61 @@ def run_ok(doc: dict) -> None:
     assert SECRET in mcp_sdk.tool_text(doc, "read_secret")  # the client got the secret: masking is on the record
 
 
-def test_streamable_http_through_the_proxy_is_one_tool_call_log(start_gateway, mcp_server):
-    server = mcp_server("streamable-http")
-    gw = start_gateway(upstream_url=server.base_url)
-    doc = mcp_sdk.run_client("streamable-http", server.url, proxy=gw.proxy_url, ca=gw.ca_path, steps=ALL_STEPS)
+UPSTREAM_KEY = "mcp-upstream-" + hashlib.sha256(b"wiretrail-mcp-upstream").hexdigest()[:32]
+
+
+def mcp_connection(server: mcp_sdk.McpServer, key_file) -> str:
+    return f"""
+[[connections]]
+name = "test-tools"
+hosts = ["127.0.0.1"]
+ports = [{server.port}]
+credential = "file:{key_file}"
+inject = "bearer"
+"""
+
+
+@pytest.mark.parametrize("transport,mode", [("streamable-http", "proxy"), ("streamable-http", "reverse"),
+                                            ("sse", "proxy"), ("sse", "reverse")])
+def test_mcp_over_http_is_one_tool_call_log(start_gateway, mcp_server, idp, tmp_path, transport, mode):
+    server = mcp_server(transport)
+    key_file = tmp_path / "upstream.key"
+    key_file.write_text(UPSTREAM_KEY + "\n")
+    config = {"identity": {"mode": "jwt", "issuer": ISSUER, "audience": AUDIENCE, "jwks_url": idp.jwks_url},
+              "policy": {"unregistered": "deny"}}
+    gw = start_gateway(upstream_url=server.base_url, config=config, extra_toml=mcp_connection(server, key_file))
+    token = idp.token("alice")
+    if mode == "proxy":  # the identity token as proxy credentials; the client holds no upstream key
+        proxy = gw.proxy_url.replace("http://", f"http://alice:{token}@")
+        doc = mcp_sdk.run_client(transport, server.url, proxy=proxy, ca=gw.ca_path, steps=ALL_STEPS)
+    else:  # the identity token where the server's key would go
+        doc = mcp_sdk.run_client(transport, gw.reverse_url + server.path, headers={"Authorization": f"Bearer {token}"},
+                                 steps=ALL_STEPS)
     run_ok(doc)
     gw.stop()
-    # The GET stream the server keeps open carried something: the SDK opens it after initialize.
-    assert any(ev.get("method") == "GET" for ev in server.log() if ev.get("ev") == "request")
-    s = assert_log_complete(json.loads(show(gw.store_dir, "--json")), server, "streamable-http")
+    # The server got the gateway's key on every request, never the caller's token.
+    requests = [ev for ev in server.log() if ev.get("ev") == "request"]
+    assert requests and {ev["headers"].get("authorization") for ev in requests} == {f"Bearer {UPSTREAM_KEY}"}
+    assert token not in json.dumps(server.log())
+    s = assert_log_complete(json.loads(show(gw.store_dir, "--json")), server,
+                            "streamable-http" if transport == "streamable-http" else "http+sse")
     assert s["session_id"] == doc["session_id"]
-    assert [e["text"] for e in s["log"] if e["kind"] == "end" and "DELETE" in e["text"]] == [
-        "the client ended the MCP session (DELETE) -> 200"]
     text = show(gw.store_dir)
     assert_show_text(text)
-    assert f"MCP session {doc['session_id']} (Streamable HTTP)" in text
-    assert "Client disconnected" not in text
+    assert "who       alice" in text and "[test-tools]" in text
+    if transport == "streamable-http":
+        # The SDK opens the GET stream after initialize; the DELETE ends the session.
+        assert any(ev.get("method") == "GET" for ev in requests)
+        assert f"MCP session {doc['session_id']} (Streamable HTTP)" in text
+        assert [e["text"] for e in s["log"] if e["kind"] == "end" and "DELETE" in e["text"]] == [
+            "the client ended the MCP session (DELETE) -> 200"]
+    else:
+        # Every POST got 202; every reply came on the GET /sse stream, paired all the same.
+        assert {e["answer_stream"] for e in s["log"] if e["kind"] == "request" and e["sender"] == "client"} == {"get"}
+        assert f"MCP session {doc['session_id']} (HTTP+SSE)" in text
     assert_masked(gw.store_dir, text)
-    verify = gw.verify_cli()
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-
-
-def test_http_sse_transport_in_reverse_mode_pairs_replies_from_the_get_stream(start_gateway, mcp_server):
-    server = mcp_server("sse")
-    gw = start_gateway(upstream_url=server.base_url, config={"capture": {"chunk_interval": 0.05}})
-    doc = mcp_sdk.run_client("sse", gw.reverse_url + "/sse", steps=ALL_STEPS)
-    run_ok(doc)
-    gw.stop()
-    s = assert_log_complete(json.loads(show(gw.store_dir, "--json")), server, "http+sse")
-    # Every reply came on the GET /sse stream, every POST got 202.
-    assert {e["answer_stream"] for e in s["log"] if e["kind"] == "request" and e["sender"] == "client"} == {"get"}
-    text = show(gw.store_dir)
-    assert_show_text(text)
-    assert "(HTTP+SSE)" in text
-    assert_masked(gw.store_dir, text)
+    stored = store_bytes(gw.store_dir)
+    assert UPSTREAM_KEY.encode() not in stored and token.encode() not in stored
     verify = gw.verify_cli()
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
