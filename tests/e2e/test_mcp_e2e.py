@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from tests.support import mcp_sdk
@@ -216,6 +217,29 @@ def test_mcp_over_http_is_one_tool_call_log(start_gateway, mcp_server, idp, tmp_
     assert UPSTREAM_KEY.encode() not in stored and token.encode() not in stored
     verify = gw.verify_cli()
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_refused_mcp_request_gets_a_json_rpc_error_that_says_what_to_do(start_gateway, mcp_server, idp, tmp_path):
+    server = mcp_server("streamable-http")
+    config = {"identity": {"mode": "jwt", "issuer": ISSUER, "audience": AUDIENCE, "jwks_url": idp.jwks_url}}
+    gw = start_gateway(upstream_url=server.base_url, config=config)
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}}
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        refused = client.post(gw.reverse_url + "/mcp", json=init,
+                              headers={"Accept": "application/json, text/event-stream"})
+        llm = client.post(gw.reverse_url + "/v1/chat/completions", json={"model": "m", "messages": []})
+    assert refused.status_code == 401
+    body = refused.json()
+    assert body["jsonrpc"] == "2.0" and body["id"] is None and body["error"]["code"] == -32000
+    assert body["error"]["message"].startswith("wiretrail: ") and "token" in body["error"]["message"]
+    challenge = refused.headers["www-authenticate"]
+    assert challenge.startswith('Bearer realm="wiretrail", error="invalid_token", error_description="wiretrail: ')
+    assert "error" in llm.json() and "jsonrpc" not in llm.json()  # an LLM API keeps its SDK's shape
+    # The SDK client fails at once with the status, and nothing reached the server.
+    doc = mcp_sdk.run_client("streamable-http", gw.reverse_url + "/mcp", steps="list_tools", timeout=60)
+    assert doc["returncode"] == 2 and "401" in doc["fatal"] + doc.get("traceback", ""), json.dumps(doc)[:3000]
+    assert not [ev for ev in server.log() if ev.get("ev") == "request"]
 
 
 @pytest.fixture
