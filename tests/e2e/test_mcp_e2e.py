@@ -17,8 +17,10 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -240,6 +242,50 @@ def test_a_refused_mcp_request_gets_a_json_rpc_error_that_says_what_to_do(start_
     doc = mcp_sdk.run_client("streamable-http", gw.reverse_url + "/mcp", steps="list_tools", timeout=60)
     assert doc["returncode"] == 2 and "401" in doc["fatal"] + doc.get("traceback", ""), json.dumps(doc)[:3000]
     assert not [ev for ev in server.log() if ev.get("ev") == "request"]
+
+
+def test_a_gateway_killed_mid_call_leaves_a_readable_log(start_gateway, mcp_server):
+    server = mcp_server("streamable-http")
+    gw = start_gateway(upstream_url=server.base_url, config={"capture": {"chunk_interval": 0.05}})
+    client = mcp_sdk.start_client("streamable-http", gw.reverse_url + "/mcp", steps="read_secret,long_count",
+                                  env=mcp_sdk.clean_env(MCP_TEST_STEP_TIMEOUT="10"))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(progress_sent(server)) < 10:
+            time.sleep(0.05)
+        assert len(progress_sent(server)) >= 10, server.stderr()
+        gw.stop(signal.SIGKILL)
+        out, err = client.communicate(timeout=90)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+    doc = mcp_sdk.client_document(client.returncode, out, err)
+    assert SECRET in mcp_sdk.tool_text(doc, "read_secret")
+    # The unsealed file reads: the log has every request that reached the server, the answered
+    # call masked, the cut call's progress up to the kill and no answer, the GET stream no end.
+    text = show(gw.store_dir)
+    assert "unsealed" in text
+    doc_json = json.loads(show(gw.store_dir, "--json"))
+    (s,) = doc_json["mcp"]
+    received = [m for m in server.received() if "method" in m and m.get("id") is not None]
+    logged = [e for e in s["log"] if e["kind"] == "request" and e["sender"] == "client"]
+    assert sorted((m["method"], json.dumps(m["id"])) for m in received) == \
+        sorted((e["method"], json.dumps(e["id"])) for e in logged)
+    cut = next(e for e in logged if e.get("tool") == "count")
+    assert not cut["answered"]
+    recorded = [p["progress"] for p in cut["progress"]]
+    sent = progress_sent(server)
+    assert len(recorded) >= 5 and recorded == sent[:len(recorded)], (recorded, sent)
+    assert f'tool call count [{cut["id"]}] {{"n": 40}}\n' in text and "no answer in the record" in text
+    assert re.search(r"the client opened the GET stream \[\d+\]: no (response and no )?end in the record", text)
+    assert "the deploy token is [MASKED:github-pat:" in text
+    assert_masked(gw.store_dir, text)
+
+
+def progress_sent(server: mcp_sdk.McpServer) -> list:
+    return [m["params"]["progress"] for m in server.sent()
+            if m.get("method") == "notifications/progress" and m["params"].get("total") == 40]
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import httpx
 from mcp import ClientSession, types
 from mcp.shared.context import RequestContext
 
-TIMEOUT = 30.0
+TIMEOUT = float(os.environ.get("MCP_TEST_STEP_TIMEOUT", "30"))
 
 
 def dump(obj):
@@ -83,6 +83,9 @@ class Scenario:
                     self.step("count_a", session.call_tool("count", {"n": 4}, progress_callback=self.progress("a"))),
                     self.step("count_b", session.call_tool("count", {"n": 2}, progress_callback=self.progress("b"))),
                 )
+            elif name == "long_count":  # long enough to kill the gateway in the middle of it
+                await self.step("long_count", session.call_tool("count", {"n": 40},
+                                                                progress_callback=self.progress("long")))
             elif name == "explode":
                 await self.step("explode", session.call_tool("explode", {"reason": "on purpose"}))
             elif name == "ask_model":

@@ -7,7 +7,8 @@ made once (under a lock, so parallel tests make it once) with one pip resolver p
 - `McpServer`: tests/support/mcp_server_app.py over Streamable HTTP (/mcp) or the HTTP+SSE
   transport (/sse), real TLS on 127.0.0.1; its log is the ground truth of what it received and
   sent (`log()`, `received()`, `sent()`).
-- `run_client(...)`: tests/support/mcp_client_app.py, one scenario, its JSON document back.
+- `run_client(...)`: tests/support/mcp_client_app.py, one scenario, its JSON document back;
+  `start_client(...)` runs it in the background.
 """
 from __future__ import annotations
 
@@ -196,10 +197,8 @@ def messages_sent(log: list[dict]) -> list[dict]:
     return out
 
 
-def run_client(transport: str, url: str | None = None, *, proxy: str | None = None, ca: Path | None = None,
-               headers: dict | None = None, steps: str | None = None, command: list[str] | None = None,
-               env: dict | None = None, timeout: float = 120.0) -> dict:
-    """Run one scenario; the client's JSON document (with "returncode" and "stderr")."""
+def client_command(transport: str, url: str | None = None, *, proxy: str | None = None, ca: Path | None = None,
+                   headers: dict | None = None, steps: str | None = None, command: list[str] | None = None) -> list[str]:
     cmd = [str(python()), str(CLIENT_APP), "--transport", transport]
     if url:
         cmd += ["--url", url]
@@ -213,14 +212,31 @@ def run_client(transport: str, url: str | None = None, *, proxy: str | None = No
         cmd += ["--steps", steps]
     if command:
         cmd += ["--", *command]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or clean_env())
+    return cmd
+
+
+def client_document(returncode: int, stdout: str, stderr: str) -> dict:
     try:
-        doc = json.loads(proc.stdout.strip().splitlines()[-1])
+        doc = json.loads(stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        doc = {"fatal": f"no JSON from the client (exit {proc.returncode})"}
-    doc["returncode"] = proc.returncode
-    doc["stderr"] = proc.stderr[-5000:]
+        doc = {"fatal": f"no JSON from the client (exit {returncode})"}
+    doc["returncode"] = returncode
+    doc["stderr"] = stderr[-5000:]
     return doc
+
+
+def run_client(transport: str, url: str | None = None, *, env: dict | None = None, timeout: float = 120.0,
+               **kw) -> dict:
+    """Run one scenario; the client's JSON document (with "returncode" and "stderr")."""
+    proc = subprocess.run(client_command(transport, url, **kw), capture_output=True, text=True, timeout=timeout,
+                          env=env or clean_env())
+    return client_document(proc.returncode, proc.stdout, proc.stderr)
+
+
+def start_client(transport: str, url: str | None = None, *, env: dict | None = None, **kw) -> subprocess.Popen:
+    """The client running in the background; `client_document(p.returncode, *p.communicate())` reads it."""
+    return subprocess.Popen(client_command(transport, url, **kw), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env or clean_env())
 
 
 def step(doc: dict, name: str) -> dict:

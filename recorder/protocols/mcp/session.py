@@ -376,7 +376,7 @@ def _transport_entries(s: McpSession, exchanges: list, post_requests: dict, clos
                 continue
             out.append(Entry("transport", err.get("ts") or ex.ts or 0, None, flow=ex.flow, index=ex.index,
                              text=f"{method} [{ex.index}] failed ({err.get('phase')}): {err.get('message')}"))
-        if method == "GET" and ex.response is not None and (status or 0) < 400:
+        if method == "GET" and (status or 0) < 400:
             out.append(_stream_end(ex))
     if close is not None:
         out.append(Entry("end", close.get("ts") or 0, None, flow=str(close.get("flow")),
@@ -399,9 +399,10 @@ def _stream_end(ex) -> Entry | None:
     end = ex.end
     ts = (end or {}).get("ts") or ex.ts or 0
     if end is None:
+        what = "no end" if ex.response is not None else "no response and no end"
         return Entry("end", ts, None, flow=ex.flow, index=ex.index, stream=GET,
-                     text=f"the GET stream [{ex.index}] has no end in the record (still open when the gateway "
-                          "stopped or crashed)")
+                     text=f"the client opened the GET stream [{ex.index}]: {what} in the record (still open when "
+                          "the gateway stopped or crashed)")
     closed = end.get("closed")
     if closed == "client" or any(err.get("phase") == "client" for err in ex.errors):
         who = "the client closed the GET stream"
