@@ -27,13 +27,14 @@ import pytest
 
 from tests.support import mcp_sdk
 from tests.support.artifacts import store_bytes
-from tests.support.gateway import WIRETRAIL
+from tests.support.gateway import REPO_ROOT, WIRETRAIL
 from tests.support.idp import AUDIENCE, ISSUER, LocalIdP
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 # A GitHub token the built-in masking rules know, returned by the read_secret tool.
 SECRET = "ghp_" + hashlib.sha256(b"wiretrail-mcp-e2e").hexdigest()[:36]
+REPLAY = REPO_ROOT / "scripts" / "replay.py"
 ALL_STEPS = "list_tools,read_secret,count,concurrent,explode,ask_model,confirm,add_tool,resources,prompts"
 
 
@@ -281,6 +282,39 @@ def test_a_gateway_killed_mid_call_leaves_a_readable_log(start_gateway, mcp_serv
     assert re.search(r"the client opened the GET stream \[\d+\]: no (response and no )?end in the record", text)
     assert "the deploy token is [MASKED:github-pat:" in text
     assert_masked(gw.store_dir, text)
+
+
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+def test_a_recorded_mcp_session_replays_against_a_second_server(start_gateway, mcp_server, test_ca, transport):
+    first = mcp_server(transport, name="first")
+    gw = start_gateway(upstream_url=first.base_url)
+    doc = mcp_sdk.run_client(transport, gw.reverse_url + first.path, steps=ALL_STEPS)
+    run_ok(doc)
+    gw.stop()
+    second = mcp_server(transport, name="second")
+    proc = subprocess.run([sys.executable, str(REPLAY), str(only_session(gw.store_dir)), "--target", second.base_url,
+                           "--ca", str(test_ca.cert_path), "--json", "--timeout", "30"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    (r,) = report["mcp"]
+    assert r["error"] is None and r["new_session_id"] and r["new_session_id"] != doc["session_id"]
+    assert report["flows"] == []  # no MCP exchange was resent on its own (with a stale session id)
+    different = [c for c in r["calls"] if not c["same"]]
+    assert not different, different
+    calls = {c["tool"]: c for c in r["calls"] if c["tool"]}
+    assert calls["read_secret"]["masked_spans"] >= 1  # the recorded secret is masked: counted, not compared
+    assert calls["explode"]["live"]["result"]["isError"] is True
+    assert "42 is the answer" in json.dumps(calls["ask_model"]["live"])
+    # Ground truth: the second server received the same requests, and the recorded sampling answer.
+    def requests_of(server):
+        return sorted((m["method"], json.dumps(m.get("id")), json.dumps((m.get("params") or {}).get("name")))
+                      for m in server.received() if "method" in m and m.get("id") is not None)
+    assert requests_of(second) == requests_of(first)
+    answers = [m for m in second.received() if "result" in m and "model" in json.dumps(m["result"])]
+    assert [a["result"]["content"]["text"] for a in answers] == ["42 is the answer to what is six times seven"]
+    assert any(text.startswith("sampling/createMessage") and "recorded answer" in text for text in r["server_requests"])
+    assert SECRET not in proc.stdout + proc.stderr
 
 
 def progress_sent(server: mcp_sdk.McpServer) -> list:
