@@ -158,6 +158,8 @@ def _record(args, cfg, signer, identity, command: list[str]) -> int:
         gid, store, lock_fd = substore(cfg.storage.dir)
     except OSError as e:
         _log(f"cannot use the store {cfg.storage.dir}: {e}; the MCP server was not started")
+        _refuse_in_protocol(f"wiretrail mcp-stdio: cannot record (the store {cfg.storage.dir} is not usable: "
+                            f"{e.strerror or e}); the MCP server was not started")
         return 1
     masker = gateway_masker(cfg, signer, readable_credentials(cfg))
     failures: list = []

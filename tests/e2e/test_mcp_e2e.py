@@ -27,6 +27,7 @@ import pytest
 
 from tests.support import mcp_sdk
 from tests.support.artifacts import store_bytes
+from tests.support.disk import fill, small_tmpfs
 from tests.support.gateway import REPO_ROOT, WIRETRAIL
 from tests.support.idp import AUDIENCE, ISSUER, LocalIdP
 
@@ -328,11 +329,11 @@ def idp():
         yield server
 
 
-def stdio_config(tmp_path, idp) -> os.PathLike:
+def stdio_config(tmp_path, idp, store=None) -> os.PathLike:
     cfg = tmp_path / "gateway.toml"
     cfg.write_text(f"""
 [storage]
-dir = "{tmp_path / 'store'}"
+dir = "{store or tmp_path / 'store'}"
 
 [identity]
 mode = "jwt"
@@ -370,6 +371,45 @@ def test_stdio_through_mcp_stdio_is_recorded_under_the_callers_identity(tmp_path
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_mcp_stdio_fails_closed_when_a_message_cannot_be_recorded(tmp_path, idp, sdk_python):
+    with small_tmpfs(tmp_path) as mnt:
+        cfg = stdio_config(tmp_path, idp, store=mnt / "store")
+        server_cmd, log = stdio_server_command(tmp_path)
+        gate = tmp_path / "go"
+        wrapper = [str(WIRETRAIL), "mcp-stdio", "--config", str(cfg), "--", *server_cmd]
+        env = mcp_sdk.clean_env(WIRETRAIL_TOKEN=idp.token("alice"), MCP_TEST_SECRET=SECRET, MCP_TEST_GATE=str(gate),
+                                MCP_TEST_STEP_TIMEOUT="20")
+        client = mcp_sdk.start_client("stdio", command=wrapper, env=env, steps="read_secret,gate,big")
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and "deploy token" not in json.dumps(server_log(log)):
+                time.sleep(0.05)
+            filler = fill(mnt)
+            gate.touch()
+            out, err = client.communicate(timeout=90)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait(10)
+        doc = mcp_sdk.client_document(client.returncode, out, err)
+        assert SECRET in mcp_sdk.tool_text(doc, "read_secret")
+        # The call that could not be recorded never reached the server; the client was told why.
+        big = mcp_sdk.step(doc, "big")
+        assert not big["ok"] and "could not record this MCP message" in big["error"], big
+        received = [m.get("params", {}).get("name") for m in mcp_sdk.messages_received(server_log(log))
+                    if m.get("method") == "tools/call"]
+        assert received == ["read_secret"]
+        assert "cannot record" in err
+        filler.unlink()
+        assert b"must-not-arrive" not in store_bytes(mnt / "store")
+
+
+def server_log(path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def test_mcp_stdio_without_a_token_does_not_start_the_server(tmp_path, idp, sdk_python):
     cfg = stdio_config(tmp_path, idp)
     server_cmd, log = stdio_server_command(tmp_path)
@@ -379,3 +419,15 @@ def test_mcp_stdio_without_a_token_does_not_start_the_server(tmp_path, idp, sdk_
     assert "WIRETRAIL_TOKEN" in json.dumps(doc), json.dumps(doc)[:3000]
     assert not log.exists()
     assert not list((tmp_path / "store").rglob("*.jsonl.zst")) if (tmp_path / "store").exists() else True
+
+
+def test_mcp_stdio_with_an_unusable_store_does_not_start_the_server(tmp_path, idp, sdk_python):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    cfg = stdio_config(tmp_path, idp, store=blocker / "store")
+    server_cmd, log = stdio_server_command(tmp_path)
+    wrapper = [str(WIRETRAIL), "mcp-stdio", "--config", str(cfg), "--", *server_cmd]
+    doc = mcp_sdk.run_client("stdio", command=wrapper, env=mcp_sdk.clean_env(WIRETRAIL_TOKEN=idp.token("alice")),
+                             steps="list_tools", timeout=60)
+    assert "cannot record" in json.dumps(doc) and "was not started" in json.dumps(doc), json.dumps(doc)[:3000]
+    assert not log.exists()

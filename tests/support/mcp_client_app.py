@@ -86,6 +86,14 @@ class Scenario:
             elif name == "long_count":  # long enough to kill the gateway in the middle of it
                 await self.step("long_count", session.call_tool("count", {"n": 40},
                                                                 progress_callback=self.progress("long")))
+            elif name == "big":  # 64 KiB of arguments: no partly filled block of a full disk has room for it
+                await self.step("big", session.call_tool("explode", {"reason": "must-not-arrive-" + os.urandom(32768).hex()}))
+            elif name == "gate":  # wait until the test says go (it changes the world in between)
+                gate = os.environ["MCP_TEST_GATE"]
+                for _ in range(1200):
+                    if os.path.exists(gate):
+                        break
+                    await asyncio.sleep(0.05)
             elif name == "explode":
                 await self.step("explode", session.call_tool("explode", {"reason": "on purpose"}))
             elif name == "ask_model":
