@@ -20,7 +20,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -249,20 +248,11 @@ def test_a_refused_mcp_request_gets_a_json_rpc_error_that_says_what_to_do(start_
 def test_a_gateway_killed_mid_call_leaves_a_readable_log(start_gateway, mcp_server):
     server = mcp_server("streamable-http")
     gw = start_gateway(upstream_url=server.base_url, config={"capture": {"chunk_interval": 0.05}})
-    client = mcp_sdk.start_client("streamable-http", gw.reverse_url + "/mcp", steps="read_secret,long_count",
-                                  env=mcp_sdk.clean_env(MCP_TEST_STEP_TIMEOUT="10"))
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(progress_sent(server)) < 10:
-            time.sleep(0.05)
-        assert len(progress_sent(server)) >= 10, server.stderr()
+    with mcp_sdk.client_running("streamable-http", gw.reverse_url + "/mcp", steps="read_secret,long_count",
+                                env=mcp_sdk.clean_env(MCP_TEST_STEP_TIMEOUT="10")) as client:
+        assert mcp_sdk.wait_for(lambda: len(progress_sent(server)) >= 10), server.stderr()
         gw.stop(signal.SIGKILL)
-        out, err = client.communicate(timeout=90)
-    finally:
-        if client.poll() is None:
-            client.kill()
-            client.wait(10)
-    doc = mcp_sdk.client_document(client.returncode, out, err)
+        doc = mcp_sdk.finish(client)
     assert SECRET in mcp_sdk.tool_text(doc, "read_secret")
     # The unsealed file reads: the log has every request that reached the server, the answered
     # call masked, the cut call's progress up to the kill and no answer, the GET stream no end.
@@ -379,19 +369,12 @@ def test_mcp_stdio_fails_closed_when_a_message_cannot_be_recorded(tmp_path, idp,
         wrapper = [str(WIRETRAIL), "mcp-stdio", "--config", str(cfg), "--", *server_cmd]
         env = mcp_sdk.clean_env(WIRETRAIL_TOKEN=idp.token("alice"), MCP_TEST_SECRET=SECRET, MCP_TEST_GATE=str(gate),
                                 MCP_TEST_STEP_TIMEOUT="20")
-        client = mcp_sdk.start_client("stdio", command=wrapper, env=env, steps="read_secret,gate,big")
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and "deploy token" not in json.dumps(server_log(log)):
-                time.sleep(0.05)
+        with mcp_sdk.client_running("stdio", command=wrapper, env=env, steps="read_secret,gate,big") as client:
+            assert mcp_sdk.wait_for(lambda: "deploy token" in json.dumps(server_log(log)))
             filler = fill(mnt)
             gate.touch()
-            out, err = client.communicate(timeout=90)
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.wait(10)
-        doc = mcp_sdk.client_document(client.returncode, out, err)
+            doc = mcp_sdk.finish(client)
+        err = doc["stderr"]
         assert SECRET in mcp_sdk.tool_text(doc, "read_secret")
         # The call that could not be recorded never reached the server; the client was told why.
         big = mcp_sdk.step(doc, "big")

@@ -8,10 +8,11 @@ made once (under a lock, so parallel tests make it once) with one pip resolver p
   transport (/sse), real TLS on 127.0.0.1; its log is the ground truth of what it received and
   sent (`log()`, `received()`, `sent()`).
 - `run_client(...)`: tests/support/mcp_client_app.py, one scenario, its JSON document back;
-  `start_client(...)` runs it in the background.
+  `client_running(...)` runs it in the background, `finish(proc)` reads its document.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -233,10 +234,31 @@ def run_client(transport: str, url: str | None = None, *, env: dict | None = Non
     return client_document(proc.returncode, proc.stdout, proc.stderr)
 
 
-def start_client(transport: str, url: str | None = None, *, env: dict | None = None, **kw) -> subprocess.Popen:
-    """The client running in the background; `client_document(p.returncode, *p.communicate())` reads it."""
-    return subprocess.Popen(client_command(transport, url, **kw), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+@contextlib.contextmanager
+def client_running(transport: str, url: str | None = None, *, env: dict | None = None, **kw):
+    """The client running in the background (killed on the way out); `finish(proc)` gives its document."""
+    proc = subprocess.Popen(client_command(transport, url, **kw), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env or clean_env())
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 90.0) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    return client_document(proc.returncode, out, err)
+
+
+def wait_for(condition, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def step(doc: dict, name: str) -> dict:

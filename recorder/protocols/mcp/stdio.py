@@ -120,6 +120,18 @@ def error_reply(line: bytes, message: str, code: int = -32603) -> bytes:
     return out
 
 
+def complete_lines(buf: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bool]]]:
+    """(the complete lines to pass on, what stays buffered, each line and whether it is a part of
+    a longer one). A line longer than MAX_LINE is passed on in parts."""
+    cut = buf.rfind(b"\n") + 1
+    if cut == 0:
+        if len(buf) <= MAX_LINE:
+            return b"", buf, []
+        return buf, b"", [(buf, True)]
+    ready = buf[:cut]
+    return ready, buf[cut:], [(line, False) for line in ready[:-1].split(b"\n")]
+
+
 class Relay:
     """Runs `command` and relays stdin/stdout between the caller and it, recording each line."""
 
@@ -173,14 +185,9 @@ class Relay:
                 if not data:
                     break
                 buf += data
-                cut = buf.rfind(b"\n") + 1
-                if cut == 0 and len(buf) <= MAX_LINE:
+                ready, buf, parts = complete_lines(buf)
+                if not ready:
                     continue
-                if cut == 0:
-                    ready, buf, parts = buf, b"", [(buf, True)]
-                else:
-                    ready, buf = buf[:cut], buf[cut:]
-                    parts = [(line, False) for line in ready[:-1].split(b"\n")]
                 if not self._record_client(parts, ready):
                     return
                 if not self._forward(sink, ready):
@@ -231,14 +238,9 @@ class Relay:
                 if self._stop.is_set() and self.fail_closed:
                     break
                 buf += data
-                cut = buf.rfind(b"\n") + 1
-                if cut == 0 and len(buf) <= MAX_LINE:
+                ready, buf, parts = complete_lines(buf)
+                if not ready:
                     continue
-                if cut == 0:
-                    ready, buf, parts = buf, b"", [(buf, True)]
-                else:
-                    ready, buf = buf[:cut], buf[cut:]
-                    parts = [(line, False) for line in ready[:-1].split(b"\n")]
                 if not self._write_out(ready):
                     break
                 self._record_server(parts)
