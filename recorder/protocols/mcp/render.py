@@ -106,7 +106,11 @@ def _answer_lines(e: Entry, limit: int | None) -> list[str]:
     if e.tools is not None:
         lines = [f"tools offered ({len(e.tools)}): " + ", ".join(str(t.get("name")) for t in e.tools)]
         d = e.tools_diff
-        if d is not None:
+        if d is None:  # the first list: each description, where a poisoned one would be
+            for t in e.tools:
+                text = " ".join(str(t.get("description") or "").split())
+                lines.append(f"  {t.get('name')}: {_cut(text, limit)}" if text else f"  {t.get('name')}")
+        else:
             if not (d["added"] or d["removed"] or d["changed"]):
                 lines = [f"tools offered ({len(e.tools)}): unchanged"]
             else:
