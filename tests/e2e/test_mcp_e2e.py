@@ -47,8 +47,8 @@ def sdk_python():
 def mcp_server(tmp_path, test_ca, sdk_python):
     servers = []
 
-    def start(transport: str, name: str = "server") -> mcp_sdk.McpServer:
-        srv = mcp_sdk.McpServer(tmp_path / "mcp", test_ca, transport, secret=SECRET, name=name).start()
+    def start(transport: str, name: str = "server", **kw) -> mcp_sdk.McpServer:
+        srv = mcp_sdk.McpServer(tmp_path / "mcp", test_ca, transport, secret=SECRET, name=name, **kw).start()
         servers.append(srv)
         return srv
 
@@ -306,6 +306,29 @@ def test_a_recorded_mcp_session_replays_against_a_second_server(start_gateway, m
     assert [a["result"]["content"]["text"] for a in answers] == ["42 is the answer to what is six times seven"]
     assert any(text.startswith("sampling/createMessage") and "recorded answer" in text for text in r["server_requests"])
     assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_a_reply_stream_resumed_with_last_event_id_reads_as_one_call(start_gateway, mcp_server):
+    server = mcp_server("streamable-http", resumable=True)
+    gw = start_gateway(upstream_url=server.base_url, config={"capture": {"chunk_interval": 0.05}})
+    doc = mcp_sdk.run_client("streamable-http", gw.reverse_url + "/mcp", steps="resumable,read_secret")
+    run_ok(doc)
+    assert mcp_sdk.tool_text(doc, "resumable") == "finished after a resumption"
+    gw.stop()
+    # Ground truth: the client resumed the call's stream with a GET and Last-Event-ID.
+    resumed = [ev for ev in server.log() if ev.get("ev") == "request" and ev["method"] == "GET"
+               and ev["headers"].get("last-event-id")]
+    assert resumed, [ev for ev in server.log() if ev.get("ev") == "request"]
+    doc_json = json.loads(show(gw.store_dir, "--json"))
+    (s,) = doc_json["mcp"]
+    (call,) = [e for e in s["log"] if e.get("tool") == "resumable"]
+    assert call["answered"] and call["answer_stream"] == "get"
+    assert call["result"]["content"][0]["text"] == "finished after a resumption"
+    assert [p["message"] for p in call["progress"]] == ["before the stream was closed", "after the stream was closed"]
+    assert s["duplicates_dropped"] == 0 and not [e for e in s["log"] if e["kind"] in ("unpaired", "transport")]
+    text = show(gw.store_dir)
+    assert "tool call resumable [1] {}" in text and "on the GET stream)" in text
+    assert "result: finished after a resumption" in text
 
 
 def progress_sent(server: mcp_sdk.McpServer) -> list:

@@ -88,6 +88,8 @@ class Scenario:
                                                                 progress_callback=self.progress("long")))
             elif name == "big":  # 64 KiB of arguments: no partly filled block of a full disk has room for it
                 await self.step("big", session.call_tool("explode", {"reason": "must-not-arrive-" + os.urandom(32768).hex()}))
+            elif name == "resumable":
+                await self.step("resumable", session.call_tool("resumable", {}, progress_callback=self.progress("r")))
             elif name == "gate":  # wait until the test says go (it changes the world in between)
                 gate = os.environ["MCP_TEST_GATE"]
                 for _ in range(1200):

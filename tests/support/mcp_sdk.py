@@ -78,7 +78,9 @@ def _accepts(port: int) -> bool:
 class McpServer:
     """tests/support/mcp_server_app.py in its own process. `transport`: "streamable-http" or "sse"."""
 
-    def __init__(self, workdir: Path, test_ca, transport: str, *, secret: str = "", name: str = "server"):
+    def __init__(self, workdir: Path, test_ca, transport: str, *, secret: str = "", name: str = "server",
+                 resumable: bool = False):
+        self.resumable = resumable
         self.workdir = workdir
         self.test_ca = test_ca
         self.transport = transport
@@ -107,7 +109,7 @@ class McpServer:
             self.port = _free_port()
             cmd = [str(py), str(SERVER_APP), "--transport", self.transport, "--port", str(self.port),
                    "--cert", str(self.test_ca.server_cert_path), "--key", str(self.test_ca.server_key_path),
-                   "--log", str(self.log_path)]
+                   "--log", str(self.log_path)] + (["--resumable"] if self.resumable else [])
             with open(self.err_path, "ab") as err:
                 self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
                                              env=clean_env(MCP_TEST_SECRET=self.secret), start_new_session=True)

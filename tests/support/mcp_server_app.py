@@ -42,11 +42,44 @@ def log(event: dict) -> None:
         _log_file.flush()
 
 
-def build() -> FastMCP:
+class MemoryEventStore:
+    """Every event kept, so that a client can resume a stream with Last-Event-ID (--resumable)."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str, object]] = []  # (event id, stream id, message)
+
+    async def store_event(self, stream_id, message):
+        event_id = str(len(self.events) + 1)
+        self.events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id, send_callback):
+        from mcp.server.streamable_http import EventMessage
+
+        found = next((k for k, (eid, _, _) in enumerate(self.events) if eid == last_event_id), None)
+        if found is None:
+            return None
+        stream_id = self.events[found][1]
+        for eid, sid, message in self.events[found + 1:]:
+            if sid == stream_id and message is not None:
+                await send_callback(EventMessage(message, eid))
+        return stream_id
+
+
+def build(resumable: bool = False) -> FastMCP:
     mcp = FastMCP(
         "wiretrail-test-server",
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        **({"event_store": MemoryEventStore()} if resumable else {}),
     )
+
+    @mcp.tool(description="Report progress, drop the reply stream, and finish on the client's resumed stream.")
+    async def resumable(ctx: Context) -> str:
+        await ctx.report_progress(1, 2, "before the stream was closed")
+        await ctx.close_sse_stream()
+        await asyncio.sleep(0.3)
+        await ctx.report_progress(2, 2, "after the stream was closed")
+        return "finished after a resumption"
 
     @mcp.tool(description="Read the deploy token.")
     def read_secret() -> str:
@@ -192,9 +225,10 @@ def main() -> None:
     p.add_argument("--cert")
     p.add_argument("--key")
     p.add_argument("--log", required=True)
+    p.add_argument("--resumable", action="store_true", help="keep events for Last-Event-ID resumption")
     args = p.parse_args()
     _log_file = open(args.log, "a", encoding="utf-8")
-    mcp = build()
+    mcp = build(args.resumable)
     if args.transport == "stdio":
         asyncio.run(serve_stdio(mcp))
         return
