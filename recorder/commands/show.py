@@ -21,6 +21,7 @@ from recorder.commands.ls import StoreError, human_bytes, human_duration, iso_ut
 from recorder.postgres.transcript import sql_log_lines, statements as sql_statements
 from recorder.reader import SessionRead, read_session, summarize
 from recorder.transcript import build
+from recorder.transcript.rpc import Namer, body_summary, is_rpc_exchange, tree_lines
 from recorder.transcript.exchange import exchanges as flow_exchanges, header as find_header
 from recorder.transcript.render import TEXT_LIMIT, Style, turn_json, turn_lines
 
@@ -43,6 +44,12 @@ def add_parser(subparsers) -> None:
     out.add_argument("--records", action="store_true", help="one line per record instead of the transcript")
     out.add_argument("--raw", action="store_true", help="the records as JSON lines, exactly as stored")
     p.add_argument("--full", action="store_true", help=f"do not cut message text at {TEXT_LIMIT} characters")
+    p.add_argument("--tree", action="store_true",
+                   help="also show each Connect/gRPC message as its whole field tree (field numbers, or names "
+                        "with --descriptors)")
+    p.add_argument("--descriptors", metavar="FILE", action="append", default=[],
+                   help="a FileDescriptorSet (protoc --include_imports --descriptor_set_out) that names protobuf "
+                        "fields; repeatable; default: review.descriptor_sets of --config")
     p.add_argument(
         "--color",
         choices=("auto", "always", "never"),
@@ -97,6 +104,8 @@ def body_preview(body) -> str:
     if body.get("encoding"):
         flags.append(f"content-encoding {body['encoding']}" + (" (not decoded)" if body.get("decoded") is False else ""))
     note = f" ({', '.join(flags)})" if flags else ""
+    if isinstance(body.get("messages"), list):  # Connect/gRPC
+        return f"body {size_text}{note}: {body_summary(body)}"
     if isinstance(body.get("text"), str):
         text = body["text"]
         shown = text[:PREVIEW_CHARS]
@@ -256,7 +265,28 @@ def mcp_lines(session, style, limit, safe) -> list[str]:
     return session_lines(session, style, limit, safe)
 
 
-def transcript_json(read: SessionRead) -> dict:
+def load_descriptors(args: argparse.Namespace):
+    """The descriptor sets of --descriptors, or of review.descriptor_sets in --config; None if none.
+    Raises NotFound with a message when one cannot be read."""
+    from recorder.connect.descriptors import DescriptorError, Descriptors
+
+    paths = list(args.descriptors)
+    if not paths and args.config:
+        from recorder.config import ConfigError, load_config
+
+        try:
+            paths = list(load_config(args.config, read_secrets=False).review.descriptor_sets)
+        except (ConfigError, OSError) as e:
+            raise NotFound(str(e)) from e
+    if not paths:
+        return None
+    try:
+        return Descriptors(paths)
+    except DescriptorError as e:
+        raise NotFound(str(e)) from e
+
+
+def transcript_json(read: SessionRead, descriptors=None) -> dict:
     from recorder.protocols.mcp.render import session_json
 
     s = summarize(read)
@@ -275,7 +305,7 @@ def transcript_json(read: SessionRead) -> dict:
         "end": s.end,
         "duration_s": s.duration,
         "exchanges": [turn_json(t) | ({"mcp_session": numbers[id(of_flow[t.exchange.flow])]}
-                                      if t.exchange.flow in of_flow else {}) for t in build(read.records)],
+                                      if t.exchange.flow in of_flow else {}) for t in build(read.records, descriptors)],
         "mcp": [session_json(m) for m in sessions],
         **({"mcp_problem": mcp_problem} if mcp_problem else {}),
         "database": [{k: v for k, v in e.items() if k != "record"} | ({"record": {
@@ -292,6 +322,7 @@ def transcript_json(read: SessionRead) -> dict:
 def run(args: argparse.Namespace) -> int:
     try:
         path = find_session(args.session, args.dir, args.config)
+        descriptors = load_descriptors(args)
     except NotFound as e:
         print(f"wiretrail show: {e}", file=sys.stderr)
         return 2
@@ -309,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"wiretrail show: {path}: {p}", file=sys.stderr)
         return 0
     if args.json:
-        sys.stdout.write(orjson.dumps(transcript_json(read), option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps(transcript_json(read, descriptors), option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     for line in header(read):
         print(safe(line))
@@ -322,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
     style = Style(use_colour(args.color, sys.stdout))
     limit = None if args.full else TEXT_LIMIT
     last_system: dict = {}
-    turns = build(read.records)
+    turns = build(read.records, descriptors)
     sql_log = sql_log_lines(read.records)  # database connections (recorder/postgres)
     # MCP: each session's exchanges read as one tool-call log, where its first exchange was.
     sessions, of_flow, mcp_problem = mcp_sessions(read.records)
@@ -331,7 +362,8 @@ def run(args: argparse.Namespace) -> int:
     shown: set[int] = set()
     if not turns and not sql_log and not sessions:
         print("(no exchanges)")
-    for turn in turns:
+    namer = Namer(descriptors)
+    for i, turn in enumerate(turns):
         mcp = of_flow.get(turn.exchange.flow)
         if mcp is not None:
             if id(mcp) in shown:
@@ -342,6 +374,10 @@ def run(args: argparse.Namespace) -> int:
             lines = turn_lines(turn, style, limit, safe, last_system)
         for line in lines:
             print(line)
+        ex = turn.exchange
+        if args.tree and is_rpc_exchange(ex) and (i + 1 == len(turns) or turns[i + 1].exchange is not ex):
+            for line in tree_lines(ex, namer):
+                print(safe(line))
         print()
     for mcp in sessions:  # over stdio (wiretrail mcp-stdio): no HTTP exchange
         if id(mcp) not in shown:
