@@ -182,3 +182,30 @@ def test_stdio_session_is_masked_in_show(tmp_path, capsys):
     assert "(stdio (wiretrail mcp-stdio))" in out and "[gh]" in out
     assert 'tool call whoami [1] {"token": "[MASKED:github-pat:' in out
     assert "session end: the client closed the server's stdin; exit status 0" in out
+
+
+def test_export_says_a_stdio_session_is_not_in_it(tmp_path, capsys):
+    r = Recorder(tmp_path / "store")
+    flow = "stdio-0000-0000-0000-000000000000"
+    r.raw("mcp.open", {"flow": flow, "command": ["server"], "pid": 42})
+    r.raw("mcp.close", {"flow": flow, "by": "client", "exit": 0})
+    path = r.close()
+    assert main(["export", str(path), "--har", str(tmp_path / "s.har")]) == 0
+    assert "1 MCP session(s) over stdio (wiretrail mcp-stdio) are not in the export" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path,headers,mcp", [
+    ("/mcp", {}, True),
+    ("/tools/sse", {}, True),
+    ("/messages/?session_id=abc", {}, True),
+    ("/api", {"mcp-session-id": "s1"}, True),
+    ("/api", {"mcp-protocol-version": "2025-06-18"}, True),
+    ("/api", {"accept": "application/json, text/event-stream"}, True),
+    ("/v1/messages", {"anthropic-version": "2023-06-01"}, False),  # Anthropic's API, not MCP
+    ("/v1/messages?beta=true", {}, False),
+    ("/v1/chat/completions", {"accept": "application/json"}, False),
+])
+def test_which_refusals_are_json_rpc(path, headers, mcp):
+    from recorder.error_bodies import looks_like_mcp
+
+    assert looks_like_mcp(path, headers) is mcp
