@@ -170,7 +170,7 @@ class Capture:
             fsync=cfg.storage.fsync,
             fsync_interval=cfg.storage.fsync_interval,
             on_error=self._storage_error_from_thread,
-            storage_dir=cfg.storage.dir,
+            storage_dir=cfg.store_dir,
             signer=signer,
             checkpoint_interval=cfg.storage.checkpoint_interval,
             retention_days=cfg.storage.retention_days,
@@ -181,10 +181,11 @@ class Capture:
         self._queue_limit = cfg.storage.queue_limit
         self.registry = SessionRegistry(
             self.writer,
-            cfg.storage.dir,
+            cfg.store_dir,
             idle_timeout=cfg.sessions.idle_timeout,
             max_duration=cfg.sessions.max_duration,
             signing_key_id=signer.key_id if signer else None,
+            gateway_id=cfg.gateway.id,
         )
         # The writer first recovers sessions a crash left open (ledger), then records.
         self.writer.start()
@@ -197,7 +198,8 @@ class Capture:
                 "wiretrail: storage.fail_closed = false: if a record cannot be written, "
                 "traffic passes UNRECORDED and each such flow is logged"
             )
-        log.info(f"wiretrail: recording sessions under {cfg.storage.dir}")
+        log.info(f"wiretrail: recording sessions under {cfg.store_dir}"
+                 + (f" (gateway {cfg.gateway.id})" if cfg.gateway.id else ""))
         self._write_timeout = cfg.storage.write_timeout
         self._expiry_task = asyncio.ensure_future(self._every(cfg.sessions.idle_timeout / 4, self.registry.expire))
         self._watch_task = asyncio.ensure_future(self._every(self._write_timeout / 4, self._expire_waits))

@@ -7,7 +7,7 @@ the caller's identity (a token in $WIRETRAIL_TOKEN, checked exactly as the gatew
 tokens), masked, chained, signed and in a ledger (recorder/protocols/mcp/stdio.py).
 
 It is a small gateway of its own: its sessions and its ledger live in a sub-store of the
-config's storage.dir, `gateways/mcp-stdio.<host>.<uid>.<n>/` (n: the first slot no running
+config's storage.dir, `mcp-stdio/<host>.<uid>.<n>/` (n: the first slot no running
 mcp-stdio holds), so it never contends for the gateway's ledger lock; a slot's next run
 recovers what a crashed run left open. `wiretrail ls/show/verify` read the whole store.
 """
@@ -25,7 +25,6 @@ from pathlib import Path
 HELP = "run a local (stdio) MCP server and record its session"
 TOKEN_ENV = "WIRETRAIL_TOKEN"
 CONFIG_ENV = "WIRETRAIL_CONFIG"
-SUBSTORES = "gateways"  # <storage.dir>/gateways/<gateway id>/: a gateway of its own, with its own ledger
 KIND = "mcp-stdio"
 MAX_SLOTS = 256
 
@@ -77,11 +76,14 @@ def _refuse_in_protocol(message: str, wait: float = 5.0) -> None:
 def substore(storage_dir: Path) -> tuple[str, Path, int]:
     """(gateway id, its directory, the fd whose lock holds the slot) for this process."""
     host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:64] or "host"
-    base = storage_dir / SUBSTORES
+    from recorder.store.fleet import STDIO_STORES
+
+    base = storage_dir / STDIO_STORES  # beside the gateway's store (or a fleet's gateways/)
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     for n in range(MAX_SLOTS):
-        gid = f"{KIND}.{host}.{os.getuid()}.{n}"
-        d = base / gid
+        slot = f"{host}.{os.getuid()}.{n}"
+        gid = f"{KIND}.{slot}"
+        d = base / slot
         d.mkdir(exist_ok=True, mode=0o700)
         fd = os.open(d / "gateway.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

@@ -1,0 +1,1 @@
+"""The session store: writing, ledgers, signing, recovery, retention, object storage."""
