@@ -35,6 +35,9 @@ TCP_OPEN = "tcp.open"
 TCP_MESSAGE = "tcp.message"
 TCP_CLOSE = "tcp.close"
 TCP_REFUSED = "tcp.refused"
+MCP_OPEN = "mcp.open"
+MCP_MESSAGE = "mcp.message"
+MCP_CLOSE = "mcp.close"
 PG_CONNECT = "pg.connect"
 PG_REFUSED = "pg.refused"
 PG_QUERY = "pg.query"
@@ -48,7 +51,7 @@ PG_ERROR = "pg.error"
 PG_END = "pg.end"
 
 SIGNING_TYPES = (CHECKPOINT, SEAL)
-BODY_TYPES = (HTTP_REQUEST, HTTP_RESPONSE, HTTP_CHUNK, WS_MESSAGE, TCP_MESSAGE)
+BODY_TYPES = (HTTP_REQUEST, HTTP_RESPONSE, HTTP_CHUNK, WS_MESSAGE, TCP_MESSAGE, MCP_MESSAGE)
 
 # -- the field types --------------------------------------------------------------------------
 
@@ -271,6 +274,30 @@ _TABLE = [
         req("message", "string"),
         opt("connection", "string", "the registered connection, if one matched", null=True),
         opt("protocol", "string", "`\"tcp\"`, `\"udp\"`, `\"dns\"` or `\"quic\"`"),
+    )),
+    RecordType(MCP_OPEN, (
+        req("flow", "string"),
+        req("command", "list", "the server command and its arguments (masked)"),
+        req("pid", "int", "the server's process id"),
+        opt("name", "string", "`--name`, a name for the server in the record", null=True),
+        opt("parent_pid", "int", "the process that launched mcp-stdio (the MCP client)"),
+        opt("cwd", "string", "the working directory"),
+    )),
+    RecordType(MCP_MESSAGE, (
+        req("flow", "string"),
+        req("from", "string", "`\"client\"` or `\"server\"`", values=_SIDES),
+        req("n", "int", "index within flow + `from`"),
+        req("body", "body", "the line without its newline, masked"),
+        opt("partial", "bool", "a line longer than 16 MiB, recorded in parts"),
+    )),
+    RecordType(MCP_CLOSE, (
+        req("flow", "string"),
+        req("by", "string", "`\"client\"` (it closed the server's stdin), `\"server\"` (it exited), `\"signal\"`, "
+            "`\"error\"` (recording failed)"),
+        opt("exit", "int", "the server's exit status", null=True),
+        opt("messages, size", "object", "lines and bytes per direction"),
+        opt("duration_ms", "number"),
+        opt("message", "string", "what went wrong, when something did"),
     )),
     RecordType(SESSION_CLOSE, (
         req("reason", "string", "`\"idle\"`, `\"max_duration\"`, `\"shutdown\"`, `\"storage_error\"` …"),
