@@ -1,0 +1,1 @@
+"""The store: sessions, their files, the ledger (issue 16 moves the flat store modules here)."""
