@@ -3,8 +3,10 @@
 A flow whose client names its agent run (recorder/store/agent_runs.py) goes to that run's session,
 keyed by the verified identity, the client address and the run; any other flow to the session of
 its identity and address. A session opens at its first flow and closes after `idle_timeout` with
-no flow, at `max_duration`, or at shutdown. One that holds no exchange (only refusals or tunnels)
-closes after QUIET_IDLE seconds without one, so it never lingers. A session with flows still in
+no flow, at `max_duration`, or at shutdown. A refusal or a tunnel that names no run joins the
+most recently active open session of its identity and address (so a run's telemetry tunnels are in
+the run's session); where there is none it opens one, and a session that holds no exchange
+(only refusals or tunnels) closes after QUIET_IDLE seconds without one, so it never lingers. A session with flows still in
 progress is not closed under them: it stops taking new flows and closes when its last flow ends.
 One identity and address keep at most MAX_RUNS run sessions open; a new run beyond that closes
 the least recently active one (reason "run_limit"): a client that makes up run ids cannot hold
@@ -98,6 +100,8 @@ class SessionRegistry:
         run = agent.get("run") if agent else None
         key = (identity_key, client[0], run)
         session = self._open.get(key)
+        if session is None and not exchange and run is None:
+            session = self._latest_run(key)  # a tunnel or refusal joins the run it came beside
         if session is not None and (session.failed is not None or now - session.opened >= self.max_duration):
             self._retire(session, "max_duration" if session.failed is None else "storage_error")
             session = None
@@ -110,6 +114,10 @@ class SessionRegistry:
         session.exchanges += exchange
         session.last_activity = now
         return session
+
+    def _latest_run(self, key: tuple) -> Session | None:
+        runs = [s for k, s in self._open.items() if k[:2] == key[:2] and s.failed is None]
+        return max(runs, key=lambda s: s.last_activity) if runs else None
 
     def _limit_runs(self, key: tuple) -> None:
         runs = [s for k, s in self._open.items() if k[:2] == key[:2] and k[2] is not None]

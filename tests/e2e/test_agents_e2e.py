@@ -13,6 +13,8 @@ nor any x-wiretrail-* header. Then the artifact: one session per run holding eve
 """
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
 import re
@@ -306,8 +308,54 @@ def test_curl(tmp_path, test_ca, fakes, mode):
         got = [ex for ex in fakes["http"].exchanges if ex.path == "/v1/messages"]
         assert len(got) == 1
         assert_upstream_headers(got[0].headers, token=me.token, key_header="x-api-key", key=CLIENT_ANTHROPIC_KEY)
+        # Still running: the session is "open", not "crash?", in ls, show and verify alike.
+        listed = subprocess.run([str(WIRETRAIL), "ls", "--json", str(gw.store_dir)], capture_output=True, text=True,
+                                timeout=60)
+        assert [json.loads(line)["state"] for line in listed.stdout.splitlines()] == ["open"], listed.stdout
+        path = json.loads(listed.stdout)["path"]
+        shown = subprocess.run([str(WIRETRAIL), "show", path, "--color", "never"], capture_output=True, text=True,
+                               timeout=60)
+        assert "state     open" in shown.stdout and "crash" not in shown.stdout, shown.stdout[:2000]
+        verified = subprocess.run([str(WIRETRAIL), "verify", path], capture_output=True, text=True, timeout=60)
+        assert ": open:" in verified.stdout and "crash" not in verified.stdout, verified.stdout
         assert gw.stop() == 0
         check_record(gw, agent=None, texts=["Hello", reply["content"][0]["text"]])
+    finally:
+        if gw.alive():
+            gw.stop()
+
+
+# -- refusals that say what to do ------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_api_key_where_the_token_belongs_is_told_what_to_do(tmp_path, test_ca, fakes, mode):
+    gw, _ = start(tmp_path, test_ca, fakes, mode, False, fakes["http"])
+    try:
+        me = Newcomer(tmp_path, gw, mode)
+        ca = me.home / ".mitmproxy" / "mitmproxy-ca-cert.pem"
+        body = '{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}'
+        if mode == "proxy":  # the API key in the proxy URL, where the token goes
+            conn = http.client.HTTPConnection("127.0.0.1", gw.proxy_port, timeout=30)
+            auth = base64.b64encode(f"me:{CLIENT_ANTHROPIC_KEY}".encode()).decode()
+            conn.request("CONNECT", f"127.0.0.1:{fakes['http'].port}", headers={"Proxy-Authorization": f"Basic {auth}"})
+            reply = conn.getresponse()
+            out = reply.read().decode()
+            assert reply.status == 407, out
+            assert "looks like an API key" in out and "HTTPS_PROXY=http://<user>:<token>@" in out, out
+            assert CLIENT_ANTHROPIC_KEY not in out
+            conn.close()
+        else:  # the token forgotten: the API key alone, where SDKs put it
+            res = subprocess.run(["curl", "-sS", "--cacert", str(ca), f"https://127.0.0.1:{gw.reverse_port}/v1/messages",
+                                  "-H", f"x-api-key: {CLIENT_ANTHROPIC_KEY}", "-H", "content-type: application/json",
+                                  "-d", body, "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=60)
+            out, _, status = res.stdout.rpartition("\n")
+            assert status == "401", res.stdout
+            error = json.loads(out)
+            assert error["type"] == "error" and "x-wiretrail-token" in error["error"]["message"], error  # Anthropic's shape
+            assert "not a JWT" not in out and CLIENT_ANTHROPIC_KEY not in out
+        assert not [ex for ex in fakes["http"].exchanges if ex.path == "/v1/messages"]  # nothing went upstream
+        log = gw.log_text()
+        assert CLIENT_ANTHROPIC_KEY not in log
     finally:
         if gw.alive():
             gw.stop()
