@@ -193,6 +193,10 @@ class Capture:
                 "traffic passes UNRECORDED and each such flow is logged"
             )
         log.info(f"wiretrail: recording sessions under {cfg.storage.dir}")
+        if cfg.source is None:  # the embedded demo: what a newcomer does next (README)
+            log.info('wiretrail: demo ready. Get a token: export WIRETRAIL_TOKEN=$(.venv/bin/wiretrail token '
+                     '--sub "$(id -un)" --groups engineering); trust the CA: .venv/bin/wiretrail ca; then set '
+                     'up your client as the README says ("Pointing clients at the gateway")')
         self._write_timeout = cfg.storage.write_timeout
         self._expiry_task = asyncio.ensure_future(
             self._every(min(cfg.sessions.idle_timeout / 4, QUIET_IDLE / 2), self.registry.expire))

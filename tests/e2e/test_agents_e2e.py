@@ -19,7 +19,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -359,3 +358,12 @@ def test_an_api_key_where_the_token_belongs_is_told_what_to_do(tmp_path, test_ca
     finally:
         if gw.alive():
             gw.stop()
+
+
+def test_start_installs_only_when_needed_and_quietly():
+    """scripts/start.sh runs scripts/setup.sh first: on an installed checkout it must neither
+    reinstall nor print anything, so the gateway's own lines are the first a user sees."""
+    setup = REPO_ROOT / "scripts" / "setup.sh"
+    subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=600, check=True)
+    again = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout == "" and again.stderr == "", again.stdout + again.stderr
