@@ -367,3 +367,40 @@ def test_start_installs_only_when_needed_and_quietly():
     subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=600, check=True)
     again = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout == "" and again.stderr == "", again.stdout + again.stderr
+
+
+def test_two_claude_code_runs_are_two_sessions(tmp_path, test_ca, fakes):
+    """Runs from one machine and one identity do not merge: each Claude Code run is a session of
+    its own, named by its run id, and the second run's prompt is its own first message."""
+    claude_bin()
+    gw, _ = start(tmp_path, test_ca, fakes, "reverse", False, fakes["http"])
+    try:
+        me = Newcomer(tmp_path, gw, "reverse")
+        base = claude_env(me.home, ca_file=Path("/nonexistent"), extra={
+            "ANTHROPIC_API_KEY": CLIENT_ANTHROPIC_KEY, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
+        base.pop("NODE_EXTRA_CA_CERTS")
+        env = me.env("Claude Code, reverse mode", base)
+        work = tmp_path / "work"
+        work.mkdir()
+        prompts = [PROMPT, "Second run: " + PROMPT]
+        for prompt in prompts:
+            proc = subprocess.run(claude_print(prompt), env=env, cwd=work, capture_output=True, text=True, timeout=240)
+            assert proc.returncode == 0 and FINAL in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+        listed = subprocess.run([str(WIRETRAIL), "ls", "--json", str(gw.store_dir)], capture_output=True, text=True,
+                                timeout=60)
+        rows = [json.loads(line) for line in listed.stdout.splitlines()]
+        runs = [r for r in rows if r["agent"]]
+        assert len(runs) == 2 and {r["agent"]["name"] for r in runs} == {"claude-code"}, rows
+        assert runs[0]["agent"]["run"] != runs[1]["agent"]["run"]
+        table = subprocess.run([str(WIRETRAIL), "ls", str(gw.store_dir)], capture_output=True, text=True, timeout=60)
+        assert all(r["agent"]["run"] in table.stdout for r in runs), table.stdout
+        assert gw.stop() == 0
+        for row, prompt in zip(runs, prompts):
+            shown = subprocess.run([str(WIRETRAIL), "show", row["path"], "--color", "never", "--full"],
+                                   capture_output=True, text=True, timeout=60).stdout
+            assert f"user: {prompt}" in shown, shown[-4000:]
+            other = prompts[1 - prompts.index(prompt)]
+            assert f"user: {other}" not in shown
+    finally:
+        if gw.alive():
+            gw.stop()
