@@ -137,6 +137,22 @@ def start(tmp_path, test_ca, fakes, mode: str, inject: bool, upstream) -> tuple[
     return gw.start(), key_file
 
 
+@pytest.fixture
+def newcomer(tmp_path, test_ca, fakes):
+    """make(mode, upstream, inject=False): a started gateway and the Newcomer at it; stopped after."""
+    started: list[Gateway] = []
+
+    def make(mode: str, upstream, inject: bool = False) -> tuple[Gateway, Newcomer]:
+        gw, _ = start(tmp_path, test_ca, fakes, mode, inject, upstream)
+        started.append(gw)
+        return gw, Newcomer(tmp_path, gw, mode)
+
+    yield make
+    for gw in started:
+        if gw.alive():
+            gw.stop()
+
+
 def check_record(gw: Gateway, *, agent: str | None, texts: list[str]) -> dict:
     """One session holds the run's model exchanges; `show` renders `texts` in order; verify passes."""
     art = Artifacts(gw.store_dir)
@@ -178,73 +194,68 @@ MODES = ["proxy", "reverse"]
 
 # -- Claude Code -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode,inject", [("proxy", False), ("reverse", False), ("reverse", True)])
-def test_claude_code(tmp_path, test_ca, fakes, mode, inject):
-    claude_bin()
-    gw, _ = start(tmp_path, test_ca, fakes, mode, inject, fakes["http"])
-    try:
-        me = Newcomer(tmp_path, gw, mode)
-        base = claude_env(me.home, ca_file=Path("/nonexistent"), extra={
-            "ANTHROPIC_API_KEY": CLIENT_ANTHROPIC_KEY, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
-        base.pop("NODE_EXTRA_CA_CERTS")  # the README's lines set it
-        env = me.env(f"Claude Code, {mode} mode", base)
-        if mode == "proxy":
-            env["ANTHROPIC_BASE_URL"] = fakes["http"].base_url  # stands in for https://api.anthropic.com
-        work = tmp_path / "work"
-        work.mkdir()
-        proc = subprocess.run(claude_print(PROMPT), env=env, cwd=work, capture_output=True, text=True, timeout=240)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + gw.log_text()[-4000:]
-        assert FINAL in proc.stdout, proc.stdout[-3000:]
+def claude_newcomer_env(me: Newcomer, mode: str) -> dict:
+    """Claude Code's environment after the README's lines: the user's own key, no telemetry."""
+    base = claude_env(me.home, ca_file=Path("/nonexistent"), extra={
+        "ANTHROPIC_API_KEY": CLIENT_ANTHROPIC_KEY, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
+    base.pop("NODE_EXTRA_CA_CERTS")  # the README's lines set it
+    return me.env(f"Claude Code, {mode} mode", base)
 
-        turns = fakes["claude"].agent_requests()
-        assert len(turns) >= 2 and any(TOOL_MARK in json.dumps(ScriptedClaude.tool_results(t)) for t in turns), turns
-        msgs = [ex for ex in fakes["http"].exchanges if ex.path == "/v1/messages"]
-        assert msgs
-        for ex in msgs:
-            assert_upstream_headers(ex.headers, token=me.token, key_header="x-api-key",
-                                    key=GATEWAY_KEY if inject else CLIENT_ANTHROPIC_KEY)
-        assert gw.stop() == 0
-        check_record(gw, agent="claude-code", texts=[PROMPT, "Bash", TOOL_MARK, FINAL])
-    finally:
-        if gw.alive():
-            gw.stop()
+
+@pytest.mark.parametrize("mode,inject", [("proxy", False), ("reverse", False), ("reverse", True)])
+def test_claude_code(tmp_path, newcomer, fakes, mode, inject):
+    claude_bin()
+    gw, me = newcomer(mode, fakes["http"], inject=inject)
+    env = claude_newcomer_env(me, mode)
+    if mode == "proxy":
+        env["ANTHROPIC_BASE_URL"] = fakes["http"].base_url  # stands in for https://api.anthropic.com
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run(claude_print(PROMPT), env=env, cwd=work, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + gw.log_text()[-4000:]
+    assert FINAL in proc.stdout, proc.stdout[-3000:]
+
+    turns = fakes["claude"].agent_requests()
+    assert len(turns) >= 2 and any(TOOL_MARK in json.dumps(ScriptedClaude.tool_results(t)) for t in turns), turns
+    msgs = [ex for ex in fakes["http"].exchanges if ex.path == "/v1/messages"]
+    assert msgs
+    for ex in msgs:
+        assert_upstream_headers(ex.headers, token=me.token, key_header="x-api-key",
+                                key=GATEWAY_KEY if inject else CLIENT_ANTHROPIC_KEY)
+    assert gw.stop() == 0
+    check_record(gw, agent="claude-code", texts=[PROMPT, "Bash", TOOL_MARK, FINAL])
 
 
 # -- Codex CLI -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", MODES)
-def test_codex(tmp_path, test_ca, fakes, mode):
+def test_codex(tmp_path, newcomer, fakes, mode):
     codex_bin()
     ws = fakes["ws"]
-    gw, _ = start(tmp_path, test_ca, fakes, mode, False, ws)
-    try:
-        me = Newcomer(tmp_path, gw, mode)
-        base = codex_env(me.home, ca_file=Path("/nonexistent"), extra={"OPENAI_API_KEY": CLIENT_OPENAI_KEY})
-        base.pop("SSL_CERT_FILE")  # the README's lines set it
-        env = me.env(f"Codex CLI, {mode} mode", base)
-        args = []
-        if mode == "proxy":
-            env["CODEX_API_KEY"] = CLIENT_OPENAI_KEY
-            args = ["-c", f'openai_base_url="https://127.0.0.1:{ws.port}/v1"']  # stands in for api.openai.com
-        work = tmp_path / "work"
-        work.mkdir()
-        proc = subprocess.run(codex_exec(work, PROMPT, *args), env=env, cwd=work, capture_output=True, text=True,
-                              timeout=240)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + gw.log_text()[-4000:]
-        assert FINAL in proc.stdout, proc.stdout[-3000:]
+    gw, me = newcomer(mode, ws, inject=False)
+    base = codex_env(me.home, ca_file=Path("/nonexistent"), extra={"OPENAI_API_KEY": CLIENT_OPENAI_KEY})
+    base.pop("SSL_CERT_FILE")  # the README's lines set it
+    env = me.env(f"Codex CLI, {mode} mode", base)
+    args = []
+    if mode == "proxy":
+        env["CODEX_API_KEY"] = CLIENT_OPENAI_KEY
+        args = ["-c", f'openai_base_url="https://127.0.0.1:{ws.port}/v1"']  # stands in for api.openai.com
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run(codex_exec(work, PROMPT, *args), env=env, cwd=work, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + gw.log_text()[-4000:]
+    assert FINAL in proc.stdout, proc.stdout[-3000:]
 
-        asked = [r for r in fakes["responses"].requests if r.get("generate") is not False]
-        assert len(asked) >= 2 and any(TOOL_MARK in json.dumps(ScriptedModel.tool_outputs(r)) for r in asked)
-        conns = [c for c in ws.connections if c.path.startswith("/v1/responses")]
-        assert conns
-        for c in conns:
-            assert_upstream_headers(c.headers, token=me.token, key_header="authorization",
-                                    key=f"Bearer {CLIENT_OPENAI_KEY}")
-        assert gw.stop() == 0
-        check_record(gw, agent="codex", texts=[PROMPT, TOOL_MARK, FINAL])
-    finally:
-        if gw.alive():
-            gw.stop()
+    asked = [r for r in fakes["responses"].requests if r.get("generate") is not False]
+    assert len(asked) >= 2 and any(TOOL_MARK in json.dumps(ScriptedModel.tool_outputs(r)) for r in asked)
+    conns = [c for c in ws.connections if c.path.startswith("/v1/responses")]
+    assert conns
+    for c in conns:
+        assert_upstream_headers(c.headers, token=me.token, key_header="authorization",
+                                key=f"Bearer {CLIENT_OPENAI_KEY}")
+    assert gw.stop() == 0
+    check_record(gw, agent="codex", texts=[PROMPT, TOOL_MARK, FINAL])
 
 
 # -- the Python SDKs -------------------------------------------------------------------------------
@@ -252,112 +263,97 @@ def test_codex(tmp_path, test_ca, fakes, mode):
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_python_sdk(tmp_path, test_ca, fakes, sdk, mode, stream):
+def test_python_sdk(tmp_path, newcomer, fakes, sdk, mode, stream):
     python = sdk_python()
-    gw, _ = start(tmp_path, test_ca, fakes, mode, False, fakes["http"])
-    try:
-        me = Newcomer(tmp_path, gw, mode)
-        base = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")
-                and not k.upper().startswith(("OPENAI_", "ANTHROPIC_", "SSL_CERT"))}
-        base.update(HOME=str(me.home), OPENAI_API_KEY=CLIENT_OPENAI_KEY, ANTHROPIC_API_KEY=CLIENT_ANTHROPIC_KEY)
-        env = me.env(f"Python SDKs (openai, anthropic), {mode} mode", base, keep_last_line=True)
-        setup = tmp_path / "setup.py"
-        if mode == "proxy":
-            setup.write_text(f"import {sdk}\nclient = {sdk}.{'OpenAI' if sdk == 'openai' else 'Anthropic'}()\n")
-            env["OPENAI_BASE_URL" if sdk == "openai" else "ANTHROPIC_BASE_URL"] = (
-                fakes["http"].base_url + ("/v1" if sdk == "openai" else ""))  # stands in for the API
-        else:
-            setup.write_text(me.localize(readme_block(f"{sdk} SDK, reverse mode")))
-        proc = subprocess.run([str(python), str(AGENT_SCRIPT), sdk, str(setup), PROMPT] + (["--stream"] if stream else []),
-                              env=env, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + gw.log_text()[-4000:]
-        assert FINAL in proc.stdout, proc.stdout
+    gw, me = newcomer(mode, fakes["http"], inject=False)
+    base = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")
+            and not k.upper().startswith(("OPENAI_", "ANTHROPIC_", "SSL_CERT"))}
+    base.update(HOME=str(me.home), OPENAI_API_KEY=CLIENT_OPENAI_KEY, ANTHROPIC_API_KEY=CLIENT_ANTHROPIC_KEY)
+    env = me.env(f"Python SDKs (openai, anthropic), {mode} mode", base, keep_last_line=True)
+    setup = tmp_path / "setup.py"
+    if mode == "proxy":
+        setup.write_text(f"import {sdk}\nclient = {sdk}.{'OpenAI' if sdk == 'openai' else 'Anthropic'}()\n")
+        env["OPENAI_BASE_URL" if sdk == "openai" else "ANTHROPIC_BASE_URL"] = (
+            fakes["http"].base_url + ("/v1" if sdk == "openai" else ""))  # stands in for the API
+    else:
+        setup.write_text(me.localize(readme_block(f"{sdk} SDK, reverse mode")))
+    proc = subprocess.run([str(python), str(AGENT_SCRIPT), sdk, str(setup), PROMPT] + (["--stream"] if stream else []),
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + gw.log_text()[-4000:]
+    assert FINAL in proc.stdout, proc.stdout
 
-        path, key_header, key = (("/v1/chat/completions", "authorization", f"Bearer {CLIENT_OPENAI_KEY}")
-                                 if sdk == "openai" else ("/v1/messages", "authorization", f"Bearer {CLIENT_ANTHROPIC_KEY}"))
-        # (anthropic 2.x sends its API key as Authorization: Bearer)
-        got = [ex for ex in fakes["http"].exchanges if ex.path == path]
-        assert len(got) == 2, [ex.path for ex in fakes["http"].exchanges]
-        assert TOOL_MARK in got[1].body.decode()
-        for ex in got:
-            assert_upstream_headers(ex.headers, token=me.token, key_header=key_header, key=key)
-        assert gw.stop() == 0
-        check_record(gw, agent=None, texts=[PROMPT, "shell", TOOL_MARK, FINAL])
-    finally:
-        if gw.alive():
-            gw.stop()
+    path, key_header, key = (("/v1/chat/completions", "authorization", f"Bearer {CLIENT_OPENAI_KEY}")
+                             if sdk == "openai" else ("/v1/messages", "authorization", f"Bearer {CLIENT_ANTHROPIC_KEY}"))
+    # (anthropic 2.x sends its API key as Authorization: Bearer)
+    got = [ex for ex in fakes["http"].exchanges if ex.path == path]
+    assert len(got) == 2, [ex.path for ex in fakes["http"].exchanges]
+    assert TOOL_MARK in got[1].body.decode()
+    for ex in got:
+        assert_upstream_headers(ex.headers, token=me.token, key_header=key_header, key=key)
+    assert gw.stop() == 0
+    check_record(gw, agent=None, texts=[PROMPT, "shell", TOOL_MARK, FINAL])
 
 
 # -- curl ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", MODES)
-def test_curl(tmp_path, test_ca, fakes, mode):
-    gw, _ = start(tmp_path, test_ca, fakes, mode, False, fakes["http"])
-    try:
-        me = Newcomer(tmp_path, gw, mode)
-        base = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
-        base.update(HOME=str(me.home), ANTHROPIC_API_KEY=CLIENT_ANTHROPIC_KEY, WIRETRAIL_TOKEN=me.token)
-        line = me.localize(readme_block(f"curl, {mode} mode")).replace(
-            "https://api.anthropic.com", fakes["http"].base_url)  # the fake stands in for the API
-        proc = subprocess.run(["bash", "-c", f"set -euo pipefail\n{line}"], env=base, capture_output=True,
-                              text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr + gw.log_text()[-4000:]
-        reply = json.loads(proc.stdout)
-        assert reply["content"][0]["text"], reply
-        got = [ex for ex in fakes["http"].exchanges if ex.path == "/v1/messages"]
-        assert len(got) == 1
-        assert_upstream_headers(got[0].headers, token=me.token, key_header="x-api-key", key=CLIENT_ANTHROPIC_KEY)
-        # Still running: the session is "open", not "crash?", in ls, show and verify alike.
-        listed = subprocess.run([str(WIRETRAIL), "ls", "--json", str(gw.store_dir)], capture_output=True, text=True,
-                                timeout=60)
-        assert [json.loads(line)["state"] for line in listed.stdout.splitlines()] == ["open"], listed.stdout
-        path = json.loads(listed.stdout)["path"]
-        shown = subprocess.run([str(WIRETRAIL), "show", path, "--color", "never"], capture_output=True, text=True,
-                               timeout=60)
-        assert "state     open" in shown.stdout and "crash" not in shown.stdout, shown.stdout[:2000]
-        verified = subprocess.run([str(WIRETRAIL), "verify", path], capture_output=True, text=True, timeout=60)
-        assert ": open:" in verified.stdout and "crash" not in verified.stdout, verified.stdout
-        assert gw.stop() == 0
-        check_record(gw, agent=None, texts=["Hello", reply["content"][0]["text"]])
-    finally:
-        if gw.alive():
-            gw.stop()
+def test_curl(tmp_path, newcomer, fakes, mode):
+    gw, me = newcomer(mode, fakes["http"], inject=False)
+    base = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+    base.update(HOME=str(me.home), ANTHROPIC_API_KEY=CLIENT_ANTHROPIC_KEY, WIRETRAIL_TOKEN=me.token)
+    line = me.localize(readme_block(f"curl, {mode} mode")).replace(
+        "https://api.anthropic.com", fakes["http"].base_url)  # the fake stands in for the API
+    proc = subprocess.run(["bash", "-c", f"set -euo pipefail\n{line}"], env=base, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr + gw.log_text()[-4000:]
+    reply = json.loads(proc.stdout)
+    assert reply["content"][0]["text"], reply
+    got = [ex for ex in fakes["http"].exchanges if ex.path == "/v1/messages"]
+    assert len(got) == 1
+    assert_upstream_headers(got[0].headers, token=me.token, key_header="x-api-key", key=CLIENT_ANTHROPIC_KEY)
+    # Still running: the session is "open", not "crash?", in ls, show and verify alike.
+    listed = subprocess.run([str(WIRETRAIL), "ls", "--json", str(gw.store_dir)], capture_output=True, text=True,
+                            timeout=60)
+    assert [json.loads(line)["state"] for line in listed.stdout.splitlines()] == ["open"], listed.stdout
+    path = json.loads(listed.stdout)["path"]
+    shown = subprocess.run([str(WIRETRAIL), "show", path, "--color", "never"], capture_output=True, text=True,
+                           timeout=60)
+    assert "state     open" in shown.stdout and "crash" not in shown.stdout, shown.stdout[:2000]
+    verified = subprocess.run([str(WIRETRAIL), "verify", path], capture_output=True, text=True, timeout=60)
+    assert ": open:" in verified.stdout and "crash" not in verified.stdout, verified.stdout
+    assert gw.stop() == 0
+    check_record(gw, agent=None, texts=["Hello", reply["content"][0]["text"]])
 
 
 # -- refusals that say what to do ------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", MODES)
-def test_an_api_key_where_the_token_belongs_is_told_what_to_do(tmp_path, test_ca, fakes, mode):
-    gw, _ = start(tmp_path, test_ca, fakes, mode, False, fakes["http"])
-    try:
-        me = Newcomer(tmp_path, gw, mode)
-        ca = me.home / ".mitmproxy" / "mitmproxy-ca-cert.pem"
-        body = '{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}'
-        if mode == "proxy":  # the API key in the proxy URL, where the token goes
-            conn = http.client.HTTPConnection("127.0.0.1", gw.proxy_port, timeout=30)
-            auth = base64.b64encode(f"me:{CLIENT_ANTHROPIC_KEY}".encode()).decode()
-            conn.request("CONNECT", f"127.0.0.1:{fakes['http'].port}", headers={"Proxy-Authorization": f"Basic {auth}"})
-            reply = conn.getresponse()
-            out = reply.read().decode()
-            assert reply.status == 407, out
-            assert "looks like an API key" in out and "HTTPS_PROXY=http://<user>:<token>@" in out, out
-            assert CLIENT_ANTHROPIC_KEY not in out
-            conn.close()
-        else:  # the token forgotten: the API key alone, where SDKs put it
-            res = subprocess.run(["curl", "-sS", "--cacert", str(ca), f"https://127.0.0.1:{gw.reverse_port}/v1/messages",
-                                  "-H", f"x-api-key: {CLIENT_ANTHROPIC_KEY}", "-H", "content-type: application/json",
-                                  "-d", body, "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=60)
-            out, _, status = res.stdout.rpartition("\n")
-            assert status == "401", res.stdout
-            error = json.loads(out)
-            assert error["type"] == "error" and "x-wiretrail-token" in error["error"]["message"], error  # Anthropic's shape
-            assert "not a JWT" not in out and CLIENT_ANTHROPIC_KEY not in out
-        assert not [ex for ex in fakes["http"].exchanges if ex.path == "/v1/messages"]  # nothing went upstream
-        log = gw.log_text()
-        assert CLIENT_ANTHROPIC_KEY not in log
-    finally:
-        if gw.alive():
-            gw.stop()
+def test_an_api_key_where_the_token_belongs_is_told_what_to_do(tmp_path, newcomer, fakes, mode):
+    gw, me = newcomer(mode, fakes["http"], inject=False)
+    ca = me.home / ".mitmproxy" / "mitmproxy-ca-cert.pem"
+    body = '{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}'
+    if mode == "proxy":  # the API key in the proxy URL, where the token goes
+        conn = http.client.HTTPConnection("127.0.0.1", gw.proxy_port, timeout=30)
+        auth = base64.b64encode(f"me:{CLIENT_ANTHROPIC_KEY}".encode()).decode()
+        conn.request("CONNECT", f"127.0.0.1:{fakes['http'].port}", headers={"Proxy-Authorization": f"Basic {auth}"})
+        reply = conn.getresponse()
+        out = reply.read().decode()
+        assert reply.status == 407, out
+        assert "looks like an API key" in out and "HTTPS_PROXY=http://<user>:<token>@" in out, out
+        assert CLIENT_ANTHROPIC_KEY not in out
+        conn.close()
+    else:  # the token forgotten: the API key alone, where SDKs put it
+        res = subprocess.run(["curl", "-sS", "--cacert", str(ca), f"https://127.0.0.1:{gw.reverse_port}/v1/messages",
+                              "-H", f"x-api-key: {CLIENT_ANTHROPIC_KEY}", "-H", "content-type: application/json",
+                              "-d", body, "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=60)
+        out, _, status = res.stdout.rpartition("\n")
+        assert status == "401", res.stdout
+        error = json.loads(out)
+        assert error["type"] == "error" and "x-wiretrail-token" in error["error"]["message"], error  # Anthropic's shape
+        assert "not a JWT" not in out and CLIENT_ANTHROPIC_KEY not in out
+    assert not [ex for ex in fakes["http"].exchanges if ex.path == "/v1/messages"]  # nothing went upstream
+    log = gw.log_text()
+    assert CLIENT_ANTHROPIC_KEY not in log
 
 
 def test_start_installs_only_when_needed_and_quietly():
@@ -369,38 +365,30 @@ def test_start_installs_only_when_needed_and_quietly():
     assert again.returncode == 0 and again.stdout == "" and again.stderr == "", again.stdout + again.stderr
 
 
-def test_two_claude_code_runs_are_two_sessions(tmp_path, test_ca, fakes):
+def test_two_claude_code_runs_are_two_sessions(tmp_path, newcomer, fakes):
     """Runs from one machine and one identity do not merge: each Claude Code run is a session of
     its own, named by its run id, and the second run's prompt is its own first message."""
     claude_bin()
-    gw, _ = start(tmp_path, test_ca, fakes, "reverse", False, fakes["http"])
-    try:
-        me = Newcomer(tmp_path, gw, "reverse")
-        base = claude_env(me.home, ca_file=Path("/nonexistent"), extra={
-            "ANTHROPIC_API_KEY": CLIENT_ANTHROPIC_KEY, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
-        base.pop("NODE_EXTRA_CA_CERTS")
-        env = me.env("Claude Code, reverse mode", base)
-        work = tmp_path / "work"
-        work.mkdir()
-        prompts = [PROMPT, "Second run: " + PROMPT]
-        for prompt in prompts:
-            proc = subprocess.run(claude_print(prompt), env=env, cwd=work, capture_output=True, text=True, timeout=240)
-            assert proc.returncode == 0 and FINAL in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
-        listed = subprocess.run([str(WIRETRAIL), "ls", "--json", str(gw.store_dir)], capture_output=True, text=True,
-                                timeout=60)
-        rows = [json.loads(line) for line in listed.stdout.splitlines()]
-        runs = [r for r in rows if r["agent"]]
-        assert len(runs) == 2 and {r["agent"]["name"] for r in runs} == {"claude-code"}, rows
-        assert runs[0]["agent"]["run"] != runs[1]["agent"]["run"]
-        table = subprocess.run([str(WIRETRAIL), "ls", str(gw.store_dir)], capture_output=True, text=True, timeout=60)
-        assert all(r["agent"]["run"] in table.stdout for r in runs), table.stdout
-        assert gw.stop() == 0
-        for row, prompt in zip(runs, prompts):
-            shown = subprocess.run([str(WIRETRAIL), "show", row["path"], "--color", "never", "--full"],
-                                   capture_output=True, text=True, timeout=60).stdout
-            assert f"user: {prompt}" in shown, shown[-4000:]
-            other = prompts[1 - prompts.index(prompt)]
-            assert f"user: {other}" not in shown
-    finally:
-        if gw.alive():
-            gw.stop()
+    gw, me = newcomer("reverse", fakes["http"], inject=False)
+    env = claude_newcomer_env(me, "reverse")
+    work = tmp_path / "work"
+    work.mkdir()
+    prompts = [PROMPT, "Second run: " + PROMPT]
+    for prompt in prompts:
+        proc = subprocess.run(claude_print(prompt), env=env, cwd=work, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0 and FINAL in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    listed = subprocess.run([str(WIRETRAIL), "ls", "--json", str(gw.store_dir)], capture_output=True, text=True,
+                            timeout=60)
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    runs = [r for r in rows if r["agent"]]
+    assert len(runs) == 2 and {r["agent"]["name"] for r in runs} == {"claude-code"}, rows
+    assert runs[0]["agent"]["run"] != runs[1]["agent"]["run"]
+    table = subprocess.run([str(WIRETRAIL), "ls", str(gw.store_dir)], capture_output=True, text=True, timeout=60)
+    assert all(r["agent"]["run"] in table.stdout for r in runs), table.stdout
+    assert gw.stop() == 0
+    for row, prompt in zip(runs, prompts):
+        shown = subprocess.run([str(WIRETRAIL), "show", row["path"], "--color", "never", "--full"],
+                               capture_output=True, text=True, timeout=60).stdout
+        assert f"user: {prompt}" in shown, shown[-4000:]
+        other = prompts[1 - prompts.index(prompt)]
+        assert f"user: {other}" not in shown

@@ -19,7 +19,9 @@ import threading
 SHELL_TOOLS = ("exec_command", "shell_command", "shell", "local_shell")
 
 
-class ScriptedModel:
+class _Scripted:
+    """What every scripted model keeps: its script, and every payload it was sent."""
+
     def __init__(self, *, final_text: str = "All done: the fake model's final words.",
                  tool_command: str = "echo wiretrail-tool-ran"):
         self.final_text = final_text
@@ -27,6 +29,9 @@ class ScriptedModel:
         self.requests: list[dict] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+
+
+class ScriptedModel(_Scripted):
 
     def __call__(self, payload: dict) -> list[dict]:
         return self.events(payload)
@@ -115,7 +120,7 @@ class ScriptedModel:
         return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in self.events(payload))
 
 
-class ScriptedChat:
+class ScriptedChat(_Scripted):
     """A scripted Chat Completions model (POST /v1/chat/completions), for SDK agent loops.
 
     While no `tool` message is in the request and it offers a function named in SHELL_TOOLS: a
@@ -123,14 +128,6 @@ class ScriptedChat:
     tests/support/upstream.py's FakeUpstream(models=...) serves: SSE chunks with "stream": true,
     else one JSON completion. Every payload is kept in `requests`.
     """
-
-    def __init__(self, *, final_text: str = "All done: the fake chat model's final words.",
-                 tool_command: str = "echo wiretrail-tool-ran"):
-        self.final_text = final_text
-        self.tool_command = tool_command
-        self.requests: list[dict] = []
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
 
     @staticmethod
     def tool_messages(payload: dict) -> list[dict]:
