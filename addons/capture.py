@@ -28,6 +28,7 @@ from addons.refusal import error_response, refusal_of
 from addons.streaming import header_values, request_streams, response_streams
 from addons.trailers import TRAILERS_STRIPPED
 from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
+from recorder.connect.envelopes import is_rpc
 from addons.masking import Masking
 from recorder.header_masking import recordable_headers
 from recorder.identity import Identity as VerifiedIdentity
@@ -47,6 +48,8 @@ _MAX_BATCH_BYTES = 1 << 20  # a fast stream is recorded in batches of at most 1 
 # A request's end waits for its last batch to be written: smaller batches let the writer work
 # while the rest of the body arrives, so less is left to write when the end comes.
 _MAX_REQUEST_BATCH_BYTES = 256 << 10
+# What a body is rendered by; the last two name a Connect/gRPC stream's per-message compression.
+_BODY_HEADERS = (b"content-encoding", b"content-type", b"connect-content-encoding", b"grpc-encoding")
 _URL_CACHE_SIZE = 4096  # recorded URLs remembered; an agent calls the same few again and again
 
 
@@ -56,7 +59,7 @@ class FlowCapture:
     __slots__ = (
         "flow_id", "flow", "session", "streams", "buffers", "buffered", "timers", "chunk_n", "wire", "refused",
         "ended", "completion", "request_recorded", "response_head", "finished", "request_acks", "request_done",
-        "response_waits", "abort", "unrecorded",
+        "response_waits", "abort", "unrecorded", "arrivals",
     )
 
     def __init__(self, flow: http.HTTPFlow, session: Session):
@@ -66,6 +69,9 @@ class FlowCapture:
         self.streams: dict[str, BodyStream] = {}
         self.buffers: dict[str, list[bytes]] = {"request": [], "response": []}
         self.buffered = {"request": 0, "response": 0}  # bytes waiting in buffers
+        # (length, time) of each buffered chunk, for Connect/gRPC streams: the recorder stamps
+        # each message with when its last byte came (its order across the two directions)
+        self.arrivals: dict[str, list | None] = {"request": None, "response": None}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.chunk_n = {"request": 0, "response": 0}
         self.wire = {"request": 0, "response": 0}
@@ -641,13 +647,14 @@ class Capture:
         return self.masking.masker if self.masking is not None else None
 
     def _body_bytes(self, message: http.Message) -> BodyBytes:
-        encoding, content_type = header_values(message.headers, b"content-encoding", b"content-type")
+        encoding, content_type, connect, grpc = header_values(message.headers, *_BODY_HEADERS)
         return BodyBytes(message.raw_content or b"", encoding, self.cfg.capture.max_body,
-                         masker=self._masker, content_type=content_type)
+                         masker=self._masker, content_type=content_type, message_encoding=connect or grpc)
 
     def _body_stream(self, message: http.Message) -> BodyStream:
-        encoding, content_type = header_values(message.headers, b"content-encoding", b"content-type")
-        return BodyStream(encoding, self.cfg.capture.max_body, masker=self._masker, content_type=content_type)
+        encoding, content_type, connect, grpc = header_values(message.headers, *_BODY_HEADERS)
+        return BodyStream(encoding, self.cfg.capture.max_body, masker=self._masker, content_type=content_type,
+                          message_encoding=connect or grpc)
 
     def _headers(self, headers: http.Headers, injected: dict | None = None) -> list[list[str]]:
         masker = self._masker
@@ -684,10 +691,14 @@ class Capture:
         limit = self._queue_limit
         batch = _MAX_REQUEST_BATCH_BYTES if direction == "request" else _MAX_BATCH_BYTES
         buf = fc.buffers[direction]
+        stream = fc.streams.get(direction)
+        arrivals = fc.arrivals[direction] = [] if stream is not None and is_rpc(stream.content_type) else None
 
         def tee(chunk: bytes):
             if chunk:
                 buf.append(chunk)
+                if arrivals is not None:
+                    arrivals.append((len(chunk), time.time()))
                 fc.wire[direction] += len(chunk)
                 fc.buffered[direction] += len(chunk)
                 if fc.buffered[direction] >= batch:
@@ -725,7 +736,13 @@ class Capture:
         data = b"".join(buf)
         buf.clear()
         fc.buffered[direction] = 0
-        fields = {"flow": fc.flow_id, "dir": direction, "n": fc.chunk_n[direction], "body": ChunkBytes(data, stream, final)}
+        arrivals = fc.arrivals[direction]
+        times = None
+        if arrivals is not None:
+            times = list(arrivals)
+            arrivals.clear()
+        fields = {"flow": fc.flow_id, "dir": direction, "n": fc.chunk_n[direction],
+                  "body": ChunkBytes(data, stream, final, times)}
         fc.chunk_n[direction] += 1
         if direction == "request" and fc.abort is None:
             fc.request_acks.add(self._record_acked(fc, fields))

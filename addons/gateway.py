@@ -26,6 +26,7 @@ from addons.masking import Masking  # noqa: E402
 from addons.policy import Policy  # noqa: E402
 from addons.postgres import Postgres  # noqa: E402
 from addons.raw_tcp import RawTcp  # noqa: E402
+from addons.rpc import RpcStreams  # noqa: E402
 from addons.startup import StartupGate  # noqa: E402
 from addons.timeouts import Timeouts  # noqa: E402
 from addons.trailers import Trailers  # noqa: E402
@@ -46,6 +47,7 @@ parts = [
     _identity,
     _policy,
     _credentials,
+    RpcStreams(_config),  # before masking: an RPC it cannot record is refused first
     _masking,
     Trailers(_config, _identity, _masking),  # request trailers stripped of credentials before capture records them
     RawTcp(_config, _identity, _policy, _capture, _masking),  # before capture: a refused 101 is killed first

@@ -20,32 +20,38 @@ them is replaced by its tag, which changes the binary (docs/masking.md).
 from __future__ import annotations
 
 from recorder import format_v1
+from recorder.connect.envelopes import is_rpc
+from recorder.connect.record import RpcStream
 from recorder.content_decoding import DecodeError, decoder_for
 
 
 class BodyBytes:
     """A whole buffered body, as it crossed the wire (still content-encoded)."""
 
-    __slots__ = ("data", "encoding", "max_body", "masker", "content_type")
+    __slots__ = ("data", "encoding", "max_body", "masker", "content_type", "message_encoding")
 
     def __init__(self, data: bytes, encoding: str | None = None, max_body: int = 0, masker=None,
-                 content_type: str | None = None):
+                 content_type: str | None = None, message_encoding: str | None = None):
         self.data = data
         self.encoding = encoding
         self.max_body = max_body
         self.masker = masker  # a recorder.masking.Masker, or None (recorded unmasked)
         self.content_type = content_type
+        self.message_encoding = message_encoding  # Connect/gRPC per-message compression (recorder/connect)
 
 
 class BodyStream:
     """The state of one streamed body direction. Created on the loop, used by the writer."""
 
     __slots__ = ("decoder", "encoding", "max_body", "recorded", "wire", "decoded", "held", "decode_error",
-                 "masker", "content_type", "mask_state", "ref", "records", "done")
+                 "masker", "content_type", "mask_state", "ref", "records", "done", "message_encoding", "rpc")
 
-    def __init__(self, encoding: str | None = None, max_body: int = 0, masker=None, content_type: str | None = None):
+    def __init__(self, encoding: str | None = None, max_body: int = 0, masker=None, content_type: str | None = None,
+                 message_encoding: str | None = None):
         self.masker = masker  # a recorder.masking.Masker, or None (recorded unmasked)
         self.content_type = content_type
+        self.message_encoding = message_encoding  # Connect/gRPC per-message compression
+        self.rpc: RpcStream | None = None  # a Connect/gRPC body's messages, made on the writer thread
         self.mask_state = None  # the stream masker, made on the writer thread at the first chunk
         self.encoding = encoding
         self.decoder = decoder_for(encoding)
@@ -64,12 +70,13 @@ class ChunkBytes:
     """A batch of a streamed body; `final` marks the end of the stream. An empty batch that
     is not final is a tick: it releases held-back text whose time is up."""
 
-    __slots__ = ("data", "stream", "final")
+    __slots__ = ("data", "stream", "final", "times")
 
-    def __init__(self, data: bytes, stream: BodyStream, final: bool = False):
+    def __init__(self, data: bytes, stream: BodyStream, final: bool = False, times: list | None = None):
         self.data = data
         self.stream = stream
         self.final = final
+        self.times = times  # (length, arrival time) of the pieces of `data`: Connect/gRPC streams only
 
 
 def render_bodies(fields: dict, ts: float | None = None) -> dict | None:
@@ -128,6 +135,12 @@ def render_buffered(body: BodyBytes) -> dict:
     else:
         data = wire
     size = len(data)
+    if is_rpc(body.content_type) and note.get("decoded") is not False:
+        # Connect/gRPC: stored as masked messages, never as bytes (recorder/connect/record.py)
+        rpc = RpcStream(body.content_type, body.message_encoding, body.masker, body.max_body)
+        rendered = _rpc_feed(rpc, data, True)
+        rendered.update(note)
+        return rendered
     notes: set[str] = set()
     if body.masker is not None and data:
         data = body.masker.mask_body(data, body.content_type, notes=notes)
@@ -162,9 +175,34 @@ def _split_utf8_tail(data: bytes) -> tuple[bytes, bytes]:
     return data, b""
 
 
+def _rpc_feed(rpc: RpcStream, data: bytes, final: bool, undecodable: str | None = None, times=None) -> dict:
+    """An RPC body's messages. Should decoding fail (a bug meeting untrusted bytes), the bytes are
+    left out, never stored raw: compressed or hex-encoded, they could hide a secret."""
+    try:
+        if rpc.failed is None:
+            return rpc.feed_undecodable(data, final, undecodable) if undecodable else rpc.feed(data, final, times)
+    except Exception as e:  # noqa: BLE001 - the record says what failed; nothing raw is kept
+        rpc.failed = f"{type(e).__name__}: {str(e)[:200]}"
+    return {"framing": rpc.framing, "messages": [], "size": len(data), "omitted":
+            f"the recorder could not decode this stream ({rpc.failed}); its bytes are not recorded"}
+
+
+def _rpc_tick(rpc: RpcStream) -> dict | None:
+    """A tick on an RPC stream: messages whose masking hold is over, or None (nothing to write)."""
+    if rpc.failed is not None:
+        return None
+    try:
+        return rpc.tick()
+    except Exception as e:  # noqa: BLE001 - as in _rpc_feed
+        rpc.failed = f"{type(e).__name__}: {str(e)[:200]}"
+        return None
+
+
 def render_chunk(chunk: ChunkBytes, now: float | None = None) -> dict | None:
     st = chunk.stream
     if not chunk.data and not chunk.final:  # a tick: release what has been held long enough
+        if st.rpc is not None:
+            return _rpc_tick(st.rpc)
         if st.mask_state is None:
             return None
         data = st.mask_state.force(now)
@@ -175,7 +213,7 @@ def render_chunk(chunk: ChunkBytes, now: float | None = None) -> dict | None:
         return format_v1.encode_body(data, size=0, truncated=truncated)
     if st.done:
         if not chunk.data:  # the stream already ended (capture's tee and its end both flush it)
-            return format_v1.encode_body(b"", size=0)
+            return _rpc_feed(st.rpc, b"", True) if st.rpc is not None else format_v1.encode_body(b"", size=0)
         # More after an end (raw TCP settles each client read): a new segment, a fresh decoder.
         st.decoder = decoder_for(st.encoding)
     st.done = chunk.final
@@ -189,6 +227,14 @@ def render_chunk(chunk: ChunkBytes, now: float | None = None) -> dict | None:
         except DecodeError as e:
             # From here on the stream is recorded as it crossed the wire.
             st.decode_error = str(e)
+    if st.rpc is not None or is_rpc(st.content_type):
+        # Connect/gRPC: stored as masked messages, never as bytes (recorder/connect/record.py)
+        if st.rpc is None:
+            st.rpc = RpcStream(st.content_type, st.message_encoding, st.masker, st.max_body)
+        st.decoded += len(data)
+        if st.decode_error is not None:  # `data` is as it crossed the wire
+            return _rpc_feed(st.rpc, data, chunk.final, st.decode_error)
+        return _rpc_feed(st.rpc, data, chunk.final, times=chunk.times)
     data = st.held + data
     st.held = b""
     if not chunk.final:

@@ -25,6 +25,7 @@ from recorder.anchors import SYSLOG_FACILITIES
 from recorder.client_credentials import INJECT_MODES, query_key
 from recorder.connections import is_loopback_host
 from recorder.dev_secret import ensure_dev_secret
+from recorder.presets import PRESETS, PresetError, apply_preset
 
 
 class ConfigError(ValueError):
@@ -175,6 +176,7 @@ class ConnectionConfig:
     sample_rows: int = 0  # rows per result recorded as a masked sample; 0 = none
     strip_cookies: bool = True  # where the gateway injects: the client's cookies do not go upstream
     keep_query: tuple[str, ...] = ()  # credential-like query names that pass anyway (as compared: query_key)
+    preset: str | None = None  # a built-in connection (recorder/presets.py) this one was made from
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ class TimeoutsConfig:
 class ReviewConfig:
     listen: str = "127.0.0.1:8090"  # where `wiretrail serve` listens
     verify_keys: tuple[Path, ...] = ()  # public keys the review page verifies signatures with
+    descriptor_sets: tuple[Path, ...] = ()  # FileDescriptorSets that name protobuf fields (recorder/connect)
 
 
 @dataclass(frozen=True)
@@ -555,6 +558,19 @@ class _Table(_Kind):
         return built
 
 
+class _PresetTable(_Table):
+    """A [[connections]] table, with a `preset` filled in first (recorder/presets.py)."""
+
+    def convert(self, value, at, ctx):
+        if isinstance(value, dict) and "preset" in value:
+            self.by_name["preset"].kind.convert(value["preset"], _join(at, "preset"), ctx)  # a known one?
+            try:
+                value = apply_preset(value, at)
+            except PresetError as e:
+                raise ConfigError(e.problem, key=e.key) from None
+        return super().convert(value, at, ctx)
+
+
 class _Tables(_Kind):
     """An array of tables ([[name]]); `unique` names a key whose values must differ."""
 
@@ -775,7 +791,7 @@ SCHEMA = _Table(dict, (
         Key("upstream_response", _Number(gt=0, le=86400), 600.0,
             "seconds from a request's end to the upstream's response headers; then the client gets 504, recorded"),
     ), expected="a table ([timeouts])"), _EMPTY_TABLE),
-    Key("connections", _Tables(_Table(ConnectionConfig, (
+    Key("connections", _Tables(_PresetTable(ConnectionConfig, (
         Key("name", _Text(), doc="the connection's name, recorded with each request"),
         Key("hosts", _ListOf(_Host(), 'a non-empty array of host names, e.g. ["api.openai.com"]', min_items=1), (),
             "hosts this connection matches (kind http; required there)"),
@@ -803,6 +819,7 @@ SCHEMA = _Table(dict, (
             "where the gateway injects its credential, the client's Cookie headers are removed; false lets them pass"),
         Key("keep_query", _ListOf(_QueryName(), 'an array of query parameter names, e.g. ["token"]'), (),
             "credential-like query parameters that pass to this upstream anyway (stripped by default)"),
+        Key("preset", _OneOf(*PRESETS), None, "a built-in connection that fills in name and hosts (record only)"),
     )), "an array of tables, written [[connections]]", unique="name", check=_check_connections),
         (), "registered upstreams"),
     Key("review", _Table(ReviewConfig, (
@@ -810,6 +827,9 @@ SCHEMA = _Table(dict, (
             "where `wiretrail serve` listens"),
         Key("verify_keys", _ListOf(_PathValue(), 'an array of paths, e.g. ["keys/gateway.pub"]'), (),
             "the gateway's public keys (PEM), kept outside the store, that the review page checks signatures with"),
+        Key("descriptor_sets", _ListOf(_PathValue(), 'an array of paths, e.g. ["protos/agent.pb"]'), (),
+            "FileDescriptorSets (protoc --include_imports --descriptor_set_out) that name Connect/gRPC fields in "
+            "`wiretrail show --config`"),
     ), expected="a table ([review])"), _EMPTY_TABLE),
     Key("anchors", _Table(AnchorsConfig, (
         Key("file", _PathValue(), None, "a file outside the store that each signed ledger head is appended to"),
@@ -919,6 +939,10 @@ name = "anthropic"
 hosts = ["api.anthropic.com"]
 credential = "none"
 inject = "none"
+
+# Cursor's own backend (its agent talks Connect RPC to *.cursor.sh): record only, always.
+[[connections]]
+preset = "cursor"
 
 [review]
 listen = "127.0.0.1:8090"             # wiretrail serve

@@ -67,9 +67,14 @@ def encode_body(data: bytes, *, size: int | None = None, truncated: bool = False
 
 
 def decode_body(body: dict | None) -> bytes:
-    """The stored bytes of a body (after masking, and cut if it was truncated)."""
+    """The stored bytes of a body (after masking, and cut if it was truncated). A Connect or
+    gRPC body stores messages, not bytes: they are encoded again (recorder/connect/record.py)."""
     if not body:
         return b""
+    if "messages" in body:
+        from recorder.connect.record import stored_bytes
+
+        return stored_bytes(body)
     if "text" in body:
         return body["text"].encode("utf-8")
     if "b64" in body:

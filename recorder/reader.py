@@ -220,15 +220,16 @@ def _dest_ok(dest) -> bool:
 def _check_body(seq: int, key: str, body) -> Problem | None:
     if body is None:
         return None
-    if not (isinstance(body.get("text"), str) or isinstance(body.get("b64"), str)):
+    rpc = "messages" in body  # Connect/gRPC messages (docs/format.md)
+    if not (rpc or isinstance(body.get("text"), str) or isinstance(body.get("b64"), str)):
         return Problem(seq, "field", f"{key} has neither \"text\" nor \"b64\"")
     if not isinstance(body.get("size"), int):
         return Problem(seq, "field", f"{key} has no integer \"size\"")
-    if "b64" in body:
+    if "b64" in body or rpc:
         try:
             format_v1.decode_body(body)
-        except ValueError:
-            return Problem(seq, "field", f"{key}.b64 is not valid base64")
+        except (ValueError, TypeError, RecursionError):
+            return Problem(seq, "field", f"{key}.{'messages are not valid' if rpc else 'b64 is not valid base64'}")
     return None
 
 

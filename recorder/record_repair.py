@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from recorder import format_v1
 from recorder.bodies import BodyBytes, ChunkBytes
+from recorder.connect.envelopes import framing_of, is_rpc
+from recorder.connect.record import RpcStream
 
 MAX_DEPTH = 64  # record fields are shallow; anything deeper is not recorded structurally
 _INT_LIMIT = 1 << 63
@@ -49,7 +51,16 @@ def fallback_bodies(fields: dict, error: BaseException) -> dict:
     note = f"recorded as raw text: rendering the body failed ({_describe(error)})"
     out = dict(fields)
     for key, value in fields.items():
-        if isinstance(value, BodyBytes):
+        ctype = value.stream.content_type if isinstance(value, ChunkBytes) else getattr(value, "content_type", None)
+        if isinstance(value, (BodyBytes, ChunkBytes)) and is_rpc(ctype):
+            # Connect/gRPC: raw bytes could hold a compressed secret the text rules cannot see
+            if isinstance(value, ChunkBytes):  # the rest of the stream is left out too
+                st = value.stream
+                st.rpc = st.rpc or RpcStream(ctype, st.message_encoding, st.masker, st.max_body)
+                st.rpc.failed = note
+            out[key] = {"framing": (framing_of(ctype) or ("unary",))[0], "messages": [], "size": len(value.data),
+                        "omitted": f"{note}; its bytes are not recorded"}
+        elif isinstance(value, BodyBytes):
             out[key] = _body_as_text(value.data, value.masker, note, decoded=False)
         elif isinstance(value, ChunkBytes):
             st = value.stream

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recorder import format_v1
+from recorder.connect.record import RpcRemask, is_stored_rpc
 from recorder.ids import new_session_id
 from recorder.reader import SessionRead
 from recorder.session_file_writer import write_session_file
@@ -50,6 +51,15 @@ class _Remasker:
         self.before = 0
         self.after = 0
         self.dropped = {"checkpoint": 0, "seal": 0}
+        self.rpc: dict = {}  # (flow, dir) -> RpcRemask, for Connect/gRPC bodies
+
+    def rpc_body(self, key, body: dict, final: bool, n=None) -> dict:
+        """A Connect/gRPC body: its messages masked again (recorder/connect/record.py)."""
+        rr = self.rpc.get(key) or self.rpc.setdefault(key, RpcRemask(self.masker))
+        out = rr.body(body, final, n)
+        self.before += format_v1.decode_body(body).count(TAG)
+        self.after += format_v1.decode_body(out).count(TAG)
+        return out
 
     def text(self, value):
         if not isinstance(value, str):
@@ -129,10 +139,15 @@ def _masked_fields(rm: _Remasker, streams: _Streams, i: int, rec: dict, fields: 
         if "url" in fields:
             fields["url"] = rm.text(fields["url"])
         fields["headers"] = rm.headers(fields.get("headers"))
-        if isinstance(fields.get("body"), dict):
+        if is_stored_rpc(fields.get("body")):
+            fields["body"] = rm.rpc_body((rec.get("flow"), t[5:]), fields["body"], True)
+        elif isinstance(fields.get("body"), dict):
             data, b = _stored(fields["body"])
             ctype = streams.ctypes.get((rec.get("flow"), t[5:]))
             fields["body"] = rm.body(b, masker.mask_body(data, ctype))
+    elif t == "http.chunk" and is_stored_rpc(fields.get("body")):
+        key = (rec.get("flow"), rec.get("dir"))
+        fields["body"] = rm.rpc_body(key, fields["body"], streams.last.get(key) == i, rec.get("n"))
     elif t == "http.chunk" and isinstance(fields.get("body"), dict):
         b = fields["body"]
         fields["body"] = rm.body(b, streams.chunk(i, rec, format_v1.decode_body(b)))

@@ -30,20 +30,22 @@ _masker = None
 _streams: dict = {}
 
 
-def body(data: bytes, encoding, max_body: int, masked: bool, content_type):
+def body(data: bytes, encoding, max_body: int, masked: bool, content_type, message_encoding=None):
     from recorder.bodies import BodyBytes
-    return BodyBytes(data, encoding, max_body, masker=_masker if masked else None, content_type=content_type)
+    return BodyBytes(data, encoding, max_body, masker=_masker if masked else None, content_type=content_type,
+                     message_encoding=message_encoding)
 
 
-def chunk(data: bytes, ref: int, final: bool, encoding, max_body: int, masked: bool, content_type):
+def chunk(data: bytes, ref: int, final: bool, encoding, max_body: int, masked: bool, content_type,
+          message_encoding=None, times=None):
     from recorder.bodies import BodyStream, ChunkBytes
     stream = _streams.get(ref)
     if stream is None:
         stream = _streams[ref] = BodyStream(encoding, max_body, masker=_masker if masked else None,
-                                            content_type=content_type)
+                                            content_type=content_type, message_encoding=message_encoding)
     if final:
         _streams.pop(ref, None)
-    return ChunkBytes(data, stream, final)
+    return ChunkBytes(data, stream, final, times)
 
 
 def ws_message(data: bytes, text: bool, ref: int, max_body: int, hold: bool, masked: bool, before: int | None):

@@ -56,14 +56,15 @@ class _Pickler(pickle.Pickler):
         t = type(obj)
         if t is BodyBytes:
             self._note(obj.masker)
-            return writer_child.body, (obj.data, obj.encoding, obj.max_body, obj.masker is not None, obj.content_type)
+            return writer_child.body, (obj.data, obj.encoding, obj.max_body, obj.masker is not None, obj.content_type,
+                                       obj.message_encoding)
         if t is ChunkBytes:
             st = obj.stream
             if st.ref is None:
                 st.ref = next(self.owner._refs)
                 self._note(st.masker)
             return writer_child.chunk, (obj.data, st.ref, obj.final, st.encoding, st.max_body,
-                                        st.masker is not None, st.content_type)
+                                        st.masker is not None, st.content_type, st.message_encoding, obj.times)
         if t is WsMessageBody:
             d = self._ws_ref(obj.direction)
             before = self._ws_ref(d.before).ref if d.before is not None else None

@@ -22,6 +22,7 @@ from recorder.postgres.transcript import sql_log_lines, statements as sql_statem
 from recorder.reader import SessionRead, read_session, summarize
 from recorder.verify import unsealed_word
 from recorder.transcript import build
+from recorder.transcript.rpc import Namer, body_summary, is_rpc_exchange, tree_lines
 from recorder.transcript.exchange import header as find_header
 from recorder.transcript.render import TEXT_LIMIT, Style, turn_json, turn_lines
 
@@ -44,6 +45,12 @@ def add_parser(subparsers) -> None:
     out.add_argument("--records", action="store_true", help="one line per record instead of the transcript")
     out.add_argument("--raw", action="store_true", help="the records as JSON lines, exactly as stored")
     p.add_argument("--full", action="store_true", help=f"do not cut message text at {TEXT_LIMIT} characters")
+    p.add_argument("--tree", action="store_true",
+                   help="also show each Connect/gRPC message as its whole field tree (field numbers, or names "
+                        "with --descriptors)")
+    p.add_argument("--descriptors", metavar="FILE", action="append", default=[],
+                   help="a FileDescriptorSet (protoc --include_imports --descriptor_set_out) that names protobuf "
+                        "fields; repeatable; default: review.descriptor_sets of --config")
     p.add_argument(
         "--color",
         choices=("auto", "always", "never"),
@@ -98,6 +105,8 @@ def body_preview(body) -> str:
     if body.get("encoding"):
         flags.append(f"content-encoding {body['encoding']}" + (" (not decoded)" if body.get("decoded") is False else ""))
     note = f" ({', '.join(flags)})" if flags else ""
+    if isinstance(body.get("messages"), list):  # Connect/gRPC
+        return f"body {size_text}{note}: {body_summary(body)}"
     if isinstance(body.get("text"), str):
         text = body["text"]
         shown = text[:PREVIEW_CHARS]
@@ -243,7 +252,28 @@ def _masked(read: SessionRead, config: str | None) -> SessionRead | None:
     return masked_read(read, masker)
 
 
-def transcript_json(read: SessionRead) -> dict:
+def load_descriptors(args: argparse.Namespace):
+    """The descriptor sets of --descriptors, or of review.descriptor_sets in --config; None if none.
+    Raises NotFound with a message when one cannot be read."""
+    from recorder.connect.descriptors import DescriptorError, Descriptors
+
+    paths = list(args.descriptors)
+    if not paths and args.config:
+        from recorder.config import ConfigError, load_config
+
+        try:
+            paths = list(load_config(args.config, read_secrets=False).review.descriptor_sets)
+        except (ConfigError, OSError) as e:
+            raise NotFound(str(e)) from e
+    if not paths:
+        return None
+    try:
+        return Descriptors(paths)
+    except DescriptorError as e:
+        raise NotFound(str(e)) from e
+
+
+def transcript_json(read: SessionRead, descriptors=None) -> dict:
     s = summarize(read)
     opened = read.open_record or {}
     return {
@@ -257,7 +287,7 @@ def transcript_json(read: SessionRead) -> dict:
         "start": s.start,
         "end": s.end,
         "duration_s": s.duration,
-        "exchanges": [turn_json(t) for t in build(read.records)],
+        "exchanges": [turn_json(t) for t in build(read.records, descriptors)],
         "database": [{k: v for k, v in e.items() if k != "record"} | ({"record": {
             k: v for k, v in e["record"].items() if k not in ENVELOPE}} if "record" in e else {})
             for e in sql_statements(read.records)],
@@ -272,6 +302,7 @@ def transcript_json(read: SessionRead) -> dict:
 def run(args: argparse.Namespace) -> int:
     try:
         path = find_session(args.session, args.dir, args.config)
+        descriptors = load_descriptors(args)
     except NotFound as e:
         print(f"wiretrail show: {e}", file=sys.stderr)
         return 2
@@ -289,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"wiretrail show: {path}: {p}", file=sys.stderr)
         return 0
     if args.json:
-        sys.stdout.write(orjson.dumps(transcript_json(read), option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps(transcript_json(read, descriptors), option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     for line in header(read):
         print(safe(line))
@@ -302,13 +333,18 @@ def run(args: argparse.Namespace) -> int:
     style = Style(use_colour(args.color, sys.stdout))
     limit = None if args.full else TEXT_LIMIT
     last_system: dict = {}
-    turns = build(read.records)
+    turns = build(read.records, descriptors)
     sql_log = sql_log_lines(read.records)  # database connections (recorder/postgres)
     if not turns and not sql_log:
         print("(no exchanges)")
-    for turn in turns:
+    namer = Namer(descriptors)
+    for i, turn in enumerate(turns):
         for line in turn_lines(turn, style, limit, safe, last_system):
             print(line)
+        ex = turn.exchange
+        if args.tree and is_rpc_exchange(ex) and (i + 1 == len(turns) or turns[i + 1].exchange is not ex):
+            for line in tree_lines(ex, namer):
+                print(safe(line))
         print()
     if sql_log:
         for line in sql_log:

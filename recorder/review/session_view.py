@@ -24,6 +24,7 @@ from recorder.review.integrity import Integrity
 from recorder.review.listing import Agent, agent_of, has_error, token_usage, tool_calls
 from recorder.transcript import Turn, build
 from recorder.transcript.model import Message, Part
+from recorder.transcript.rpc import messages_text
 from recorder.verify import FileVerdict
 
 PART_LIMIT = 20_000  # characters of one message part shown on the page
@@ -170,6 +171,11 @@ def _body_view(body, query: str) -> BodyView | None:
         notes.append("cut by the gateway (capture.max_body)")
     if isinstance(body.get("text"), str):
         text, more = _cut(body["text"], BODY_LIMIT)
+        if more:
+            notes.append(f"{more} more characters not shown here: download the artifact or HAR")
+        return BodyView(segments(text, query), size, notes)
+    if isinstance(body.get("messages"), list):  # Connect/gRPC: the messages' text, with field paths
+        text, more = _cut(messages_text(body), BODY_LIMIT)
         if more:
             notes.append(f"{more} more characters not shown here: download the artifact or HAR")
         return BodyView(segments(text, query), size, notes)

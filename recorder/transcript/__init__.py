@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from recorder.transcript import (
     anthropic_messages,
+    cursor,
     generic,
     mcp_jsonrpc,
     openai_chat,
     openai_responses,
+    rpc,
     websocket,
 )
 from recorder.transcript.conversation import mark_new
@@ -52,11 +54,32 @@ def decode_websocket(ex: Exchange) -> list[Turn]:
         return [turn]
 
 
-def build(records: list[dict]) -> list[Turn]:
+def decode_rpc(ex: Exchange, namer: rpc.Namer, appends: list[Exchange]) -> list[Turn]:
+    """A Connect/gRPC exchange (recorder/transcript/rpc.py): Cursor's agent as a conversation,
+    anything else as its messages' strings with their field paths."""
+    try:
+        if cursor.matches(ex):
+            return cursor.turns(ex, namer, appends)
+        return [rpc.generic_turn(ex, namer)]
+    except Exception as e:  # recorded data is untrusted: a decoder bug must not hide the exchange
+        turn = generic.decode(ex)
+        turn.notes.append(f"RPC decoder failed ({type(e).__name__}: {e}); shown raw")
+        return [turn]
+
+
+def build(records: list[dict], descriptors=None) -> list[Turn]:
+    """`descriptors` (recorder.connect.descriptors.Descriptors) names protobuf fields."""
     turns: list[Turn] = []
-    for ex in exchanges(records):
+    exs = exchanges(records)
+    linked = cursor.link_fallback(exs)  # Cursor's HTTP/1.1 posts, shown in their stream's turns
+    namer = rpc.Namer(descriptors)
+    for ex in exs:
+        if ex.flow in linked:
+            continue
         if ex.kind == "http" and (ex.ws_open is not None or ex.messages):
             turns.extend(decode_websocket(ex))
+        elif rpc.is_rpc_exchange(ex):
+            turns.extend(decode_rpc(ex, namer, [a for a in exs if linked.get(a.flow) is ex]))
         else:
             turns.append(decode_exchange(ex))
     mark_new(turns)

@@ -75,6 +75,15 @@ def assert_record_fields(flow: FlowRecords, *, mode: str, streamed_response: boo
         assert [c["n"] for c in chunks] == list(range(len(chunks))), f"{direction} chunk numbers: {[c['n'] for c in chunks]}"
 
 
+def assert_in_order(text: str, *needles: str) -> None:
+    """Each needle occurs in `text`, after the one before it."""
+    pos = 0
+    for n in needles:
+        at = text.find(n, pos)
+        assert at >= 0, f"{n!r} not found after position {pos} in:\n{text}"
+        pos = at + len(n)
+
+
 def wait_until(predicate, timeout: float = 10.0) -> bool:
     """Poll `predicate` until it holds or `timeout` seconds pass; its last answer."""
     deadline = time.monotonic() + timeout

@@ -37,7 +37,9 @@ class TestCA:
 # or Host than the CONNECT line (like a CDN that serves many names on one address).
 REGISTERED_NAME = "registered.wiretrail.test"
 OTHER_NAME = "other.wiretrail.test"
-SERVER_NAMES = ("127.0.0.1", "::1", "localhost", REGISTERED_NAME, OTHER_NAME)
+# Cursor's backend names, which tests/support/dns_override.py sends to 127.0.0.1 (the cursor preset).
+CURSOR_NAMES = ("*.cursor.sh", "*.api5.cursor.sh")
+SERVER_NAMES = ("127.0.0.1", "::1", "localhost", REGISTERED_NAME, OTHER_NAME, *CURSOR_NAMES)
 
 
 def _san(name: str) -> x509.GeneralName:

@@ -328,6 +328,8 @@ class FakeUpstream:
         # Called on the connection's thread with the Exchange as soon as a request's
         # headers arrived, before its body is read and before any answer.
         self.on_request_headers = None
+        # path -> handler(responder, exchange) returning "keep-alive" or "reset": routes a test adds
+        self.routes: dict = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -541,6 +543,8 @@ class FakeUpstream:
     def _dispatch(self, sock: ssl.SSLSocket, ex: Exchange) -> str:
         """Answer one request: "keep-alive", or "reset" to reset the connection."""
         r = _Responder(sock, ex)
+        if ex.path in self.routes:
+            return self.routes[ex.path](r, ex)
         n, delay = self._stream_params(ex)
         if ex.path in self.models and ex.method == "POST":
             kind, answer = self.models[ex.path](json.loads(ex.body))

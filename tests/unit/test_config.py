@@ -221,6 +221,7 @@ def test_embedded_default_is_relative_to_cwd_and_has_no_source(tmp_path):
     assert [(c.name, c.hosts, c.credential, c.inject) for c in config.connections] == [
         ("openai", ("api.openai.com",), None, "none"),
         ("anthropic", ("api.anthropic.com",), None, "none"),
+        ("cursor", ("*.cursor.sh", "*.cursorapi.com", "*.cursor-cdn.com"), None, "none"),
     ]
 
 
