@@ -248,7 +248,11 @@ def test_codex(tmp_path, newcomer, fakes, mode):
     assert FINAL in proc.stdout, proc.stdout[-3000:]
 
     asked = [r for r in fakes["responses"].requests if r.get("generate") is not False]
-    assert len(asked) >= 2 and any(TOOL_MARK in json.dumps(ScriptedModel.tool_outputs(r)) for r in asked)
+    seen = [(r.get("generate"), [i.get("type") for i in r.get("input") or () if isinstance(i, dict)],
+             [t.get("name") or t.get("type") for t in r.get("tools") or () if isinstance(t, dict)])
+            for r in fakes["responses"].requests]
+    assert len(asked) >= 2 and any(TOOL_MARK in json.dumps(ScriptedModel.tool_outputs(r)) for r in asked), (
+        seen, [(c.path, c.http and c.http[0]) for c in ws.connections], proc.stdout[-2000:], gw.log_text()[-3000:])
     conns = [c for c in ws.connections if c.path.startswith("/v1/responses")]
     assert conns
     for c in conns:
