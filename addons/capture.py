@@ -171,7 +171,7 @@ class Capture:
             fsync=cfg.storage.fsync,
             fsync_interval=cfg.storage.fsync_interval,
             on_error=self._storage_error_from_thread,
-            storage_dir=cfg.storage.dir,
+            storage_dir=cfg.store_dir,
             signer=signer,
             checkpoint_interval=cfg.storage.checkpoint_interval,
             retention_days=cfg.storage.retention_days,
@@ -182,10 +182,11 @@ class Capture:
         self._queue_limit = cfg.storage.queue_limit
         self.registry = SessionRegistry(
             self.writer,
-            cfg.storage.dir,
+            cfg.store_dir,
             idle_timeout=cfg.sessions.idle_timeout,
             max_duration=cfg.sessions.max_duration,
             signing_key_id=signer.key_id if signer else None,
+            gateway_id=cfg.gateway.id,
         )
         # The writer first recovers sessions a crash left open (ledger), then records.
         self.writer.start()
@@ -198,7 +199,8 @@ class Capture:
                 "wiretrail: storage.fail_closed = false: if a record cannot be written, "
                 "traffic passes UNRECORDED and each such flow is logged"
             )
-        log.info(f"wiretrail: recording sessions under {cfg.storage.dir}")
+        log.info(f"wiretrail: recording sessions under {cfg.store_dir}"
+                 + (f" (gateway {cfg.gateway.id})" if cfg.gateway.id else ""))
         if cfg.source is None:  # the embedded demo: what a newcomer does next (README)
             log.info('wiretrail: demo ready. Get a token: export WIRETRAIL_TOKEN=$(.venv/bin/wiretrail token '
                      '--sub "$(id -un)" --groups engineering); trust the CA: .venv/bin/wiretrail ca; then set '

@@ -12,6 +12,7 @@ from typing import Optional
 from mitmproxy import ctx, exceptions
 
 from recorder.config import ConfigError, GatewayConfig, load_config
+from recorder.store import fleet
 from recorder.signing import Signer, SigningKeyError, ensure_dev_signing_key, load_signer
 
 log = logging.getLogger("wiretrail")
@@ -52,6 +53,9 @@ class WiretrailConfig:
             raise exceptions.OptionsError(f"wiretrail config: {config.source}: storage.signing_key: {e}; "
                                           "the gateway will not record unsigned when a key is configured "
                                           "(make one with `wiretrail keygen DIR`)") from None
+        problem = fleet.layout_problem(config.storage.dir, config.gateway.id)
+        if problem is not None:
+            raise exceptions.OptionsError(f"wiretrail config: {config.source}: {problem}")
         if self.started:
             if config != self.current:
                 log.warning("wiretrail: the config changed while running; restart the gateway to apply it")

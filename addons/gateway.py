@@ -23,6 +23,7 @@ from addons.credentials import Credentials  # noqa: E402
 from addons.heap import FreezeStartupHeap  # noqa: E402
 from addons.identity import Identity  # noqa: E402
 from addons.masking import Masking  # noqa: E402
+from addons.object_storage import ObjectStorage  # noqa: E402
 from addons.policy import Policy  # noqa: E402
 from addons.postgres import Postgres  # noqa: E402
 from addons.raw_tcp import RawTcp  # noqa: E402
@@ -55,6 +56,7 @@ parts = [
     _capture,
     Timeouts(_config, _identity, _capture),  # header, idle and upstream-response timeouts
     Postgres(_config, _identity, _masking, _credentials, _capture),  # database front ends; after capture (its sessions)
+    ObjectStorage(_config),  # after capture: its `done` uploads what the writer sealed at shutdown
     FreezeStartupHeap(),  # after every part has built what it keeps
     _gate.opener(),  # last: opens the gate once every part above has run `running`
 ]

@@ -41,11 +41,42 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # argparse exits 2 on a usage error
     mod = importlib.import_module(f"recorder.commands.{COMMANDS[args.command]}")
     try:
+        copies = _local_stores(args)
+    except Exception as e:  # noqa: BLE001 - no credentials, no bucket, no endpoint: a usage error
+        print(f"wiretrail {args.command}: cannot read the bucket: {e}", file=sys.stderr)
+        return 2
+    try:
         return mod.run(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        for tmp in copies:
+            tmp.cleanup()
+
+
+def _local_stores(args) -> list:
+    """Store arguments given as s3://BUCKET/PREFIX (a DIR, --dir, or verify's paths) are read
+    from a local copy of the bucket (recorder/store/s3.py), made here and removed after."""
+    from recorder.store import s3
+
+    copies = []
+    for attr in ("dir", "paths"):
+        value = getattr(args, attr, None)
+        values = value if isinstance(value, list) else [value]
+        out = []
+        for v in values:
+            if isinstance(v, str) and s3.is_url(v):
+                local, tmp = s3.local_copy(v)
+                copies.append(tmp)
+                print(f"wiretrail {args.command}: reading {v} from a copy in {local}", file=sys.stderr)
+                args.from_bucket = True
+                v = local
+            out.append(v)
+        if value is not None:
+            setattr(args, attr, out if isinstance(value, list) else out[0])
+    return copies
 
 
 if __name__ == "__main__":

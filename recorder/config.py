@@ -25,6 +25,7 @@ from recorder.anchors import SYSLOG_FACILITIES
 from recorder.client_credentials import INJECT_MODES, query_key
 from recorder.connections import is_loopback_host
 from recorder.dev_secret import ensure_dev_secret
+from recorder.store import fleet
 from recorder.presets import PRESETS, PresetError, apply_preset
 
 
@@ -214,6 +215,21 @@ class AnchorsConfig:
 
 
 @dataclass(frozen=True)
+class ObjectStorageConfig:
+    url: str | None = None  # s3://bucket/prefix; None = no upload (recorder/store/s3.py)
+    endpoint_url: str | None = None  # MinIO, Ceph RGW, a stand-in; None = AWS S3
+    region: str | None = None
+    require_object_lock: bool = False
+    keep_local: bool = True
+    interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: str | None = None  # one of several gateways sharing storage.dir (recorder/store/fleet.py)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     storage: StorageConfig
     sessions: SessionsConfig
@@ -225,7 +241,14 @@ class GatewayConfig:
     timeouts: TimeoutsConfig = TimeoutsConfig()
     review: ReviewConfig = ReviewConfig()
     anchors: AnchorsConfig = AnchorsConfig()
+    gateway: NodeConfig = NodeConfig()
+    object_storage: ObjectStorageConfig = ObjectStorageConfig()
     source: Path | None = None  # None = the embedded default
+
+    @property
+    def store_dir(self) -> Path:
+        """Where this gateway writes: storage.dir, or its own folder there when it has an id."""
+        return fleet.gateway_store(self.storage.dir, self.gateway.id)
 
 
 # -- value kinds: how a TOML value is checked and converted, and the message when it is not ---
@@ -845,6 +868,23 @@ SCHEMA = _Table(dict, (
         Key("fail_closed", _Bool(), False, "true: refuse traffic (503) while a sink fails for longer than max_lag"),
         Key("max_lag", _Number(gt=0, le=86400), 60.0, "seconds a sink may fail before fail_closed refuses traffic"),
     ), check=_check_anchors, expected="a table ([anchors])"), _EMPTY_TABLE),
+    Key("gateway", _Table(NodeConfig, (
+        Key("id", _Text('a gateway id of lowercase letters, digits and "-" (at most 64), e.g. "gw1"',
+                        fleet.ID_PATTERN), None,
+            "this gateway's id when several share storage.dir: it writes under storage.dir/gateways/<id>/ "
+            "and is recorded in each session.open; unique per process (docs/deployment.md)"),
+    ), expected="a table ([gateway])"), _EMPTY_TABLE),
+    Key("object_storage", _Table(ObjectStorageConfig, (
+        Key("url", _Text('an "s3://BUCKET/PREFIX" URL, e.g. "s3://acme-wiretrail/sessions"', r"s3://[a-z0-9][a-z0-9.-]{1,62}(/\S*)?"),
+            None, "the bucket (and prefix) ended sessions and the ledger are uploaded to"),
+        Key("endpoint_url", _Text('an http(s) URL, e.g. "https://minio.internal:9000"', r"https?://\S+"), None,
+            "an S3-compatible server (MinIO, Ceph RGW); not set: AWS S3"),
+        Key("region", _Text(), None, "the bucket's region"),
+        Key("require_object_lock", _Bool(), False,
+            "true: refuse to start unless the bucket has Object Lock with a COMPLIANCE default retention"),
+        Key("keep_local", _Bool(), True, "false: delete a local session file once its upload is confirmed"),
+        Key("interval", _Number(gt=0, le=3600), 10.0, "seconds between upload passes"),
+    ), expected="a table ([object_storage])"), _EMPTY_TABLE),
 ), check=_check_gateway)
 
 

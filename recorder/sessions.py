@@ -73,6 +73,7 @@ class SessionRegistry:
         idle_timeout: float,
         max_duration: float,
         signing_key_id: str | None = None,
+        gateway_id: str | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.writer = writer
@@ -84,6 +85,8 @@ class SessionRegistry:
         self._open: dict[tuple, Session] = {}
         self._draining: set[Session] = set()
         self.gateway = {"host": socket.gethostname(), "version": __version__}
+        if gateway_id is not None:  # one of several gateways writing one storage root
+            self.gateway["id"] = gateway_id
 
     def __len__(self) -> int:
         return len(self._open) + len(self._draining)

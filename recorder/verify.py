@@ -26,6 +26,7 @@ from recorder.ledger import LEDGER_NAME, LedgerRead, SessionEntry, ledger_id, re
 from recorder.reader import SessionRead, iter_session_files, read_session
 from recorder.recovery import SIGNING_TYPES
 from recorder.signing import Verifier
+from recorder.store import fleet
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -278,6 +279,7 @@ class LedgerVerdict:
     missing: list[tuple[SessionEntry, str]] = field(default_factory=list)  # (entry, what)
     deleted: int = 0
     damage: list[tuple[SessionEntry, str]] = field(default_factory=list)  # failed sessions without a file
+    pending: int = 0  # a bucket's copy: sessions still open when the ledger was uploaded (not uploaded yet)
     anchors: str | None = None  # what the anchors checked say about it
 
     def __post_init__(self):
@@ -303,6 +305,9 @@ class LedgerVerdict:
         tail = f"; dropped a half-written last line ({r.partial_tail} bytes)" if r.partial_tail else ""
         head = f"head seq {n - 1} sha256 {r.head}" if n else "empty"
         deleted = f", {self.deleted} session(s) deleted by retention" if self.deleted else ""
+        if self.pending:
+            deleted += (f", {self.pending} session(s) still open when this ledger was uploaded (their files are "
+                        "uploaded when they end)")
         problems = [Issue(s, m) for s, m in r.problems] + self.issues
         lines = []
         if problems:
@@ -374,16 +379,27 @@ def collect_files(paths: list[str | Path]) -> list[Path]:
 
 def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = None,
                  anchors: list[tuple[int, str]] | None = None, anchored: list[Anchor] | None = None,
-                 need_ledger: bool = True) -> Report:
+                 need_ledger: bool = True, uploaded_copy: bool = False) -> Report:
     """Check every session file under `paths`; where a path lies in a store with a ledger,
     check its sessions against the ledger too (and, for a directory, that none is missing).
     `anchors` are SEQ:SHA256 heads given by hand, `anchored` those read from anchor files.
-    With verifiers and `need_ledger`, files signed by one of them must have their ledger."""
+    With verifiers and `need_ledger`, files signed by one of them must have their ledger.
+    `uploaded_copy`: the paths are a copy of a bucket (recorder/store/s3.py), where a session
+    still open when its ledger was uploaded has no file yet; anywhere else its absence is a finding."""
     files: list[FileVerdict] = []
     ledgers: dict[Path, LedgerVerdict] = {}
     seen: set[Path] = set()
     store_issues: list[str] = []
-    for p in map(Path, paths):
+    expanded: list[Path] = []
+    for p in map(Path, paths):  # a fleet's root: each gateway's store against its own ledger
+        stores, stray = fleet.store_paths(p)
+        expanded.extend(stores)
+        for f in stray:
+            seen.add(f.resolve())
+            files.append(v := verify_file(f, verifiers))
+            v.issues.append(Issue(None, f"not in any gateway's store: {p} holds the stores of several gateways "
+                                        f"({fleet.GATEWAYS}/<id>/), and no ledger there names this file"))
+    for p in expanded:
         lpath = find_ledger(p)
         lv = None
         if lpath is not None:
@@ -413,7 +429,7 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
         if lv is not None and p.is_dir():
             scope = _relative(p, lpath.parent)
             present = {_relative(f, lpath.parent) for f in found}
-            check_missing(lv, present, scope)
+            check_missing(lv, present, scope, uploaded_copy)
     report = Report(files, list(ledgers.values()), store_issues=store_issues)
     if anchored is not None:
         check_anchored(report, anchored, verifiers)
@@ -427,7 +443,7 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
     return report
 
 
-def check_missing(lv: LedgerVerdict, present: set[str], scope: str = "") -> None:
+def check_missing(lv: LedgerVerdict, present: set[str], scope: str = "", uploaded_copy: bool = False) -> None:
     """Ledger entries (under `scope`) whose file is not among `present` (paths relative to the
     store): lv.damage when the gateway recorded that storage failed before the file had a
     record, lv.missing otherwise; sessions retention deleted are counted in lv.deleted."""
@@ -444,6 +460,9 @@ def check_missing(lv: LedgerVerdict, present: set[str], scope: str = "") -> None
                 "the gateway never made its file"
             lv.damage.append((entry, f"session {entry.session}: {storage_failure(entry.end)}; no record of it "
                                      f"reached the disk, and {how} (ledger seq {entry.end_seq})"))
+            continue
+        if entry.path not in present and uploaded_copy and entry.end is None:
+            lv.pending += 1
             continue
         if entry.path not in present:
             lv.missing.append((entry, f"session file deleted or moved: the ledger opened session "

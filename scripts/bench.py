@@ -47,10 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_fleet  # noqa: E402  (the fleet phases: sessions, streamcpu, scale)
 UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "bench_upstream.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 MiB = 1024 * 1024
-METRICS = ("small", "sse", "upload", "throughput", "rss", "artifact", "masker", "postgres")
+METRICS = ("small", "sse", "upload", "throughput", "streamcpu", "rss", "artifact", "masker", "postgres", "sessions",
+           "scale")
 PATHS = ("direct", "plain", "capture", "gateway")
 LABELS = {"direct": "direct", "plain": "plain mitmdump", "capture": "capture-only", "gateway": "gateway"}
 CAPTURE_PHASES = ("warm-up", "small", "sse")  # the capture-only path takes part in these only
@@ -75,11 +78,17 @@ class Sizes:
     rss_events: int = 10         # one event per rss_delay seconds
     rss_delay: float = 1.0
     turns: int = 100             # artifact test: turns of one agent conversation
+    bursts: tuple = (100, 500)   # sessions opening at once (bench_fleet.run_sessions)
+    burst_rounds: int = 3        # rounds per path and burst size, fresh client addresses each
+    stream_replies: int = 600    # streamed replies per path for the CPU figure
+    scale_seconds: float = 6.0   # per load-balanced set-up (one, two gateways), in 1 s slices
+    scale_clients: int = 40
 
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(small=150, sse=8, upload=5, tput_seconds=1.0, tput_slice=0.5,
-                   rss_streams=100, rss_events=3, turns=30)
+                   rss_streams=100, rss_events=3, turns=30, bursts=(100,), burst_rounds=1,
+                   stream_replies=120, scale_seconds=2.0)
 
 
 # ------------------------------------------------------------------ processes
@@ -227,6 +236,7 @@ class Target:
     proc: subprocess.Popen | None = None
     log: Path | None = None
     storage: Path | None = None
+    gateway_id: str | None = None   # one of several gateways writing one store (the scale phase)
     sent: int = 0                   # requests written, all phases (the gateway should record each)
     refused: int = 0                # pre-flight attempts the gateway had to refuse (auth.refused)
     bad_status: dict = field(default_factory=dict)
@@ -593,11 +603,14 @@ class Bench:
     def proxy_credentials(token: str) -> str:
         return f"Proxy-Authorization: Basic {base64.b64encode(f'bench:{token}'.encode()).decode()}\r\n"
 
-    def gateway_toml(self, kind: str, storage: Path) -> Path:
+    def gateway_toml(self, kind: str, storage: Path, gateway_id: str | None = None) -> Path:
         if kind == "gateway" and self.args.gateway_config:
             return Path(self.args.gateway_config).resolve()
-        path = storage.parent / (storage.name + ".toml")
-        text = "# written by scripts/bench.py\n[storage]\n" f"dir = {json.dumps(str(storage))}\n"
+        path = storage.parent / (storage.name + (f"-{gateway_id}" if gateway_id else "") + ".toml")
+        text = "# written by scripts/bench.py\n"
+        if gateway_id:  # one of several gateways writing one store, behind the load balancer
+            text += f"[gateway]\nid = {json.dumps(gateway_id)}\n"
+        text += "[storage]\n" f"dir = {json.dumps(str(storage))}\n"
         if kind != "capture":
             text += f"signing_key = {json.dumps(str(self.signing_key))}\n"
         if kind == "capture":
@@ -623,7 +636,7 @@ class Bench:
         path.write_text(text)
         return path
 
-    def proxy_cmd(self, kind: str, port: int, storage: Path | None) -> list[str]:
+    def proxy_cmd(self, kind: str, port: int, storage: Path | None, gateway_id: str | None = None) -> list[str]:
         up = self.upstream_port
         if self.args.tls:
             conf = self.work / f"confdir-{port}"
@@ -639,20 +652,25 @@ class Bench:
             script = Path(self.args.gateway_script)
             if not script.is_absolute():
                 script = ROOT / script
-            cmd += ["-s", str(script), "--set", f"wiretrail_config={self.gateway_toml(kind, storage)}"]
+            cmd += ["-s", str(script), "--set", f"wiretrail_config={self.gateway_toml(kind, storage, gateway_id)}"]
         return cmd + list(self.args.mitmdump_arg)
 
-    def start_proxy(self, kind: str, tag: str) -> Target:
+    def start_proxy(self, kind: str, tag: str, storage: Path | None = None, gateway_id: str | None = None) -> Target:
         port = free_port()
-        storage = None
-        if kind in ("gateway", "capture"):
+        if kind in ("gateway", "capture") and storage is None:
             storage = self.work / f"sessions-{tag}"
             storage.mkdir()
         log = self.work / f"{tag}.log"
         t = Target(kind, port, self.upstream_port, connect=self.args.tls, connect_extra=self.connect_extra,
                    log=log, storage=storage)
-        t.proc = self.procs.spawn(self.proxy_cmd(kind, port, storage), log, cwd=str(ROOT))
+        t.gateway_id = gateway_id
+        t.proc = self.procs.spawn(self.proxy_cmd(kind, port, storage, gateway_id), log, cwd=str(ROOT))
         return t
+
+    def lb_target(self, lb, tag: str) -> Target:
+        """The load balancer in front of gateways (scripts/fleet_lb.py) as a path to measure."""
+        return Target("gateway", lb.port, self.upstream_port, connect_extra=self.connect_extra, log=lb.log,
+                      proc=lb.proc)
 
     def ready(self, t: Target, what: str) -> None:
         wait_listening(t.port, t.proc, t.log, what, timeout=60)
@@ -863,6 +881,9 @@ class Bench:
                     c.close()
         for p in conns:
             self.put("throughput_rps", p, round(done[p] / elapsed[p], 1) if elapsed[p] else None)
+
+    def run_streamcpu(self) -> None:
+        bench_fleet.run_stream_cpu(self, self.sizes.stream_replies)
 
     # -- memory with many slow streams --------------------------------------------------
 
@@ -1096,6 +1117,11 @@ ROWS = [
     ("upload_p50_ms", "1 MiB request body p50 (ms)", True),
     ("upload_p99_ms", "1 MiB request body p99 (ms)", True),
     ("throughput_rps", "requests/s, {c} clients", True),
+    ("stream_cpu_ms", "CPU per streamed reply (ms)", True),
+    ("burst100_first_p50_ms", "100 sessions opening at once, first event p50 (ms)", True),
+    ("burst100_first_p99_ms", "100 sessions opening at once, first event p99 (ms)", True),
+    ("burst500_first_p50_ms", "500 sessions opening at once, first event p50 (ms)", True),
+    ("burst500_first_p99_ms", "500 sessions opening at once, first event p99 (ms)", True),
     ("rss_idle_mib", "RSS before {n} streams (MiB)", True),
     ("rss_peak_mib", "peak RSS, {n} slow streams (MiB)", True),
     ("rss_per_stream_mib", "RSS per open stream (MiB)", True),
@@ -1132,7 +1158,7 @@ class TargetCheck:
 
 
 IDENTITY_LIMIT_MS = 0.2
-ENFORCED = {2: (2, 3), 7: (7,)}  # --targets N: the issues --check enforces
+ENFORCED = {2: (2, 3), 7: (7,), 23: (23,)}  # --targets N: the issues --check enforces
 
 TARGETS = [
     TargetCheck(3, f"identity + swap over capture-only: small JSON p50 <= +{IDENTITY_LIMIT_MS} ms",
@@ -1150,6 +1176,11 @@ TARGETS = [
                 "<=", 8.0, "value"),
     TargetCheck(7, "artifact >= 50x smaller than the raw JSON", "artifact_ratio", ">=", 50.0, "value"),
     TargetCheck(7, "masker >= 50 MB/s (prompt-like text, whole catalogue, cold)", "masker_cold_mbps", ">=", 50.0,
+                "value"),
+    TargetCheck(23, "500 sessions opening at once: first event p50 <= 1.3x plain", "burst500_first_p50_ms",
+                "<=", 1.3),
+    TargetCheck(23, "CPU per streamed reply <= 1.3x plain", "stream_cpu_ms", "<=", 1.3),
+    TargetCheck(23, "two gateways behind the load balancer >= 1.5x one (requests/s)", "scale_ratio", ">=", 1.5,
                 "value"),
 ]
 
@@ -1239,7 +1270,7 @@ def parse_args(argv):
     p.add_argument("--only", default="", help=f"comma-separated subset of: {','.join(METRICS)}")
     p.add_argument("--json", metavar="FILE", help="write the results (and the machine) as JSON")
     p.add_argument("--check", action="store_true", help="exit 1 if a target of --targets fails")
-    p.add_argument("--targets", type=int, choices=(2, 7), default=2,
+    p.add_argument("--targets", type=int, choices=(2, 7, 23), default=2,
                    help="which targets --check enforces: 2 = issues 2 and 3 (the default), 7 = issue 7; "
                         "both sets are printed")
     p.add_argument("--tls", action="store_true",
@@ -1317,7 +1348,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.start_upstream()
         bench.setup_identity()
-        main_metrics = [m for m in ("small", "sse", "upload", "throughput") if m in args.only]
+        main_metrics = [m for m in ("small", "sse", "upload", "throughput", "streamcpu") if m in args.only]
         if main_metrics:
             bench.start_paths()
             bench.warm_up()
@@ -1325,6 +1356,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench: {m} ...", file=sys.stderr, flush=True)
                 getattr(bench, "run_" + m)()
             bench.finish_main()
+        if "sessions" in args.only:
+            print("bench: sessions ...", file=sys.stderr, flush=True)
+            bench_fleet.run_sessions(bench, sizes.bursts, sizes.burst_rounds)
+        if "scale" in args.only:
+            print("bench: scale ...", file=sys.stderr, flush=True)
+            if args.tls or args.gateway_config or args.gateway_script == "none":
+                bench.notes.append("scale phase skipped: it runs in reverse mode with the generated config only")
+            else:
+                bench_fleet.run_scale(bench, sizes.scale_seconds, sizes.scale_clients)
         if "rss" in args.only:
             print("bench: rss ...", file=sys.stderr, flush=True)
             bench.run_rss()
@@ -1367,12 +1407,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: the machine was busy before the run (load average {info['load_before']:.1f} on "
               f"{info['nproc']} CPUs); absolute figures are noisy, the interleaved ratios less so\n")
     print(render_table(bench.results, sizes))
+    scale = bench.results.get("scale_rps")
+    if scale:
+        print(f"\nbehind HAProxy (scripts/fleet_lb.py), {sizes.scale_clients} clients: one gateway "
+              f"{fmt(scale.get('1gw'))} requests/s, two gateways {fmt(scale.get('2gw'))} requests/s "
+              f"({fmt(bench.results.get('scale_ratio', {}).get('gateway'))}x); "
+              f"{fmt(bench.results.get('scale_recorded', {}).get('gateway'))} http.request records for "
+              f"{fmt(bench.results.get('scale_sent', {}).get('gateway'))} requests sent")
     gateway_is = ("--gateway-config " + args.gateway_config if args.gateway_config else
                   "identity (HS256 dev token) + allow_groups + credential swap on")
     print(f"\ngateway: {gateway_is}; capture-only: identity \"none\", no connections "
           f"(run in the small JSON and SSE phases only)")
     for issues, title in (((2, 3), "targets (issues 2 and 3)"),
-                          ((7,), "later targets (issue 7, informational unless --targets 7)")):
+                          ((7,), "later targets (issue 7, informational unless --targets 7)"),
+                          ((23,), "fleet targets (issue 23, informational unless --targets 23)")):
         print(f"\n{title}:")
         for c in checks:
             if c["issue"] not in issues:

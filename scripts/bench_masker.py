@@ -1,26 +1,38 @@
 """Masker throughput on prompt-like text (code and prose with a few secrets), one core.
 
     .venv/bin/python scripts/bench_masker.py [--mb 4] [--rounds 5]
+    .venv/bin/python scripts/bench_masker.py --bodies [--rounds 9] [--tree DIR]
 
 Reports MB/s for the whole catalogue, recursive decoding on: cold (every text new, nothing
 cached), warm (the same texts again: what an agent resending its history costs), streamed (a StreamMasker fed
 64 KiB pieces, as a streamed request body is), cold again on texts where some planted
 secrets are base64- or hex-encoded (so decoding has work) and, where it is installed,
 detect-secrets' scanner on the same corpus as a reference ratio (`pip install detect-secrets`).
+
+--bodies: milliseconds of CPU to mask one large body of each kind (1 MiB of hex, of base64,
+of text, of JSON, ...) and a batch of small JSON replies, through `mask_body` as the writer
+does, cache cleared before each; median of the rounds; with the catalogue alone and with two
+known secrets added (the gateway always has its credentials as known secrets). `--tree DIR` imports the masker from
+another checkout (an older commit, `git archive <commit> recorder | tar -x -C DIR`) to compare.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import random
+import statistics
 import string
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+TREE = ROOT
+if "--tree" in sys.argv[:-1]:  # before the import below: the masker of another checkout
+    TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()
+sys.path.insert(0, str(TREE))
 
 from recorder.masking import Masker, StreamMasker  # noqa: E402
 
@@ -64,6 +76,70 @@ def corpus(size: int, seed: int = 7, encoded: bool = False) -> list[bytes]:
         texts.append(bytes(chunk))
         total += len(chunk)
     return texts
+
+
+MIB = 1 << 20
+
+
+def bodies(seed: int = 11) -> list[tuple[str, str, list[bytes]]]:
+    """(name, content type, bodies) of the large-body benchmark: each kind 1 MiB in all."""
+    rng = random.Random(seed)
+    noise = rng.randbytes(MIB)
+    code = "".join(p.read_text() for p in sorted((ROOT / "recorder").rglob("*.py")) if "masking" not in p.parts)
+    prose = "".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")) if p.name != "masking.md")
+    text = ((code + "\n" + prose) * 4).encode()[:MIB]
+    text = text[:MIB // 2] + b' api_key = "' + "".join(rng.choice(string.ascii_letters) for _ in range(32)).encode() \
+        + b'" ' + text[MIB // 2:]
+    text = text[:MIB]
+    b64 = base64.b64encode(noise)[:MIB]
+    lines = b"\n".join(b64[i:i + 76] for i in range(0, MIB, 77))[:MIB]
+    messages, size = [], 0
+    while size < MIB - 2048:
+        at = rng.randrange(0, len(text) - 4096)
+        content = text[at:at + rng.randrange(256, 4096)].decode("utf-8", "replace")
+        messages.append({"role": rng.choice(["user", "assistant"]), "content": content})
+        size += len(content) + 40
+    chat = json.dumps({"model": "m", "messages": messages}).encode()
+    image = json.dumps({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64[:MIB - 200].decode()}}]}]}).encode()
+    small = []
+    for i in range(1000):
+        at = rng.randrange(0, len(text) - 1024)
+        small.append(json.dumps({"id": f"chatcmpl-{rng.getrandbits(64):x}", "object": "chat.completion",
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text[
+                                     at:at + rng.randrange(200, 900)].decode("utf-8", "replace")}}],
+                                 "usage": {"prompt_tokens": i, "completion_tokens": 7}}).encode())
+    return [
+        ("hex, 1 MiB (random bytes)", "application/octet-stream", [noise.hex().encode()[:MIB]]),
+        ("base64, 1 MiB, one run", "application/octet-stream", [b64]),
+        ("base64, 1 MiB, 76-char lines", "text/plain", [lines]),
+        ("text, 1 MiB (code and docs)", "text/plain", [text]),
+        ("JSON chat, 1 MiB", "application/json", [chat]),
+        ("JSON with a base64 image, 1 MiB", "application/json", [image]),
+        ("1000 small JSON replies (%d KiB)" % (sum(map(len, small)) // 1024), "application/json", small),
+    ]
+
+
+def measure_bodies(rounds: int) -> list[tuple[str, int, float, float]]:
+    """(name, bytes, median ms of CPU, the same with known secrets) for each kind of bodies().
+    Known secrets (the gateway's credentials, as it always has) make every base64/hex run
+    worth decoding: nothing shows where they sit."""
+    rng = random.Random(5)
+    known = ["sk-" + "".join(rng.choice(string.ascii_letters) for _ in range(40)) for _ in range(2)]
+    maskers = [Masker(os.urandom(32)), Masker(os.urandom(32), known_secrets=known)]
+    out = []
+    for name, ctype, items in bodies():
+        times: list[list[float]] = [[], []]
+        for _ in range(rounds):
+            for masker, got in zip(maskers, times):  # interleaved
+                masker.clear_cache()
+                t = time.process_time()
+                for x in items:
+                    masker.mask_body(x, ctype)
+                got.append(time.process_time() - t)
+        out.append((name, sum(map(len, items)), statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3))
+    return out
 
 
 def rate(nbytes: int, seconds: float) -> float:
@@ -133,6 +209,14 @@ def bench(mb: float, rounds: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=4.0, help="corpus size in MB (default 4)")
-    ap.add_argument("--rounds", type=int, default=3, help="best of this many rounds (default 3)")
+    ap.add_argument("--rounds", type=int, default=3, help="best (--bodies: median) of this many rounds (default 3)")
+    ap.add_argument("--bodies", action="store_true", help="ms to mask large bodies of each kind, and small ones")
+    ap.add_argument("--tree", help="import the masker from this checkout instead (compare with an older commit)")
     a = ap.parse_args()
-    bench(a.mb, a.rounds)
+    if a.bodies:
+        print(f"masker from {TREE}; ms of CPU per body kind, median of {a.rounds}")
+        print(f"{'':38} {'catalogue':>10} {'+ known secrets':>16}")
+        for name, nbytes, ms, known_ms in measure_bodies(a.rounds):
+            print(f"{name:38} {ms:7.1f} ms {known_ms:13.1f} ms")
+    else:
+        bench(a.mb, a.rounds)

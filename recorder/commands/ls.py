@@ -251,19 +251,19 @@ def run(args: argparse.Namespace) -> int:
 
 class _States:
     """A session's state as `verify` words it: an unsealed one is "open" while the gateway that
-    writes it runs, else "unsealed (gateway stopped)" (recorder/store/live.py). The ledger is
-    read once, and only if some session is unsealed."""
+    writes it runs, else "unsealed (gateway stopped)" (recorder/store/live.py). Each ledger (one
+    per gateway store, several under a fleet root) is read once, and only for unsealed sessions."""
 
     def __init__(self, d: Path):
         self.d = d
-        self._ledger = None
+        self._ledgers: dict[Path | None, tuple[dict, Path | None]] = {}
 
     def word(self, s: SessionSummary) -> str:
         if s.state != "unsealed":
             return s.state
-        if self._ledger is None:
-            path = find_ledger(self.d)
-            self._ledger = (read_ledger(path).state.sessions, path.parent) if path is not None else ({}, None)
-        entries, store = self._ledger
+        path = find_ledger(Path(s.path))
+        if path not in self._ledgers:
+            self._ledgers[path] = (read_ledger(path).state.sessions, path.parent) if path is not None else ({}, None)
+        entries, store = self._ledgers[path]
         entry = entries.get(s.session_id)
         return unsealed_state(entry.state if entry is not None else None, store)

@@ -66,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
     if not store.is_dir():
         return _fail(f"no session store at {store}: no such directory (give --dir STORE, or --config with "
                      "storage.dir; the gateway makes it at its first session)")
+    from recorder.store import fleet
+
+    if fleet.is_fleet_root(store):
+        parts = ", ".join(str(p) for p in fleet.store_paths(store)[0]) or "none yet"
+        return _fail(f"{store} holds the stores of several gateways; the review page reads one store with its "
+                     f"ledger: give --dir one gateway's part ({parts}). `wiretrail verify`, `ls` and `show` take "
+                     "the whole root")
     identity = config.identity
     if identity.mode != "jwt":
         return _fail(f'{where}: identity.mode is "{identity.mode}": the review page shows sessions to verified '

@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return verify.USAGE
-    report = verify.verify_paths(args.paths, verifiers or None, anchors, anchored, need_ledger=not args.no_ledger)
+    report = verify.verify_paths(args.paths, verifiers or None, anchors, anchored, need_ledger=not args.no_ledger,
+                                 uploaded_copy=getattr(args, "from_bucket", False))
     report.anchor_issues[:0] = anchor_problems
     for v in report.files:
         for line in v.describe():

@@ -274,6 +274,27 @@ def _cost(key) -> int:
     return (len(key[0]) + len(key[1]) if isinstance(key, tuple) else len(key)) * 2 + 100
 
 
+def _forms_pattern(forms: list[bytes]):
+    """One pattern that finds any of the forms (RE2), or the forms themselves without RE2."""
+    if not forms:
+        return None
+    if _re2 is None:
+        return forms
+    opts = _re2_options()
+    opts.max_mem = 64 << 20  # an alternation of a few thousand literals: room for its DFA
+    return _re2.compile(b"|".join(re.escape(f) for f in forms), opts)
+
+
+_HEX_TEXT = (_re2.compile(decoding.HINTS[2], _re2_options()) if _re2 is not None
+             else re.compile(decoding.HINTS[2]))
+# Signs that decoding could find something where no keyword shows (may_decode): any run
+# long enough (when every run is decoded), a %XX, an escape, hex that encodes text.
+_ANY_RUN = rb"[A-Za-z0-9+/_\-]{%d}" % decoding.MIN_RUN
+_EVERY_SIGNS = (_re2.compile(b"|".join((_ANY_RUN,) + decoding.HINTS), _re2_options()) if _re2 is not None
+                else re.compile(b"|".join((_ANY_RUN,) + decoding.HINTS)))
+
+
+SHORT_TEXT = 4096  # texts up to this size get the prefilter that also looks for encoded forms
 MIN_SECRET_TEXT = 6  # no rule matches fewer bytes than this (known secrets are 8 or more)
 # Short texts are cached too: JSON keys such as "prompt_tokens" name a rule keyword, so
 # each costs a regex run, and they recur in every reply.
@@ -314,20 +335,41 @@ class Masker:
                     self._keywords.append(b)
                     self._kw_rules.append([])
                 self._kw_rules[index[b]].append(r)
-        # The same prefilter pass looks for the keywords base64- or hex-encoded: only a text
-        # that holds one has its encoded runs decoded (decoding.py), unless a rule has no keyword.
+        # Encoded forms of the keywords (base64 or hex): only a text that holds one has its
+        # base64/hex runs decoded (decoding.py), unless a rule has no keyword. One alternation,
+        # searched apart from the prefilter: it stops at the first form (a random base64 blob
+        # holds one within a few KiB), where a set of thousands of forms reads every byte and
+        # its DFA grows large on base64 text.
         self._encoded = sorted({f for kw in self._keywords for f in decoding.keyword_forms(kw)} - set(self._keywords))
+        self._forms = _forms_pattern(self._encoded)
+        self._signs = None  # a keyword's encoded form or a decoding hint (may_decode)
+        if _re2 is not None:
+            opts = _re2_options()
+            opts.max_mem = 64 << 20
+            self._signs = _re2.compile(b"|".join([re.escape(f) for f in self._encoded] + list(decoding.HINTS)), opts)
         self._set = None
         if _re2 is not None and self._keywords:
             s = _re2.Set.SearchSet(_re2_options())
             for kw in self._keywords:
                 s.Add(b"(?i)" + re.escape(kw))
-            for form in self._encoded:  # encoded forms are case-sensitive
-                s.Add(re.escape(form))
-            for pattern in decoding.HINTS:  # a %XX, a \\u escape: runs worth decoding
+            for pattern in decoding.HINTS:  # a %XX, a \\u escape, hex that encodes text
                 s.Add(pattern)
             s.Compile()
             self._set = s
+        # The same with the keywords' encoded forms as one more pattern: for a short text, one
+        # pass also says whether decoding has work (a long one searches the forms apart, lazily).
+        self._set_small = None
+        if self._set is not None and self._encoded:
+            opts = _re2_options()
+            opts.max_mem = 64 << 20
+            s = _re2.Set.SearchSet(opts)
+            for kw in self._keywords:
+                s.Add(b"(?i)" + re.escape(kw))
+            for pattern in decoding.HINTS:
+                s.Add(pattern)
+            s.Add(b"|".join(re.escape(f) for f in self._encoded))
+            s.Compile()
+            self._set_small = s
         # streaming: rules whose keyword comes after the match start get a partial check always
         self._unanchored = [r for r in self.rules if not r.rule.anchored]
         self._long = {r for r in self.rules if r.rule.long}
@@ -355,15 +397,41 @@ class Masker:
     # -- finding ----------------------------------------------------------------------
 
     def _prefilter(self, data: bytes) -> list[int]:
-        """Indexes of the keywords (then of their encoded forms) that occur in data."""
+        """Indexes of the keywords that occur in data, then (from len(keywords) on) of the
+        decoding HINTS that do; for a short text, then also whether a keyword's encoded form
+        does (_forms_in)."""
+        if self._set_small is not None and len(data) <= SHORT_TEXT:
+            return self._set_small.Match(data) or []
         if self._set is not None:
             return self._set.Match(data) or []
         low = data.lower()
         n = len(self._keywords)
-        m = n + len(self._encoded)
         return [i for i, kw in enumerate(self._keywords) if kw in low] + \
-            [n + i for i, form in enumerate(self._encoded) if form in data] + \
-            [m + i for i, p in enumerate(decoding.HINTS) if re.search(p, data)]
+            [n + i for i, p in enumerate(decoding.HINTS) if re.search(p, data)]
+
+    def has_encoded_keyword(self, data: bytes) -> bool:
+        """Whether a keyword occurs base64- or hex-encoded in data (one of its forms)."""
+        if self._forms is None:
+            return False
+        if isinstance(self._forms, list):  # no RE2: one substring search per form
+            return any(f in data for f in self._forms)
+        return self._forms.search(data) is not None
+
+    def encoded_keywords_gate(self, data: bytes, hex_text: bool) -> decoding.Gate:
+        """Where keywords' encoded forms start in data (with `hex_text`, also 48+ hex digits
+        that encode text: an encoding of an encoding), found as decoding asks."""
+        if isinstance(self._forms, list):  # no RE2: every position at once, by substring search
+            at = []
+            for f in self._forms:
+                i = data.find(f)
+                while i >= 0:
+                    at.append(i)
+                    i = data.find(f, i + 1)
+            if hex_text:
+                at += [m.start() for m in _HEX_TEXT.finditer(data)]
+            return decoding.Gate(data, positions=sorted(at))
+        patterns = [self._forms] if self._forms is not None else []
+        return decoding.Gate(data, patterns + [_HEX_TEXT] if hex_text else patterns)
 
     def candidates(self, data: bytes, hits: list[int] | None = None) -> list[CompiledRule]:
         """The rules whose keywords occur in data (case-insensitive), in catalogue order."""
@@ -388,15 +456,44 @@ class Masker:
         n = len(self._keywords)
         return [self._keywords[i] for i in self._prefilter(data) if i < n]
 
+    def _forms_in(self, data: bytes, hits: list[int]) -> bool | None:
+        """Whether a keyword's encoded form occurs in data, when the prefilter's hits say
+        (a short text); None when they do not."""
+        if self._set_small is not None and len(data) <= SHORT_TEXT:
+            return len(self._keywords) + len(decoding.HINTS) in hits
+        return None
+
+    def may_decode(self, data: bytes) -> bool:
+        """Whether decoding could find a secret in data where no keyword shows: data holds a
+        keyword's encoded form, a %XX, an escape or hex that encodes text; when every run is
+        decoded (a rule has no keyword, or there are known secrets), any run long enough."""
+        if self._always or self.known:
+            return _EVERY_SIGNS.search(data) is not None
+        if self._signs is None:  # no RE2
+            return self.has_encoded_keyword(data) or any(re.search(p, data) for p in decoding.HINTS)
+        return self._signs.search(data) is not None
+
+    def keywords_and_signs(self, data: bytes) -> tuple[list[bytes], bool]:
+        """The rule keywords (lowercase) that occur in data, and whether data shows a sign of
+        an encoded run that decoding would look into: a %XX, an escape, hex that encodes text,
+        a keyword's encoded form (always, when every base64/hex run is decoded)."""
+        hits = self._prefilter(data)
+        n = len(self._keywords)
+        every, hex_text, pct, esc = self.decode_hints(hits)
+        forms = self._forms_in(data, hits)
+        signs = every or hex_text or pct or esc or (self.has_encoded_keyword(data) if forms is None else forms)
+        return [self._keywords[i] for i in hits if i < n], signs
+
     def known_secret_in(self, data: bytes) -> bool:
         found: list[Span] = []
         self.known.find(data, found, self)
         return bool(found)
 
-    def find(self, data: bytes) -> list[Span]:
+    def find(self, data: bytes, budget: decoding.Budget | None = None) -> list[Span]:
         """Every secret in data, non-overlapping, sorted by start: found directly, or inside
-        encoded runs (recorder/masking/decoding.py), reported where the encoded text carries it."""
-        return self._find(data, 0, [len(data) + decoding.BUDGET_FLOOR])
+        encoded runs (recorder/masking/decoding.py), reported where the encoded text carries it.
+        `budget` bounds (and counts) the decoding work; by default one sized for data."""
+        return self._find(data, 0, decoding.Budget(len(data)) if budget is None else budget)
 
     def find_direct(self, data: bytes, hits: list[int] | None = None) -> list[Span]:
         """Every secret the rules find in data as it is (no decoding)."""
@@ -406,43 +503,67 @@ class Masker:
             rule.find(data, found)
         return self._resolve(data, found)
 
-    def decode_hints(self, hits: list[int]) -> tuple[bool, bool, bool]:
-        """From the prefilter's hits: whether data may hold an encoded keyword (base64 or hex: a
-        keyword's encoded form, or hex that encodes text; always when a rule has no keyword or there
-        are known secrets), a %XX, a \\u escape."""
+    def decode_hints(self, hits: list[int]) -> tuple[bool, bool, bool, bool]:
+        """From the prefilter's hits: whether every base64/hex run is to be decoded (a rule
+        has no keyword, or there are known secrets: nothing shows where they sit), whether
+        there is hex that encodes text, a %XX, a \\u escape."""
         n = len(self._keywords)
-        m = n + len(self._encoded)
-        b64 = bool(self._always or self.known) or any(n <= i < m for i in hits) or m + 2 in hits
-        return b64, m in hits, m + 1 in hits
+        return bool(self._always or self.known), n + 2 in hits, n in hits, n + 1 in hits
 
-    def _find(self, data: bytes, depth: int, budget: list[int]) -> list[Span]:
+    def _find(self, data: bytes, depth: int, budget: decoding.Budget) -> list[Span]:
         hits = self._prefilter(data)
         chosen = self.find_direct(data, hits)
         if len(data) < decoding.MIN_RUN:
             return chosen
-
-        def covered(s, e):
-            return any(c.start <= s and e <= c.end for c in chosen)
-
-        b64, pct, esc = self.decode_hints(hits)
+        every, hex_text, pct, esc = self.decode_hints(hits)
+        # Base64/hex runs are decoded where they hold a keyword's encoded form or hex that
+        # encodes text (`gate`), or all of them when `every`.
+        if every:
+            gate, b64 = None, True
+        elif not hex_text and self._forms_in(data, hits) is False:
+            gate, b64 = None, False  # a short text without an encoded form: nothing to decode
+        else:
+            gate = self.encoded_keywords_gate(data, hex_text)
+            b64 = gate.next(0) >= 0
         if not (b64 or pct or esc):
             return chosen
+        starts = [c.start for c in chosen]
+
+        def covered(s, e):  # chosen is sorted and does not overlap: one bisect
+            i = bisect.bisect_right(starts, s) - 1
+            return i >= 0 and e <= chosen[i].end
+
         extra = decoding.encoded_spans(lambda text, d: self._find(text, d, budget), data, covered, depth, budget,
-                                       b64, pct, esc, self._worth_decoding)
-        for x in self._resolve(data, extra) if extra else ():
-            over = [c for c in chosen if c.start < x.end and x.start < c.end]
+                                       b64, pct, esc, self._worth_decoding, gate)
+        if extra:
+            chosen = self._merge(chosen, self._resolve(data, extra))
+        return chosen
+
+    @staticmethod
+    def _merge(chosen: list[Span], extra: list[Span]) -> list[Span]:
+        """Secrets found decoded added to those found directly. One that reaches further
+        than a direct one it overlaps (a PEM block whose rest is behind \\u escapes) widens it
+        into one span; one inside a direct secret adds nothing."""
+        for x in extra:
+            lo = bisect.bisect_left([c.end for c in chosen], x.start + 1)
+            over = []
+            i = lo
+            while i < len(chosen) and chosen[i].start < x.end:
+                over.append(chosen[i])
+                i += 1
             if any(c.start <= x.start and x.end <= c.end for c in over):
                 continue
-            # Decoded, the secret reaches further than the raw text showed (a PEM block whose
-            # rest is behind \u escapes): one span covers both.
             start, end = min([x.start] + [c.start for c in over]), max([x.end] + [c.end for c in over])
-            chosen = sorted([c for c in chosen if c not in over] + [Span(start, end, x.rule, x.secret)],
-                            key=lambda sp: sp.start)
+            chosen = chosen[:lo] + [Span(start, end, x.rule, x.secret)] + chosen[i:]
         return chosen
 
     def _worth_decoding(self, text: bytes) -> bool:
-        """Decoded text is scanned only when the prefilter sees something in it."""
-        return bool(self._always or self.known or self._prefilter(text))
+        """Decoded text is scanned only when the prefilter sees something in it, or it holds
+        a keyword's encoded form (an encoding of an encoding)."""
+        if self._always or self.known:
+            return True
+        hits = self._prefilter(text)
+        return bool(hits) or (self._forms_in(text, hits) is None and self.has_encoded_keyword(text))
 
     def _resolve(self, data: bytes, found: list[Span]) -> list[Span]:
         if not found:

@@ -1,1 +1,1 @@
-"""The store: sessions, their files, the ledger (issue 16 moves the flat store modules here)."""
+"""The session store: writing, ledgers, signing, recovery, retention, object storage."""

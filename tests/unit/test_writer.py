@@ -2,6 +2,7 @@
 import gzip
 import hashlib
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.ids import is_session_id, new_session_id
 from recorder.sessions import SessionRegistry
 from recorder import writer as writer_module
+from recorder.store.syncer import Syncer
 from recorder.writer import RecordWriter, StorageError
 from tests.support.acks import wait_ack
 
@@ -158,8 +160,13 @@ def test_batch_fsync_waits_one_interval_after_the_first_write_of_a_group(tmp_pat
     monkeypatch.setattr(writer_module, "COALESCE", 5.0)  # only the interval decides here
     w = RecordWriter(fsync="batch", fsync_interval=0.3)
     synced = []
-    real = w._fsync_fd
-    monkeypatch.setattr(w, "_fsync_fd", lambda sf: (synced.append(time.monotonic()), real(sf)))
+    # the group's session files are fsynced on the syncer thread (recorder/store/syncer.py)
+    def fsync(fd):  # session files only, not their directory
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            synced.append(time.monotonic())
+        os.fsync(fd)
+
+    monkeypatch.setattr(Syncer, "fsync", staticmethod(fsync))
     w.start()
     w.open_session("s", tmp_path / "s.jsonl.zst", 1.0, {})
 
@@ -324,3 +331,36 @@ def test_stream_cut_inside_a_utf8_character_loses_no_byte():
     first = render_chunk(ChunkBytes(data, st))
     last = render_chunk(ChunkBytes(b"", st, final=True))
     assert format_v1.decode_body(first) + format_v1.decode_body(last) == data
+
+
+def test_a_slow_group_fsync_does_not_hold_up_the_next_records_ack(tmp_path, monkeypatch):
+    """Issue 23: the group fsync of "batch" (one per session file written: hundreds when hundreds
+    of sessions open at once) runs beside the writer; a record queued meanwhile is written and
+    acknowledged without waiting for it. The fsync still happens."""
+    release = threading.Event()
+    started = threading.Event()
+    real = os.fsync
+
+    def slow_fsync(fd):
+        started.set()
+        release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    w = RecordWriter(fsync="batch", fsync_interval=0.01)
+    w.start()
+    try:
+        w.open_session("a", tmp_path / "a.jsonl.zst", 1.0, {})
+        ack, done, box = wait_ack()
+        w.record("a", "http.request", 1.0, {"flow": "f1"}, ack)
+        assert done.wait(5) and box["err"] is None
+        assert started.wait(5), "the group fsync never started"
+        # The fsync of a's file is stuck; a new session's request must still be acknowledged.
+        w.open_session("b", tmp_path / "b.jsonl.zst", 2.0, {})
+        ack, done, box = wait_ack()
+        w.record("b", "http.request", 2.0, {"flow": "f2"}, ack)
+        assert done.wait(3), "the record waited for another file's fsync"
+        assert box["err"] is None
+    finally:
+        release.set()
+        assert w.stop(timeout=10)
