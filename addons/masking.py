@@ -21,7 +21,6 @@ goes through the masker before it is printed.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Callable
 
@@ -33,6 +32,7 @@ from addons.streaming import request_streams, response_streams
 from recorder.content_decoding import DecodeError, can_decode, decodable_codings, decoder_for
 from recorder.masking import Masker
 from recorder.masking.bodies import mask_body
+from recorder.masking.gateway import mask_key, signing_material
 
 log = logging.getLogger("wiretrail")
 
@@ -58,8 +58,10 @@ class Masking:
         """(Re)build the masker with every secret the gateway holds. Called at start and after the
         credentials are re-read (SIGHUP); secrets seen before stay known: old copies may still pass."""
         cfg = self.config_addon.current
-        self._known |= set(self.known_secrets()) | set(_signing_material(self.config_addon))
-        self.masker = Masker.from_config(cfg.masking, _mask_key(self.config_addon), known_secrets=sorted(self._known))
+        # One place builds what a gateway masks with (recorder/masking/gateway.py): mcp-stdio does too.
+        self._known |= set(self.known_secrets()) | set(signing_material(cfg))
+        self.masker = Masker.from_config(cfg.masking, mask_key(self.config_addon.signer),
+                                         known_secrets=sorted(self._known))
 
     # -- what is forwarded -------------------------------------------------------------------
 
@@ -236,28 +238,3 @@ def _mask_logs(masker_of) -> None:
         dumper = None
     if dumper is not None and not isinstance(getattr(dumper, "outfp", None), _MaskingWriter):
         dumper.outfp = _MaskingWriter(dumper.outfp, masker_of)
-
-
-def _signing_material(config: WiretrailConfig) -> list[str]:
-    cfg = config.current
-    material = []
-    if cfg.identity.hs256_secret is not None:
-        try:
-            material.append(cfg.identity.hs256_secret.read())
-        except Exception:  # the identity addon reports an unreadable secret
-            pass
-    if cfg.storage.signing_key is not None:
-        try:
-            material += [line for line in cfg.storage.signing_key.read_text().splitlines()
-                         if line and not line.startswith("-----")]
-        except OSError:
-            pass
-    return material
-
-
-def _mask_key(config: WiretrailConfig) -> bytes:
-    """The HMAC key of mask tags. Derived from the signing key when there is one, so one secret
-    keeps its tag across restarts; random per start otherwise."""
-    if config.signer is not None:
-        return config.signer.derived_key("mask-tags")
-    return os.urandom(32)

@@ -1,15 +1,15 @@
 """Refusing a flow: the answer the client gets, and the note capture records.
 
 Every addon that refuses (identity, policy, credentials, capture) goes through `refuse`,
-so a refusal always has the SDK's error shape, the right authenticate header, and a
-`flow.metadata[REFUSAL]` note from which capture records who tried. Setting
+so a refusal always has the SDK's error shape (a JSON-RPC error for an MCP client), the right
+authenticate header, and a `flow.metadata[REFUSAL]` note from which capture records who tried. Setting
 `flow.response` in `requestheaders` (or `http_connect`) means nothing goes upstream.
 """
 from __future__ import annotations
 
 from mitmproxy import http
 
-from recorder.error_bodies import api_error_body, looks_like_anthropic
+from recorder.error_bodies import api_error_body, header_text, looks_like_anthropic, looks_like_mcp, mcp_error_body
 
 REFUSAL = "wiretrail.refusal"  # flow.metadata: {"status", "reason", "message"}
 
@@ -17,9 +17,14 @@ REFUSAL = "wiretrail.refusal"  # flow.metadata: {"status", "reason", "message"}
 def error_response(flow: http.HTTPFlow, status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> http.Response:
     req = flow.request
-    anthropic = looks_like_anthropic(req.host or "", req.path or "", req.headers)
     hdrs = {"content-type": "application/json"}
     hdrs.update(headers or {})
+    if looks_like_mcp(req.path or "", req.headers):
+        if status == 401:  # RFC 6750, which MCP's authorization builds on: the reason in the header too
+            hdrs["www-authenticate"] = (f'Bearer realm="wiretrail", error="invalid_token", '
+                                        f'error_description="{header_text(message)}"')
+        return http.Response.make(status, mcp_error_body(status, code, message), hdrs)
+    anthropic = looks_like_anthropic(req.host or "", req.path or "", req.headers)
     return http.Response.make(status, api_error_body(status, code, message, anthropic=anthropic), hdrs)
 
 

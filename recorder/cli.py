@@ -19,6 +19,7 @@ COMMANDS = {
     "token": "token",
     "mask": "mask",
     "serve": "serve",
+    "mcp-stdio": "mcp_stdio",
 }
 
 

@@ -49,6 +49,9 @@ REQUIRED: dict[str, dict[str, object]] = {
     "tcp.message": {"flow": str, "from": str, "n": int, "body": dict},
     "tcp.close": {"flow": str, "messages": dict, "size": dict},
     "tcp.refused": {"conn": _ANY, "host": _STR_OR_NULL, "port": _ANY, "reason": str, "message": str},
+    "mcp.open": {"flow": str, "command": list, "pid": int},
+    "mcp.message": {"flow": str, "from": str, "n": int, "body": dict},
+    "mcp.close": {"flow": str, "by": str},
     "session.close": {"reason": str, "counts": dict},
     "checkpoint": {"key": str, "sig": str},
     "seal": {"key": str, "sig": str},
@@ -255,11 +258,11 @@ def _check_fields(seq: int, rec: dict) -> list[Problem]:
             out.append(Problem(seq, "field", f"{t}: field \"{key}\" has the wrong type or shape"))
     if t == "http.chunk" and rec.get("dir") not in ("request", "response", None):
         out.append(Problem(seq, "field", f"http.chunk: dir {rec.get('dir')!r} is not \"request\" or \"response\""))
-    if t in ("ws.message", "tcp.message") and rec.get("from") not in ("client", "server", None):
+    if t in ("ws.message", "tcp.message", "mcp.message") and rec.get("from") not in ("client", "server", None):
         out.append(Problem(seq, "field", f"{t}: from {rec.get('from')!r} is not \"client\" or \"server\""))
     if t == "ws.message" and rec.get("kind") not in ("text", "binary", None):
         out.append(Problem(seq, "field", f"ws.message: kind {rec.get('kind')!r} is not \"text\" or \"binary\""))
-    if t in ("http.request", "http.response", "http.chunk", "ws.message", "tcp.message") and isinstance(rec.get("body"), dict):
+    if t in ("http.request", "http.response", "http.chunk", "ws.message", "tcp.message", "mcp.message") and isinstance(rec.get("body"), dict):
         p = _check_body(seq, f"{t}: body", rec["body"])
         if p:
             out.append(p)

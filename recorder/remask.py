@@ -106,7 +106,10 @@ class _Streams:
         sm = self.open.get(key)
         if sm is None:
             sm = self.open[key] = self.masker.stream(self.ctypes.get(key))
-        out = sm.feed(data)
+        # The gateway's time bound on what a stream holds, at the record's time: text is not
+        # moved to a much later chunk (whose time would then be wrong), as the gateway did not.
+        ts = rec.get("ts")
+        out = sm.feed(data, now=ts if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None)
         if self.last.get(key) == i:
             out += sm.finish()
         return out
@@ -153,6 +156,15 @@ def _masked_fields(rm: _Remasker, streams: _Streams, i: int, rec: dict, fields: 
         fields["body"] = rm.body(b, streams.chunk(i, rec, format_v1.decode_body(b)))
     elif t == "http.error" and "message" in fields:
         fields["message"] = rm.text(fields["message"])
+    elif t == "mcp.message" and isinstance(fields.get("body"), dict):  # one stdio line (wiretrail mcp-stdio)
+        data, b = _stored(fields["body"])
+        fields["body"] = rm.body(b, masker.mask_body(data, "application/json"))
+    elif t in ("mcp.open", "mcp.close"):
+        if isinstance(fields.get("command"), list):
+            fields["command"] = [rm.text(a) if isinstance(a, str) else a for a in fields["command"]]
+        for key in ("cwd", "message"):
+            if isinstance(fields.get(key), str):
+                fields[key] = rm.text(fields[key])
     elif t == "auth.refused":
         if "url" in fields:
             fields["url"] = rm.text(fields["url"])

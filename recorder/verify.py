@@ -390,6 +390,20 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
     ledgers: dict[Path, LedgerVerdict] = {}
     seen: set[Path] = set()
     store_issues: list[str] = []
+    nearest: dict[Path, Path | None] = {}  # a file's directory -> the ledger it answers to
+
+    def ledger_of(f: Path) -> LedgerVerdict | None:
+        d = f.parent
+        if d not in nearest:
+            nearest[d] = find_ledger(f)
+        lpath = nearest[d]
+        if lpath is None:
+            return None
+        lv = ledgers.get(lpath)
+        if lv is None:
+            lv = ledgers[lpath] = LedgerVerdict(lpath, read_ledger(lpath, verifiers))
+        return lv
+
     expanded: list[Path] = []
     for p in map(Path, paths):  # a fleet's root: each gateway's store against its own ledger
         stores, stray = fleet.store_paths(p)
@@ -400,22 +414,31 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
             v.issues.append(Issue(None, f"not in any gateway's store: {p} holds the stores of several gateways "
                                         f"({fleet.GATEWAYS}/<id>/), and no ledger there names this file"))
     for p in expanded:
-        lpath = find_ledger(p)
-        lv = None
-        if lpath is not None:
-            lv = ledgers.get(lpath)
-            if lv is None:
-                lv = ledgers[lpath] = LedgerVerdict(lpath, read_ledger(lpath, verifiers))
+        # The ledger of the store p lies in, and those of the stores below it (`wiretrail
+        # mcp-stdio` keeps its sessions and its ledger in one of its own): each file answers to
+        # its nearest ledger.
+        governing: dict[Path, set[str]] = {}
+        top = find_ledger(p)
+        if top is not None:
+            governing[top] = set()
+            ledger_of(top)
+        if p.is_dir():
+            for sub in sorted(p.rglob(LEDGER_NAME)):
+                if sub.is_file():
+                    governing.setdefault(sub, set())
+                    ledger_of(sub)
         found = list(iter_session_files(p))
         signed_here: list[FileVerdict] = []
         for f in found:
+            lv = ledger_of(f)
+            if lv is not None:
+                governing.setdefault(lv.path, set()).add(_relative(f, lv.path.parent))
             if f.resolve() in seen:
                 continue
             seen.add(f.resolve())
             v = verify_file(f, verifiers)
             if lv is not None:
-                rel = _relative(f, lpath.parent)
-                check_against_ledger(v, lv.by_path.get(rel), lpath)
+                check_against_ledger(v, lv.by_path.get(_relative(f, lv.path.parent)), lv.path)
             elif verifiers and (v.read.open_record or {}).get("key") in {x.key_id for x in verifiers}:
                 signed_here.append(v)
             files.append(v)
@@ -426,10 +449,10 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
                 f"session file(s) here are signed by key {signed_here[0].read.open_record.get('key')}: a signed store "
                 "always has its ledger, so it was deleted or moved, and a deleted, swapped or planted session file "
                 "cannot be detected (for files copied out of their store on purpose, add --no-ledger)")
-        if lv is not None and p.is_dir():
-            scope = _relative(p, lpath.parent)
-            present = {_relative(f, lpath.parent) for f in found}
-            check_missing(lv, present, scope, uploaded_copy)
+        if p.is_dir():
+            for lpath, present in governing.items():
+                inside = _is_within(p, lpath.parent)
+                check_missing(ledgers[lpath], present, _relative(p, lpath.parent) if inside else "", uploaded_copy)
     report = Report(files, list(ledgers.values()), store_issues=store_issues)
     if anchored is not None:
         check_anchored(report, anchored, verifiers)
@@ -507,6 +530,14 @@ def check_anchored(report: Report, anchored: list[Anchor], verifiers: list[Verif
         lv.anchors = (f"        anchors: {len(group)} checked, the newest (taken {when(newest.ts)}) holds seq "
                       f"{newest.seq}" + (f"; {after} newer entr{'y is' if after == 1 else 'ies are'} not anchored "
                                           "yet" if after else "; nothing newer"))
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def _relative(path: Path, root: Path) -> str:

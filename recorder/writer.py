@@ -36,6 +36,7 @@ from recorder.anchors import Anchorer, AnchorSpec
 from recorder.bodies import BodyBytes, ChunkBytes, render_bodies
 from recorder.ws_masking import held_records
 from recorder.signing import Signer
+from recorder.store.fleet import STDIO_STORES
 from recorder.store.syncer import Syncer, fsync_dir
 
 Ack = Callable[[BaseException | None], None]
@@ -680,7 +681,9 @@ class RecordWriter:
         now = self.clock()
         start = {"host": os.uname().nodename, "pid": self.pid}
         if lg.created:
-            orphans = sum(1 for _ in self.storage_dir.rglob("*" + format_v1.FILE_SUFFIX))
+            # The stores of `wiretrail mcp-stdio` below it have ledgers of their own.
+            stdio = self.storage_dir / STDIO_STORES
+            orphans = sum(1 for f in self.storage_dir.rglob("*" + format_v1.FILE_SUFFIX) if stdio not in f.parents)
             if orphans:
                 # Signed, so that deleting the ledger cannot pass as a store that never had one.
                 start["ledger_missing"] = {"session_files": orphans}

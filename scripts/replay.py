@@ -4,6 +4,10 @@
     python scripts/replay.py SESSION --target https://sandbox:8443 --header 'Authorization: Bearer sk-sandbox'
     python scripts/replay.py SESSION --pg "host=sandbox-db dbname=app user=ro sslmode=require" [--allow-writes]
 
+An MCP session over HTTP is replayed as a session (recorder/protocols/mcp/replay.py):
+initialized again, the new session id used, the server's requests answered from the record,
+and the answers compared by JSON-RPC id.
+
 With --pg the session's database statements are re-run against a sandbox database instead
 (recorder/postgres/replay.py): reads only unless --allow-writes, and row counts and errors
 (SQLSTATE) are compared with the recorded ones. The password comes from PGPASSWORD.
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import orjson  # noqa: E402
 
 from recorder import replay  # noqa: E402
+from recorder.protocols.mcp import replay as mcp_replay  # noqa: E402
 from recorder.postgres import replay as pg_replay  # noqa: E402
 from recorder.commands.ls import safe  # noqa: E402
 from recorder.commands.show import NotFound, find_session  # noqa: E402
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.target is None) == (args.pg is None):
         print("replay: give --target URL (HTTP) or --pg CONNINFO (database), one of them", file=err)
         return 2
+    mcp_sessions: list = []
     try:
         path = find_session(args.session, args.dir, args.config)
         extra = [replay.parse_header(h) for h in args.header]
@@ -70,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             target = pg_replay.parse_target(args.pg)
         else:
             planned = replay.plan(read, args.target, flows=args.flow, only=args.only, extra_headers=extra)
+            planned, mcp_sessions = _mcp_sessions(read, planned)
     except (NotFound, replay.ReplayUsageError, pg_replay.ReplayUsageError) as e:
         print(f"replay: {e}", file=err)
         return 2
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for w in warnings + mask_warnings:
         print(f"replay: {safe(masker.mask_text(w))}", file=err)
-    if not planned:
+    if not planned and not (args.pg is None and mcp_sessions):
         print("replay: no request to replay (check --flow / --only)" if args.pg is None
               else "replay: the session has no database statement", file=err)
         return 2
@@ -102,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dry run: {len(planned)} request(s) to {args.target}; nothing is sent")
             for line in replay.dry_run_lines(planned, masker) + replay.notes(planned):
                 print(safe(masker.mask_text(line)))
+            for s, _ in mcp_sessions:
+                print(safe(masker.mask_text(
+                    f"MCP session {s.session_id or '-'} ({s.transport}), exchanges {sorted(s.indexes)}: re-initialized "
+                    f"and re-run as a session ({len([m for m in s.messages if m.sender == 'client'])} client message(s))")))
         return 0
     try:
         client = replay.make_client(insecure=args.insecure, ca=args.ca, timeout=args.timeout)
@@ -110,14 +121,56 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with client:
         results = [replay.send(p, client, masker) for p in planned]
+        mcp_results = [mcp_replay.replay_session(s, args.target, client, headers, timeout=args.timeout,
+                                                 compare=_mcp_compare(masker))
+                       for s, headers in ((s, _mcp_headers(ex, args.target, extra)) for s, ex in mcp_sessions)]
     if args.json:
         doc = {"session": read.session_id, "target": args.target, "dry_run": False,
-               "warnings": warnings, "flows": [replay.result_json(r) for r in results]}
+               "warnings": warnings, "flows": [replay.result_json(r) for r in results],
+               "mcp": [mcp_replay.report_json(r) for r in mcp_results]}
         sys.stdout.write(masker.mask_body(orjson.dumps(doc, option=orjson.OPT_INDENT_2), "application/json").decode() + "\n")
     else:
-        for line in replay.table(results) + replay.notes(planned):
-            print(safe(masker.mask_text(line)))
-    return 1 if any(r.error for r in results) else 0
+        if results:
+            for line in replay.table(results) + replay.notes(planned):
+                print(safe(masker.mask_text(line)))
+        for r in mcp_results:
+            for line in mcp_replay.report_lines(r):
+                print(safe(masker.mask_text(line)))
+    mcp_failed = any(r.error or any(c.error for c in r.calls) for r in mcp_results)
+    return 1 if any(r.error for r in results) or mcp_failed else 0
+
+
+def _mcp_sessions(read, planned):
+    """MCP sessions over HTTP are replayed as sessions (recorder/protocols/mcp/replay.py), never exchange by
+    exchange: (the other planned requests, [(MCP session, its first exchange)])."""
+    from recorder.protocols.mcp.session import sessions_of
+    from recorder.transcript.exchange import exchanges
+
+    sessions, of_flow = sessions_of(read.records, exchanges(read.records))
+    chosen = {p.exchange.flow for p in planned}
+    picked = [s for s in sessions if s.indexes and chosen & set(s.flows)]
+    mcp_flows = {f for s in picked for f in s.flows}
+    first = {}
+    for p in planned:
+        s = of_flow.get(p.exchange.flow)
+        if s in picked and id(s) not in first:
+            first[id(s)] = p.exchange
+    return [p for p in planned if p.exchange.flow not in mcp_flows], [(s, first[id(s)]) for s in picked]
+
+
+def _mcp_headers(ex, target, extra):
+    """The recorded initialize's headers, as a replayed request's (credentials dropped, the caller's added),
+    without what the MCP replay sets itself."""
+    own = {"mcp-session-id", "mcp-protocol-version", "accept", "content-type", "last-event-id"}
+    return [(k, v) for k, v in replay.plan_request(ex, target, extra).headers if k.lower() not in own]
+
+
+def _mcp_compare(masker):
+    def compare(recorded, live, masked):
+        a = orjson.loads(masker.mask_body(orjson.dumps(recorded), "application/json"))
+        b = orjson.loads(masker.mask_body(orjson.dumps(live), "application/json"))
+        return replay._json_diff(a, b, masked=masked)
+    return compare
 
 
 def _replay_database(args, read, warnings, planned, target) -> int:

@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
             "wiretrail verify shows them): exporting what is readable",
             file=sys.stderr,
         )
+    stdio = len({r.get("flow") for r in read.records if r.get("t") == "mcp.open"})
+    if stdio:  # HAR and mitmproxy flows hold HTTP; a stdio MCP session has none
+        print(f"wiretrail export: note: {stdio} MCP session(s) over stdio (wiretrail mcp-stdio) are not in the "
+              "export: they carried no HTTP; wiretrail show (or --json) reads them", file=sys.stderr)
     try:
         if args.har:
             doc = export_har(read)

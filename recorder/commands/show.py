@@ -23,7 +23,7 @@ from recorder.reader import SessionRead, read_session, summarize
 from recorder.verify import unsealed_word
 from recorder.transcript import build
 from recorder.transcript.rpc import Namer, body_summary, is_rpc_exchange, tree_lines
-from recorder.transcript.exchange import header as find_header
+from recorder.transcript.exchange import exchanges as flow_exchanges, header as find_header
 from recorder.transcript.render import TEXT_LIMIT, Style, turn_json, turn_lines
 
 PREVIEW_CHARS = 200
@@ -252,6 +252,24 @@ def _masked(read: SessionRead, config: str | None) -> SessionRead | None:
     return masked_read(read, masker)
 
 
+def mcp_sessions(records: list[dict]) -> tuple[list, dict, str | None]:
+    """The MCP sessions of a session file (recorder/protocols/mcp), which flow is whose, and why
+    they could not be read (recorded data is untrusted: then each exchange is shown on its own)."""
+    from recorder.protocols.mcp.session import sessions_of
+
+    try:
+        sessions, of_flow = sessions_of(records, flow_exchanges(records))
+        return sessions, of_flow, None
+    except Exception as e:  # noqa: BLE001 - a reader bug must not hide the exchanges
+        return [], {}, f"the MCP tool-call log could not be built ({type(e).__name__}: {e}); exchanges shown one by one"
+
+
+def mcp_lines(session, style, limit, safe) -> list[str]:
+    from recorder.protocols.mcp.render import session_lines
+
+    return session_lines(session, style, limit, safe)
+
+
 def load_descriptors(args: argparse.Namespace):
     """The descriptor sets of --descriptors, or of review.descriptor_sets in --config; None if none.
     Raises NotFound with a message when one cannot be read."""
@@ -274,7 +292,11 @@ def load_descriptors(args: argparse.Namespace):
 
 
 def transcript_json(read: SessionRead, descriptors=None) -> dict:
+    from recorder.protocols.mcp.render import session_json
+
     s = summarize(read)
+    sessions, of_flow, mcp_problem = mcp_sessions(read.records)
+    numbers = {id(m): k for k, m in enumerate(sessions)}
     opened = read.open_record or {}
     return {
         "session": s.session_id,
@@ -287,7 +309,10 @@ def transcript_json(read: SessionRead, descriptors=None) -> dict:
         "start": s.start,
         "end": s.end,
         "duration_s": s.duration,
-        "exchanges": [turn_json(t) for t in build(read.records, descriptors)],
+        "exchanges": [turn_json(t) | ({"mcp_session": numbers[id(of_flow[t.exchange.flow])]}
+                                      if t.exchange.flow in of_flow else {}) for t in build(read.records, descriptors)],
+        "mcp": [session_json(m) for m in sessions],
+        **({"mcp_problem": mcp_problem} if mcp_problem else {}),
         "database": [{k: v for k, v in e.items() if k != "record"} | ({"record": {
             k: v for k, v in e["record"].items() if k not in ENVELOPE}} if "record" in e else {})
             for e in sql_statements(read.records)],
@@ -335,17 +360,35 @@ def run(args: argparse.Namespace) -> int:
     last_system: dict = {}
     turns = build(read.records, descriptors)
     sql_log = sql_log_lines(read.records)  # database connections (recorder/postgres)
-    if not turns and not sql_log:
+    # MCP: each session's exchanges read as one tool-call log, where its first exchange was.
+    sessions, of_flow, mcp_problem = mcp_sessions(read.records)
+    if mcp_problem:
+        print(style("warn", safe(mcp_problem)))
+    shown: set[int] = set()
+    if not turns and not sql_log and not sessions:
         print("(no exchanges)")
     namer = Namer(descriptors)
     for i, turn in enumerate(turns):
-        for line in turn_lines(turn, style, limit, safe, last_system):
+        mcp = of_flow.get(turn.exchange.flow)
+        if mcp is not None:
+            if id(mcp) in shown:
+                continue
+            shown.add(id(mcp))
+            lines = mcp_lines(mcp, style, limit, safe)
+        else:
+            lines = turn_lines(turn, style, limit, safe, last_system)
+        for line in lines:
             print(line)
         ex = turn.exchange
         if args.tree and is_rpc_exchange(ex) and (i + 1 == len(turns) or turns[i + 1].exchange is not ex):
             for line in tree_lines(ex, namer):
                 print(safe(line))
         print()
+    for mcp in sessions:  # over stdio (wiretrail mcp-stdio): no HTTP exchange
+        if id(mcp) not in shown:
+            for line in mcp_lines(mcp, style, limit, safe):
+                print(line)
+            print()
     if sql_log:
         for line in sql_log:
             print(safe(line))

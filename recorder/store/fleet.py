@@ -18,6 +18,9 @@ from recorder import format_v1
 from recorder.ledger import LEDGER_NAME
 
 GATEWAYS = "gateways"  # the folder under storage.dir that holds one store per gateway id
+# The folder under storage.dir that holds the stores of `wiretrail mcp-stdio` processes (one per
+# host, user and slot, each with its own ledger), beside a single gateway's store or a fleet's.
+STDIO_STORES = "mcp-stdio"
 ID_PATTERN = r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?"  # a DNS label: a folder name everywhere
 _ID = re.compile(ID_PATTERN)
 
@@ -59,8 +62,10 @@ def store_paths(path: Path) -> tuple[list[Path], list[Path]]:
     if not path.is_dir() or not is_fleet_root(path):
         return [path], []
     gateways = path / GATEWAYS
+    stdio = path / STDIO_STORES
     stores = sorted(p for p in gateways.iterdir() if p.is_dir())
+    stores += sorted(p for p in stdio.iterdir() if p.is_dir()) if stdio.is_dir() else []
     stray = sorted(f for f in path.rglob("*" + format_v1.FILE_SUFFIX)
-                   if f.is_file() and gateways not in f.parents)
+                   if f.is_file() and gateways not in f.parents and stdio not in f.parents)
     stray += sorted(f for f in gateways.glob("*" + format_v1.FILE_SUFFIX) if f.is_file())
     return stores, stray

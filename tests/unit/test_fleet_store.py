@@ -129,3 +129,38 @@ def test_serve_on_a_fleet_root_names_the_parts_it_can_serve(fleet_root, tmp_path
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "holds the stores of several gateways" in r.stderr, r.stderr
     assert str(root / "gateways" / "gw1") in r.stderr and str(root / "gateways" / "gw2") in r.stderr
+
+
+def stdio_part(root: Path, slot: str, signer) -> Path:
+    """A `wiretrail mcp-stdio` store (its own ledger) under root/mcp-stdio/<slot>/."""
+    store = root / fleet.STDIO_STORES / slot
+    w = RecordWriter(fsync="never", storage_dir=store, signer=signer)
+    w.start()
+    reg = SessionRegistry(w, store, idle_timeout=60, max_duration=600, signing_key_id=signer.key_id)
+    s = reg.begin_flow("alice", IDENTITY, ("stdio", 1))
+    s.record("mcp.open", {"flow": "f", "command": ["server"], "pid": 1})
+    reg.end_flow(s)
+    reg.close_all()
+    assert w.stop(timeout=10)
+    return store
+
+
+@pytest.mark.parametrize("layout", ["fleet", "single"])
+def test_mcp_stdio_stores_verify_beside_a_fleet_or_a_single_gateway(tmp_path, fleet_root, layout):
+    root, verifiers = fleet_root
+    signer = signing.load_signer(next((tmp_path / "keys").glob("*.key")))
+    if layout == "single":  # one gateway without an id: its ledger at the top of the root
+        root = tmp_path / "single"
+        w = RecordWriter(fsync="never", storage_dir=root, signer=signer)
+        w.start()
+        reg = SessionRegistry(w, root, idle_timeout=60, max_duration=600, signing_key_id=signer.key_id)
+        reg.end_flow(reg.begin_flow("bob", IDENTITY, ("10.0.0.2", 4000)))
+        reg.close_all()
+        assert w.stop(timeout=10)
+    stdio_part(root, "host.0.0", signer)
+    # The gateways still start there, and verify checks the stdio files against their own ledger.
+    assert fleet.layout_problem(root, None if layout == "single" else "gw3") is None
+    report = verify.verify_paths([root], verifiers)
+    assert report.code == 0, report
+    assert any(lv.path.parent.name == "host.0.0" for lv in report.ledgers)
+    assert any("mcp.open" in {r.get("t") for r in v.read.records} for v in report.files)

@@ -182,15 +182,19 @@ def test_mcp_tools_call_json_and_sse(tmp_path, capsys):
                        sse({"jsonrpc": "2.0", "id": 3, "error": {"code": -32000, "message": "permission denied"}})])
     path = r.close()
     out = show(path, capsys)
-    assert "note: client claude-code 2.0" in out
-    assert '    client tool call query [2]: {"sql": "DROP TABLE users"}' in out
-    assert "  > server tool result query [2]: table dropped" in out
-    assert "(mcp, streamed)" in out
-    assert "  > server tool result query [3] (error): error -32000: permission denied" in out
-    assert "notifications/progress" in out
+    # One MCP session over three exchanges, read as a tool-call log (recorder/protocols/mcp).
+    assert "[1] 00:00:01.000  MCP session (Streamable HTTP) https://mcp.example.com/mcp  [llm]" in out
+    assert "    client claude-code 2.0 (capabilities: none)" in out
+    assert '  00:00:02.000  tool call query [2] {"sql": "DROP TABLE users"}  (100 ms)\n' in out
+    assert "                  result: table dropped" in out
+    assert "                  error -32000 server error: permission denied" in out
+    assert "notification notifications/progress" in out
     doc = show_json(path, capsys)
     assert [e["protocol"] for e in doc["exchanges"]] == ["mcp", "mcp", "mcp"]
-    assert doc["exchanges"][1]["new_messages"][0]["parts"][0]["arguments"] == {"sql": "DROP TABLE users"}
+    assert {e["mcp_session"] for e in doc["exchanges"]} == {0}
+    calls = [e for e in doc["mcp"][0]["log"] if e.get("tool") == "query"]
+    assert [c["arguments"] for c in calls] == [{"sql": "DROP TABLE users"}, {"sql": "SELECT 1"}]
+    assert calls[1]["error"] == {"code": -32000, "message": "permission denied"}
 
 
 def test_generic_refused_tunnel_and_signatures(tmp_path, capsys):
