@@ -59,7 +59,7 @@ class FlowCapture:
     __slots__ = (
         "flow_id", "flow", "session", "streams", "buffers", "buffered", "timers", "chunk_n", "wire", "refused",
         "ended", "completion", "request_recorded", "response_head", "finished", "request_acks", "request_done",
-        "response_waits", "abort", "unrecorded", "arrivals",
+        "response_waits", "abort", "unrecorded", "arrivals", "released_at",
     )
 
     def __init__(self, flow: http.HTTPFlow, session: Session):
@@ -90,6 +90,9 @@ class FlowCapture:
         self.response_waits = False  # its reply ended first (bidirectional): completed with the request
         self.abort: tuple[str, str] | None = None  # (phase, message) when the gateway ended the flow
         self.unrecorded = False  # fail_closed = false: a record of it failed and that was logged
+        # When the whole request was released upstream (its records written): the upstream's
+        # time to answer counts from here, never the gateway's own wait for its store.
+        self.released_at: float | None = None
 
 
 def _side(message: str, phase: str) -> str | None:
@@ -321,10 +324,13 @@ class Capture:
         if fc.request_recorded:
             if "request" in fc.streams:
                 await self._end_request_stream(flow, fc)
+            elif flow.response is None:
+                fc.released_at = time.time()
             return
         body = self._body_bytes(flow.request)
         fc.wire["request"] = len(body.data)
-        await self._record_request(flow, fc, body)
+        if await self._record_request(flow, fc, body):
+            fc.released_at = time.time()
 
     async def _end_request_stream(self, flow: http.HTTPFlow, fc: FlowCapture) -> None:
         """A streamed request's end (and trailers) goes upstream when this hook returns: only
@@ -342,6 +348,7 @@ class Capture:
                 await self._abort(fc, 503, "request", self._not_recorded_message(err))
                 return
         fc.request_done = True
+        fc.released_at = time.time()
         if fc.response_waits:
             fc.response_waits = False
             self._complete(flow, fc)

@@ -12,8 +12,9 @@ on the event loop (at most once a second; reading state only, no I/O), against `
   idle               nothing moved on the connection for this long: between exchanges it is
                      closed (nothing to record); an exchange whose body stalls is ended (504,
                      or a reset once its reply began), recorded with phase "idle".
-  upstream_response  a request is complete upstream and no response headers came for this
-                     long: the client gets 504, recorded with phase "response".
+  upstream_response  a request is complete upstream (released once its records are written)
+                     and no response headers came for this long: the client gets 504,
+                     recorded with phase "response".
 
 What a connection is doing is read from mitmproxy's layers (proxy_control.client_phase);
 exchanges are ended through proxy_control.abort, so the upstream side is reset too.
@@ -95,8 +96,10 @@ class Timeouts:
         for cid in [c for c in self._phases if c not in live]:
             del self._phases[cid]
         for fc in list(self.capture.flows.values()):
-            req = fc.flow.request
-            if fc.flow.response is None and req.timestamp_end and now - req.timestamp_end > t.upstream_response:
+            # From the request's release upstream, not its arrival: a request waiting for its own
+            # record (a slow store) has not reached the upstream, which is not late yet.
+            released = fc.released_at
+            if fc.flow.response is None and released is not None and now - released > t.upstream_response:
                 self.capture.end_flow(fc, 504, "response", f"the upstream did not answer within "
                                       f"{t.upstream_response:g} s (timeouts.upstream_response)")
 

@@ -191,7 +191,7 @@ class CaptureConfig:
 class TimeoutsConfig:
     request_header: float = 30.0  # seconds from a request's first byte (or a connection's start) to its complete headers
     idle: float = 300.0  # seconds with nothing moving: an idle connection closes, a stalled exchange ends
-    upstream_response: float = 600.0  # seconds from a request's end to the upstream's response headers
+    upstream_response: float = 600.0  # seconds from a request's release upstream to its response headers
 
 
 @dataclass(frozen=True)
@@ -812,7 +812,8 @@ SCHEMA = _Table(dict, (
             "seconds with nothing moving on a client connection: between exchanges it is closed; an exchange "
             "whose body stalls is ended (504, or a reset once its reply began) and recorded"),
         Key("upstream_response", _Number(gt=0, le=86400), 600.0,
-            "seconds from a request's end to the upstream's response headers; then the client gets 504, recorded"),
+            "seconds from a request's release upstream (once it is recorded) to the upstream's response headers; "
+            "then the client gets 504, recorded"),
     ), expected="a table ([timeouts])"), _EMPTY_TABLE),
     Key("connections", _Tables(_PresetTable(ConnectionConfig, (
         Key("name", _Text(), doc="the connection's name, recorded with each request"),

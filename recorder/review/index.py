@@ -199,6 +199,9 @@ class ListPage:
     indexed: int  # rows known
     ledger: LedgerVerdict | None
     ledger_problems: list[str] = field(default_factory=list)
+    # Sessions the gateway's ledger says failed before any record reached the disk (no file, so
+    # no row): damage the gateway suffered, not tampering (`wiretrail verify` exit 3).
+    ledger_damage: list[str] = field(default_factory=list)
 
 
 class SessionIndex:
@@ -340,8 +343,9 @@ class SessionIndex:
             problems = [m if s is None else f"ledger seq {s}: {m}"
                         for s, m in [*lv.read.problems, *lv.read.state.problems]]
             problems += [what for _, what in lv.missing]
+        damage = [f"damaged, not tampered with: {what}" for _, what in lv.damage] if lv is not None else []
         return ListPage(rows, max(1, page), size, count > start + size, count if complete else None,
-                        len(files), indexed, lv, problems)
+                        len(files), indexed, lv, problems, damage)
 
     def warm(self, stop: threading.Event | None = None) -> int:
         """Make every row now, newest first (the background pass), giving way to requests.

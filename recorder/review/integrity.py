@@ -14,6 +14,7 @@ STATES = {
     "open": "open",
     "crashed": "unsealed after a crash",
     "unsealed": "unsealed",
+    "damaged": "damaged · storage failed",  # `wiretrail verify` exit 3: the gateway's own failure, not tampering
     "tampered": "tampered",
 }
 
@@ -56,6 +57,14 @@ def integrity_of(v: FileVerdict, keys_checked: bool) -> Integrity:
         return Integrity("tampered", head + first.message, problems, **common)
     notes = "".join(f"; {n}" for n in v.notes)
     signed = (f"signed by key {key}, {checkpoints} checkpoint(s)" if key else "no signing key")
+    if v.damage:
+        # The ledger (or the file) says the gateway could not write part of it: not tampering,
+        # and not whole either. What did reach the disk checked intact.
+        checked = "; signatures verified" if keys_checked and key else ""
+        return Integrity("damaged", f"damaged, not tampered with: the gateway recorded that it could not write all "
+                                    f"of this session (below); the {len(r.records)} records that reached the disk "
+                                    f"are intact ({signed}{checked}){notes}",
+                         tuple(v.damage), **common)
     if r.state == "sealed":
         if keys_checked:
             return Integrity("verified", f"{signed} and the seal verified with the configured public key{notes}",

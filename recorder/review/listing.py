@@ -63,6 +63,23 @@ def tool_calls(turn: Turn) -> int:
     return sum(1 for m in msgs for p in m.parts if p.type == "tool_call")
 
 
+PG_STATEMENTS = ("pg.query", "pg.execute", "pg.function")  # what a database client asked: its exchanges
+
+
+def pg_counts(records: list[dict]) -> dict[str, int]:
+    """A PostgreSQL session's statements, errors and refusals, counted as HTTP exchanges are."""
+    out = {"statements": 0, "errors": 0, "refusals": 0}
+    for r in records:
+        t = r.get("t")
+        if t in PG_STATEMENTS:
+            out["statements"] += 1
+        elif (t == "pg.result" and r.get("error")) or t == "pg.error":
+            out["errors"] += 1
+        elif t == "pg.refused":
+            out["refusals"] += 1
+    return out
+
+
 def has_error(turn: Turn) -> bool:
     ex = turn.exchange
     return ex.kind == "http" and (bool(ex.errors) or (ex.status is not None and ex.status >= 400))
@@ -103,6 +120,7 @@ def make_row(stem: str, rel: str, v: FileVerdict, integrity: Integrity, turns: l
     models = sorted({str(t.model) for t in turns if t.model})
     hosts = sorted(hosts_of(read.records))
     agent = agent_of(read.records)
+    pg = pg_counts(read.records)
     sub = ident.get("sub") if isinstance(ident.get("sub"), str) else None
     email = ident.get("email") if isinstance(ident.get("email"), str) else None
     return SessionRow(
@@ -121,10 +139,10 @@ def make_row(stem: str, rel: str, v: FileVerdict, integrity: Integrity, turns: l
         models=tuple(models),
         tokens_in=tin,
         tokens_out=tout,
-        exchanges=sum(1 for t in turns if t.exchange.kind == "http"),
+        exchanges=sum(1 for t in turns if t.exchange.kind == "http") + pg["statements"],
         tool_calls=sum(tool_calls(t) for t in turns),
-        errors=sum(1 for t in turns if has_error(t)),
-        refusals=sum(1 for t in turns if t.exchange.kind == "auth.refused"),
+        errors=sum(1 for t in turns if has_error(t)) + pg["errors"],
+        refusals=sum(1 for t in turns if t.exchange.kind == "auth.refused") + pg["refusals"],
         records=len(read.records),
         integrity=integrity,
     )

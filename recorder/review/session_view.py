@@ -144,6 +144,66 @@ RECORD_SUMMARIES["auth.refused"] = lambda r: (f"{r.get('method')} {r.get('url')}
 RECORD_SUMMARIES["tunnel"] = lambda r: f"tunnel to {r.get('host')}:{r.get('port')} (not intercepted, not recorded)"
 
 
+# -- PostgreSQL (docs/format.md, the pg.* records) ---------------------------------------------
+
+SQL_LINE = 300  # characters of a statement on its one line; the record's fields show all of it
+
+
+def _sql(sql) -> str:
+    text = " ".join(str(sql or "").split())
+    return text[:SQL_LINE] + ("…" if len(text) > SQL_LINE else "")
+
+
+def _name(value) -> str:
+    return str(value) if value else "(unnamed)"
+
+
+def _plural(n, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _pg_connect(r: dict) -> str:
+    up = r.get("upstream") if isinstance(r.get("upstream"), dict) else {}
+    conn = f" [{r['connection']}]" if r.get("connection") else ""
+    version = f", server {r['server_version']}" if r.get("server_version") else ""
+    return (f"connect {up.get('user')}@{up.get('host')}:{up.get('port')}/{up.get('database')}{conn} "
+            f"(auth {up.get('auth')}{version})")
+
+
+def _pg_result(r: dict) -> str:
+    n = f"#{r.get('n')} " if r.get("n") is not None else ""
+    err = r.get("error")
+    if isinstance(err, dict):
+        return f"{n}error {err.get('sqlstate')}: {err.get('message')}"
+    rows = f", {_plural(r.get('rows'), 'row')}" if isinstance(r.get("rows"), int) else ""
+    took = f" in {r.get('duration_ms')} ms" if r.get("duration_ms") is not None else ""
+    return f"{n}{r.get('tag') or '(empty query)'}{rows}{took}" + (" (suspended)" if r.get("suspended") else "")
+
+
+def _pg_end(r: dict) -> str:
+    took = f" after {r.get('duration_s')} s" if r.get("duration_s") is not None else ""
+    statements = f", {_plural(r.get('statements'), 'statement')}" if isinstance(r.get("statements"), int) else ""
+    return f"end ({r.get('reason')}){took}{statements}" + (f": {r['message']}" if r.get("message") else "")
+
+
+RECORD_SUMMARIES.update({
+    "pg.connect": _pg_connect,
+    "pg.refused": lambda r: f"refused ({r.get('reason')}, SQLSTATE {r.get('sqlstate')}): {r.get('message')}",
+    "pg.query": lambda r: f"#{r.get('n')} query: {_sql(r.get('sql'))}",
+    "pg.parse": lambda r: f"#{r.get('n')} parse {_name(r.get('statement'))}: {_sql(r.get('sql'))}",
+    "pg.bind": lambda r: (f"#{r.get('n')} bind {_name(r.get('portal'))} to {_name(r.get('statement'))}: "
+                          f"{_plural(len(r.get('params') or []), 'parameter')}"),
+    "pg.execute": lambda r: (f"#{r.get('n')} execute {_name(r.get('portal'))}"
+                             + (f" (max {r['max_rows']} rows)" if r.get("max_rows") else "")),
+    "pg.function": lambda r: f"#{r.get('n')} function call oid {r.get('oid')}, {_plural(len(r.get('args') or []), 'argument')}",
+    "pg.result": _pg_result,
+    "pg.cancel": lambda r: f"cancel request ({'forwarded' if r.get('forwarded') else 'not forwarded'})"
+                           + (f": {r['error']}" if r.get("error") else ""),
+    "pg.error": lambda r: f"{r.get('phase')} error {r.get('sqlstate') or ''}: {r.get('message')}".replace("  ", " "),
+    "pg.end": _pg_end,
+})
+
+
 def _summary_of(rec: dict) -> tuple[str, bool]:
     t = str(rec.get("t"))
     fn = RECORD_SUMMARIES.get(t)

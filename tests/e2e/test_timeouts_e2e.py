@@ -14,6 +14,7 @@ import time
 import h2.errors
 import pytest
 
+from tests.e2e.test_integrity_e2e import freezable_fs  # noqa: F401 (a fixture)
 from tests.support.artifacts import Artifacts
 from tests.support.clients import httpx_client, new_test_id
 from tests.support.h2_client import H2Client
@@ -123,6 +124,37 @@ def test_h2_an_upstream_that_never_answers_is_reset_and_the_client_gets_504(star
     art = Artifacts(gw.store_dir)
     assert [e["phase"] for e in art.flow(tid).errors] == ["response"]
     assert not art.flow(other).errors
+
+
+def test_the_upstreams_time_to_answer_counts_from_when_it_has_the_request_not_from_a_slow_store(
+        freezable_fs, start_gateway, h2_upstream):
+    """A request goes upstream only once it is recorded (docs/integrity.md). A store that hangs
+    (fsfreeze) for longer than timeouts.upstream_response holds the request back; that wait is
+    the gateway's, not the upstream's: once the store is back, the request goes upstream and the
+    upstream's prompt answer reaches the client, no 504. (Under load, a slow fsync did the same
+    to test_h2_an_upstream_that_never_answers...: its second stream got a 504 it did not earn.)"""
+    mnt, freeze, thaw = freezable_fs
+    gw = start_gateway(config={**timeouts(upstream_response=1), "storage": {"dir": mnt / "store", "write_timeout": 30}},
+                       upstream_url=h2_upstream.base_url)
+    up = h2_upstream
+    tid = new_test_id()
+    with H2Client(gw.proxy_port, ("127.0.0.1", up.port), gw.ca_path) as c:
+        assert c.request("POST", "/echo", [("x-test-id", new_test_id())], body=b"warm-up").wait(10).status == 200
+        freeze()
+        try:
+            body = b"held until it is on the record"  # with its length: buffered, recorded whole
+            r = c.request("POST", "/echo", [("x-test-id", tid), ("content-length", str(len(body)))], body=body)
+            r.finished.wait(3)  # the store stays stuck for three times timeouts.upstream_response
+            assert not up.received(tid), "a request went upstream before its record was written"
+        finally:
+            thaw()
+        r.wait(15)
+        assert r.status == 200 and r.body == b"held until it is on the record", r
+    st = up.stream(tid)
+    assert st.complete and st.reset_by_peer is None
+    assert gw.stop() == 0
+    flow = Artifacts(mnt / "store").flow(tid)
+    assert not flow.errors and flow.response["status"] == 200, flow.describe()
 
 
 def test_a_stalled_stream_is_ended_after_the_idle_timeout_and_an_idle_connection_closed(start_gateway, h2_upstream):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import queue
+import select
 import socket
 import ssl
 import threading
@@ -64,24 +65,29 @@ class H2Client:
     """h2 over TLS through an HTTP CONNECT proxy. `authority` is the host:port the requests name."""
 
     def __init__(self, proxy_port: int, target: tuple[str, int], ca_path, proxy_auth: str | None = None,
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, *, direct: bool = False, context: ssl.SSLContext | None = None):
+        """direct=True: TLS straight to `proxy_port` (a reverse-mode listener), no CONNECT.
+        `context` replaces the one made from `ca_path` (ALPN h2 is set on it)."""
         self.target = target
         raw = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
         host = f"{target[0]}:{target[1]}"
-        connect = f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n"
-        if proxy_auth:
-            connect += f"Proxy-Authorization: Basic {base64.b64encode(proxy_auth.encode()).decode()}\r\n"
-        raw.sendall((connect + "\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            got = raw.recv(4096)
-            if not got:
-                raise ConnectionError(f"the proxy closed the connection after CONNECT: {head!r}")
-            head += got
-        status = head.split(b"\r\n", 1)[0]
-        if b" 200" not in status:
-            raise ConnectionError(f"CONNECT refused: {head!r}")
-        ctx = ssl.create_default_context(cafile=str(ca_path))
+        if not direct:
+            connect = f"CONNECT {host} HTTP/1.1\r\nHost: {host}\r\n"
+            if proxy_auth:
+                connect += f"Proxy-Authorization: Basic {base64.b64encode(proxy_auth.encode()).decode()}\r\n"
+            raw.sendall((connect + "\r\n").encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                got = raw.recv(4096)
+                if not got:
+                    raw.close()
+                    raise ConnectionError(f"the proxy closed the connection after CONNECT: {head!r}")
+                head += got
+            status = head.split(b"\r\n", 1)[0]
+            if b" 200" not in status:
+                raw.close()
+                raise ConnectionError(f"CONNECT refused: {head!r}")
+        ctx = context or ssl.create_default_context(cafile=str(ca_path))
         ctx.set_alpn_protocols(["h2"])
         self.sock = ctx.wrap_socket(raw, server_hostname=target[0])
         if self.sock.selected_alpn_protocol() != "h2":
@@ -153,6 +159,15 @@ class H2Client:
                 self._flush()
         except (OSError, h2.exceptions.H2Error):
             pass
+        # End the reader thread before the socket is closed: a reader still inside recv on a
+        # closed socket's SSL object would read from whatever socket next gets the same fd number
+        # (the next client's TLS handshake then fails with "bad record mac").
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self._reader is not threading.current_thread():
+            self._reader.join(5)
         try:
             self.sock.close()
         except OSError:
@@ -165,12 +180,23 @@ class H2Client:
         self.close()
 
     def _read(self) -> None:
+        # The socket's SSL object is used under self.lock only, reads included: OpenSSL does not
+        # allow one SSL object to read on one thread while it writes on another (a write that
+        # overlaps a read can go out corrupt: the gateway then sees "bad record mac").
         try:
             while True:
-                data = self.sock.recv(65536)
-                if not data:
-                    break
+                if not self.sock.pending():
+                    select.select([self.sock], [], [], 0.2)
                 with self.lock:
+                    self.sock.settimeout(0.01)
+                    try:
+                        data = self.sock.recv(65536)
+                    except (socket.timeout, ssl.SSLWantReadError):
+                        continue
+                    finally:
+                        self.sock.settimeout(None)
+                    if not data:
+                        break
                     events = self.h2.receive_data(data)
                     for ev in events:
                         self._event(ev)

@@ -666,11 +666,16 @@ def test_on_a_full_disk_the_ledger_says_at_once_which_sessions_failed(tiny_tmpfs
                  ack=lambda e, ev=acked: (errors.append(e), ev.set()))
         assert acked.wait(5)
     assert all(e is not None and e.cause == "disk full" for e in errors)
-    entries = ledger.read_ledger(store / ledger.LEDGER_NAME, [signer.verifier])
-    assert not entries.problems
-    failed = [e for e in entries.entries if e["t"] == "session.failed"]
-    assert len(failed) == 20 and all(e["file"] == "removed" and e["cause"] == "disk full" for e in failed)
-    assert not list(store.rglob("*.jsonl.zst"))  # removed once the ledger said so
+
+    def failed_entries():
+        return [e for e in ledger.read_ledger(store / ledger.LEDGER_NAME, [signer.verifier]).entries
+                if e["t"] == "session.failed"]
+
+    # The ack comes from the session file's write; the ledger's entry follows on the writer thread.
+    assert wait_until(lambda: len(failed_entries()) == 20), failed_entries()
+    assert not ledger.read_ledger(store / ledger.LEDGER_NAME, [signer.verifier]).problems
+    assert all(e["file"] == "removed" and e["cause"] == "disk full" for e in failed_entries())
+    assert wait_until(lambda: not list(store.rglob("*.jsonl.zst")))  # removed once the ledger said so
     w.stop()
     report = verify.verify_paths([store], [signer.verifier])
     assert report.code == verify.DAMAGED and len(report.ledgers[0].damage) == 20

@@ -29,7 +29,12 @@ from recorder.review.server import ReviewContext, make_app
 from recorder.review.session_view import TurnView, segments, session_view
 from recorder.signing import load_verifier
 from recorder.verify import verify_file
+from tests.support.checks import wait_until as wait_until_true
+from tests.support.disk import fill
 from tests.support.review_store import Store
+from tests.unit.test_integrity import IDENTITY as INTEGRITY_IDENTITY
+from tests.unit.test_integrity import keys, tiny_tmpfs  # noqa: F401 (fixtures)
+from tests.unit.test_integrity import writer as integrity_writer
 
 SECRET = "s" * 48
 TOOLS = [{"type": "function", "function": {"name": "read_file", "description": "Read a file", "parameters": {}}}]
@@ -513,3 +518,108 @@ def test_a_link_from_another_site_reloads_once_to_send_the_strict_cookie(served)
         assert r.status_code == 401 and '<meta http-equiv="refresh" content="0">' in r.text
         r = c.get(f"/s/{s['alice'].id}", headers={"Sec-Fetch-Site": "same-origin"})  # the reload: no loop
         assert r.status_code == 401 and "http-equiv" not in r.text
+
+
+# -- damage (verify exit 3) and PostgreSQL sessions ----------------------------------------------------
+
+
+def damaged_and_pg(tmp_path: Path) -> tuple[Store, dict]:
+    st = Store(tmp_path)
+    d = st.session("dora")
+    d.chat([{"role": "user", "content": "hi"}], reply_text="hello")
+    d.raw("http.error", {"flow": "gapflow", "phase": "record", "lost": "http.response", "by": "gateway",
+                         "message": "the record could not be encoded"})
+    d.close()
+    p = st.session("pete")
+    p.raw("pg.connect", {"conn": "c1", "connection": "app-db", "client": {"ip": "10.0.0.9", "port": 5000, "tls": None,
+                                                                          "params": {}},
+                         "upstream": {"host": "db.internal", "port": 5432, "user": "app", "database": "shop",
+                                      "tls": None, "auth": "scram-sha-256", "backend_pid": 42},
+                         "server_version": "16.4"})
+    p.raw("pg.query", {"conn": "c1", "n": 0, "sql": "select *\n  from orders where id = 7"})
+    p.raw("pg.result", {"conn": "c1", "n": 0, "i": 0, "tag": "SELECT 3", "rows": 3, "duration_ms": 1.5})
+    p.raw("pg.parse", {"conn": "c1", "n": 1, "statement": "", "sql": "delete from t where x = $1",
+                       "param_types": ["int4"]})
+    p.raw("pg.bind", {"conn": "c1", "n": 2, "portal": "", "statement": "", "params": ["1"]})
+    p.raw("pg.execute", {"conn": "c1", "n": 3, "portal": ""})
+    p.raw("pg.result", {"conn": "c1", "n": 3, "tag": None, "rows": 0,
+                        "error": {"sqlstate": "42501", "severity": "ERROR", "message": "permission denied for table t"}})
+    p.raw("pg.end", {"conn": "c1", "reason": "client", "duration_s": 2.5, "statements": 2,
+                     "bytes": {"client": 100, "server": 200}})
+    p.raw("pg.refused", {"conn": "c2", "connection": "app-db", "reason": "forbidden", "sqlstate": "28000",
+                         "message": "pete is not in a group allowed to use app-db"})
+    p.close()
+    st.writer.stop()
+    return st, {"dora": d, "pete": p}
+
+
+def test_a_damaged_session_has_its_own_badge_not_tampered(tmp_path):
+    """verify's exit 3 (the gateway recorded that it could not write part of the session) is not
+    tampering, and not intact either: its own state, label and sentence, the gap listed."""
+    st, s = damaged_and_pg(tmp_path)
+    dora = rows_by_sub(index_of(st).page(Filters()))["dora"]
+    assert dora.integrity.state == "damaged" and dora.integrity.label == "damaged · storage failed"
+    assert dora.integrity.detail.startswith("damaged, not tampered with") and "intact" in dora.integrity.detail
+    assert any("GAP at seq" in p and "http.response" in p for p in dora.integrity.problems)
+    assert rows_by_sub(index_of(st).page(Filters(integrity="damaged"))).keys() == {"dora"}
+    view = view_of(st, s["dora"])
+    assert view.integrity.state == "damaged"
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "review.md").read_text()
+    from recorder.review.integrity import STATES
+    assert all(f"| {label} |" in doc for label in STATES.values()), "docs/review.md: a badge is not documented"
+
+
+def test_a_postgres_session_is_counted_and_summarised_like_http(tmp_path):
+    st, s = damaged_and_pg(tmp_path)
+    pete = rows_by_sub(index_of(st).page(Filters()))["pete"]
+    assert pete.hosts == ("db.internal",)
+    assert (pete.exchanges, pete.errors, pete.refusals) == (2, 1, 1)  # query + execute; the 42501; the refusal
+    view = view_of(st, s["pete"])
+    records = [it for it in view.items if not isinstance(it, TurnView)]
+    records += [r for it in view.items if isinstance(it, TurnView) for r in it.records]
+    lines = {r.t + " " + "".join(x.text for x in r.summary) for r in records if r.t.startswith("pg.")}
+    assert not [r.t for r in records if r.t.startswith("pg.") and not r.known]
+    for want in ("pg.connect connect app@db.internal:5432/shop [app-db] (auth scram-sha-256, server 16.4)",
+                 "pg.query #0 query: select * from orders where id = 7",
+                 "pg.result #0 SELECT 3, 3 rows in 1.5 ms",
+                 "pg.parse #1 parse (unnamed): delete from t where x = $1",
+                 "pg.bind #2 bind (unnamed) to (unnamed): 1 parameter",
+                 "pg.execute #3 execute (unnamed)",
+                 "pg.result #3 error 42501: permission denied for table t",
+                 "pg.end end (client) after 2.5 s, 2 statements",
+                 "pg.refused refused (forbidden, SQLSTATE 28000): pete is not in a group allowed to use app-db"):
+        assert want in lines, (want, sorted(lines))
+
+
+def test_a_session_the_gateway_could_not_write_at_all_is_listed_as_damage(tiny_tmpfs, keys, tmp_path):
+    """A session whose every record met a full disk has no file (removed once its signed
+    session.failed entry was written): no row, but a damage line above the list, not a ledger problem."""
+    from recorder import signing as signing_mod
+    from recorder.ledger import LEDGER_NAME
+    from recorder.sessions import SessionRegistry
+
+    signer = signing_mod.load_signer(keys[0])
+    store = tiny_tmpfs / "store"
+    w = integrity_writer(store, signer)
+    reg = SessionRegistry(w, store, idle_timeout=60, max_duration=600, signing_key_id=signer.key_id)
+    assert wait_until_true(lambda: (store / LEDGER_NAME).exists())
+    fill(tiny_tmpfs)
+    acked = threading.Event()
+    s = reg.begin_flow("u", INTEGRITY_IDENTITY, ("10.0.0.1", 1))
+    s.record("http.error", {"flow": "f", "phase": "x", "message": os.urandom(8192).hex()}, ack=lambda e: acked.set())
+    assert acked.wait(5)
+    assert wait_until_true(lambda: not list(store.rglob("*.jsonl.zst")))
+    w.stop()
+    page = SessionIndex(store, [signer.verifier]).page(Filters())
+    assert page.rows == [] and page.ledger_problems == []
+    assert len(page.ledger_damage) == 1 and page.ledger_damage[0].startswith("damaged, not tampered with: session ")
+    assert "disk full" in page.ledger_damage[0]
+    ident = dev_identity(tmp_path)
+    ctx = ReviewContext(store=store, index=SessionIndex(store, [signer.verifier]),
+                        auth=ReviewAuth(ident, TokenVerifier(ident)), key_ids=["k"])
+    ctx.log = lambda *a: None
+    with Running(ctx) as base, httpx.Client(base_url=base, trust_env=False,
+                                            headers={"Authorization": f"Bearer {token()}"}) as c:
+        r = c.get("/")
+        assert r.status_code == 200 and 'class="banner damage ledger-damage"' in r.text
+        assert "ledger-problem" not in r.text
