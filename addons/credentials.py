@@ -19,10 +19,17 @@ import signal
 from mitmproxy import http
 
 from addons.config import WiretrailConfig
-from addons.identity import Identity
+from addons.identity import TOKEN_HEADER, Identity
 from addons.policy import connection_of
 from addons.refusal import REFUSAL, refuse
-from recorder.client_credentials import CREDENTIAL_HEADERS, INJECT_HEADER, field_carries_token, strip_query
+from recorder.client_credentials import (
+    CREDENTIAL_HEADERS,
+    GATEWAY_HEADERS,
+    IDENTITY_HEADER,
+    INJECT_HEADER,
+    field_carries_token,
+    strip_query,
+)
 from recorder.config import ConfigError
 from recorder.connections import is_loopback_host
 
@@ -30,7 +37,7 @@ log = logging.getLogger("wiretrail")
 
 INJECTED = "wiretrail.injected"  # flow.metadata: {header name: connection name}
 
-_CREDENTIAL_FIELDS = frozenset(name.encode() for name in CREDENTIAL_HEADERS)
+_CREDENTIAL_FIELDS = frozenset(name.encode() for name in CREDENTIAL_HEADERS + GATEWAY_HEADERS)
 _CREDENTIAL_AND_COOKIE_FIELDS = _CREDENTIAL_FIELDS | {b"cookie"}
 
 
@@ -40,6 +47,7 @@ class Credentials:
         self.identity = identity  # knows each flow's identity token, to remove every copy of it
         self.values: dict[str, str] = {}  # connection name -> credential
         self.on_reload = None  # called after a SIGHUP re-read (the masker learns new secrets)
+        self._warned_no_key: set[str] = set()  # connections already warned about (below)
 
     def running(self):
         if self.config_addon.current is None:
@@ -93,6 +101,13 @@ class Credentials:
             if stripped is not None:
                 req.path = stripped
         if not injects:
+            where = flow.metadata.get(TOKEN_HEADER)
+            if conn is not None and where not in (None, IDENTITY_HEADER) and conn.name not in self._warned_no_key:
+                self._warned_no_key.add(conn.name)
+                log.warning(f"wiretrail: a client sent its identity token as its API key ({where}) to connection "
+                            f"{conn.name!r}, which injects no credential: the upstream gets no API key and will "
+                            f"refuse. Send the token in {IDENTITY_HEADER} and keep the API key (README), or give "
+                            "the connection a credential")
             return
         secret = self.values.get(conn.name)
         if not secret:
@@ -112,7 +127,8 @@ class Credentials:
         flow.metadata[INJECTED] = {header: conn.name}
 
 
-_PROXY_AUTHORIZATION = frozenset({b"proxy-authorization"})
+# Never forwarded, whatever the connection: proxy credentials and the gateway's own headers.
+_PROXY_AUTHORIZATION = frozenset({b"proxy-authorization", *(name.encode() for name in GATEWAY_HEADERS)})
 
 
 def _drop_fields(headers: http.Headers, names: frozenset[bytes], token: bytes | None = None) -> None:

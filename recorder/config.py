@@ -958,7 +958,7 @@ leeway = 30
 review_groups = ["reviewers"]   # who may read sessions with `wiretrail serve`
 
 [policy]
-unregistered = "record"
+unregistered = "tunnel"   # hosts no connection names (telemetry, code hosts) pass through unrecorded: one log line each
 
 [masking]
 builtin = true

@@ -20,6 +20,7 @@ from recorder import format_v1
 from recorder.commands.ls import StoreError, human_bytes, human_duration, iso_utc, safe, store_dir
 from recorder.postgres.transcript import sql_log_lines, statements as sql_statements
 from recorder.reader import SessionRead, read_session, summarize
+from recorder.verify import unsealed_word
 from recorder.transcript import build
 from recorder.transcript.rpc import Namer, body_summary, is_rpc_exchange, tree_lines
 from recorder.transcript.exchange import exchanges as flow_exchanges, header as find_header
@@ -172,7 +173,10 @@ def header(read: SessionRead) -> list[str]:
     gw = opened.get("gateway") if isinstance(opened.get("gateway"), dict) else {}
     state = f"{s.state}  ({s.records} records, last seq {read.last_seq})"
     if s.state == "unsealed":
-        state += "  - not closed: the gateway stopped before the session ended (crash?)"
+        word = unsealed_word(read.path, s.session_id)
+        state = f"{word}  ({s.records} records, last seq {read.last_seq})" + (
+            "  - still being recorded" if word.startswith("open") else
+            "  - not closed: the gateway stopped before the session ended")
     if read.truncated_tail:
         state += "  - a partial last write was dropped"
     agents = sorted(
@@ -184,6 +188,7 @@ def header(read: SessionRead) -> list[str]:
         f"state     {state}",
         f"who       {who}",
         f"client    {s.client or '-'}" + (f"  user-agent: {'; '.join(agents[:3])}" if agents else ""),
+        *([f"agent     {s.agent or '-'}  run {s.run}  (named by the client; groups records only)"] if s.run else []),
         f"gateway   {gw.get('host', '-')} (wiretrail {gw.get('version', '?')})",
         f"when      {iso_utc(s.start, ms=True)} .. {iso_utc(s.end, ms=True)}  ({human_duration(s.duration)})",
         f"traffic   {s.exchanges} exchange(s), {human_bytes(s.bytes)}",
