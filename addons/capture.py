@@ -35,6 +35,7 @@ from addons.streaming import header_values, request_streams, response_streams
 from recorder.auth.identity import VerifiedIdentity
 from recorder.masking.headers import recordable_headers
 from recorder.protocols.connect.envelopes import is_rpc
+from recorder.store.agent_runs import agent_run
 from recorder.store.anchors import AnchorSpec
 from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.store.records import (
@@ -47,7 +48,7 @@ from recorder.store.records import (
     HTTP_TRAILERS,
     TUNNEL,
 )
-from recorder.store.sessions import Session, SessionRegistry
+from recorder.store.sessions import Session, SessionRegistry, QUIET_IDLE
 from recorder.store.writer import RECORD_LOST, RECORD_REPAIRED, Alarm, RecordWriter, StorageError
 from recorder.store.writer_process import ProcessRecordWriter
 
@@ -221,8 +222,13 @@ class Capture:
             )
         log.info(f"wiretrail: recording sessions under {cfg.store_dir}"
                  + (f" (gateway {cfg.gateway.id})" if cfg.gateway.id else ""))
+        if cfg.source is None:  # the embedded demo: what a newcomer does next (README)
+            log.info('wiretrail: demo ready. Get a token: export WIRETRAIL_TOKEN=$(.venv/bin/wiretrail token '
+                     '--sub "$(id -un)" --groups engineering); trust the CA: .venv/bin/wiretrail ca; then set '
+                     'up your client as the README says ("Pointing clients at the gateway")')
         self._write_timeout = cfg.storage.write_timeout
-        self._expiry_task = asyncio.ensure_future(self._every(cfg.sessions.idle_timeout / 4, self.registry.expire))
+        self._expiry_task = asyncio.ensure_future(
+            self._every(min(cfg.sessions.idle_timeout / 4, QUIET_IDLE / 2), self.registry.expire))
         self._watch_task = asyncio.ensure_future(self._every(self._write_timeout / 4, self._expire_waits))
 
     @staticmethod
@@ -317,7 +323,8 @@ class Capture:
             self.record_tunnel(flow.client_conn, flow.request.host, flow.request.port, ident)
             return
         peer = flow.client_conn.peername or ("", 0)
-        session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
+        session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]),
+                                           agent_run(flow.request.headers))
         fc = FlowCapture(flow, session)
         self.flows[flow.id] = fc
         if request_streams(flow.request, self.cfg.capture.stream_threshold):
@@ -454,7 +461,9 @@ class Capture:
         if self.registry is None or self.stopped:
             return
         peer = client.peername or ("", 0)
-        session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
+        log.info(f"wiretrail: tunnel {ident.sub} {peer[0]} -> {host}:{port}: unregistered, passed through "
+                 "uninspected (policy.unregistered = \"tunnel\"; its content is not recorded)")
+        session = self.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]), exchange=False)
         session.record(TUNNEL, {"conn": client.id, "host": host, "port": port, **(details or {})})
         self.registry.end_flow(session)
 
@@ -465,7 +474,7 @@ class Capture:
         if self.registry is None or self.stopped:
             return
         refusal = refusal_of(flow)
-        session = self.session_for(noted_identity(flow), flow.client_conn.peername or ("", 0))
+        session = self.session_for(noted_identity(flow), flow.client_conn.peername or ("", 0), exchange=False)
         req = flow.request
         session.record(AUTH_REFUSED, {
             "flow": flow.id,
@@ -481,7 +490,7 @@ class Capture:
         })
         self.registry.end_flow(session)
 
-    def session_for(self, ident: VerifiedIdentity | None, peer: tuple) -> Session:
+    def session_for(self, ident: VerifiedIdentity | None, peer: tuple, *, exchange: bool = True) -> Session:
         """The session of this identity and client address, counting one more flow (end it with
         registry.end_flow). `ident` None: nobody was verified, and the refused attempts from one
         address share a session. Also for other front ends (addons/postgres.py)."""
@@ -491,7 +500,7 @@ class Capture:
             key = "refused " + peer[0]
             record = {"sub": None, "email": None, "name": None, "groups": [], "iss": None,
                       "method": self.cfg.identity.mode, "authenticated": False}
-        return self.registry.begin_flow(key, record, (peer[0], peer[1]))
+        return self.registry.begin_flow(key, record, (peer[0], peer[1]), exchange=exchange)
 
     def record_connection_error(self, client, ident: VerifiedIdentity | None, phase: str, message: str) -> None:
         """A client connection the gateway ended before any request was complete (a header
@@ -500,7 +509,7 @@ class Capture:
             return
         if ident is not None and not ident.authenticated and self.cfg.identity.mode != "none":
             ident = None  # not verified (a CONNECT refused, say): the unverified session of its address
-        session = self.session_for(ident, client.peername or ("", 0))
+        session = self.session_for(ident, client.peername or ("", 0), exchange=False)
         session.record(HTTP_ERROR, {"flow": str(uuid.uuid4()), "conn": client.id, "phase": phase,
                                       "message": message, "by": "gateway"})
         self.registry.end_flow(session)

@@ -21,16 +21,23 @@ from mitmproxy import http
 from addons.config import WiretrailConfig
 from addons.identity import Identity
 from addons.policy import connection_of
-from addons.flow_state import is_refused, set_injected
+from addons.flow_state import is_refused, set_injected, token_header
 from addons.refusal import refuse
-from recorder.auth.credentials import CREDENTIAL_HEADERS, INJECT_HEADER, field_carries_token, strip_query
+from recorder.auth.credentials import (
+    CREDENTIAL_HEADERS,
+    INJECT_HEADER,
+    field_carries_token,
+    strip_query,
+    GATEWAY_HEADERS,
+    IDENTITY_HEADER,
+)
 from recorder.config import ConfigError
 from recorder.policy.connections import is_loopback_host
 
 log = logging.getLogger("wiretrail")
 
 
-_CREDENTIAL_FIELDS = frozenset(name.encode() for name in CREDENTIAL_HEADERS)
+_CREDENTIAL_FIELDS = frozenset(name.encode() for name in CREDENTIAL_HEADERS + GATEWAY_HEADERS)
 _CREDENTIAL_AND_COOKIE_FIELDS = _CREDENTIAL_FIELDS | {b"cookie"}
 
 
@@ -40,6 +47,7 @@ class Credentials:
         self.identity = identity  # knows each flow's identity token, to remove every copy of it
         self.values: dict[str, str] = {}  # connection name -> credential
         self.on_reload = None  # called after a SIGHUP re-read (the masker learns new secrets)
+        self._warned_no_key: set[str] = set()  # connections already warned about (below)
 
     def running(self):
         if self.config_addon.current is None:
@@ -94,6 +102,13 @@ class Credentials:
             if stripped is not None:
                 req.path = stripped
         if not injects:
+            where = token_header(flow)
+            if conn is not None and where not in (None, IDENTITY_HEADER) and conn.name not in self._warned_no_key:
+                self._warned_no_key.add(conn.name)
+                log.warning(f"wiretrail: a client sent its identity token as its API key ({where}) to connection "
+                            f"{conn.name!r}, which injects no credential: the upstream gets no API key and will "
+                            f"refuse. Send the token in {IDENTITY_HEADER} and keep the API key (README), or give "
+                            "the connection a credential")
             return
         secret = self.values.get(conn.name)
         if not secret:
@@ -113,7 +128,8 @@ class Credentials:
         set_injected(flow, header, conn.name)
 
 
-_PROXY_AUTHORIZATION = frozenset({b"proxy-authorization"})
+# Never forwarded, whatever the connection: proxy credentials and the gateway's own headers.
+_PROXY_AUTHORIZATION = frozenset({b"proxy-authorization", *(name.encode() for name in GATEWAY_HEADERS)})
 
 
 def _drop_fields(headers: http.Headers, names: frozenset[bytes], token: bytes | None = None) -> None:

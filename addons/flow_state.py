@@ -15,6 +15,7 @@ from recorder.auth.identity import ANONYMOUS, VerifiedIdentity
 
 # key -> who writes it, and what it holds
 IDENTITY = "wiretrail.identity"  # identity: the VerifiedIdentity of the flow
+TOKEN_HEADER = "wiretrail.token_header"  # identity: the header a reverse-mode token came in
 CONNECTION = "wiretrail.connection"  # policy: the matched ConnectionConfig, or None
 DESTINATION = "wiretrail.destination"  # policy: the flow's Destination
 TUNNELED = "wiretrail.tunneled"  # policy: an unregistered host under policy "tunnel"
@@ -23,7 +24,7 @@ INJECTED = "wiretrail.injected"  # credentials: {header name: connection name}
 TRAILERS_STRIPPED = "wiretrail.trailers_stripped"  # trailers: names removed from request trailers
 KILLED = "wiretrail.killed"  # raw_tcp (any part killing a flow in `response`): why, for the record
 
-KEYS = (IDENTITY, CONNECTION, DESTINATION, TUNNELED, REFUSAL, INJECTED, TRAILERS_STRIPPED, KILLED)
+KEYS = (IDENTITY, TOKEN_HEADER, CONNECTION, DESTINATION, TUNNELED, REFUSAL, INJECTED, TRAILERS_STRIPPED, KILLED)
 
 
 def _get(flow: mflow.Flow, key: str, default: Any = None) -> Any:
@@ -43,6 +44,15 @@ def identity_of(flow: mflow.Flow) -> VerifiedIdentity:
 
 def set_identity(flow: mflow.Flow, identity: VerifiedIdentity) -> None:
     flow.metadata[IDENTITY] = identity
+
+
+def token_header(flow: mflow.Flow) -> str | None:
+    """The header a reverse-mode identity token came in (credentials strips it), or None."""
+    return _get(flow, TOKEN_HEADER)
+
+
+def set_token_header(flow: mflow.Flow, header: str) -> None:
+    flow.metadata[TOKEN_HEADER] = header
 
 
 # -- policy ------------------------------------------------------------------------------------

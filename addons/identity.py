@@ -5,7 +5,8 @@
 | regular, CONNECT | Proxy-Authorization on the CONNECT, kept per client connection for  |
 |                  | the requests inside the tunnel (they carry none of their own)       |
 | regular, http    | Proxy-Authorization on each plain-HTTP proxied request              |
-| reverse          | Authorization: Bearer or x-api-key, where the SDK puts its API key  |
+| reverse          | x-wiretrail-token (beside the client's own API key), else           |
+|                  | Authorization: Bearer or x-api-key, where the SDK puts its API key  |
 
 A refusal answers 407 (regular) or 401 (reverse); capture records the attempt. A token is
 verified once and then served from the verifier's cache until it expires. A cache miss
@@ -22,16 +23,19 @@ from mitmproxy import connection, http
 from mitmproxy.proxy import mode_specs
 
 from addons.config import WiretrailConfig
-from addons.flow_state import identity_of, set_identity  # noqa: F401 (identity_of: parts import it from here)
+from addons.flow_state import identity_of, set_identity, set_token_header  # noqa: F401 (identity_of: parts import it from here)
 from addons.refusal import refuse
 from recorder.auth.identity import (
     ANONYMOUS,
     IdentityError,
     TokenVerifier,
     VerifiedIdentity,
-    token_from_api_headers,
+    api_token_and_header,
+    check_api_token,
+    looks_like_api_key,
     token_from_proxy_authorization,
 )
+from recorder.auth.credentials import IDENTITY_HEADER
 
 log = logging.getLogger("wiretrail")
 
@@ -106,6 +110,7 @@ class Identity:
             return
         try:
             token = token_from_proxy_authorization(flow.request.headers.get("proxy-authorization"))
+            _check_proxy_token(token)
             identity = await self._authenticate(token)
         except IdentityError as e:
             refuse(flow, _status(e, 407), e.reason, _proxy_message(e))
@@ -134,10 +139,13 @@ class Identity:
         try:
             if is_reverse(flow):
                 status = 401
-                token = token_from_api_headers(headers)
+                token, where = api_token_and_header(headers)
+                check_api_token(token, where)
+                set_token_header(flow, where)
             else:
                 status = 407
                 token = token_from_proxy_authorization(headers.get("proxy-authorization"))
+                _check_proxy_token(token)
             identity = await self._authenticate(token)
         except IdentityError as e:
             refuse(flow, _status(e, status), e.reason, _proxy_message(e) if status == 407 else _api_message(e))
@@ -160,6 +168,15 @@ def _proxy_message(e: IdentityError) -> str:
 
 def _api_message(e: IdentityError) -> str:
     if e.reason == "missing":
-        return ("authentication required: set the SDK's API key to your wiretrail identity token "
-                "(Authorization: Bearer <token> or x-api-key: <token>)")
+        return (f"authentication required: send your wiretrail token in the {IDENTITY_HEADER} header, beside "
+                f"your API key (Claude Code: ANTHROPIC_CUSTOM_HEADERS=\"{IDENTITY_HEADER}: <token>\"; SDKs: "
+                f"default_headers={{\"{IDENTITY_HEADER}\": token}}; Codex: env_http_headers in its provider; "
+                "mint a token with `wiretrail token`)")
     return e.message
+
+
+def _check_proxy_token(token: str | None) -> None:
+    if token and looks_like_api_key(token):
+        raise IdentityError("malformed", "the proxy password looks like an API key, not a wiretrail token: put "
+                            "your wiretrail token in the proxy URL, HTTPS_PROXY=http://<user>:<token>@<gateway>:<port>, "
+                            "and keep your API key where it is (mint a token with `wiretrail token`)")

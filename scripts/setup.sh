@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs wiretrail with its test extras, in one resolver pass.
-# Idempotent: a second run only re-checks the install.
+# Idempotent and quiet: it installs only when .venv is missing or pyproject.toml changed since
+# the last install (a stamp in .venv), and shows pip's output only when the install fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -13,4 +14,17 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
     .venv/bin/pip install --quiet --upgrade pip
 fi
-.venv/bin/pip install --quiet -e ".[test]"
+STAMP=.venv/.wiretrail-install
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import recorder, mitmproxy" 2>/dev/null; then
+    echo "wiretrail: installing into .venv (once; again only when pyproject.toml changes)" >&2
+    log="$(mktemp)"
+    if ! .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "wiretrail: the install failed (pip's output above)" >&2
+        exit 1
+    fi
+    rm -f "$log"
+    echo "$want" > "$STAMP"
+fi

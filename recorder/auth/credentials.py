@@ -14,6 +14,17 @@ import binascii
 import re
 from urllib.parse import unquote
 
+# The gateway's own identity header: a client sends its wiretrail token here, beside its own API
+# key (reverse mode; Claude Code's ANTHROPIC_CUSTOM_HEADERS, the SDKs' default_headers, Codex's
+# env_http_headers). It is never forwarded and recorded only as a keyed hash.
+IDENTITY_HEADER = "x-wiretrail-token"
+
+# Headers a client may send to name its agent run (recorder/agent_runs.py). They only group
+# records into sessions; the gateway does not forward them.
+RUN_HEADER = "x-wiretrail-run"
+AGENT_HEADER = "x-wiretrail-agent"
+GATEWAY_HEADERS = (IDENTITY_HEADER, RUN_HEADER, AGENT_HEADER)  # never forwarded upstream
+
 # The headers an SDK puts its API key in, in the order identity looks for the token
 # (after Authorization: Bearer): Anthropic, Azure OpenAI, Gemini.
 API_KEY_HEADERS = ("x-api-key", "api-key", "x-goog-api-key")
@@ -23,6 +34,7 @@ API_KEY_HEADERS = ("x-api-key", "api-key", "x-goog-api-key")
 CREDENTIAL_HEADERS = (
     "authorization",
     "proxy-authorization",
+    IDENTITY_HEADER,
     *API_KEY_HEADERS,
     "x-auth-token",
     "private-token",  # GitLab

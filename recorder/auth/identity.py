@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 import jwt
 from jwt import exceptions as jwt_errors
 
-from recorder.auth.credentials import API_KEY_HEADERS
-from recorder.auth.dev_secret import ensure_dev_secret  # noqa: F401 (part of this module's API)
+from recorder.auth.credentials import API_KEY_HEADERS, IDENTITY_HEADER
+from recorder.auth.dev_secret import ensure_dev_secret
 from recorder.auth.jwks import ASYMMETRIC_ALGORITHMS, JwksUnavailable, KeyStore, file_fetcher, url_fetcher
 from recorder.config import ConfigError, IdentityConfig
 from recorder.policy.connections import is_loopback_host
@@ -117,10 +117,17 @@ def token_from_api_headers(headers: Mapping[str, str]) -> str | None:
 
 
 def api_token_and_header(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """(token, the header that carried it). The token a reverse-mode client sent where its API key would go: "Authorization: Bearer
-    TOKEN", or x-api-key (Anthropic SDKs), api-key (Azure OpenAI) or x-goog-api-key (Gemini).
+    """(token, the header that carried it). The token a reverse-mode client sent: in the gateway's
+    own header (x-wiretrail-token), which leaves the API key headers to the client's own key; else
+    where its API key would go: "Authorization: Bearer TOKEN", or x-api-key (Anthropic SDKs),
+    api-key (Azure OpenAI) or x-goog-api-key (Gemini).
     None if there is none; IdentityError("malformed") for an Authorization that is not Bearer
     when no api-key header holds a token either."""
+    own = _header(headers, IDENTITY_HEADER)
+    if own is not None and own.strip():
+        value = own.strip()
+        scheme, _, rest = value.partition(" ")
+        return (rest.strip() if scheme.lower() == "bearer" and rest.strip() else value), IDENTITY_HEADER
     authorization = _header(headers, "authorization")
     if authorization is not None and authorization.strip():
         scheme, _, rest = authorization.strip().partition(" ")
@@ -138,6 +145,30 @@ def api_token_and_header(headers: Mapping[str, str]) -> tuple[str | None, str | 
                             "Authorization: Bearer <token> or x-api-key: <token> (set the SDK's API key "
                             "to your identity token)")
     return None, None
+
+
+# What provider API keys look like: OpenAI (sk-, sk-proj-), Anthropic (sk-ant-), Google (AIza),
+# and other long bearer strings without the dots of a JWT.
+_API_KEY_SHAPE = re.compile(r"(?:sk-|sk_|AIza|xai-|gsk_)[A-Za-z0-9_\-]{8,}\Z")
+
+
+def looks_like_api_key(token: str) -> bool:
+    """True for a provider API key sent where the identity token belongs: a common mistake, which
+    gets its own message (what to do) instead of "not a JWT"."""
+    return bool(_API_KEY_SHAPE.match(token)) or ("." not in token and len(token) >= 20 and token.isascii()
+                                                 and not any(c.isspace() for c in token))
+
+
+API_KEY_INSTEAD = ("this looks like an API key, not a wiretrail token: put your wiretrail token in the "
+                   f"{IDENTITY_HEADER} header and keep your API key where it is (mint a token with `wiretrail "
+                   "token`; per client: README, Pointing clients at the gateway)")
+
+
+def check_api_token(token: str | None, header: str | None) -> None:
+    """Raise IdentityError("malformed") with what to do when the token taken from an API key
+    header is an API key. A token in the gateway's own header is left to the verifier."""
+    if token and header != IDENTITY_HEADER and looks_like_api_key(token):
+        raise IdentityError("malformed", API_KEY_INSTEAD)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -20,7 +20,10 @@ from recorder.commands.common import (
 )
 from recorder.forensics.reader import iter_session_files, read_session
 from recorder.forensics.summary import SessionSummary, host_matches, hosts_of, summarize
+from recorder.forensics.verify import find_ledger
 from recorder.protocols.postgres.transcript import databases
+from recorder.store.ledger import read_ledger
+from recorder.store.live import unsealed_state
 
 
 def add_parser(subparsers) -> None:
@@ -39,7 +42,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per session, one per line")
 
 
-HEADERS = ("SESSION", "START (UTC)", "DURATION", "IDENTITY", "CLIENT", "EXCHANGES", "BYTES", "STATE")
+HEADERS = ("SESSION", "START (UTC)", "DURATION", "IDENTITY", "CLIENT", "AGENT", "RUN", "EXCHANGES", "BYTES", "STATE")
 RIGHT = {"EXCHANGES", "BYTES"}
 
 
@@ -95,13 +98,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"wiretrail ls: {e}", file=sys.stderr)
         return 2
+    states = _States(d)
     if args.json:
         for s, ident in selected:
             dbs = ident.pop("_databases", [])
             doc = {
                 "session": s.session_id, "path": str(s.path), "start": s.start, "end": s.end, "duration_s": s.duration,
-                "identity": ident, "client": s.client, "exchanges": s.exchanges, "bytes": s.bytes, "state": s.state,
-                "databases": dbs,
+                "identity": ident, "client": s.client, "exchanges": s.exchanges, "bytes": s.bytes,
+                "state": states.word(s), "agent": {"name": s.agent, "run": s.run} if s.run else None, "databases": dbs,
             }
             sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         return 0
@@ -126,9 +130,11 @@ def run(args: argparse.Namespace) -> int:
                 human_duration(s.duration),
                 who,
                 s.client_ip or "-",
+                s.agent or "-",
+                s.run or "-",
                 str(s.exchanges),
                 human_bytes(s.bytes),
-                s.state,
+                states.word(s),
             ) + ((", ".join(ident.get("_databases") or []) or "-",) if with_db else ())
         )
     for line in table([tuple(safe(c) for c in r) for r in rows], with_db):
@@ -136,3 +142,23 @@ def run(args: argparse.Namespace) -> int:
     if unauthenticated:
         print("* not authenticated: recorded without a verified identity")
     return 0
+
+
+class _States:
+    """A session's state as `verify` words it: an unsealed one is "open" while the gateway that
+    writes it runs, else "unsealed (gateway stopped)" (recorder/store/live.py). Each ledger (one
+    per gateway store, several under a fleet root) is read once, and only for unsealed sessions."""
+
+    def __init__(self, d: Path):
+        self.d = d
+        self._ledgers: dict[Path | None, tuple[dict, Path | None]] = {}
+
+    def word(self, s: SessionSummary) -> str:
+        if s.state != "unsealed":
+            return s.state
+        path = find_ledger(Path(s.path))
+        if path not in self._ledgers:
+            self._ledgers[path] = (read_ledger(path).state.sessions, path.parent) if path is not None else ({}, None)
+        entries, store = self._ledgers[path]
+        entry = entries.get(s.session_id)
+        return unsealed_state(entry.state if entry is not None else None, store)

@@ -31,6 +31,7 @@ from recorder.forensics.summary import summarize
 from recorder.forensics.transcript import build
 from recorder.forensics.transcript.render import TEXT_LIMIT, Style, turn_json, turn_lines
 from recorder.forensics.transcript.rpc import Namer, body_summary, is_rpc_exchange, tree_lines
+from recorder.forensics.verify import unsealed_word
 from recorder.protocols.postgres.transcript import sql_log_lines, statements as sql_statements
 from recorder.store import format_v1
 
@@ -146,7 +147,10 @@ def header(read: SessionRead) -> list[str]:
     gw = opened.get("gateway") if isinstance(opened.get("gateway"), dict) else {}
     state = f"{s.state}  ({s.records} records, last seq {read.last_seq})"
     if s.state == "unsealed":
-        state += "  - not closed: the gateway stopped before the session ended (crash?)"
+        word = unsealed_word(read.path, s.session_id)
+        state = f"{word}  ({s.records} records, last seq {read.last_seq})" + (
+            "  - still being recorded" if word.startswith("open") else
+            "  - not closed: the gateway stopped before the session ended")
     if read.truncated_tail:
         state += "  - a partial last write was dropped"
     agents = sorted(
@@ -158,6 +162,7 @@ def header(read: SessionRead) -> list[str]:
         f"state     {state}",
         f"who       {who}",
         f"client    {s.client or '-'}" + (f"  user-agent: {'; '.join(agents[:3])}" if agents else ""),
+        *([f"agent     {s.agent or '-'}  run {s.run}  (named by the client; groups records only)"] if s.run else []),
         f"gateway   {gw.get('host', '-')} (wiretrail {gw.get('version', '?')})",
         f"when      {iso_utc(s.start, ms=True)} .. {iso_utc(s.end, ms=True)}  ({human_duration(s.duration)})",
         f"traffic   {s.exchanges} exchange(s), {human_bytes(s.bytes)}",

@@ -29,6 +29,8 @@ class SessionSummary:
     exchanges: int  # http.request records and database statements (EXCHANGE_TYPES)
     bytes: int  # body bytes per flow: http.end sizes, else the recorded body sizes
     records: int
+    agent: str | None = None  # session.open's agent.name: the agent run the client named
+    run: str | None = None  # session.open's agent.run
 
 
 def _number(value) -> int:
@@ -55,6 +57,7 @@ def summarize(read: SessionRead) -> SessionSummary:
     opened = read.open_record or {}
     identity = opened.get("identity") if isinstance(opened.get("identity"), dict) else {}
     client = opened.get("client") if isinstance(opened.get("client"), dict) else {}
+    agent = opened.get("agent") if isinstance(opened.get("agent"), dict) else {}
     times = [r["ts"] for r in read.records if isinstance(r.get("ts"), (int, float)) and not isinstance(r.get("ts"), bool)]
     start = opened.get("ts") if isinstance(opened.get("ts"), (int, float)) else (times[0] if times else None)
     end = times[-1] if times else None
@@ -82,7 +85,13 @@ def summarize(read: SessionRead) -> SessionSummary:
         + sum(_number(v) for r in read.records if r.get("t") == "pg.end" and isinstance(r.get("bytes"), dict)
               for v in r["bytes"].values()),  # database connections: bytes from both sides
         records=len(read.records),
+        agent=_text(agent.get("name")),
+        run=_text(agent.get("run")),
     )
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def hosts_of(records: list[dict]) -> set[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from recorder.store import format_v1
 from recorder.store.anchors import Anchor
+from recorder.store.live import unsealed_state
 from recorder.store.ledger import LEDGER_NAME, LedgerRead, SessionEntry, ledger_id, read_ledger
 from recorder.forensics.reader import SessionRead, iter_session_files, read_session
 from recorder.store.recovery import SIGNING_TYPES
@@ -56,6 +57,7 @@ class FileVerdict:
     issues: list[Issue] = field(default_factory=list)  # signature and ledger problems
     notes: list[str] = field(default_factory=list)  # facts worth saying (unsigned tail, ledger state)
     ledger_state: str | None = None  # the ledger's word on this session: open/closed/recovered/...
+    store: Path | None = None  # the store whose ledger holds it (its gateway.live says if a gateway runs)
     signed_upto: int | None = None  # seq of the last checkpoint or seal whose signature was checked
     signatures: int = 0
     damage: list[str] = field(default_factory=list)  # what the ledger says the gateway suffered
@@ -94,9 +96,7 @@ class FileVerdict:
                 why.append("no session.close")
             if r.truncated_tail:
                 why.append("a partial last write was dropped")
-            crash = "unsealed (crash)" if self.ledger_state in ("recovered", "failed") else "unsealed (crash?)"
-            if self.ledger_state == "failed":
-                crash = "unsealed (storage error)"
+            crash = unsealed_state(self.ledger_state, self.store)
             return [
                 f"OK      {self.path}: {crash}: {n} records readable, last seq {last}"
                 + (f" ({'; '.join(why)})" if why else "") + extra
@@ -180,6 +180,14 @@ def find_ledger(path: Path) -> Path | None:
     return None
 
 
+def unsealed_word(path: str | Path, session_id: str | None) -> str:
+    """What `show` and `ls` call an unsealed session, in the words `verify` uses: "open" while
+    the gateway that writes it runs, else why it is not closed (recorder/store/live.py)."""
+    ledger = find_ledger(Path(path))
+    entry = read_ledger(ledger).state.sessions.get(session_id) if ledger is not None and session_id else None
+    return unsealed_state(entry.state if entry is not None else None, ledger.parent if ledger is not None else None)
+
+
 def when(ts) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if isinstance(ts, (int, float)) else "?"
 
@@ -208,6 +216,7 @@ def check_against_ledger(v: FileVerdict, entry: SessionEntry | None, ledger: Pat
                                     "(planted, copied in, or its ledger entries were cut off)"))
         return
     v.ledger_state = entry.state
+    v.store = Path(ledger).parent
     if entry.state == "deleted":
         v.notes.append(f"the ledger says retention deleted it (ledger seq {entry.deleted_seq}), yet it is still here")
     if r.session_id is not None and r.session_id != entry.session:

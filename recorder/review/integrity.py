@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from recorder.store.live import unsealed_state
 from recorder.forensics.verify import FileVerdict
 
 # Badge states, in the order the list's integrity filter offers them.
@@ -79,7 +80,11 @@ def integrity_of(v: FileVerdict, keys_checked: bool) -> Integrity:
         return Integrity("crashed", f"unsealed after a crash ({v.ledger_state} at the gateway's next start); "
                                     f"{len(r.records)} records readable{upto}{notes}", **common)
     if v.ledger_state == "open":
-        return Integrity("open", f"open: the gateway is still writing it (or stopped without closing it); "
-                                 f"{len(r.records)} records so far{upto}{notes}", **common)
+        word = unsealed_state(v.ledger_state, v.store)  # the words verify, ls and show use
+        if word.startswith("open"):
+            return Integrity("open", f"{word}: the gateway is still writing it; "
+                                     f"{len(r.records)} records so far{upto}{notes}", **common)
+        return Integrity("unsealed", f"{word}: the gateway stopped without closing it; "
+                                     f"{len(r.records)} records{upto}{notes}", **common)
     return Integrity("unsealed", f"not closed: still being written, or the gateway stopped (no ledger says "
                                  f"which); {len(r.records)} records{upto}{notes}", **common)

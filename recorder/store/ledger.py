@@ -24,6 +24,7 @@ from pathlib import Path
 import orjson
 
 from recorder.store import format_v1
+from recorder.store.live import clear_live, mark_live
 from recorder.store.signing import Signer, Verifier
 
 LEDGER_NAME = "ledger.jsonl"
@@ -281,6 +282,7 @@ class LedgerFile:
             self.flushed = self.synced = (self.seq - 1, self.prev, self.last_t)
         os.lseek(fd, 0, os.SEEK_END)
         self.fd = fd
+        mark_live(self.dir)  # readers tell "open" from "gateway stopped" by it (recorder/store/live.py)
         self.reserve()
 
     def append(self, t: str, ts: float, fields: dict) -> dict:
@@ -340,6 +342,7 @@ class LedgerFile:
 
     def close(self) -> None:
         if self.fd >= 0:
+            clear_live(self.dir)
             os.close(self.fd)  # releases the lock
             self.fd = -1
 

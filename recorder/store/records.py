@@ -126,9 +126,12 @@ _TABLE = [
         req("identity", "object", "`sub`, `email`, `name`, `groups` (list), `iss`, `method` (`\"jwt\"`, `\"none\"` …), "
             "`authenticated` (false for `identity.mode = \"none\"`)"),
         req("client", "object", "`ip`, `port` of the client connection"),
-        req("gateway", "object", "`host`, `version`"),
+        req("gateway", "object", "`host`, `version`; `id` when the gateway is one of several sharing a store "
+            "(`[gateway] id`, docs/deployment.md)"),
         req("key", "string", "id of the signing key, `null` when none is configured", null=True),
         opt("opened", "number", "Unix seconds at open"),
+        opt("agent", "object", "the agent run the client named, `{\"name\", \"run\", \"by\"}` (`by`: the header it "
+            "came in); present only in a session opened for a run"),
         opt("remasked_from", "object", "only in a copy made by `wiretrail mask` ([masking.md](masking.md)): the "
             "original's `session` id, `head` (hash of its last intact line), `state`, `records` and `file` name"),
         opt("remasked_at", "number", "with `remasked_from`: Unix seconds when the copy was made"),

@@ -1,8 +1,16 @@
-"""Sessions: one identity's continuous activity from one client address.
+"""Sessions: one agent run, or one identity's continuous activity from one client address.
 
-A session opens at its first flow and closes after `idle_timeout` with no flow, at
-`max_duration`, or at shutdown. A session with flows still in progress is not closed
-under them: it stops taking new flows and closes when its last flow ends.
+A flow whose client names its agent run (recorder/store/agent_runs.py) goes to that run's session,
+keyed by the verified identity, the client address and the run; any other flow to the session of
+its identity and address. A session opens at its first flow and closes after `idle_timeout` with
+no flow, at `max_duration`, or at shutdown. A refusal or a tunnel that names no run joins the
+most recently active open session of its identity and address (so a run's telemetry tunnels are in
+the run's session); where there is none it opens one, and a session that holds no exchange
+(only refusals or tunnels) closes after QUIET_IDLE seconds without one, so it never lingers. A session with flows still in
+progress is not closed under them: it stops taking new flows and closes when its last flow ends.
+One identity and address keep at most MAX_RUNS run sessions open; a new run beyond that closes
+the least recently active one (reason "run_limit"): a client that makes up run ids cannot hold
+files open without end.
 """
 from __future__ import annotations
 
@@ -18,6 +26,9 @@ from recorder.store.ids import new_session_id
 from recorder.store.writer import Ack, RecordWriter
 from recorder.store.records import HTTP_ERROR, RECORDS
 
+QUIET_IDLE = 10.0  # seconds: a session without exchanges (refusals, tunnels) closes this soon
+MAX_RUNS = 64  # open run sessions per identity and client address
+
 
 @dataclass(eq=False)  # identity semantics: sessions live in sets
 class Session:
@@ -28,8 +39,10 @@ class Session:
     last_activity: float
     identity: dict
     writer: RecordWriter
+    agent: dict | None = None  # {"name", "run"} the client declared, when it named its run
     active_flows: int = 0
     flows: int = 0
+    exchanges: int = 0  # flows that were exchanges (not refusals or tunnels)
     records: int = 0
     errors: int = 0
     draining: bool = False  # takes no new flows; closes when the last one ends
@@ -85,20 +98,38 @@ class SessionRegistry:
     def sessions(self) -> list[Session]:
         return list(self._open.values()) + list(self._draining)
 
-    def begin_flow(self, identity_key: str, identity: dict, client: tuple[str, int]) -> Session:
-        """The session a new flow belongs to, opening one if needed. Counts the flow as active."""
+    def begin_flow(self, identity_key: str, identity: dict, client: tuple[str, int], agent: dict | None = None,
+                   *, exchange: bool = True) -> Session:
+        """The session a new flow belongs to, opening one if needed. Counts the flow as active.
+        `agent`: the run the client declared ({"name", "run"}), or None. `exchange`: False for a
+        refusal or a tunnel, which do not keep a session open for long."""
         now = self.clock()
-        key = (identity_key, client[0])
+        run = agent.get("run") if agent else None
+        key = (identity_key, client[0], run)
         session = self._open.get(key)
+        if session is None and not exchange and run is None:
+            session = self._latest_run(key)  # a tunnel or refusal joins the run it came beside
         if session is not None and (session.failed is not None or now - session.opened >= self.max_duration):
             self._retire(session, "max_duration" if session.failed is None else "storage_error")
             session = None
         if session is None:
-            session = self._open_session(key, identity, client, now)
+            if run is not None:
+                self._limit_runs(key)
+            session = self._open_session(key, identity, client, now, agent)
         session.active_flows += 1
         session.flows += 1
+        session.exchanges += exchange
         session.last_activity = now
         return session
+
+    def _latest_run(self, key: tuple) -> Session | None:
+        runs = [s for k, s in self._open.items() if k[:2] == key[:2] and s.failed is None]
+        return max(runs, key=lambda s: s.last_activity) if runs else None
+
+    def _limit_runs(self, key: tuple) -> None:
+        runs = [s for k, s in self._open.items() if k[:2] == key[:2] and k[2] is not None]
+        if len(runs) >= MAX_RUNS:
+            self._retire(min(runs, key=lambda s: s.last_activity), "run_limit")
 
     def end_flow(self, session: Session) -> None:
         session.active_flows -= 1
@@ -120,7 +151,8 @@ class SessionRegistry:
                 if now - session.opened >= self.max_duration:
                     self._retire(session, "max_duration")
                 continue
-            if now - session.last_activity >= self.idle_timeout:
+            idle = self.idle_timeout if session.exchanges else min(self.idle_timeout, QUIET_IDLE)
+            if now - session.last_activity >= idle:
                 self._open.pop(session.key, None)
                 self._close(session, "idle")
                 closed += 1
@@ -137,7 +169,7 @@ class SessionRegistry:
 
     # -- internals ------------------------------------------------------------------
 
-    def _open_session(self, key, identity, client, now) -> Session:
+    def _open_session(self, key, identity, client, now, agent=None) -> Session:
         sid = new_session_id(now)
         session = Session(
             id=sid,
@@ -147,6 +179,7 @@ class SessionRegistry:
             last_activity=now,
             identity=identity,
             writer=self.writer,
+            agent=agent,
         )
         self._open[key] = session
         fields = {
@@ -157,6 +190,8 @@ class SessionRegistry:
             "key": self.signing_key_id,
             "opened": now,
         }
+        if agent:
+            fields["agent"] = {"name": agent.get("name"), "run": agent.get("run"), "by": agent.get("by")}
         session.records += 1
         self.writer.open_session(sid, session.path, now, fields)
         return session

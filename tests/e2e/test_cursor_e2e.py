@@ -175,7 +175,7 @@ def test_http1_fallback_is_recorded_as_one_conversation(cursor_gateway, upstream
              "user: Why does src/app.py crash? My key is [MASKED:github-pat:",
              "> assistant: " + "".join(DELTAS_1),
              f"> assistant tool call exec field 2.2 [{EXEC_ID}]: 2.2.1: {FILE_PATH}",
-             f"> tool tool result exec field 2.2 [{EXEC_ID}]: 2.2.1: import os",
+             f"> tool result exec field 2.2 [{EXEC_ID}]: 2.2.1: import os",
              "> assistant: " + "".join(DELTAS_2),
              "note: HTTP/1.1 fallback: 3 BidiAppend post(s) joined to this RunSSE stream by their request id "
              + request_id)

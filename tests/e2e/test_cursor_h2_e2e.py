@@ -120,7 +120,7 @@ def test_h2_bidi_connect_stream_flows_both_ways_and_is_recorded(cursor_gateway, 
              "user: Why does src/app.py crash? My key is [MASKED:github-pat:",
              "> assistant: " + "".join(DELTAS_1),
              f"> assistant tool call exec field 2.2 [{EXEC_ID}]: 2.2.1: {FILE_PATH}",
-             f"> tool tool result exec field 2.2 [{EXEC_ID}]: 2.2.1: import os",
+             f"> tool result exec field 2.2 [{EXEC_ID}]: 2.2.1: import os",
              "> assistant: " + "".join(DELTAS_2), f"note: files: {FILE_PATH}")
     assert PASTED not in out and TOOL_SECRET not in out and 'ANTHROPIC_API_KEY = "[MASKED:anthropic:' in out
 

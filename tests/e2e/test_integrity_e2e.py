@@ -421,7 +421,7 @@ def test_kill_9_during_streams_then_recovery_on_restart(start_gateway, upstream,
 
     res = verify("--key", pub, store)
     assert res.returncode == 0, res.stdout
-    assert "unsealed (crash?)" in res.stdout and "last signed checkpoint seq" in res.stdout
+    assert "unsealed (gateway stopped)" in res.stdout and "last signed checkpoint seq" in res.stdout
     assert "open in the ledger" in res.stdout
 
     gw2 = start_gateway(config=signed(store, priv))

@@ -511,13 +511,13 @@ def test_readme_database_setup_works_as_written(pg, tmp_path, monkeypatch):
     try:
         gw.start()
         wait_listening(port)
-        args = token_line.split("$(", 1)[1].rstrip(")").split()
-        args = [a.replace('"$USER"', "newcomer") for a in args]
-        tok = subprocess.run([str(WIRETRAIL), *args[1:]], cwd=work, capture_output=True, text=True, timeout=30)
+        minted = token_line.split("$(", 1)[1].rsplit(")", 1)[0].replace(".venv/bin/wiretrail", str(WIRETRAIL))
+        tok = subprocess.run(["bash", "-c", minted], cwd=work, capture_output=True, text=True, timeout=30,
+                             env=dict(os.environ, USER=""))  # $USER is empty on CI's root shells
         assert tok.returncode == 0, tok.stderr
         token = tok.stdout.strip()
         cmd = psql_line[len("psql "):].strip().strip('"')
-        cmd = (cmd.replace("15432", str(port)).replace("$USER", "newcomer")
+        cmd = (cmd.replace("15432", str(port)).replace("$(id -un)", "newcomer")
                .replace("$HOME/.mitmproxy/mitmproxy-ca-cert.pem", str(gw.ca_path)).replace("$WIRETRAIL_TOKEN", token))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         res = subprocess.run(["psql", "-X", "-w", cmd, "-c", "SELECT current_user, 'hello from the README'"],

@@ -19,7 +19,9 @@ import threading
 SHELL_TOOLS = ("exec_command", "shell_command", "shell", "local_shell")
 
 
-class ScriptedModel:
+class _Scripted:
+    """What every scripted model keeps: its script, and every payload it was sent."""
+
     def __init__(self, *, final_text: str = "All done: the fake model's final words.",
                  tool_command: str = "echo wiretrail-tool-ran"):
         self.final_text = final_text
@@ -27,6 +29,9 @@ class ScriptedModel:
         self.requests: list[dict] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+
+
+class ScriptedModel(_Scripted):
 
     def __call__(self, payload: dict) -> list[dict]:
         return self.events(payload)
@@ -113,3 +118,59 @@ class ScriptedModel:
     def sse(self, payload: dict) -> bytes:
         """The same events as an SSE body (for POST /v1/responses with stream: true)."""
         return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in self.events(payload))
+
+
+class ScriptedChat(_Scripted):
+    """A scripted Chat Completions model (POST /v1/chat/completions), for SDK agent loops.
+
+    While no `tool` message is in the request and it offers a function named in SHELL_TOOLS: a
+    tool call to it running `tool_command`; then `final_text`. `answer(payload)` is the route
+    tests/support/upstream.py's FakeUpstream(models=...) serves: SSE chunks with "stream": true,
+    else one JSON completion. Every payload is kept in `requests`.
+    """
+
+    @staticmethod
+    def tool_messages(payload: dict) -> list[dict]:
+        return [m for m in payload.get("messages") or () if isinstance(m, dict) and m.get("role") == "tool"]
+
+    @staticmethod
+    def shell_tool(payload: dict) -> str | None:
+        names = [(t.get("function") or {}).get("name") for t in payload.get("tools") or () if isinstance(t, dict)]
+        return next((n for n in SHELL_TOOLS if n in names), None)
+
+    def answer(self, payload: dict) -> tuple[str, object]:
+        with self._lock:
+            self.requests.append(payload)
+            n = next(self._ids)
+        model = payload.get("model") or "gpt-fake"
+        tool = self.shell_tool(payload)
+        base = {"id": f"chatcmpl-fake-{n}", "created": 1_700_000_000, "model": model}
+        usage = {"prompt_tokens": 30, "completion_tokens": 8, "total_tokens": 38}
+        if tool is not None and not self.tool_messages(payload):
+            call = {"id": f"call_fake_{n}", "type": "function",
+                    "function": {"name": tool, "arguments": json.dumps({"command": self.tool_command})}}
+            message, finish = {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+        else:
+            message, finish = {"role": "assistant", "content": self.final_text}, "stop"
+        if not payload.get("stream"):
+            return "json", dict(base, object="chat.completion", usage=usage, choices=[
+                {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}])
+
+        def chunk(delta: dict, finish_reason=None) -> bytes:
+            body = dict(base, object="chat.completion.chunk",
+                        choices=[{"index": 0, "delta": delta, "finish_reason": finish_reason}])
+            return f"data: {json.dumps(body)}\n\n".encode()
+
+        events = [chunk({"role": "assistant", "content": ""})]
+        if finish == "tool_calls":
+            call = message["tool_calls"][0]
+            args = call["function"]["arguments"]
+            events.append(chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                                                 "function": {"name": call["function"]["name"], "arguments": ""}}]}))
+            events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 12]}}]})
+                       for i in range(0, len(args), 12)]
+        else:
+            words = self.final_text.split(" ")
+            events += [chunk({"content": w + (" " if i < len(words) - 1 else "")}) for i, w in enumerate(words)]
+        events += [chunk({}, finish), b"data: [DONE]\n\n"]
+        return "sse", events

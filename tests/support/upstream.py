@@ -7,6 +7,8 @@ Content-Encoding, and when each streamed event left). Event content is determini
 so a test can compare what the client got and what the artifact holds byte for byte.
 
 Routes (any method unless noted):
+  POST <path in models>      a scripted model's answer (FakeUpstream(models={path: model.answer})): SSE
+                             events 10 ms apart (chunked), or JSON; checked before the routes below
   POST /v1/chat/completions  OpenAI JSON, or with "stream": true OpenAI SSE (chunked); a body field
                              "x_reply_text" makes the stream spell that text, one character per event
   POST /v1/messages          Anthropic JSON, or with "stream": true Anthropic SSE (chunked)
@@ -307,8 +309,11 @@ def _listen_ipv6_loopback(port: int) -> socket.socket | None:
 
 
 class FakeUpstream:
-    def __init__(self, ca: TestCA, *, sse_events: int = 5, sse_delay: float = 0.2):
+    def __init__(self, ca: TestCA, *, sse_events: int = 5, sse_delay: float = 0.2, models: dict | None = None):
         self.ca = ca
+        # path -> a scripted model's answer(payload): ("sse", [event bytes]) or ("json", dict)
+        # (tests/support/anthropic_fake.py, openai_fake.py); served before the built-in routes.
+        self.models = dict(models or {})
         self.sse_events = sse_events
         self.sse_delay = sse_delay
         self._ctx = ca.server_context()
@@ -541,6 +546,15 @@ class FakeUpstream:
         if ex.path in self.routes:
             return self.routes[ex.path](r, ex)
         n, delay = self._stream_params(ex)
+        if ex.path in self.models and ex.method == "POST":
+            kind, answer = self.models[ex.path](json.loads(ex.body))
+            if kind == "sse":
+                r.stream_head()
+                r.events(answer, 0.01)
+                r.end_chunks()
+            else:
+                r.full(200, json.dumps(answer).encode(), "application/json")
+            return "keep-alive"
         if ex.path in ("/v1/chat/completions", "/v1/messages"):
             try:
                 payload = json.loads(ex.body)

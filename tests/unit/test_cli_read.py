@@ -94,7 +94,7 @@ def test_verify_intact_closed_and_crashed_sessions_exit_0(store, capsys):
     assert cli.main(["verify", str(store)]) == 0
     out = capsys.readouterr().out
     assert f"{session_file(store, closed)}: closed cleanly, 6 records, last seq 5" in out
-    assert f"{path}: unsealed (crash?): 8 records readable, last seq 7" in out
+    assert f"{path}: unsealed (gateway stopped): 8 records readable, last seq 7" in out
     assert "only the hash chains were checked" in out
 
 
@@ -153,12 +153,16 @@ def test_ls_table_newest_last(store, capsys):
     rewrite(path, read_lines(path)[:-1], finish=False)
     assert cli.main(["ls", str(store)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["SESSION", "START", "(UTC)", "DURATION", "IDENTITY", "CLIENT", "EXCHANGES", "BYTES", "STATE"]
+    assert out[0].split() == ["SESSION", "START", "(UTC)", "DURATION", "IDENTITY", "CLIENT", "AGENT", "RUN", "EXCHANGES",
+                              "BYTES", "STATE"]
     rows = [line.split() for line in out[1:]]
     assert [r[0] for r in rows] == [earlier, later, crashed]
-    assert rows[0] == [earlier, "2026-01-01T00:00:00Z", "1m30s", "alice", "<alice@example.com>", "10.0.0.1", "1", "1.0", "KiB", "closed"]
-    assert rows[1] == [later, "2026-01-01T01:00:00Z", "1m30s", "bob", "<bob@example.com>", "10.0.0.2", "2", "2.0", "KiB", "closed"]
-    assert rows[2][3:7] == ["carol", "<carol@example.com>", "10.0.0.3", "1"] and rows[2][-1] == "unsealed"
+    assert rows[0] == [earlier, "2026-01-01T00:00:00Z", "1m30s", "alice", "<alice@example.com>", "10.0.0.1", "-", "-", "1",
+                       "1.0", "KiB", "closed"]
+    assert rows[1] == [later, "2026-01-01T01:00:00Z", "1m30s", "bob", "<bob@example.com>", "10.0.0.2", "-", "-", "2",
+                       "2.0", "KiB", "closed"]
+    assert rows[2][3:9] == ["carol", "<carol@example.com>", "10.0.0.3", "-", "-", "1"]
+    assert " ".join(rows[2][-3:]) == "unsealed (gateway stopped)"
 
 
 def test_ls_empty_and_missing_store(tmp_path, capsys):

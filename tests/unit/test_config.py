@@ -215,7 +215,7 @@ def test_embedded_default_is_relative_to_cwd_and_has_no_source(tmp_path):
     assert config.identity.hs256_secret.path == secret
     assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) >= 32
     assert load_config(None, cwd=tmp_path).identity.hs256_secret.read() == secret.read_text().strip()  # kept
-    assert config.policy.unregistered == "record"
+    assert config.policy.unregistered == "tunnel"  # unregistered hosts pass through unrecorded (one log line), not sessions
     assert config.masking.builtin is True
     assert config.sessions == cfgmod.SessionsConfig() and config.capture == cfgmod.CaptureConfig()
     assert [(c.name, c.hosts, c.credential, c.inject) for c in config.connections] == [

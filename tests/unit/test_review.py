@@ -97,7 +97,7 @@ def test_rows_newest_first_with_counts_and_badges(store):
     assert (alice.exchanges, alice.errors, alice.refusals) == (3, 0, 1)
     assert alice.agent.name == "claude-cli"
     assert rows_by_sub(page)["bob"].errors == 1  # the 429
-    assert rows_by_sub(page)["carol"].integrity.state == "open"
+    assert rows_by_sub(page)["carol"].integrity.state == "unsealed"  # the writer stopped with it open: not "open"
 
 
 def test_without_a_key_sealed_is_not_called_verified(store):
@@ -163,7 +163,7 @@ def test_a_deleted_session_file_shows_on_the_list(store):
     ({"agent": "claude"}, ["carol", "bob", "alice"]),
     ({"agent": "cursor"}, []),
     ({"errors": "1"}, ["bob", "alice"]),
-    ({"integrity": "open"}, ["carol"]),
+    ({"integrity": "unsealed"}, ["carol"]),
     ({"integrity": "verified"}, ["bob", "alice"]),
     ({"until": "2025-12-31"}, []),
     ({"since": "2026-01-01"}, ["carol", "bob", "alice"]),

@@ -54,7 +54,7 @@ def test_openai_chat_shows_only_new_messages_and_tool_calls(tmp_path, capsys):
     assert '  > assistant tool call ls [call_1]: {"path": "."}' in out
     assert "tokens in 11, out 3" in out and "stop: tool_calls" in out
     assert "(2 earlier message(s) resent, not repeated)" in out
-    assert "    tool tool result [call_1]: README.md\n" in out and "secret.txt" in out
+    assert "    tool result [call_1]: README.md\n" in out and "secret.txt" in out
     assert "(openai.chat, gpt-4o-2024, streamed)" in out
     assert "  > assistant: There are two files." in out
     assert "1.2 s (first byte 56 ms)" in out
@@ -102,9 +102,29 @@ def test_openai_responses_json_and_stream(tmp_path, capsys):
     assert "system: Be brief." in out and "user: what is 2+2?" in out
     assert "  > assistant thinking: simple sum" in out and "  > assistant: 4" in out
     assert "tokens in 9, out 2" in out
-    assert "tool tool result [fc_0]: ok" in out
+    assert "tool result [fc_0]: ok" in out
     assert '  > assistant tool call calc [fc_1]: {"x": 1}' in out
     assert "note: continues response resp_1" in out
+
+
+def test_codex_responses_items_developer_messages_and_unknown_items(tmp_path, capsys):
+    """Codex: instructions as developer messages, items of its own types, function-call outputs."""
+    r = Recorder(tmp_path)
+    url = "https://api.openai.com/v1/responses"
+    r.flow(url, {"model": "gpt-5.1-codex", "tools": [{"type": "function", "name": "exec_command"}], "input": [
+        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Sandbox: none."}]},
+        {"type": "additional_tools", "tools": [{"name": "mcp__fs__read"}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list files"}]},
+        {"type": "function_call", "name": "exec_command", "call_id": "c1", "arguments": "{\"cmd\": \"ls\"}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "a.txt"}]},
+        {"model": "gpt-5.1-codex", "status": "completed",
+         "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "one file"}]}]})
+    out = show(r.close(), capsys)
+    assert "system: Sandbox: none." in out, out  # shown by default
+    assert "[additional_tools]:" in out and "mcp__fs__read" in out, out
+    assert "assistant: [additional_tools]" not in out
+    assert "    tool result [c1]: a.txt" in out and "tool tool result" not in out
+    assert "note: tools offered: exec_command" in out
 
 
 def test_anthropic_stream_with_thinking_and_tool_use(tmp_path, capsys):

@@ -56,7 +56,7 @@ def test_a_cursor_session_reads_as_a_conversation(tmp_path, capsys, mimic, mode)
              "user: Why does src/app.py crash? My key is [MASKED:github-pat:", "if it matters.",
              "> assistant: " + "".join(DELTAS_1),
              f"> assistant tool call exec field 2.2 [{EXEC_ID}]: 2.2.1: {FILE_PATH}",
-             f"> tool tool result exec field 2.2 [{EXEC_ID}]: 2.2.1: import os",
+             f"> tool result exec field 2.2 [{EXEC_ID}]: 2.2.1: import os",
              "def main():",
              "> assistant: " + "".join(DELTAS_2),
              f"note: files: {FILE_PATH}")

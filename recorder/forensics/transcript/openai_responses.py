@@ -1,6 +1,8 @@
 """OpenAI responses API: POST .../responses, JSON or SSE replies."""
 from __future__ import annotations
 
+import json
+
 from recorder.forensics.exchange import Exchange
 from recorder.forensics.transcript.model import (
     Message,
@@ -56,7 +58,12 @@ def _item(item) -> Message | None:
     if kind == "reasoning":
         summary = text_of(item.get("summary")) or "[reasoning]"
         return Message("assistant", [Part("thinking", text=summary)])
-    return Message("assistant", [Part("other", text=f"[{kind}]")])
+    # An item type this reader does not know (Codex's additional_tools, configuration_update, ...):
+    # its type as the speaker, never a role it did not have, and what it holds.
+    rest = {k: v for k, v in item.items() if k not in ("type", "id")}
+    text = text_of(rest.get("content")) or text_of(rest.get("text")) or (
+        json.dumps(rest, ensure_ascii=False, sort_keys=True) if rest else "")
+    return Message(f"[{kind}]", [Part("other", text=text)])
 
 
 def _messages(items) -> list[Message]:
@@ -95,8 +102,13 @@ def decode(ex: Exchange) -> Turn:
 def apply_request(turn: Turn, req: dict) -> None:
     """A request's model, instructions and input: a POST body, or a `response.create` message."""
     turn.model = req.get("model")
-    turn.system = text_of(req.get("instructions")) or None
-    turn.messages = [m for m in _messages(req.get("input")) if m.role not in ("system", "developer")]
+    messages = _messages(req.get("input"))
+    # Instructions and the system/developer messages (Codex sends its instructions as developer
+    # messages) are the system prompt: shown once per conversation, and again when they change.
+    system = [text_of(req.get("instructions"))] + [
+        "\n".join(p.text for p in m.parts if p.text) for m in messages if m.role in ("system", "developer")]
+    turn.system = "\n\n".join(s for s in system if s) or None
+    turn.messages = [m for m in messages if m.role not in ("system", "developer")]
     if req.get("previous_response_id"):
         # The server keeps the history: the input holds only what is new.
         turn.notes.append(f"continues response {req['previous_response_id']}")

@@ -63,7 +63,8 @@ def _message_lines(msg: Message, prefix: str, style: Style, limit: int | None, s
     role_kind = msg.role if msg.role in _COLOURS else "assistant"
     for part in msg.parts or [Part("text", text="")]:
         label, text = _part_text(part)
-        head = msg.role + (f" {label}" if label else "")
+        # A tool message's result reads "tool result", not "tool tool result".
+        head = label if msg.role == "tool" and label.startswith("tool ") else msg.role + (f" {label}" if label else "")
         lines = _cut(text, limit).split("\n")
         first = f"{prefix}{style(role_kind, head + ':')} {safe(lines[0])}".rstrip()
         out.append(first)
