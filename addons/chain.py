@@ -12,13 +12,18 @@ that logs an exception and goes on. For wiretrail that has two costs:
 upstream answers the flow with 500 (nothing is forwarded; capture records the refusal).
 One after it is logged and the other parts still run, so the reply is still recorded. An
 exception in `running` stops the gateway.
+
+A part that defines a mitmproxy hook the chain does not dispatch would never be called, and
+nothing would say so: the chain refuses it when it is built, so the gateway does not start.
 """
 from __future__ import annotations
 
 import inspect
 import logging
 
-from mitmproxy import ctx
+import mitmproxy.proxy.layers  # noqa: F401 (registers the protocol hooks in hooks.all_hooks)
+import mitmproxy.proxy.server_hooks  # noqa: F401 (registers the connection hooks)
+from mitmproxy import ctx, hooks
 
 from addons.refusal import refuse
 
@@ -36,13 +41,30 @@ LOGGED = ("responseheaders", "response", "error", "tls_clienthello", "websocket_
 PASSED_THROUGH = ("load", "configure")
 # Before an upstream connection opens: an exception kills that connection (nothing is sent).
 CONNECTING = ("server_connect",)
+DISPATCHED = BEFORE_UPSTREAM + GUARDED + LOGGED + PASSED_THROUGH + CONNECTING + ("running", "done")
+
+
+class UndispatchedHook(Exception):
+    """A part defines a hook the chain would never call."""
+
+
+def undispatched(part) -> list[str]:
+    """The mitmproxy hooks `part` defines that the chain does not dispatch."""
+    return sorted(name for name in hooks.all_hooks if name not in DISPATCHED and callable(getattr(part, name, None)))
 
 
 class AddonChain:
     def __init__(self, parts: list):
         self.parts = list(parts)
+        for p in self.parts:
+            missing = undispatched(p)
+            if missing:
+                raise UndispatchedHook(
+                    f"{type(p).__name__} defines {', '.join(missing)}, which the wiretrail chain does not dispatch, "
+                    "so it would never run: add the hook to a list in addons/chain.py (and say there what a failure "
+                    "in it does), or remove it from the part")
         blockers = [p.block_failed for p in self.parts if callable(getattr(p, "block_failed", None))]
-        for hook in BEFORE_UPSTREAM + GUARDED + LOGGED + PASSED_THROUGH + CONNECTING + ("running", "done"):
+        for hook in DISPATCHED:
             handlers = [getattr(p, hook) for p in self.parts if callable(getattr(p, hook, None))]
             if not handlers:
                 continue

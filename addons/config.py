@@ -11,9 +11,9 @@ from typing import Optional
 
 from mitmproxy import ctx, exceptions
 
-from recorder.config import ConfigError, GatewayConfig, load_config
+from recorder.config import ConfigError, GatewayConfig, changed_sections, load_config
 from recorder.store import fleet
-from recorder.signing import Signer, SigningKeyError, ensure_dev_signing_key, load_signer
+from recorder.store.signing import Signer, SigningKeyError, ensure_dev_signing_key, load_signer
 
 log = logging.getLogger("wiretrail")
 
@@ -25,6 +25,7 @@ class WiretrailConfig:
         self.current: GatewayConfig | None = None
         self.signer: Signer | None = None
         self.started = False  # once running, storage and the writer are built: no hot swap
+        self.path: str | None = None
 
     def load(self, loader):
         loader.add_option(
@@ -42,6 +43,7 @@ class WiretrailConfig:
         if OPTION not in updated:
             return
         path = ctx.options.wiretrail_config
+        self.path = path
         try:
             # configure may run before --set values arrive: the embedded default is only checked
             # here; its development secret and signing key are made in `running`, if it is used.
@@ -57,10 +59,29 @@ class WiretrailConfig:
         if problem is not None:
             raise exceptions.OptionsError(f"wiretrail config: {config.source}: {problem}")
         if self.started:
-            if config != self.current:
-                log.warning("wiretrail: the config changed while running; restart the gateway to apply it")
+            self.say_restart(config)
             return
         self.current, self.signer = config, signer
+
+    def say_restart(self, config: GatewayConfig) -> list[str]:
+        """Log, once per change, which sections differ from the running config: only a restart applies them."""
+        changed = changed_sections(self.current, config)
+        if changed:
+            log.warning(f"wiretrail: the config changed while running ({', '.join(changed)}); the gateway keeps "
+                        "running on the config it started with: restart it to apply the change")
+        return changed
+
+    def reread(self) -> list[str]:
+        """On SIGHUP: read the file again and say what only a restart would apply (credentials are
+        re-read by the credentials part). A file that no longer loads is reported, not applied."""
+        if not self.started or self.path is None:
+            return []
+        try:
+            config = load_config(self.path, read_secrets=False)
+        except ConfigError as e:
+            log.error(f"wiretrail: SIGHUP: {e}; the gateway keeps running on the config it started with")
+            return []
+        return self.say_restart(config)
 
     def running(self):
         # Options are final only now: configure may first run before --set values arrive.

@@ -3,7 +3,7 @@
 Everywhere, the identity token never goes upstream: Proxy-Authorization, and every header and
 query parameter that carries the token (in whichever credential header, or several), are
 removed. For a connection that injects a credential, every credential the client sent is
-stripped too: each header of recorder.client_credentials.CREDENTIAL_HEADERS, credential-like
+stripped too: each header of recorder.auth.credentials.CREDENTIAL_HEADERS, credential-like
 query parameters in any case or percent-encoding (`?%6bey=`), and cookies (unless the
 connection sets `strip_cookies = false`); then the connection's own is injected. Where nothing
 is injected (credential "none", or an unregistered host under policy "record"), the client's
@@ -19,23 +19,23 @@ import signal
 from mitmproxy import http
 
 from addons.config import WiretrailConfig
-from addons.identity import TOKEN_HEADER, Identity
+from addons.identity import Identity
 from addons.policy import connection_of
-from addons.refusal import REFUSAL, refuse
-from recorder.client_credentials import (
+from addons.flow_state import is_refused, set_injected, token_header
+from addons.refusal import refuse
+from recorder.auth.credentials import (
     CREDENTIAL_HEADERS,
-    GATEWAY_HEADERS,
-    IDENTITY_HEADER,
     INJECT_HEADER,
     field_carries_token,
     strip_query,
+    GATEWAY_HEADERS,
+    IDENTITY_HEADER,
 )
 from recorder.config import ConfigError
-from recorder.connections import is_loopback_host
+from recorder.policy.connections import is_loopback_host
 
 log = logging.getLogger("wiretrail")
 
-INJECTED = "wiretrail.injected"  # flow.metadata: {header name: connection name}
 
 _CREDENTIAL_FIELDS = frozenset(name.encode() for name in CREDENTIAL_HEADERS + GATEWAY_HEADERS)
 _CREDENTIAL_AND_COOKIE_FIELDS = _CREDENTIAL_FIELDS | {b"cookie"}
@@ -60,6 +60,7 @@ class Credentials:
 
     def _sighup(self):
         log.info("wiretrail: SIGHUP: re-reading upstream credentials")
+        self.config_addon.reread()
         self.reload()
         if self.on_reload is not None:
             self.on_reload()
@@ -88,7 +89,7 @@ class Credentials:
     def requestheaders(self, flow: http.HTTPFlow):
         req = flow.request
         token = self.identity.token_of(flow) if self.identity is not None else None
-        conn = None if flow.response is not None or REFUSAL in flow.metadata else connection_of(flow)
+        conn = None if flow.response is not None or is_refused(flow) else connection_of(flow)
         injects = conn is not None and conn.credential is not None and conn.inject != "none"
         # Whatever happens, the identity token never goes upstream; where the gateway injects, no
         # credential of the client's either. One pass over the header fields for both.
@@ -101,7 +102,7 @@ class Credentials:
             if stripped is not None:
                 req.path = stripped
         if not injects:
-            where = flow.metadata.get(TOKEN_HEADER)
+            where = token_header(flow)
             if conn is not None and where not in (None, IDENTITY_HEADER) and conn.name not in self._warned_no_key:
                 self._warned_no_key.add(conn.name)
                 log.warning(f"wiretrail: a client sent its identity token as its API key ({where}) to connection "
@@ -124,7 +125,7 @@ class Credentials:
         value = f"Bearer {secret}" if conn.inject == "bearer" else secret
         # Appended to the raw fields: the header was stripped just above (Headers.__setitem__ scans again).
         req.headers.fields += ((header.encode(), value.encode("utf-8", "surrogateescape")),)
-        flow.metadata[INJECTED] = {header: conn.name}
+        set_injected(flow, header, conn.name)
 
 
 # Never forwarded, whatever the connection: proxy credentials and the gateway's own headers.

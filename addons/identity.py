@@ -23,26 +23,22 @@ from mitmproxy import connection, http
 from mitmproxy.proxy import mode_specs
 
 from addons.config import WiretrailConfig
+from addons.flow_state import identity_of, set_identity, set_token_header  # noqa: F401 (identity_of: parts import it from here)
 from addons.refusal import refuse
-from recorder.identity import (
+from recorder.auth.identity import (
     ANONYMOUS,
-    Identity as VerifiedIdentity,
     IdentityError,
     TokenVerifier,
+    VerifiedIdentity,
     api_token_and_header,
     check_api_token,
     looks_like_api_key,
     token_from_proxy_authorization,
 )
-from recorder.client_credentials import IDENTITY_HEADER
+from recorder.auth.credentials import IDENTITY_HEADER
 
 log = logging.getLogger("wiretrail")
 
-IDENTITY = "wiretrail.identity"  # flow.metadata: the VerifiedIdentity of the flow
-TOKEN_HEADER = "wiretrail.token_header"  # flow.metadata: the header a reverse-mode token came in
-
-def identity_of(flow: http.HTTPFlow) -> VerifiedIdentity:
-    return flow.metadata.get(IDENTITY) or ANONYMOUS
 
 
 def is_reverse(flow: http.HTTPFlow) -> bool:
@@ -121,13 +117,13 @@ class Identity:
             return
         self.by_client[flow.client_conn] = identity
         self._client_tokens[flow.client_conn] = token
-        flow.metadata[IDENTITY] = identity
+        set_identity(flow, identity)
 
     async def requestheaders(self, flow: http.HTTPFlow):
         if flow.response is not None:
             return
         if self.verifier is None:
-            flow.metadata[IDENTITY] = ANONYMOUS
+            set_identity(flow, ANONYMOUS)
             return
         known = self.by_client.get(flow.client_conn)
         if known is not None:
@@ -135,9 +131,9 @@ class Identity:
                 # The tunnel outlived its token: close it so the client reconnects with a fresh one.
                 refuse(flow, 407, "expired", "the identity token this connection was opened with has expired; "
                        "reconnect with a new token", close=True)
-                flow.metadata[IDENTITY] = known
+                set_identity(flow, known)
                 return
-            flow.metadata[IDENTITY] = known
+            set_identity(flow, known)
             return
         headers = flow.request.headers
         try:
@@ -145,7 +141,7 @@ class Identity:
                 status = 401
                 token, where = api_token_and_header(headers)
                 check_api_token(token, where)
-                flow.metadata[TOKEN_HEADER] = where
+                set_token_header(flow, where)
             else:
                 status = 407
                 token = token_from_proxy_authorization(headers.get("proxy-authorization"))
@@ -154,7 +150,7 @@ class Identity:
         except IdentityError as e:
             refuse(flow, _status(e, status), e.reason, _proxy_message(e) if status == 407 else _api_message(e))
             return
-        flow.metadata[IDENTITY] = identity
+        set_identity(flow, identity)
         self._flow_tokens[flow] = token
 
 

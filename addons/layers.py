@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 
 import wsproto.events
-from mitmproxy import ctx, flow as mflow
+from mitmproxy import ctx
+from mitmproxy import flow as mflow
+from mitmproxy import websocket as mwebsocket
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.layers.tcp import TcpErrorHook
 from mitmproxy.proxy.layers.websocket import WebsocketLayer, WebSocketMessageInjected
-from mitmproxy import websocket as mwebsocket
 
 log = logging.getLogger("wiretrail")
 

@@ -27,11 +27,12 @@ from typing import Callable
 from mitmproxy import http
 
 from addons.config import WiretrailConfig
-from addons.refusal import REFUSAL, refuse
+from addons.flow_state import is_refused
+from addons.refusal import refuse
 from addons.streaming import request_streams, response_streams
-from recorder.content_decoding import DecodeError, can_decode, decodable_codings, decoder_for
+from recorder.http.content_decoding import DecodeError, can_decode, decodable_codings, decoder_for
 from recorder.masking import Masker
-from recorder.masking.bodies import mask_body
+from recorder.masking.body_masking import mask_body
 from recorder.masking.gateway import mask_key, signing_material
 
 log = logging.getLogger("wiretrail")
@@ -66,7 +67,7 @@ class Masking:
     # -- what is forwarded -------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response is not None or REFUSAL in flow.metadata or self.masker is None:
+        if flow.response is not None or is_refused(flow) or self.masker is None:
             return
         encoding = flow.request.headers.get("content-encoding")
         if not can_decode(encoding):
@@ -105,7 +106,7 @@ class Masking:
                        "cannot mask it; send it uncompressed")
 
     def responseheaders(self, flow: http.HTTPFlow):
-        if self.masker is None or REFUSAL in flow.metadata:
+        if self.masker is None or is_refused(flow):
             return
         resp = flow.response
         if not can_decode(resp.headers.get("content-encoding")):
@@ -134,7 +135,7 @@ class Masking:
         resp.stream = _masking_stream(self.masker.stream(resp.headers.get("content-type")), decoder)
 
     def response(self, flow: http.HTTPFlow):
-        if self.masker is None or not self.config_addon.current.masking.mask_responses or REFUSAL in flow.metadata:
+        if self.masker is None or not self.config_addon.current.masking.mask_responses or is_refused(flow):
             return
         if not flow.response.stream and flow.response.raw_content and not _mask_message(self.masker, flow.response):
             log.error(f"wiretrail: a reply in Content-Encoding {flow.response.headers.get('content-encoding')!r} "

@@ -3,7 +3,7 @@
 Policy goes by destination, not by spelling (docs/identity.md, "Policy by destination"). The
 destination is the host the gateway connects to: the CONNECT target, the reverse-mode target
 or the URL of a plain proxied request. It is matched by name (case, a trailing dot and the form
-of an IP literal do not matter) and by the addresses it resolves to (recorder/destinations.py);
+of an IP literal do not matter) and by the addresses it resolves to (recorder/policy/destinations.py);
 an alias of a registered host is that connection under every policy. The gateway connects to
 the address it checked (`server_connect`), so a DNS answer that changes in between changes
 nothing.
@@ -31,9 +31,16 @@ from mitmproxy.proxy import mode_specs, server_hooks
 
 from addons.config import WiretrailConfig
 from addons.identity import Identity, identity_of, is_reverse
-from addons.refusal import REFUSAL, refuse
-from recorder.config import ConnectionConfig
-from recorder.destinations import (
+from addons.flow_state import (  # noqa: F401 (connection_of: parts import it from here)
+    connection_of,
+    is_refused,
+    mark_tunneled,
+    noted_destination,
+    set_connection,
+    set_destination,
+)
+from addons.refusal import refuse
+from recorder.policy.destinations import (
     Destination,
     Destinations,
     Registry,
@@ -42,22 +49,15 @@ from recorder.destinations import (
     misdirected,
     split_host_port,
 )
-from recorder.identity import Identity as VerifiedIdentity
-from recorder.raw_policy import UNCHECKED
+from recorder.policy.raw_policy import UNCHECKED
 
 log = logging.getLogger("wiretrail")
 
-CONNECTION = "wiretrail.connection"  # flow.metadata: the matched ConnectionConfig, or None
-DESTINATION = "wiretrail.destination"  # flow.metadata: the flow's Destination
-TUNNELED = "wiretrail.tunneled"  # flow.metadata: an unregistered host under policy "tunnel"
 
 TunnelNote = Callable[..., None]  # (client, host, port, identity, details: dict)
 
 _PER_CLIENT = 256  # destinations remembered per client connection (a plain-HTTP proxy client may name many)
 
-
-def connection_of(flow: http.HTTPFlow) -> ConnectionConfig | None:
-    return flow.metadata.get(CONNECTION)
 
 
 def destination_of(flow: http.HTTPFlow) -> dict | None:
@@ -65,7 +65,7 @@ def destination_of(flow: http.HTTPFlow) -> dict | None:
     gateway pins the connection to, or that of the open upstream connection, or None when
     mitmproxy has yet to connect by name (a registered name, a reverse-mode target; http.end
     then carries it)."""
-    dest: Destination | None = flow.metadata.get(DESTINATION)
+    dest: Destination | None = noted_destination(flow)
     if dest is None:
         return None
     if dest.record["address"] is not None and not is_reverse(flow):  # pinned (reverse mode is not)
@@ -175,7 +175,7 @@ class Policy:
             return
         req = flow.request
         dest = await self._classify(flow.client_conn, req.host, req.port)
-        flow.metadata[DESTINATION] = dest
+        set_destination(flow, dest)
         if dest.connection is None:
             _refuse_unregistered(flow, dest, self._unregistered())
 
@@ -227,7 +227,7 @@ class Policy:
             self.by_client.setdefault(client, {})[(connect_to, port)] = dest
 
     async def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response is not None or REFUSAL in flow.metadata:
+        if flow.response is not None or is_refused(flow):
             return
         cfg = self.config_addon.current
         if cfg is None:
@@ -236,9 +236,9 @@ class Policy:
         reverse = is_reverse(flow)
         dest = self._known(flow.client_conn, req.host, req.port) or await self._classify(
             flow.client_conn, req.host, req.port)
-        flow.metadata[DESTINATION] = dest
+        set_destination(flow, dest)
         conn = dest.connection
-        flow.metadata[CONNECTION] = conn
+        set_connection(flow, conn)
         if conn is None and (dest.error is not None or cfg.policy.unregistered == "deny"):
             _refuse_unregistered(flow, dest, cfg.policy.unregistered)
             return
@@ -249,7 +249,7 @@ class Policy:
             return
         if conn is None:
             if cfg.policy.unregistered == "tunnel" and not reverse:
-                flow.metadata[TUNNELED] = True
+                mark_tunneled(flow)
             return
         ident = identity_of(flow)
         if conn.allow_groups and not set(ident.groups) & set(conn.allow_groups):

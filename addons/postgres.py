@@ -1,4 +1,4 @@
-"""Database connections: starts a PostgreSQL front end (recorder/postgres/frontend.py) for each
+"""Database connections: starts a PostgreSQL front end (recorder/protocols/postgres/frontend.py) for each
 `[[connections]]` entry of kind "postgres", and stops it with the gateway.
 
 The front end answers database clients itself, because a relay cannot: mitmproxy cannot answer
@@ -29,10 +29,10 @@ from addons.config import WiretrailConfig
 from addons.credentials import Credentials
 from addons.identity import Identity
 from addons.masking import Masking
+from recorder.auth.identity import ANONYMOUS
 from recorder.config import ConnectionConfig, split_host_port
-from recorder.identity import ANONYMOUS
-from recorder.postgres.frontend import Frontend, FrontendSettings, Hooks
-from recorder.postgres.upstream import UpstreamSettings
+from recorder.protocols.postgres.frontend import Frontend, FrontendSettings, Hooks
+from recorder.protocols.postgres.upstream import UpstreamSettings
 
 log = logging.getLogger("wiretrail")
 

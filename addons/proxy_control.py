@@ -12,13 +12,10 @@ and their layers), checked against mitmproxy 11.0.2 (docs/integrity.md, "Ending 
 - `pause(client)` / `resume(client)`: mitmproxy reads no more from a client connection and
   its server connections while paused (it holds the lock mitmproxy's own read loop takes
   to wait for slow writers, so TCP flow control slows the sender).
-- `close_client(client, why)` and `last_activity(client)`, for the timeouts.
 
-Fixes of mitmproxy behaviour are applied when this module is imported (each below):
-- an HTTP/2 error names the side it came from (mitmproxy says "reset by client" for both);
-- a streamed request's end reaches an HTTP/1.1 upstream only as the last chunk of a
-  chunked body, and request trailers can go to an HTTP/1.1 upstream;
-- HttpLayer routes wiretrail's AbortFlow event to the one stream it names.
+What the timeouts read of live connections is in addons/live_connections.py. Fixes of mitmproxy
+behaviour are applied when this module is imported: addons/mitmproxy_fixes.py, and here, HttpLayer
+routes wiretrail's AbortFlow event to the one stream it names.
 """
 from __future__ import annotations
 
@@ -29,97 +26,16 @@ from dataclasses import dataclass
 from mitmproxy import ctx, http
 from mitmproxy.connection import Client
 from mitmproxy.net.http import status_codes
-from mitmproxy.proxy import commands, events, layer, tunnel
+from mitmproxy.proxy import events, layer
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers.http import _http1, _http2
+
+from addons import mitmproxy_fixes  # noqa: F401 (its fixes apply when it is imported)
 
 log = logging.getLogger("wiretrail")
 
 HttpLayer = http_layers.HttpLayer
 HttpStream = http_layers.HttpStream
-
-
-# -- fix: which side ended an HTTP/2 stream ------------------------------------------------------
-# mitmproxy's Http2Connection reports a reset as "stream reset by client" and a closed
-# connection as "peer closed connection", whichever side it came from.
-
-
-class _ServerProtocolError(http_layers.ResponseProtocolError):
-    """An error from an HTTP/2 server connection, worded so that it names the server."""
-
-    def __init__(self, stream_id: int, message: str, code: int = status_codes.BAD_GATEWAY):
-        if message.startswith("stream reset by client"):
-            message = "stream reset by server" + message[len("stream reset by client"):]
-        elif "server" not in message.lower():
-            message = f"server: {message}"
-        super().__init__(stream_id, message, code)
-
-
-class _ClientProtocolError(http_layers.RequestProtocolError):
-    """An error from an HTTP/2 client connection, worded so that it names the client."""
-
-    def __init__(self, stream_id: int, message: str, code: int = 400):
-        if "client" not in message.lower():
-            message = f"client: {message}"
-        super().__init__(stream_id, message, code)
-
-
-_http2.Http2Client.ReceiveProtocolError = _ServerProtocolError
-_http2.Http2Server.ReceiveProtocolError = _ClientProtocolError
-
-
-# -- fix: the end of a streamed request is where the upstream learns it --------------------------
-# A streamed request goes upstream without a Content-Length: over HTTP/1.1 chunked, so that
-# its end is the last chunk, which mitmproxy sends after the `request` hook (capture holds it
-# there until the body is on the record); over HTTP/2 its end is END_STREAM, sent then too.
-# mitmproxy 11.0.2 also sent an HTTP/2 request without Content-Length to an HTTP/1.1 upstream
-# with no framing at all (the upstream saw an empty body), and could not send trailers over
-# HTTP/1.1 (it crashed): both are fixed here.
-
-
-def _frame_for_http1(req: http.Request) -> None:
-    if "chunked" in req.headers.get("transfer-encoding", "").lower():
-        return
-    if req.stream or req.trailers:
-        req.headers.pop("content-length", None)
-        req.headers["transfer-encoding"] = "chunked"
-    elif "content-length" not in req.headers:
-        req.headers["content-length"] = str(len(req.raw_content or b""))
-
-
-_original_h1_send = _http1.Http1Client.send
-
-
-def _h1_client_send(self, event):
-    if isinstance(event, http_layers.RequestHeaders) and not event.end_stream:
-        _frame_for_http1(event.request)
-    elif isinstance(event, http_layers.RequestTrailers):
-        self.wiretrail_trailers = event.trailers  # sent in the chunked body's last chunk
-        return iter(())
-    elif isinstance(event, http_layers.RequestEndOfMessage) and getattr(self, "wiretrail_trailers", None):
-        return _h1_end_with_trailers(self)
-    return _original_h1_send(self, event)
-
-
-def _h1_end_with_trailers(self):
-    trailers, self.wiretrail_trailers = self.wiretrail_trailers, None
-    yield commands.SendData(self.conn, b"0\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in trailers.fields)
-                            + b"\r\n")
-    yield from self.mark_done(request=True)
-
-
-_http1.Http1Client.send = _h1_client_send
-
-_original_h2_handle_event = _http2.Http2Client._handle_event
-
-
-def _h2_client_handle_event(self, event):
-    if isinstance(event, http_layers.RequestHeaders) and not event.end_stream and event.request.stream:
-        event.request.headers.pop("content-length", None)
-    return _original_h2_handle_event(self, event)
-
-
-_http2.Http2Client._handle_event = _h2_client_handle_event
 
 
 # -- ending one flow -----------------------------------------------------------------------------
@@ -279,91 +195,3 @@ class Pauses:
         return list(self._held)
 
 
-# -- timeouts -------------------------------------------------------------------------------------
-
-HEADER, IDLE, BUSY, OPAQUE = "header", "idle", "busy", "opaque"
-
-
-def client_phase(handler) -> str:
-    """What a client connection is doing, read from its layers:
-    HEADER  a request has begun (bytes of its headers, or a TLS handshake) but is not complete;
-    IDLE    between exchanges, nothing received of the next;
-    BUSY    an exchange is in progress;
-    OPAQUE  upgraded or tunnelled (WebSocket, raw TCP): no HTTP to judge."""
-    client = handler.client
-    lay = handler.layer
-    for _ in range(64):  # a stack is a handful of layers deep
-        if isinstance(lay, layer.NextLayer):
-            if lay.layer is None:
-                return HEADER  # no byte yet, or not enough to tell the protocol
-            lay = lay.layer
-        elif isinstance(lay, tunnel.TunnelLayer):
-            if lay.tunnel_connection is client and lay.tunnel_state is tunnel.TunnelState.ESTABLISHING:
-                return HEADER
-            lay = lay.child_layer
-        elif isinstance(lay, HttpLayer):
-            server = lay.connections.get(client)
-            if isinstance(server, _http1.Http1Server):
-                if server.state == server.passthrough:  # CONNECT, or an upgrade
-                    lay = getattr(lay.streams.get(server.stream_id), "child_layer", None)
-                    if lay is None:
-                        return BUSY
-                    continue
-                if server.state == server.read_headers:
-                    return HEADER if len(server.buf) else IDLE
-                return BUSY
-            if isinstance(server, _http2.Http2Server):
-                if server.streams:
-                    return BUSY
-                return HEADER if getattr(server.h2_conn.incoming_buffer, "data", b"") else IDLE
-            return BUSY
-        else:
-            nxt = getattr(lay, "child_layer", None) or getattr(lay.__dict__.get("_handle_event"), "__self__", None)
-            if not isinstance(nxt, layer.Layer) or nxt is lay:
-                return OPAQUE
-            lay = nxt
-    return BUSY
-
-
-def live_clients() -> list:
-    """(client, handler) of every live client connection."""
-    try:
-        server = ctx.master.addons.get("proxyserver")
-    except Exception:
-        return []
-    return [(h.client, h) for h in list(server.connections.values()) if getattr(h, "client", None) is not None]
-
-
-def last_activity(handler) -> float:
-    """time.time() of the last event on any of the connection's sockets (mitmproxy's own watchdog)."""
-    return handler.timeout_watchdog.last_activity
-
-
-def close_client(handler, why: str) -> None:
-    """Close a client connection and everything on it, as mitmproxy's inactivity timeout does."""
-    io = handler.transports.get(handler.client)
-    if io is not None and io.handler is not None:
-        io.handler.cancel(why)
-
-
-def stop_serving() -> None:
-    """At a shutdown whose writer is stuck: close the listening sockets and every connection
-    now. mitmproxy leaves them to the process's exit, which a writer thread stuck in the kernel
-    (a hung disk) delays without bound; until then a client would connect and wait for nothing."""
-    try:
-        server = ctx.master.addons.get("proxyserver")
-    except Exception:
-        return
-    if server is None:
-        return
-    for instance in list(server.servers):
-        for listener in list(getattr(instance, "_servers", ())):
-            try:
-                listener.close()
-            except Exception:
-                pass
-    for handler in list(server.connections.values()):
-        for io in list(handler.transports.values()):
-            transport = getattr(io.writer, "transport", None)
-            if transport is not None:
-                transport.abort()

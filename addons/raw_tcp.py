@@ -5,7 +5,7 @@ sees every such connection where it is decided:
 
 - next_layer: mitmproxy has picked a raw layer (TCP, UDP, DNS, QUIC) for a connection: non-HTTP
   bytes in a tunnel, with or without TLS, an unknown ALPN, a reverse tcp:// or tls:// listener,
-  `tcp_hosts`, `ignore_hosts`. recorder/raw_policy.py decides; a refusal puts a layer in its
+  `tcp_hosts`, `ignore_hosts`. recorder/policy/raw_policy.py decides; a refusal puts a layer in its
   place that closes the client connection before anything reaches the upstream.
 - response: an HTTP 101 that switches to anything but WebSocket (mitmproxy then relays raw TCP);
   refused by killing the flow before the 101 is forwarded, or let through to be recorded.
@@ -22,21 +22,23 @@ import weakref
 from mitmproxy import ctx, http, tcp
 from mitmproxy.proxy import layer, layers
 
-from addons.capture import KILLED, NOT_RESPONDING, Capture
+from addons.capture import NOT_RESPONDING, Capture
 from addons.config import WiretrailConfig
+from addons.flow_state import set_killed
 from addons.identity import Identity, identity_of
 from addons.layers import RefusedLayer, find_layer, guard_tcp, protocol_of, raw_layer_in
 from addons.masking import Masking
 from addons.policy import Policy, connection_of
-from recorder.identity import ANONYMOUS
-from recorder.raw_policy import UNCHECKED, RawDecision, decide_raw
-from recorder.websocket_records import (
+from recorder.auth.identity import ANONYMOUS
+from recorder.policy.raw_policy import RawDecision, decide_raw
+from recorder.protocols.websocket import (
     TcpState,
     tcp_close_fields,
     tcp_message_fields,
     tcp_open_fields,
     tcp_refused_fields,
 )
+from recorder.store.records import TCP_CLOSE, TCP_MESSAGE, TCP_OPEN, TCP_REFUSED
 
 log = logging.getLogger("wiretrail")
 
@@ -117,7 +119,7 @@ class RawTcp:
         if decision.action != "record":
             why = (f"the upstream switched protocols to {upgrade!r}, which is not WebSocket; "
                    f"the gateway does not forward it: {decision.message or 'it cannot be recorded'}")
-            flow.metadata[KILLED] = why
+            set_killed(flow, why)
             log.warning(f"wiretrail: refused: {why} ({flow.request.pretty_url})")
             flow.kill()
             return
@@ -133,7 +135,7 @@ class RawTcp:
             if tcp_layer is not None:
                 guard_tcp(tcp_layer, lambda f=flow: self._refused(f))
         cap = self.capture
-        if decided is None or cap.registry is None or cap._stopped:
+        if decided is None or cap.registry is None or cap.stopped:
             # A raw flow nobody decided on: nothing of it passes.
             self.flows[flow.id] = _refused_state(flow, "wiretrail did not decide on this raw connection")
             return
@@ -145,7 +147,7 @@ class RawTcp:
         self.flows[flow.id] = st
         address = flow.server_conn.address or (None, None)
         conn = decided.decision.connection
-        session.record("tcp.open", tcp_open_fields(
+        session.record(TCP_OPEN, tcp_open_fields(
             flow.id, flow.client_conn.id, conn.name if conn else None, flow.client_conn.proxy_mode.type_name,
             address[0], address[1], decided.via, decided.upgrade_of, flow.client_conn.sni,
             flow.client_conn.alpn.decode("ascii", "replace") if flow.client_conn.alpn else None,
@@ -163,7 +165,7 @@ class RawTcp:
         cap = self.capture
         data = msg.content
         if msg.from_client:
-            err = await cap._write_and_wait(st.session, "tcp.message",
+            err = await cap.write_and_wait(st.session, TCP_MESSAGE,
                                             tcp_message_fields(st, "client", data, final=True))
             if err is not None:
                 if getattr(err, "cause", None) != NOT_RESPONDING:
@@ -175,7 +177,7 @@ class RawTcp:
                 else:
                     log.warning(f"wiretrail: UNRECORDED raw TCP bytes: {err}")
         else:
-            st.session.record("tcp.message", tcp_message_fields(st, "server", data, final=False), ts=msg.timestamp)
+            st.session.record(TCP_MESSAGE, tcp_message_fields(st, "server", data, final=False), ts=msg.timestamp)
         del flow.messages[:-1]  # handed over: mitmproxy would keep every read (later addons read the last)
 
     def tcp_end(self, flow: tcp.TCPFlow):
@@ -221,20 +223,20 @@ class RawTcp:
         if not st.session.closed:
             if st.counts["server"]:
                 # The server's stream ends: the writer releases what masking held back of it.
-                st.session.record("tcp.message", tcp_message_fields(st, "server", b"", final=True))
-            st.session.record("tcp.close", tcp_close_fields(st, ended=time.time(), error=error))
+                st.session.record(TCP_MESSAGE, tcp_message_fields(st, "server", b"", final=True))
+            st.session.record(TCP_CLOSE, tcp_close_fields(st, ended=time.time(), error=error))
         self.capture.registry.end_flow(st.session)
 
     def _record_refused(self, client, host, port, decision: RawDecision, protocol: str, ident) -> None:
         cap = self.capture
         log.warning(f"wiretrail: refused {protocol} to {host}:{port}: {decision.message}")
-        if cap.registry is None or cap._stopped:
+        if cap.registry is None or cap.stopped:
             return
         peer = client.peername or ("", 0)
         ident = ident or ANONYMOUS
         session = cap.registry.begin_flow(ident.key(), ident.record(), (peer[0], peer[1]))
         conn = decision.connection
-        session.record("tcp.refused", tcp_refused_fields(
+        session.record(TCP_REFUSED, tcp_refused_fields(
             client.id, host, port, conn.name if conn else None, protocol, decision.reason, decision.message))
         cap.registry.end_flow(session)
 

@@ -2,16 +2,15 @@
 
 Every addon that refuses (identity, policy, credentials, capture) goes through `refuse`,
 so a refusal always has the SDK's error shape (a JSON-RPC error for an MCP client), the right
-authenticate header, and a `flow.metadata[REFUSAL]` note from which capture records who tried. Setting
+authenticate header, and a refusal note (addons/flow_state.py) from which capture records who tried. Setting
 `flow.response` in `requestheaders` (or `http_connect`) means nothing goes upstream.
 """
 from __future__ import annotations
 
 from mitmproxy import http
 
-from recorder.error_bodies import api_error_body, header_text, looks_like_anthropic, looks_like_mcp, mcp_error_body
-
-REFUSAL = "wiretrail.refusal"  # flow.metadata: {"status", "reason", "message"}
+from addons.flow_state import REFUSAL, refusal_of, set_refusal  # noqa: F401 (REFUSAL, refusal_of: parts import them from here)
+from recorder.http.error_bodies import api_error_body, header_text, looks_like_anthropic, looks_like_mcp, mcp_error_body
 
 
 def error_response(flow: http.HTTPFlow, status: int, code: str, message: str,
@@ -40,8 +39,5 @@ def refuse(flow: http.HTTPFlow, status: int, reason: str, message: str, *, close
     if close and not (flow.request.is_http2 or flow.request.is_http3):
         headers["connection"] = "close"  # a pooled connection would keep failing (h2 has no such header)
     flow.response = error_response(flow, status, reason, f"wiretrail: {message}", headers)
-    flow.metadata[REFUSAL] = {"status": status, "reason": reason, "message": message}
+    set_refusal(flow, status, reason, message)
 
-
-def refusal_of(flow: http.HTTPFlow) -> dict | None:
-    return flow.metadata.get(REFUSAL)

@@ -1,6 +1,6 @@
 """Connect and gRPC streams: only what the recorder can read goes through.
 
-The recorder stores Connect/gRPC messages decoded and masked (recorder/connect), so it must
+The recorder stores Connect/gRPC messages decoded and masked (recorder/protocols/connect), so it must
 be able to undo their per-message compression. In `requestheaders`:
 - a request whose messages are compressed with an encoding the recorder cannot undo is
   refused (415), before anything goes upstream;
@@ -18,8 +18,9 @@ import logging
 from mitmproxy import http
 
 from addons.config import WiretrailConfig
-from addons.refusal import REFUSAL, refuse
-from recorder.connect.envelopes import ENCODINGS, accepted, framing_of, message_encoding_header
+from addons.flow_state import is_refused
+from addons.refusal import refuse
+from recorder.protocols.connect.envelopes import ENCODINGS, accepted, framing_of, message_encoding_header
 
 log = logging.getLogger("wiretrail")
 
@@ -31,7 +32,7 @@ class RpcStreams:
         self.config_addon = config
 
     def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response is not None or REFUSAL in flow.metadata or self.config_addon.current is None:
+        if flow.response is not None or is_refused(flow) or self.config_addon.current is None:
             return
         req = flow.request
         ctype = req.headers.get("content-type")

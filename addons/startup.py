@@ -22,6 +22,7 @@ class StartupGate:
         self.timeout = timeout
         self.is_open = False
         self._opened = asyncio.Event()
+        self.waiting = 0  # flows held right now
 
     def open(self) -> None:
         self.is_open = True
@@ -31,6 +32,7 @@ class StartupGate:
         return StartupGateOpener(self)
 
     async def _wait(self, flow: http.HTTPFlow) -> None:
+        self.waiting += 1
         try:
             await asyncio.wait_for(self._opened.wait(), self.timeout)
         except asyncio.TimeoutError:
@@ -39,6 +41,8 @@ class StartupGate:
             flow.response = error_response(flow, 503, "not_ready",
                                            "wiretrail is still starting and cannot record; retry shortly.",
                                            {"retry-after": "1"})
+        finally:
+            self.waiting -= 1
 
     async def http_connect(self, flow: http.HTTPFlow):
         if not self.is_open:

@@ -16,7 +16,7 @@ on the event loop (at most once a second; reading state only, no I/O), against `
                      and no response headers came for this long: the client gets 504,
                      recorded with phase "response".
 
-What a connection is doing is read from mitmproxy's layers (proxy_control.client_phase);
+What a connection is doing is read from mitmproxy's layers (live_connections.client_phase);
 exchanges are ended through proxy_control.abort, so the upstream side is reset too.
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ import time
 
 from mitmproxy.proxy import server as mitm_server
 
-from addons import proxy_control
+from addons import live_connections
 from addons.config import WiretrailConfig
-from addons.proxy_control import BUSY, HEADER, IDLE, OPAQUE
+from addons.live_connections import BUSY, HEADER, IDLE, OPAQUE
 
 log = logging.getLogger("wiretrail")
 
@@ -70,10 +70,10 @@ class Timeouts:
         for fc in list(self.capture.flows.values()):
             by_client.setdefault(fc.flow.client_conn.id, []).append(fc)
         live = set()
-        for client, handler in proxy_control.live_clients():
+        for client, handler in live_connections.live_clients():
             cid = client.id
             live.add(cid)
-            phase = proxy_control.client_phase(handler)
+            phase = live_connections.client_phase(handler)
             prev = self._phases.get(cid)
             if prev is None or prev[0] != phase:
                 # A connection's first request counts from its start (the TLS handshake is part of it).
@@ -86,11 +86,11 @@ class Timeouts:
                            "(timeouts.request_header); the connection was closed")
                 self.capture.record_connection_error(client, self.identity.by_client.get(client),
                                                      "request_header", message)
-                proxy_control.close_client(handler, "request header timeout")
+                live_connections.close_client(handler, "request header timeout")
             elif phase == IDLE and waited > t.idle:
                 self._phases[cid] = ("closed", now)
-                proxy_control.close_client(handler, "idle")
-            elif phase in (BUSY, OPAQUE) and now - proxy_control.last_activity(handler) > t.idle \
+                live_connections.close_client(handler, "idle")
+            elif phase in (BUSY, OPAQUE) and now - live_connections.last_activity(handler) > t.idle \
                     and not self.capture.paused(client):
                 self._stalled(handler, by_client.get(cid, []), t.idle)
         for cid in [c for c in self._phases if c not in live]:
@@ -112,4 +112,4 @@ class Timeouts:
                                   "(timeouts.idle)")
             ended = True
         if not ended and not flows:
-            proxy_control.close_client(handler, "idle")  # a tunnel or upgraded connection gone quiet
+            live_connections.close_client(handler, "idle")  # a tunnel or upgraded connection gone quiet

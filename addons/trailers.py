@@ -5,7 +5,7 @@ mitmproxy hands request trailers to the `request` hook and response trailers to 
 hook returns. So here, before capture records them:
 
 - request trailers never carry a credential upstream: every field named in
-  recorder.client_credentials (CREDENTIAL_HEADERS and the cookies) and every field whose value
+  recorder.auth.credentials (CREDENTIAL_HEADERS and the cookies) and every field whose value
   carries the identity token is removed, on every connection: no API reads a key from a
   trailer, and a connection that injects must not pass the client's own;
 - with masking.mask_requests / mask_responses, the values forwarded are masked as header
@@ -18,11 +18,11 @@ from __future__ import annotations
 from mitmproxy import http
 
 from addons.config import WiretrailConfig
+from addons.flow_state import set_trailers_stripped
 from addons.identity import Identity
 from addons.masking import Masking
-from recorder.client_credentials import COOKIE_HEADERS, CREDENTIAL_HEADERS, field_carries_token
+from recorder.auth.credentials import COOKIE_HEADERS, CREDENTIAL_HEADERS, field_carries_token
 
-TRAILERS_STRIPPED = "wiretrail.trailers_stripped"  # flow.metadata: names removed from request trailers
 
 _NEVER_IN_TRAILERS = frozenset(name.encode() for name in CREDENTIAL_HEADERS + COOKIE_HEADERS)
 
@@ -46,7 +46,7 @@ class Trailers:
 
         gone = [f for f in trailers.fields if credential(f)]
         if gone:
-            flow.metadata[TRAILERS_STRIPPED] = sorted({name.lower().decode("latin-1") for name, _ in gone})
+            set_trailers_stripped(flow, sorted({name.lower().decode("latin-1") for name, _ in gone}))
             trailers.fields = tuple(f for f in trailers.fields if not credential(f))
         if self._masks("mask_requests"):
             self._mask(trailers)

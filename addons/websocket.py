@@ -10,7 +10,7 @@ From websocket_start on this addon records the flow's `ws.open`, each `ws.messag
   reason; the ws.close record says which message was not forwarded.
 - A server message is forwarded at once and handed to the writer beside it, as a streamed
   reply's chunks are. Masking (on the writer) may hold its record back until the text that
-  decides a possible secret has arrived (recorder/ws_masking.py).
+  decides a possible secret has arrived (recorder/protocols/ws_masking.py).
 - mitmproxy keeps every message in flow.websocket.messages: they are dropped once handed over.
 - masking.mask_requests / mask_responses mask what is forwarded, message by message.
 """
@@ -25,9 +25,10 @@ from addons.capture import NOT_RESPONDING, Capture
 from addons.config import WiretrailConfig
 from addons.layers import close_websocket
 from addons.masking import Masking
-from addons.policy import TUNNELED, connection_of
-from recorder.masking.bodies import mask_body
-from recorder.websocket_records import (
+from addons.flow_state import is_tunneled
+from addons.policy import connection_of
+from recorder.masking.body_masking import mask_body
+from recorder.protocols.websocket import (
     CLOSE_NOT_CHECKED,
     CLOSE_NOT_RECORDED,
     CLOSE_SHUTDOWN,
@@ -36,6 +37,7 @@ from recorder.websocket_records import (
     ws_message_fields,
     ws_open_fields,
 )
+from recorder.store.records import WS_CLOSE, WS_MESSAGE, WS_OPEN
 
 log = logging.getLogger("wiretrail")
 
@@ -57,7 +59,7 @@ class WebSocketCapture:
         cap = self.capture
         fc = cap.flows.get(flow.id)
         if fc is None or fc.ended:
-            if flow.metadata.get(TUNNELED):
+            if is_tunneled(flow):
                 return  # an unregistered plain-http host under policy "tunnel": not recorded, by design
             # Nothing to record it in (the upgrade was refused, or capture is not running): no
             # message passes, and it is closed.
@@ -66,14 +68,14 @@ class WebSocketCapture:
             close_websocket(flow, CLOSE_NOT_RECORDED, why)
             return
         if fc.completion is not None:
-            cap._complete_now(fc)  # the 101's records come first
+            cap.complete_now(fc)  # the 101's records come first
         resp = flow.response
         st = WsState(flow.id, fc.session, flow.client_conn.id, self._masker, cap.cfg.capture.max_body,
                      started=time.time())
         self.sockets[flow.id] = st
         conn = connection_of(flow)
-        fc.session.record("ws.open", ws_open_fields(
-            flow.id, flow.client_conn.id, conn.name if conn else None, cap._recorded_url(flow.request),
+        fc.session.record(WS_OPEN, ws_open_fields(
+            flow.id, flow.client_conn.id, conn.name if conn else None, cap.recorded_url(flow.request),
             resp.headers.get("sec-websocket-protocol") if resp else None,
             resp.headers.get("sec-websocket-extensions") if resp else None,
         ))
@@ -83,7 +85,7 @@ class WebSocketCapture:
         msg = messages[-1]
         st = self.sockets.get(flow.id)
         if st is None:
-            if not flow.metadata.get(TUNNELED):
+            if not is_tunneled(flow):
                 msg.drop()  # a WebSocket nobody started recording: nothing passes
             del messages[:-1]
             return
@@ -96,7 +98,7 @@ class WebSocketCapture:
         data = msg.content
         if msg.from_client:
             fields = ws_message_fields(st, "client", data, msg.is_text)
-            err = await cap._write_and_wait(st.session, "ws.message", fields)
+            err = await cap.write_and_wait(st.session, WS_MESSAGE, fields)
             if err is not None:
                 late = getattr(err, "cause", None) == NOT_RESPONDING
                 if not late:
@@ -112,7 +114,7 @@ class WebSocketCapture:
             if masker is not None and self.config_addon.current.masking.mask_requests:
                 msg.content = mask_body(masker, data, None, exact=False)
         else:
-            st.session.record("ws.message", ws_message_fields(st, "server", data, msg.is_text), ts=msg.timestamp)
+            st.session.record(WS_MESSAGE, ws_message_fields(st, "server", data, msg.is_text), ts=msg.timestamp)
             if masker is not None and self.config_addon.current.masking.mask_responses:
                 msg.content = mask_body(masker, data, None, exact=False)
         del messages[:-1]  # handed over: mitmproxy would keep every message (later addons read the last)
@@ -162,10 +164,10 @@ class WebSocketCapture:
 
     def _record_close(self, st: WsState, *, code, reason, by) -> None:
         cap = self.capture
-        fields = ws_close_fields(st, code=code, reason=cap._mask_text(reason or ""), by=by, ended=time.time())
+        fields = ws_close_fields(st, code=code, reason=cap.mask_text(reason or ""), by=by, ended=time.time())
         fc = cap.flows.get(st.flow)
         if not st.session.closed:
-            st.session.record("ws.close", fields)
+            st.session.record(WS_CLOSE, fields)
         if fc is not None and not fc.ended:
             cap._end(fc)
 

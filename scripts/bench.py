@@ -25,8 +25,8 @@ import asyncio
 import base64
 import ctypes
 import dataclasses
-import gc
 import functools
+import gc
 import hashlib
 import itertools
 import json
@@ -191,12 +191,12 @@ def reset_peak_rss(pid: int) -> bool:
 
 def make_upstream_cert(dirpath: Path) -> tuple[Path, Path]:
     import datetime
+    import ipaddress
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
@@ -576,8 +576,8 @@ class Bench:
         token = self.args.token
         if not self.args.gateway_config:
             sys.path.insert(0, str(ROOT))
-            from recorder.identity import mint_dev_token
-            from recorder.signing import generate
+            from recorder.auth.identity import mint_dev_token
+            from recorder.store.signing import generate
 
             # Every feature on: the gateway signs checkpoints, seals and its ledger.
             self.signing_key = generate(self.work / "signing-key")[0]

@@ -114,8 +114,8 @@ class Cluster:
 
 
 def _gateway_config(work: Path, cluster: Cluster, listen: int) -> tuple[Path, str]:
-    from recorder.identity import mint_dev_token
-    from recorder.signing import generate
+    from recorder.auth.identity import mint_dev_token
+    from recorder.store.signing import generate
 
     signing_key = generate(work / "signing-key")[0]
     secret = secrets.token_urlsafe(48)
@@ -245,7 +245,7 @@ def run(rounds: int = 3, seconds: float = 10.0, clients: int = 8, keep: bool = F
             results["scripts"][script] = out
         results["gateway_peak_rss_mib"] = round(rss_kib / 1024, 1) if rss_kib else None
         # Everything the gateway forwarded is on the record.
-        from recorder.reader import iter_session_files, read_session
+        from recorder.forensics.reader import iter_session_files, read_session
         recorded = 0
         for f in iter_session_files(work / "store"):
             recorded += sum(1 for rec in read_session(f).records if rec.get("t") == "pg.query")

@@ -29,11 +29,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recorder import format_v1  # noqa: E402
-from recorder.identity import mint_dev_token  # noqa: E402
-from recorder.sessions import SessionRegistry  # noqa: E402
-from recorder.signing import generate, load_signer  # noqa: E402
-from recorder.writer import RecordWriter  # noqa: E402
+from recorder.auth.identity import mint_dev_token  # noqa: E402
+from recorder.store import format_v1  # noqa: E402
+from recorder.store.sessions import SessionRegistry  # noqa: E402
+from recorder.store.signing import generate, load_signer  # noqa: E402
+from recorder.store.writer import RecordWriter  # noqa: E402
 
 WIRETRAIL = Path(sys.executable).parent / "wiretrail"
 

@@ -9,11 +9,11 @@ initialized again, the new session id used, the server's requests answered from 
 and the answers compared by JSON-RPC id.
 
 With --pg the session's database statements are re-run against a sandbox database instead
-(recorder/postgres/replay.py): reads only unless --allow-writes, and row counts and errors
+(recorder/protocols/postgres/replay.py): reads only unless --allow-writes, and row counts and errors
 (SQLSTATE) are compared with the recorded ones. The password comes from PGPASSWORD.
 
 SESSION is a session file, or a session id (or unique prefix) looked up in --dir or
-the --config's storage.dir. The engine is recorder/replay.py; docs/forensics.md walks
+the --config's storage.dir. The engine is recorder/forensics/replay.py; docs/forensics.md walks
 through an incident. Exit 0: replayed (differences are reported, not errors);
 1: refused (the artifact failed verification) or a request could not be sent;
 2: usage error.
@@ -29,11 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import orjson  # noqa: E402
 
-from recorder import replay  # noqa: E402
-from recorder.protocols.mcp import replay as mcp_replay  # noqa: E402
-from recorder.postgres import replay as pg_replay  # noqa: E402
-from recorder.commands.ls import safe  # noqa: E402
-from recorder.commands.show import NotFound, find_session  # noqa: E402
+from recorder.commands.common import SessionNotFound, find_session, safe
+from recorder.forensics import replay
+from recorder.protocols.mcp import replay as mcp_replay
+from recorder.protocols.postgres import replay as pg_replay
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             planned = replay.plan(read, args.target, flows=args.flow, only=args.only, extra_headers=extra)
             planned, mcp_sessions = _mcp_sessions(read, planned)
-    except (NotFound, replay.ReplayUsageError, pg_replay.ReplayUsageError) as e:
+    except (SessionNotFound, replay.ReplayUsageError) as e:
         print(f"replay: {e}", file=err)
         return 2
     except replay.ReplayRefused as e:
@@ -144,7 +143,7 @@ def _mcp_sessions(read, planned):
     """MCP sessions over HTTP are replayed as sessions (recorder/protocols/mcp/replay.py), never exchange by
     exchange: (the other planned requests, [(MCP session, its first exchange)])."""
     from recorder.protocols.mcp.session import sessions_of
-    from recorder.transcript.exchange import exchanges
+    from recorder.forensics.exchange import exchanges
 
     sessions, of_flow = sessions_of(read.records, exchanges(read.records))
     chosen = {p.exchange.flow for p in planned}

@@ -49,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recorder import ca  # cryptography loads only when this command runs
+    from recorder.tls import ca  # cryptography loads only when this command runs
 
     try:
         info = ca.ensure_ca(args.dir)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import orjson
 
-from recorder.commands.show import NotFound, add_session_arguments, find_session
-from recorder.export_har import export_har
-from recorder.export_mitm import export_mitm
-from recorder.reader import read_session
+from recorder.commands.common import SessionNotFound, add_session_arguments, find_session, masked_for_output
+from recorder.forensics.export_har import export_har
+from recorder.forensics.export_mitm import export_mitm
+from recorder.forensics.reader import read_session
 
 
 def add_parser(subparsers) -> None:
@@ -34,14 +34,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         path = find_session(args.session, args.dir, args.config)
-    except NotFound as e:
+    except SessionNotFound as e:
         print(f"wiretrail export: {e}", file=sys.stderr)
         return 2
-    from recorder.commands.show import _masked
-
     read = read_session(path)
     broken = read.state == "broken"
-    read = _masked(read, args.config)
+    read = masked_for_output(read, args.config)
     if read is None:
         return 2
     if broken:

@@ -26,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recorder import signing
+    from recorder.store import signing
 
     try:
         priv, pub, kid = signing.generate(args.dir, force=args.force)

@@ -3,27 +3,27 @@ recorded sessions, newest last."""
 from __future__ import annotations
 
 import argparse
-import calendar
-import re
 import sys
-import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import orjson
 
-from recorder.destinations import canonical_host
-from recorder.postgres.transcript import databases
-from recorder.reader import SessionSummary, iter_session_files, read_session, summarize
-from recorder.ledger import read_ledger
+from recorder.commands.common import (
+    DEFAULT_DIR,
+    StoreError,
+    human_bytes,
+    human_duration,
+    iso_utc,
+    parse_time,
+    safe,
+    store_dir,
+)
+from recorder.forensics.reader import iter_session_files, read_session
+from recorder.forensics.summary import SessionSummary, host_matches, hosts_of, summarize
+from recorder.forensics.verify import find_ledger
+from recorder.protocols.postgres.transcript import databases
+from recorder.store.ledger import read_ledger
 from recorder.store.live import unsealed_state
-from recorder.verify import find_ledger
-
-DEFAULT_DIR = "sessions"
-
-
-class StoreError(Exception):
-    """The session store cannot be found or named; the message says what to do."""
 
 
 def add_parser(subparsers) -> None:
@@ -42,83 +42,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per session, one per line")
 
 
-_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_FORMATS = ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S")
-
-
-def parse_time(text: str, *, now: float | None = None) -> float:
-    """Unix seconds from an ISO date/time (UTC; a trailing Z is allowed) or "<n><s|m|h|d|w>" ago."""
-    t = text.strip()
-    m = _RELATIVE.fullmatch(t)
-    if m:
-        return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
-    for fmt in _FORMATS:
-        try:
-            return float(calendar.timegm(time.strptime(t.removesuffix("Z"), fmt)))
-        except ValueError:
-            continue
-    raise ValueError(f"{text!r} is not a time: give 2026-01-31, 2026-01-31T14:00 (UTC) or 2h / 3d / 45m (ago)")
-
-
-def store_dir(dir_arg: str | None, config_arg: str | None) -> Path:
-    """The session store from DIR or --config (default ./sessions). Raises StoreError."""
-    if dir_arg and config_arg:
-        raise StoreError("give either DIR or --config, not both")
-    if config_arg:
-        from recorder.config import ConfigError, load_config
-
-        try:
-            d = Path(load_config(config_arg, read_secrets=False).storage.dir)
-        except (ConfigError, OSError) as e:
-            raise StoreError(str(e)) from e
-    else:
-        d = Path(dir_arg or DEFAULT_DIR)
-    if not d.is_dir():
-        hint = "" if dir_arg or config_arg else " (pass the store: wiretrail ls DIR, or --config gateway.toml)"
-        raise StoreError(f"no session store at {d}: no such directory{hint}")
-    return d
-
-
-# Recorded text comes from the network: control characters are shown escaped, so that a
-# body or a header cannot move the cursor or retitle the operator's terminal.
-_ESCAPES = {i: f"\\x{i:02x}" for i in [*range(0x20), *range(0x7F, 0xA0)]}
-_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
-
-
-def safe(text: str) -> str:
-    return text.translate(_ESCAPES)
-
-
-def iso_utc(ts: float | None, *, ms: bool = False) -> str:
-    if ts is None:
-        return "-"
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts))
-    if ms:
-        text += f".{int(ts * 1000) % 1000:03d}"
-    return text + "Z"
-
-
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    s = int(seconds)
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
-
-
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # not reached
-
-
 HEADERS = ("SESSION", "START (UTC)", "DURATION", "IDENTITY", "CLIENT", "AGENT", "RUN", "EXCHANGES", "BYTES", "STATE")
 RIGHT = {"EXCHANGES", "BYTES"}
 
@@ -132,34 +55,6 @@ def table(rows: list[tuple[str, ...]], databases: bool = False) -> list[str]:
         return "  ".join(out).rstrip()
 
     return [fmt(headers)] + [fmt(r) for r in rows]
-
-
-def hosts_of(records: list[dict]) -> set[str]:
-    """Where the session's requests went: each record's destination (host and address), not the
-    URL the client named; the URL's host only in files from gateways that did not record it."""
-    out = set()
-    for r in records:
-        t = r.get("t")
-        dest = r.get("dest") if t in ("http.request", "auth.refused") else r if t == "tunnel" else None
-        if isinstance(dest, dict):
-            for key in ("host", "address"):
-                if isinstance(dest.get(key), str):
-                    out.add(canonical_host(dest[key]))
-        elif t in ("http.request", "auth.refused") and isinstance(r.get("url"), str):
-            try:
-                host = urlsplit(r["url"]).hostname
-            except ValueError:
-                host = None
-            if host:
-                out.add(canonical_host(host))
-        elif t == "pg.connect" and isinstance((r.get("upstream") or {}).get("host"), str):
-            out.add(canonical_host(r["upstream"]["host"]))
-    return out
-
-
-def host_matches(hosts: set[str], want: str) -> bool:
-    want = canonical_host(want)
-    return any(h == want or h.endswith("." + want) for h in hosts)
 
 
 def _identity_matches(read, want: str) -> bool:

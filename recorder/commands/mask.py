@@ -5,9 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from recorder.commands.ls import safe
-from recorder.commands.show import NotFound, find_session
-from recorder.reader import read_session
+from recorder.commands.common import SessionNotFound, find_session, safe
+from recorder.forensics.reader import read_session
 
 
 def add_parser(subparsers) -> None:
@@ -39,12 +38,12 @@ def _masker(config_arg: str | None):
 
 def run(args: argparse.Namespace) -> int:
     from recorder.config import ConfigError
+    from recorder.forensics.remask import remask_session
     from recorder.masking import RuleError
-    from recorder.remask import remask_session
 
     try:
         path = find_session(args.session, args.dir, None if args.dir else args.config)
-    except NotFound as e:
+    except SessionNotFound as e:
         print(f"wiretrail mask: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else None

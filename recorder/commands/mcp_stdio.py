@@ -96,8 +96,8 @@ def substore(storage_dir: Path) -> tuple[str, Path, int]:
 
 def run(args: argparse.Namespace) -> int:
     from recorder.config import ConfigError, load_config
-    from recorder.identity import IdentityError, TokenVerifier
-    from recorder.signing import SigningKeyError, load_signer
+    from recorder.auth.identity import IdentityError, TokenVerifier
+    from recorder.store.signing import SigningKeyError, load_signer
 
     command = list(args.server_command)
     if command and command[0] == "--":
@@ -150,11 +150,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _record(args, cfg, signer, identity, command: list[str]) -> int:
     from recorder import __version__
-    from recorder.anchors import AnchorSpec
+    from recorder.store.anchors import AnchorSpec
     from recorder.masking.gateway import gateway_masker, readable_credentials
     from recorder.protocols.mcp.stdio import Relay, StdioRecorder
-    from recorder.sessions import SessionRegistry
-    from recorder.writer import RecordWriter
+    from recorder.store.sessions import SessionRegistry
+    from recorder.store.writer import RecordWriter
 
     try:
         gid, store, lock_fd = substore(cfg.storage.dir)

@@ -50,12 +50,12 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recorder.auth.identity import TokenVerifier, mint_dev_token
     from recorder.config import ConfigError, load_config
-    from recorder.connections import is_loopback_host
-    from recorder.identity import TokenVerifier, mint_dev_token
+    from recorder.policy.connections import is_loopback_host
     from recorder.review.auth import ReviewAuth
     from recorder.review.index import SessionIndex
-    from recorder.signing import SigningKeyError, load_verifier
+    from recorder.store.signing import SigningKeyError, load_verifier
 
     try:
         config = load_config(args.config, read_secrets=False)

@@ -2,7 +2,7 @@
 
 Default: who and when, then per exchange the conversation's new messages, tool calls
 and results, the reply (assembled from its stream), model, usage and timing
-(recorder/transcript). `--json` gives the same for machines, `--records` one line per
+(recorder/forensics/transcript). `--json` gives the same for machines, `--records` one line per
 record, `--raw` the stored lines exactly. Everything but `--raw` is masked again with
 today's rules (and --config's) before it is printed (recorder/masking/output.py).
 """
@@ -12,19 +12,28 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import orjson
 
-from recorder import format_v1
-from recorder.commands.ls import StoreError, human_bytes, human_duration, iso_utc, safe, store_dir
-from recorder.postgres.transcript import sql_log_lines, statements as sql_statements
-from recorder.reader import SessionRead, read_session, summarize
-from recorder.verify import unsealed_word
-from recorder.transcript import build
-from recorder.transcript.rpc import Namer, body_summary, is_rpc_exchange, tree_lines
-from recorder.transcript.exchange import exchanges as flow_exchanges, header as find_header
-from recorder.transcript.render import TEXT_LIMIT, Style, turn_json, turn_lines
+from recorder.commands.common import (
+    SessionNotFound,
+    add_session_arguments,
+    find_session,
+    human_bytes,
+    human_duration,
+    iso_utc,
+    masked_for_output,
+    safe,
+)
+from recorder.forensics.exchange import header as find_header, exchanges as flow_exchanges
+from recorder.forensics.reader import SessionRead, read_session
+from recorder.forensics.summary import summarize
+from recorder.forensics.transcript import build
+from recorder.forensics.transcript.render import TEXT_LIMIT, Style, turn_json, turn_lines
+from recorder.forensics.transcript.rpc import Namer, body_summary, is_rpc_exchange, tree_lines
+from recorder.forensics.verify import unsealed_word
+from recorder.protocols.postgres.transcript import sql_log_lines, statements as sql_statements
+from recorder.store import format_v1
 
 PREVIEW_CHARS = 200
 ENVELOPE = set(format_v1.ENVELOPE)
@@ -57,41 +66,6 @@ def add_parser(subparsers) -> None:
         default="auto",
         help="colour: auto (default) = on a terminal unless NO_COLOR is set",
     )
-
-
-class NotFound(Exception):
-    pass
-
-
-def add_session_arguments(p) -> None:
-    """SESSION, --dir and --config: what find_session looks a session up with."""
-    p.add_argument("session", metavar="SESSION", help="a session file, or a session id (or a unique prefix of one)")
-    p.add_argument("--dir", metavar="DIR", help="the session store to look the id up in; default ./sessions")
-    p.add_argument("--config", metavar="PATH", help="look the id up in storage.dir of this gateway config")
-
-
-def find_session(session: str, dir_arg: str | None, config_arg: str | None) -> Path:
-    """A path as given, or the file of a session id (or unique id prefix) in the store."""
-    as_path = Path(session)
-    if as_path.is_file():
-        return as_path
-    if as_path.suffix or "/" in session:
-        raise NotFound(f"{session}: no such file")
-    try:
-        d = store_dir(dir_arg, config_arg)
-    except StoreError as e:
-        raise NotFound(f"cannot look up session {session}: {e}") from e
-    want = session.upper()
-    exact = list(d.rglob(want + format_v1.FILE_SUFFIX))
-    if exact:
-        return sorted(exact)[0]
-    matches = sorted(f for f in d.rglob(want + "*" + format_v1.FILE_SUFFIX) if f.is_file())
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise NotFound(f"no session {session} in {d} (wiretrail ls {d} lists them)")
-    names = ", ".join(m.name[: -len(format_v1.FILE_SUFFIX)] for m in matches[:5])
-    raise NotFound(f"{session} matches {len(matches)} sessions in {d} ({names}...): give more of the id")
 
 
 def body_preview(body) -> str:
@@ -236,22 +210,6 @@ def footer(read: SessionRead) -> list[str]:
     return out
 
 
-def _masked(read: SessionRead, config: str | None) -> SessionRead | None:
-    """The session with today's rules applied to everything that will be printed."""
-    from recorder.config import ConfigError
-    from recorder.masking import RuleError
-    from recorder.masking.output import masked_read, output_masker
-
-    try:
-        masker, warnings = output_masker(config)
-    except (ConfigError, RuleError, OSError) as e:
-        print(f"wiretrail: {e}", file=sys.stderr)
-        return None
-    for w in warnings:
-        print(f"wiretrail: warning: {safe(w)}", file=sys.stderr)
-    return masked_read(read, masker)
-
-
 def mcp_sessions(records: list[dict]) -> tuple[list, dict, str | None]:
     """The MCP sessions of a session file (recorder/protocols/mcp), which flow is whose, and why
     they could not be read (recorded data is untrusted: then each exchange is shown on its own)."""
@@ -272,8 +230,8 @@ def mcp_lines(session, style, limit, safe) -> list[str]:
 
 def load_descriptors(args: argparse.Namespace):
     """The descriptor sets of --descriptors, or of review.descriptor_sets in --config; None if none.
-    Raises NotFound with a message when one cannot be read."""
-    from recorder.connect.descriptors import DescriptorError, Descriptors
+    Raises SessionNotFound with a message when one cannot be read."""
+    from recorder.protocols.connect.descriptors import DescriptorError, Descriptors
 
     paths = list(args.descriptors)
     if not paths and args.config:
@@ -282,13 +240,13 @@ def load_descriptors(args: argparse.Namespace):
         try:
             paths = list(load_config(args.config, read_secrets=False).review.descriptor_sets)
         except (ConfigError, OSError) as e:
-            raise NotFound(str(e)) from e
+            raise SessionNotFound(str(e)) from e
     if not paths:
         return None
     try:
         return Descriptors(paths)
     except DescriptorError as e:
-        raise NotFound(str(e)) from e
+        raise SessionNotFound(str(e)) from e
 
 
 def transcript_json(read: SessionRead, descriptors=None) -> dict:
@@ -328,12 +286,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         path = find_session(args.session, args.dir, args.config)
         descriptors = load_descriptors(args)
-    except NotFound as e:
+    except SessionNotFound as e:
         print(f"wiretrail show: {e}", file=sys.stderr)
         return 2
     read = read_session(path)
     if not args.raw:
-        read = _masked(read, args.config)
+        read = masked_for_output(read, args.config)
         if read is None:
             return 2
     if args.raw:
@@ -359,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     limit = None if args.full else TEXT_LIMIT
     last_system: dict = {}
     turns = build(read.records, descriptors)
-    sql_log = sql_log_lines(read.records)  # database connections (recorder/postgres)
+    sql_log = sql_log_lines(read.records)  # database connections (recorder/protocols/postgres)
     # MCP: each session's exchanges read as one tool-call log, where its first exchange was.
     sessions, of_flow, mcp_problem = mcp_sessions(read.records)
     if mcp_problem:

@@ -47,8 +47,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recorder.auth.identity import MIN_HS256_SECRET, mint_dev_token
     from recorder.config import ConfigError, load_config
-    from recorder.identity import MIN_HS256_SECRET, mint_dev_token
 
     def fail(message: str) -> int:
         print(f"wiretrail token: error: {message}", file=sys.stderr)

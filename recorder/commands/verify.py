@@ -7,8 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from recorder import verify
-from recorder.commands.ls import safe
+from recorder.commands.common import safe
+from recorder.forensics import verify
 
 _ANCHOR = re.compile(r"(\d+):([0-9a-f]{64})\Z")
 
@@ -65,8 +65,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recorder.anchors import read_anchors
-    from recorder.signing import SigningKeyError, load_verifier
+    from recorder.store.anchors import read_anchors
+    from recorder.store.signing import SigningKeyError, load_verifier
 
     verifiers = []
     for key in args.key or []:

@@ -28,7 +28,7 @@ first. Keep the narrow rules (a provider's prefix) before the broad ones (generi
 """
 from __future__ import annotations
 
-from recorder.client_credentials import header_name_keywords, header_name_pattern
+from recorder.auth.credentials import header_name_keywords, header_name_pattern
 
 # Placeholders that turn up where a real value would go ("${TOKEN}", "<password>", "xxxx").
 PLACEHOLDERS = r"^(?:\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|\{\{.*\}\}|<[^>]*>|%\(?\w*\)?s|\*+|x+|X+|\.\.\.|[A-Z][A-Z_]*|null|none|None|true|false)$"
@@ -37,7 +37,6 @@ CODE_REFERENCE = (r"^(?:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"  # 
                   r"|_*[a-z]+(?:[_-][a-z0-9]+)*"  # snake_case / kebab-case words
                   r"|_*[A-Za-z][a-z]+(?:[A-Z][a-z]+)*"  # camelCase, PascalCase, a class name
                   r"|_*[A-Z]+(?:_[A-Z0-9]+)+)$")  # CONSTANT_CASE
-MASK_TAG = r"^\[(?:MASKED|credential):"
 
 TOKEN = "A-Za-z0-9_"  # a token next to one of these is part of a longer word: not masked (a "-" before it is not: `x-ghp_…`)
 ALNUM = "A-Za-z0-9"

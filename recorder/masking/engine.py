@@ -659,13 +659,13 @@ class Masker:
     def mask_body(self, data: bytes, content_type: str | None = None, notes: set | None = None) -> bytes:
         """A whole body: SSE as a stream, JSON value by value, anything else as bytes. `notes`
         gets why a part that looked like JSON was masked as text (too deep to walk)."""
-        from recorder.masking.bodies import mask_body
+        from recorder.masking.body_masking import mask_body
 
         return mask_body(self, data, content_type, notes=notes)
 
     def stream(self, content_type: str | None = None):
-        """A stream masker for one streamed body (recorder/masking/bodies.py)."""
-        from recorder.masking.bodies import stream_masker
+        """A stream masker for one streamed body (recorder/masking/body_masking.py)."""
+        from recorder.masking.body_masking import stream_masker
 
         return stream_masker(self, content_type)
 

@@ -7,7 +7,7 @@ import os
 
 from recorder.config import ConfigError, GatewayConfig
 from recorder.masking.engine import Masker
-from recorder.signing import Signer
+from recorder.store.signing import Signer
 
 
 def signing_material(cfg: GatewayConfig) -> list[str]:

@@ -14,7 +14,7 @@ import re
 
 import orjson
 
-from recorder.json_depth import DEPTH_ERROR, MAX_DEPTH, depth_exceeds
+from recorder.http.json_depth import DEPTH_ERROR, MAX_DEPTH, depth_exceeds
 from recorder.masking.decoding import unescape
 
 _LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
@@ -245,6 +245,6 @@ _UNCHANGED = object()
 
 def _walk(masker, value, key: str = ""):
     """A masked copy of a parsed JSON value, or _UNCHANGED: for callers that re-encode the
-    document themselves (recorder/ws_masking.py)."""
+    document themselves (recorder/protocols/ws_masking.py)."""
     hits = _scan(masker, value, None, limit=None)
     return _rebuild(masker, value, hits) if hits else _UNCHANGED

@@ -34,9 +34,9 @@ def output_masker(config_path: str | None = None):
 
 
 def masked_read(read, masker):
-    """A copy of a SessionRead whose records carry today's masking (recorder/remask.py)."""
+    """A copy of a SessionRead whose records carry today's masking (recorder/forensics/remask.py)."""
     import dataclasses
 
-    from recorder.remask import masked_records
+    from recorder.forensics.remask import masked_records
 
     return dataclasses.replace(read, records=masked_records(read, masker))

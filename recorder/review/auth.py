@@ -1,5 +1,5 @@
 """Who may read sessions: an identity token checked exactly as the gateway checks it
-(recorder.identity.TokenVerifier with the config's [identity]), and a group in
+(recorder.auth.identity.TokenVerifier with the config's [identity]), and a group in
 identity.review_groups.
 
 The browser holds the token in an HttpOnly, SameSite=Strict cookie. It gets there by a POST
@@ -14,14 +14,14 @@ import threading
 import time
 from dataclasses import dataclass
 
+from recorder.auth.identity import IdentityError, TokenVerifier, VerifiedIdentity
 from recorder.config import IdentityConfig
-from recorder.identity import Identity, IdentityError, TokenVerifier
 
 COOKIE = "wiretrail_review"
 LOGIN_LINK_TTL = 3600.0  # seconds a printed one-time login link stays usable
 
 
-class Refused(Exception):
+class ReviewRefused(Exception):
     """No access: `status` 401 (no usable identity) or 403 (not a reviewer); `message` says why
     and what to do, without any part of the token."""
 
@@ -32,7 +32,7 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Reviewer:
-    identity: Identity
+    identity: VerifiedIdentity
 
     @property
     def name(self) -> str:
@@ -49,20 +49,20 @@ class ReviewAuth:
         self._links: dict[str, tuple[str, float]] = {}  # nonce -> (token, valid until)
         self._lock = threading.Lock()
 
-    def cached(self, token: str) -> Identity | None:
+    def cached(self, token: str) -> VerifiedIdentity | None:
         """The fast path (no I/O): a token verified before and not yet expired."""
         return self.verifier.cached(token)
 
     def check(self, token: str | None) -> Reviewer:
-        """The reviewer a token proves, or Refused. May block on a JWKS fetch (call it off the loop)."""
+        """The reviewer a token proves, or ReviewRefused. May block on a JWKS fetch (call it off the loop)."""
         if not token:
-            raise Refused(401, "missing", "log in: this page shows recorded sessions to reviewers only")
+            raise ReviewRefused(401, "missing", "log in: this page shows recorded sessions to reviewers only")
         try:
             identity = self.verifier.verify(token)
         except IdentityError as e:
-            raise Refused(401, e.reason, f"the identity token was not accepted: {e.message}") from None
+            raise ReviewRefused(401, e.reason, f"the identity token was not accepted: {e.message}") from None
         if not set(identity.groups) & set(self.groups):
-            raise Refused(403, "forbidden", f"{identity.sub} is not a reviewer: reading sessions needs a token "
+            raise ReviewRefused(403, "forbidden", f"{identity.sub} is not a reviewer: reading sessions needs a token "
                                             f"with one of the groups in identity.review_groups "
                                             f"({', '.join(self.groups)})")
         return Reviewer(identity)

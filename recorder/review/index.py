@@ -18,13 +18,19 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recorder import format_v1
-from recorder.ledger import LEDGER_NAME, LedgerRead, check_lines
+from recorder.forensics.transcript import build
+from recorder.forensics.verify import (
+    FileVerdict,
+    LedgerVerdict,
+    check_against_ledger,
+    check_missing,
+    verify_file,
+)
 from recorder.review.integrity import integrity_of
 from recorder.review.listing import Filters, SessionRow, make_row
-from recorder.signing import Verifier
-from recorder.transcript import build
-from recorder.verify import FileVerdict, LedgerVerdict, check_against_ledger, check_missing, verify_file
+from recorder.store import format_v1
+from recorder.store.ledger import LEDGER_NAME, LedgerRead, check_lines
+from recorder.store.signing import Verifier
 
 # Crockford base32 -> the digits int(x, 32) reads ("0-9a-v"), for the time in a session id.
 _TO_BASE32 = str.maketrans("0123456789ABCDEFGHJKMNPQRSTVWXYZ", "0123456789abcdefghijklmnopqrstuv")

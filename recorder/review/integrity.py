@@ -1,10 +1,10 @@
-"""A session file's verdict (recorder.verify) as the review page shows it: a badge and a sentence."""
+"""A session file's verdict (recorder.forensics.verify) as the review page shows it: a badge and a sentence."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from recorder.store.live import unsealed_state
-from recorder.verify import FileVerdict
+from recorder.forensics.verify import FileVerdict
 
 # Badge states, in the order the list's integrity filter offers them.
 STATES = {

@@ -1,7 +1,7 @@
 """One row per session for the review list, and the list's filters.
 
-A row is made from what `wiretrail ls` and `show` already compute (recorder.reader.summarize,
-the transcript, recorder.verify) and holds only plain values, so the index can keep ten
+A row is made from what `wiretrail ls` and `show` already compute (recorder.forensics.reader.summarize,
+the transcript, recorder.forensics.verify) and holds only plain values, so the index can keep ten
 thousand of them.
 """
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from recorder.commands.ls import host_matches, hosts_of, parse_time
-from recorder.reader import summarize
+from recorder.commands.common import parse_time
+from recorder.forensics.exchange import header
+from recorder.forensics.summary import host_matches, hosts_of, summarize
+from recorder.forensics.transcript import Turn, build
+from recorder.forensics.verify import FileVerdict
 from recorder.review.integrity import STATES, Integrity
-from recorder.transcript import Turn, build
-from recorder.transcript.exchange import header
-from recorder.verify import FileVerdict
 
 _PRODUCT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

@@ -24,13 +24,13 @@ import orjson
 import tornado.web
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from recorder.export_har import export_har
-from recorder.export_mitm import export_mitm
-from recorder.review.auth import COOKIE, Refused, ReviewAuth, Reviewer
+from recorder.commands.common import human_duration
+from recorder.forensics.export_har import export_har
+from recorder.forensics.export_mitm import export_mitm
+from recorder.review.auth import COOKIE, ReviewAuth, Reviewer, ReviewRefused
 from recorder.review.index import SessionIndex
 from recorder.review.integrity import STATES, integrity_of
 from recorder.review.listing import FilterError, Filters
-from recorder.commands.ls import human_duration
 from recorder.review.session_view import iso, session_view
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -117,10 +117,10 @@ class Base(tornado.web.RequestHandler):
                 self.reviewer = self.ctx.auth.check(token)  # no I/O: the verifier's cache answers
             else:
                 self.reviewer = await self.run(self.ctx.auth.check, token)
-        except Refused as e:
+        except ReviewRefused as e:
             self.refuse(e)
 
-    def refuse(self, e: Refused):
+    def refuse(self, e: ReviewRefused):
         self.set_status(e.status)
         if e.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="wiretrail review"')
@@ -229,7 +229,7 @@ class DownloadHandler(Base):
 
     @staticmethod
     def _make(path: Path, stem: str, kind: str) -> tuple[bytes, str, str]:
-        from recorder.reader import read_session
+        from recorder.forensics.reader import read_session
 
         if kind == "artifact":
             return path.read_bytes(), "application/zstd", f"{stem}.jsonl.zst"
@@ -255,7 +255,7 @@ class LoginHandler(Base):
         target = _local_path(self.get_body_argument("next", "/"))
         try:
             reviewer = await self.run(self.ctx.auth.check, token)
-        except Refused as e:
+        except ReviewRefused as e:
             self.set_status(e.status)
             self.page("login.html", message=e.message, status=e.status, next=target, retry=False)
             return
@@ -280,7 +280,7 @@ class LoginOnceHandler(LoginHandler):
             return
         try:
             reviewer = await self.run(self.ctx.auth.check, token)
-        except Refused as e:
+        except ReviewRefused as e:
             self.set_status(e.status)
             self.page("login.html", message=e.message, status=e.status, next="/", retry=False)
             return
@@ -296,7 +296,7 @@ class LogoutHandler(Base):
         self.redirect("/login", status=303)
 
 
-class NotFound(Base):
+class NotFoundPage(Base):
     def prepare(self):  # unknown paths: 404 without asking who it is
         raise tornado.web.HTTPError(404)
 
@@ -337,7 +337,7 @@ def make_app(ctx: ReviewContext) -> tornado.web.Application:
             (r"/logout", LogoutHandler, kw),
             (r"/static/(review\.css|review\.js|favicon\.svg)", Static, {"path": str(STATIC_DIR)}),
         ],
-        default_handler_class=NotFound,
+        default_handler_class=NotFoundPage,
         default_handler_args=kw,
         log_function=_access_log(ctx),
         xheaders=False,

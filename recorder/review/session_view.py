@@ -1,5 +1,5 @@
 """One session as the review page shows it: plain data for the template, made from the
-transcript model (recorder.transcript), the records and the verifier's verdict.
+transcript model (recorder.forensics.transcript), the records and the verifier's verdict.
 
 Everything recorded is hostile input. Nothing here makes markup: text is split into
 `Segment`s (plain text, a masked-secret tag, a credential marker, a search match) and the
@@ -17,15 +17,15 @@ from typing import Callable
 
 import orjson
 
-from recorder import format_v1
 from recorder.commands.show import record_details
-from recorder.reader import summarize
+from recorder.forensics.summary import summarize
+from recorder.forensics.transcript import Turn, build
+from recorder.forensics.transcript.model import Message, Part
+from recorder.forensics.verify import FileVerdict
 from recorder.review.integrity import Integrity
 from recorder.review.listing import Agent, agent_of, has_error, token_usage, tool_calls
-from recorder.transcript import Turn, build
-from recorder.transcript.model import Message, Part
-from recorder.transcript.rpc import messages_text
-from recorder.verify import FileVerdict
+from recorder.forensics.transcript.rpc import messages_text
+from recorder.store import format_v1
 
 PART_LIMIT = 20_000  # characters of one message part shown on the page
 BODY_LIMIT = 100_000  # characters of one raw body shown in the drawer

@@ -1,7 +1,7 @@
 """Which agent run a request belongs to, as the client declares it.
 
 One session per agent run: where the client names its run, the run starts and names a session
-(recorder/sessions.py keys sessions by verified identity, client address and run). Where it does
+(recorder/store/sessions.py keys sessions by verified identity, client address and run). Where it does
 not, the session is the identity's from that address, closed after the idle timeout.
 
 | client      | what names the run                                  | agent name    |
@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from recorder.client_credentials import AGENT_HEADER, RUN_HEADER
+from recorder.auth.credentials import AGENT_HEADER, RUN_HEADER
 
 MAX_RUN = 128
 MAX_NAME = 64

@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from recorder import format_v1
-from recorder.ledger import LEDGER_NAME
+from recorder.store import format_v1
+from recorder.store.ledger import LEDGER_NAME
 
 GATEWAYS = "gateways"  # the folder under storage.dir that holds one store per gateway id
 # The folder under storage.dir that holds the stores of `wiretrail mcp-stdio` processes (one per

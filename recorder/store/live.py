@@ -1,6 +1,6 @@
 """Is a gateway writing this store right now? The marker that tells "open" from "stopped".
 
-The gateway that holds a store's ledger (recorder/ledger.py, under an exclusive lock) writes
+The gateway that holds a store's ledger (recorder/store/ledger.py, under an exclusive lock) writes
 `<store>/gateway.live` when it takes the ledger and removes it when it lets go: its host, its pid
 and that process's start time. A reader (`show`, `verify`, `ls`) asks `gateway_state(store)`:
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from recorder import format_v1
-from recorder.ledger import ENDINGS, LEDGER_NAME, read_ledger
+from recorder.store import format_v1
+from recorder.store.ledger import ENDINGS, LEDGER_NAME, read_ledger
 
 log = logging.getLogger(__name__)
 

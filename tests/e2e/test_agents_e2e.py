@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from recorder.config import EMBEDDED_DEFAULT
-from recorder.dev_secret import ensure_dev_secret
+from recorder.auth.dev_secret import ensure_dev_secret
 from tests.support.anthropic_fake import ScriptedClaude
 from tests.support.artifacts import Artifacts
 from tests.support.claude_code import claude_bin, claude_env, claude_print

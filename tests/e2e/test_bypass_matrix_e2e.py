@@ -6,7 +6,7 @@ an unregistered host; policy.unregistered deny, tunnel, record) a real client se
 marker through a real mitmdump to a real upstream. The upstream's own log of what it received is
 the ground truth:
 
-- the marker reached the upstream: it must be in the artifact (read with recorder.reader), or,
+- the marker reached the upstream: it must be in the artifact (read with recorder.forensics.reader), or,
   only for an unregistered host under "tunnel", the store holds a `tunnel` record for it;
 - it did not: the client must have been refused.
 
@@ -30,8 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recorder.reader import rebuild_body
-from tests.support.artifacts import Artifacts
+from tests.support.artifacts import Artifacts, recorded_body
 from tests.support.bypass_matrix import POLICIES, Cell, cells, expected, figures_sentence, markdown_table
 from tests.support.checks import wait_until
 from tests.support.gateway import Gateway, _accepts, free_ports
@@ -327,7 +326,7 @@ def marker_in_artifact(store_dir: Path, marker: str) -> bool:
                 return True
         for flow in flows:
             try:
-                if needle in rebuild_body(session.records, flow, "request"):
+                if needle in recorded_body(session.records, flow, "request"):
                     return True
             except KeyError:
                 pass

@@ -8,7 +8,6 @@ what arrived; `wiretrail show` must show the prompt, the tool call, its result a
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import subprocess

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recorder.identity import mint_dev_token
+from recorder.auth.identity import mint_dev_token
 from tests.support.artifacts import header, store_bytes
 from tests.support.checks import assert_in_order
 from tests.support.clients import trust

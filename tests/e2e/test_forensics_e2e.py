@@ -7,11 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import orjson
 import pytest
 import zstandard
 
-from recorder import format_v1
 from tests.support import upstream as fake
 from tests.support.checks import finish
 from tests.support.clients import httpx_client, new_test_id, openai_client

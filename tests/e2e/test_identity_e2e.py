@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.support.artifacts import TEST_ID_HEADER, header, store_bytes
 from tests.support.checks import wait_for_records
-from tests.support.gateway import REPO_ROOT
 from tests.support.clients import TIMEOUT, new_test_id, read_http_head, trust
+from tests.support.gateway import REPO_ROOT
 from tests.support.idp import AUDIENCE, ISSUER, LocalIdP, new_private_key
 from tests.support.plain_upstream import PlainUpstream
 
@@ -447,8 +447,9 @@ def test_jwks_rotation_and_an_idp_that_goes_down(start_gateway, idp, upstream, p
     unseen = idp.add_key(publish=True)
     time.sleep(0.3)
     answer = call(_good_token(idp, kid=unseen))
-    assert answer.status == 503 and "IdP" in answer.json()["error"]["message"] or \
-        "reach" in answer.json()["error"]["message"], answer.body
+    error = answer.json()["error"]
+    assert answer.status == 503, answer.body
+    assert error["code"] == "idp_unreachable" and "cannot reach" in error["message"], answer.body
     assert len(upstream.exchanges) == 4
 
 
@@ -469,6 +470,17 @@ def test_credentials_are_reread_on_sighup(jwt_gateway, idp, upstream, plain, key
     assert upstream.exchange(second).header("authorization") == f"Bearer {rotated}"
     assert jwt_gateway.alive()
     assert_never_stored(jwt_gateway, rotated, UPSTREAM_KEY)
+    # A rotated credential is not a config change; an edited file is, and only a restart applies it.
+    assert "config changed while running" not in jwt_gateway.log_text()
+    text = jwt_gateway.config_path.read_text()
+    jwt_gateway.config_path.write_text(text.replace("[identity]", "[sessions]\nidle_timeout = 7\n\n[identity]", 1))
+    jwt_gateway.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "config changed while running" not in jwt_gateway.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "the config changed while running (sessions); the gateway keeps running on the config it started " \
+           "with: restart it to apply the change" in jwt_gateway.log_text()
+    assert send(new_test_id()).status_code == 200
 
 
 def test_a_tunnel_that_outlives_its_token_is_refused_and_closed(start_gateway, idp, upstream, plain, key_file):

@@ -15,12 +15,11 @@ import json
 import socket
 import ssl
 import subprocess
-import time
 
 import httpx
 import pytest
 
-from recorder.identity import mint_dev_token
+from recorder.auth.identity import mint_dev_token
 from tests.support.artifacts import TEST_ID_HEADER, header, store_bytes
 from tests.support.checks import wait_for_records
 from tests.support.clients import TIMEOUT, new_test_id, read_http_head

@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.test_integrity_e2e import fill, small_tmpfs  # noqa: F401 (a fixture)
 from tests.support.artifacts import Artifacts
-from tests.support.gateway import WIRETRAIL, REPO_ROOT
+from tests.support.gateway import REPO_ROOT, WIRETRAIL
 from tests.support.pg_gateway import PgGateway
 from tests.support.postgres import PgServer, available, pg_bin
 
@@ -484,7 +484,7 @@ def test_replay_against_a_second_database_gives_the_same_row_counts(db, pg):
 
 
 def test_readme_database_setup_works_as_written(pg, tmp_path, monkeypatch):
-    from recorder.dev_secret import ensure_dev_secret
+    from recorder.auth.dev_secret import ensure_dev_secret
     from tests.support.gateway import free_port
     from tests.support.pg_gateway import wait_listening
 

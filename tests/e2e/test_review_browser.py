@@ -18,7 +18,7 @@ import httpx
 import pytest
 import zstandard
 
-from recorder.identity import mint_dev_token
+from recorder.auth.identity import mint_dev_token
 from tests.support.clients import trust
 from tests.support.review_browser import NO_SCRIPT_RAN, Serve, chromium
 

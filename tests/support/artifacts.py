@@ -1,6 +1,6 @@
 """Reading what the gateway recorded, for assertions.
 
-Sessions are read with recorder.reader (the code under test). `independent_chain`
+Sessions are read with recorder.forensics.reader (the code under test). `independent_chain`
 re-checks a file with nothing but zstandard and hashlib, so a reader bug cannot make
 a chain assertion pass on its own.
 """
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import zstandard
 
-from recorder.reader import SessionRead, iter_session_files, read_session, rebuild_body
+from recorder.forensics.exchange import exchanges
+from recorder.forensics.reader import SessionRead, iter_session_files, read_session
 
 TEST_ID_HEADER = "x-test-id"
 
@@ -24,6 +25,14 @@ def header(headers: list, name: str) -> str | None:
         if k.lower() == name:
             return v
     return None
+
+
+def recorded_body(records: list[dict], flow: str, direction: str) -> bytes:
+    """One direction's recorded body of a flow, as the exchange model (replay, exports) rebuilds it."""
+    ex = next((e for e in exchanges(records) if e.flow == flow), None)
+    if ex is None:
+        raise KeyError(f"no records for flow {flow}")
+    return {"request": ex.request_body, "response": ex.response_body}[direction]
 
 
 @dataclass
@@ -63,7 +72,7 @@ class FlowRecords:
         return [r for r in self.of("http.chunk") if r["dir"] == direction]
 
     def body(self, direction: str) -> bytes:
-        return rebuild_body(self.session.records, self.flow, direction)
+        return recorded_body(self.session.records, self.flow, direction)
 
     def describe(self) -> str:
         """The flow's records, short, for assertion messages."""

@@ -195,8 +195,8 @@ class SessionWriter:
     """Writes one session as the gateway would (bodies rendered, masked, on the writer thread)."""
 
     def __init__(self, store: Path, masker):
-        from recorder.sessions import SessionRegistry
-        from recorder.writer import RecordWriter
+        from recorder.store.sessions import SessionRegistry
+        from recorder.store.writer import RecordWriter
 
         self.masker = masker
         self.writer = RecordWriter(fsync="never")
@@ -236,7 +236,7 @@ CONNECT = [["content-type", "application/connect+proto"], ["connect-protocol-ver
 
 def write_h2_session(store: Path, m: Mimic, conv: Conversation, masker, end_error: dict | None = None) -> None:
     """The Run stream of `conv` as one bidirectional flow: request and response chunks interleaved."""
-    from recorder.bodies import BodyStream, ChunkBytes
+    from recorder.store.bodies import BodyStream, ChunkBytes
 
     w = SessionWriter(store, masker)
     flow = w.new_flow()
@@ -268,7 +268,7 @@ def write_h2_session(store: Path, m: Mimic, conv: Conversation, masker, end_erro
 def write_h1_session(store: Path, m: Mimic, conv: Conversation, masker, request_id: str = "req-5c1d2e3f") -> None:
     """The same conversation over HTTP/1.1: the server's messages as the RunSSE stream, each
     client message as its own BidiAppend post carrying the request id."""
-    from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
+    from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
 
     w = SessionWriter(store, masker)
     sse = w.new_flow()

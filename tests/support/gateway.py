@@ -228,7 +228,7 @@ class Gateway:
     # -- what it recorded ----------------------------------------------------------------
 
     def artifacts(self) -> Artifacts:
-        """Every session file in the store, read with recorder.reader (now, as it is)."""
+        """Every session file in the store, read with recorder.forensics.reader (now, as it is)."""
         return Artifacts(self.store_dir)
 
     def verify_cli(self, *paths: Path) -> subprocess.CompletedProcess:

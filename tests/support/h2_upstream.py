@@ -22,7 +22,6 @@ response with those trailers.
 """
 from __future__ import annotations
 
-import json
 import queue
 import socket
 import ssl

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from recorder.identity import mint_dev_token
+from recorder.auth.identity import mint_dev_token
 from tests.support.artifacts import Artifacts, store_bytes
 from tests.support.gateway import free_port
 from tests.support.postgres import APP_DB, APP_USER, PgServer
@@ -104,8 +104,9 @@ class PgGateway:
                               input=input, capture_output=True, text=True, env=env, timeout=60)
 
     async def asyncpg(self, token: str | None = "", **kw):
-        import asyncpg
         import ssl as ssl_mod
+
+        import asyncpg
 
         ctx = ssl_mod.create_default_context(cafile=str(self.gw.ca_path))
         return await asyncpg.connect(host="127.0.0.1", port=self.port, user="alice", database=APP_DB,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from recorder import format_v1
-from recorder.sessions import SessionRegistry
-from recorder.writer import RecordWriter
+from recorder.store import format_v1
+from recorder.store.sessions import SessionRegistry
+from recorder.store.writer import RecordWriter
 
 T0 = 1767225600.0
 

@@ -246,8 +246,8 @@ def _headers() -> str:
         "anthropic-ratelimit-tokens-remaining: 40000", "anthropic-ratelimit-input-tokens-reset: 2025-01-01T00:00:00Z",
         f"openai-organization: org-{r(A, 24)}", "openai-processing-ms: 812", f"x-ratelimit-remaining-tokens: {rng.randint(1, 10**6)}",
         f"cf-ray: {r(H, 16)}-CDG", f'etag: W/"{ids[10][:32]}"', f"session_id: {ids[0]}", "x-stainless-lang: python",
-        f"x-stainless-retry-count: 0", f"chatgpt-account-id: {uuid.uuid4()}", "openai-beta: responses=experimental",
-        f"originator: codex_cli_rs", f"traceparent: 00-{r(H, 32)}-{r(H, 16)}-01", f"x-amz-cf-id: {r(URLSAFE, 56)}"])
+        "x-stainless-retry-count: 0", f"chatgpt-account-id: {uuid.uuid4()}", "openai-beta: responses=experimental",
+        "originator: codex_cli_rs", f"traceparent: 00-{r(H, 32)}-{r(H, 16)}-01", f"x-amz-cf-id: {r(URLSAFE, 56)}"])
 
 
 _CODE: list[str] = []

@@ -5,7 +5,7 @@ import json
 from mitmproxy.test import taddons, tflow
 
 from addons.chain import AddonChain
-from addons.refusal import REFUSAL
+from addons.flow_state import REFUSAL
 
 
 class Part:
@@ -157,3 +157,52 @@ def test_an_exception_before_a_server_connection_opens_kills_it():
     with taddons.context():
         asyncio.run(chain.server_connect(data))
     assert data.server.error and "server_connect failed" in data.server.error
+
+
+# -- the chain refuses a part it would never call ----------------------------------------------
+
+
+class WithUndispatchedHook(Part):
+    def client_connected(self, client):  # a real mitmproxy hook the chain does not dispatch
+        self._hit("client_connected")
+
+
+def test_a_part_with_a_hook_the_chain_does_not_dispatch_is_refused_at_start():
+    import pytest
+
+    from addons.chain import UndispatchedHook
+
+    with pytest.raises(UndispatchedHook, match="WithUndispatchedHook defines client_connected"):
+        AddonChain([Part("ok", []), WithUndispatchedHook("bad", [])])
+
+
+def test_every_part_of_the_gateway_has_all_its_hooks_dispatched():
+    from addons import gateway
+    from addons.chain import undispatched
+
+    assert {type(p).__name__: undispatched(p) for p in gateway.parts if undispatched(p)} == {}
+
+
+# -- the gateway's part order ------------------------------------------------------------------
+
+
+def test_the_gateway_parts_are_in_the_order_their_contracts_need():
+    from addons import gateway
+
+    names = [type(p).__name__ for p in gateway.parts]
+    assert names[0] == "StartupGate" and names[-1] == "StartupGateOpener"  # flows wait for every part's running
+    assert names[-2] == "FreezeStartupHeap"
+
+    def before(a, b, why):
+        assert names.index(a) < names.index(b), f"{a} must run before {b}: {why}"
+
+    before("WiretrailConfig", "Identity", "every part reads the validated config")
+    before("Identity", "Policy", "policy decides by who it is")
+    before("Policy", "Credentials", "the credential injected is the matched connection's")
+    before("Credentials", "Masking", "masking knows the injected secrets")
+    before("Masking", "Trailers", "trailers are masked as headers")
+    before("Trailers", "Capture", "request trailers are stripped of credentials before capture records them")
+    before("RawTcp", "Capture", "a refused 101 is killed before capture records the reply")
+    before("WebSocketCapture", "Capture", "its done closes open WebSockets before capture seals")
+    before("Capture", "Timeouts", "a timeout ends a flow capture knows")
+    before("Capture", "Postgres", "database sessions are capture's sessions")

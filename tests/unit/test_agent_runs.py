@@ -1,5 +1,5 @@
-"""One session per agent run (recorder/store/agent_runs.py, recorder/sessions.py), the API-key
-mistake's message (recorder/identity.py) and the open/stopped marker (recorder/store/live.py)."""
+"""One session per agent run (recorder/store/agent_runs.py, recorder/store/sessions.py), the API-key
+mistake's message (recorder/auth/identity.py) and the open/stopped marker (recorder/store/live.py)."""
 from __future__ import annotations
 
 import json
@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from recorder import sessions as sessions_module
-from recorder.identity import IdentityError, api_token_and_header, check_api_token, looks_like_api_key
-from recorder.reader import iter_session_files, read_session
-from recorder.sessions import QUIET_IDLE, SessionRegistry
+from recorder.store import sessions as sessions_module
+from recorder.auth.identity import IdentityError, api_token_and_header, check_api_token, looks_like_api_key
+from recorder.forensics.reader import iter_session_files, read_session
+from recorder.store.sessions import QUIET_IDLE, SessionRegistry
 from recorder.store.agent_runs import MAX_RUN, agent_run
 from recorder.store.live import LIVE_NAME, clear_live, gateway_state, mark_live, unsealed_state
-from recorder.writer import RecordWriter
+from recorder.store.writer import RecordWriter
 
 CLAUDE_UA = "claude-cli/2.1.332 (external, sdk-cli)"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"

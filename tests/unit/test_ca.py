@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from recorder import ca
 from recorder.commands import ca as ca_command
+from recorder.tls import ca
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -513,7 +513,7 @@ def test_usage_error_exits_2(tmp_path):
 
 def test_ca_modules_do_not_import_mitmproxy():
     code = (
-        "import sys, recorder.ca, recorder.commands.ca\n"
+        "import sys, recorder.tls.ca, recorder.commands.ca\n"
         "bad = [m for m in sys.modules if m == 'mitmproxy' or m.startswith('mitmproxy.')]\n"
         "assert not bad, bad\n"
     )

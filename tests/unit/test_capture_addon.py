@@ -16,8 +16,10 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addons.capture import Capture
 from addons.config import WiretrailConfig
-from recorder.writer import RecordWriter
-from recorder.reader import iter_session_files, read_session, rebuild_body
+from addons.masking import Masking
+from recorder.forensics.reader import iter_session_files, read_session
+from recorder.store.writer import RecordWriter
+from tests.support.artifacts import recorded_body
 
 
 def write_config(tmp_path: Path, extra: str = "", storage: str = "") -> Path:
@@ -111,11 +113,13 @@ def gateway(tmp_path, extra="", storage=""):
     class Ctx:
         async def __aenter__(self):
             self.cfg = WiretrailConfig()
-            self.capture = Capture(self.cfg)
-            self.ctx = taddons.context(self.cfg, self.capture)
+            masking = Masking(self.cfg)
+            self.capture = Capture(self.cfg, masking)
+            self.ctx = taddons.context(self.cfg, masking, self.capture)
             tctx = self.ctx.__enter__()
             tctx.configure(self.cfg, wiretrail_config=str(cfg_path))
             self.cfg.running()
+            masking.running()
             self.capture.running()
             g = Gateway(tctx, self.cfg, self.capture)
             g.store = tmp_path / "store"
@@ -143,8 +147,8 @@ def test_buffered_exchange_is_recorded_and_credentials_masked(tmp_path):
     types = [r["t"] for r in s.records]
     assert types == ["session.open", "http.request", "http.response", "http.end", "session.close"]
     req = s.records[1]
-    assert rebuild_body(s.records, fid, "request") == b'{"model": "gpt", "messages": []}'
-    assert rebuild_body(s.records, fid, "response") == b'{"id": "r1"}'
+    assert recorded_body(s.records, fid, "request") == b'{"model": "gpt", "messages": []}'
+    assert recorded_body(s.records, fid, "response") == b'{"id": "r1"}'
     auth = dict(req["headers"])["authorization"]
     assert auth.startswith("[MASKED:authorization:") and "sk-live" not in json.dumps(s.records)
     assert s.records[0]["identity"]["authenticated"] is False
@@ -165,7 +169,7 @@ def test_sse_reply_is_teed_and_rebuilds_exactly(tmp_path):
     (s,), fid = run(main())
     resp = next(r for r in s.records if r["t"] == "http.response")
     assert resp["streamed"] is True and resp["body"] is None
-    assert rebuild_body(s.records, fid, "response") == b"".join(events)
+    assert recorded_body(s.records, fid, "response") == b"".join(events)
 
 
 @pytest.mark.parametrize("then", ["stream ends", "client gone", "shutdown"])
@@ -200,7 +204,7 @@ def test_a_streamed_reply_head_is_recorded_with_its_first_batch_not_before_its_f
     head = mine[1]
     assert head["streamed"] is True and head["status"] == 200
     assert before <= head["ts"] <= came <= mine[2]["ts"], "the record keeps when the headers came"
-    assert rebuild_body(s.records, fid, "response") == b"data: one\n\n"
+    assert recorded_body(s.records, fid, "response") == b"data: one\n\n"
 
 
 def test_large_request_body_streams_through_the_tee(tmp_path):
@@ -222,7 +226,7 @@ def test_large_request_body_streams_through_the_tee(tmp_path):
     (s,), fid = run(main())
     req = next(r for r in s.records if r["t"] == "http.request")
     assert req["streamed"] is True and req["body"] is None
-    assert rebuild_body(s.records, fid, "request") == b"a" * 40 + b"b" * 60
+    assert recorded_body(s.records, fid, "request") == b"a" * 40 + b"b" * 60
 
 
 def test_unwritable_storage_fails_closed_with_503(tmp_path):
@@ -265,17 +269,17 @@ def test_a_write_stuck_past_write_timeout_is_refused_then_recorded_late_with_its
                 assert f.response is not None and f.response.status_code == 503
                 g.capture.response(f)
                 refused.append(f)
-            assert not release.is_set() and g.capture._failing == {"storage not responding"}
+            assert not release.is_set() and g.capture.storage_failing == {"storage not responding"}
             stuck.clear()
             release.set()
             for _ in range(250):  # the late records' acks end the refusals
-                if not g.capture._failing:
+                if not g.capture.storage_failing:
                     break
                 await asyncio.sleep(0.02)
             f = tflow.tflow()
             await g.capture.requestheaders(f)
             await g.capture.request(f)
-            assert f.response is None and not g.capture._failing
+            assert f.response is None and not g.capture.storage_failing
             return refused, g.stop()
 
     refused, sessions = run(main())
@@ -293,11 +297,13 @@ def test_fail_open_lets_traffic_pass_when_configured(tmp_path):
 
     async def main_open():
         cfg_addon = WiretrailConfig()
-        capture = Capture(cfg_addon)
+        masking = Masking(cfg_addon)
+        capture = Capture(cfg_addon, masking)
         with taddons.context(cfg_addon, capture) as tctx:
             cfg.write_text('[storage]\ndir = "store"\nfail_closed = false\n[identity]\nmode = "none"\n')
             tctx.configure(cfg_addon, wiretrail_config=str(cfg))
             cfg_addon.running()
+            masking.running()
             capture.running()
             f = tflow.tflow()
             await capture.requestheaders(f)
@@ -345,7 +351,7 @@ def test_client_gone_mid_stream_keeps_what_arrived(tmp_path):
             return g.stop(), f.id
 
     (s,), fid = run(main())
-    assert rebuild_body(s.records, fid, "response") == b"data: one\n\n"
+    assert recorded_body(s.records, fid, "response") == b"data: one\n\n"
     err = next(r for r in s.records if r["t"] == "http.error")
     assert err["phase"] == "client"
 
@@ -353,7 +359,7 @@ def test_client_gone_mid_stream_keeps_what_arrived(tmp_path):
 def test_flows_before_running_are_refused_not_passed_unrecorded(tmp_path):
     async def main():
         cfg_addon = WiretrailConfig()
-        capture = Capture(cfg_addon)
+        capture = Capture(cfg_addon, Masking(cfg_addon))
         with taddons.context(cfg_addon, capture):
             f = tflow.tflow()
             await capture.requestheaders(f)  # mitmproxy may listen before `running`
@@ -387,7 +393,7 @@ def test_a_reply_is_recorded_on_the_next_loop_step_not_before_it_is_sent(tmp_pat
 
     (s,), fid = run(main())
     assert [r["t"] for r in s.records if r.get("flow") == fid] == ["http.request", "http.response", "http.end"]
-    assert rebuild_body(s.records, fid, "response") == b'{"id": "r1"}'
+    assert recorded_body(s.records, fid, "response") == b'{"id": "r1"}'
 
 
 @pytest.mark.parametrize("then", ["error", "shutdown"])
@@ -403,7 +409,7 @@ def test_a_reply_answered_just_before_an_error_or_shutdown_is_still_recorded(tmp
     (s,), fid = run(main())
     assert s.state == "closed", s.problems
     assert [r["t"] for r in s.records if r.get("flow") == fid] == ["http.request", "http.response", "http.end"]
-    assert rebuild_body(s.records, fid, "response") == b'{"id": "r2"}'
+    assert recorded_body(s.records, fid, "response") == b'{"id": "r2"}'
 
 
 @pytest.mark.parametrize(
@@ -438,7 +444,7 @@ def test_the_recorded_url_is_the_masked_pretty_url_and_follows_a_new_masker(tmp_
     cases[0].headers["host"] = "front.example"
     for req in cases:
         for _ in range(2):  # the second time from the cache
-            assert capture._recorded_url(req) == Holder.masker.mask_text(req.pretty_url)
-    assert secret not in capture._recorded_url(cases[2])
+            assert capture.recorded_url(req) == Holder.masker.mask_text(req.pretty_url)
+    assert secret not in capture.recorded_url(cases[2])
     Holder.masker = Masker(b"j" * 32)  # a new masker (SIGHUP): another key, other tags
-    assert capture._recorded_url(cases[2]) == Holder.masker.mask_text(cases[2].pretty_url)
+    assert capture.recorded_url(cases[2]) == Holder.masker.mask_text(cases[2].pretty_url)

@@ -8,10 +8,11 @@ import orjson
 import pytest
 import zstandard
 
-from recorder import cli, format_v1
-from recorder.bodies import BodyBytes
-from recorder.sessions import SessionRegistry
-from recorder.writer import RecordWriter
+from recorder import cli
+from recorder.store import format_v1
+from recorder.store.bodies import BodyBytes
+from recorder.store.sessions import SessionRegistry
+from recorder.store.writer import RecordWriter
 
 WIRETRAIL = Path(sys.executable).parent / "wiretrail"
 LONG_TEXT = "x" * 150 + "y" * 150 + "TAIL-NOT-SHOWN"
@@ -274,7 +275,7 @@ def test_ls_filters_user_time_host(store, capsys):
 
 
 def test_ls_relative_times():
-    from recorder.commands.ls import parse_time
+    from recorder.commands.common import parse_time
 
     assert parse_time("2h", now=10000.0) == 10000.0 - 7200
     assert parse_time("3d", now=1e6) == 1e6 - 3 * 86400
@@ -282,7 +283,7 @@ def test_ls_relative_times():
 
 
 def test_ls_host_goes_by_where_a_request_went_not_the_host_it_named():
-    from recorder.commands.ls import host_matches, hosts_of
+    from recorder.forensics.summary import host_matches, hosts_of
 
     records = [
         # named api.openai.com, went to 127.0.0.1 (the record says both)

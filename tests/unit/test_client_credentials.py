@@ -1,4 +1,4 @@
-"""Where clients put credentials (recorder/client_credentials.py): the one list of credential
+"""Where clients put credentials (recorder/auth/credentials.py): the one list of credential
 headers every module uses, the identity token in any header, and credential-like query keys
 in any case or encoding."""
 from __future__ import annotations
@@ -7,9 +7,11 @@ import base64
 
 import pytest
 
-import recorder.client_credentials as cc
-from recorder import config as cfgmod, header_masking, identity
-from recorder.client_credentials import carries_token, query_key, strip_query
+import recorder.auth.credentials as cc
+from recorder import config as cfgmod
+from recorder.auth import identity
+from recorder.auth.credentials import carries_token, query_key, strip_query
+from recorder.masking import headers as header_masking
 from recorder.masking.catalogue import RULES
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"

@@ -352,3 +352,17 @@ def test_read_only_tools_load_without_the_upstream_secrets(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match=r"connections\[0\]\.credential"):
         load_config(cfg)
     assert load_config(cfg, read_secrets=False).storage.dir == tmp_path / "s"
+
+
+def test_the_reference_tables_types_defaults_and_allowed_values_come_from_the_schema():
+    from recorder.config import docs
+
+    assert docs.problems(DOC.read_text()) == []
+    # One fact, one place: a changed default or range in the schema shows up as a docs problem.
+    storage = next(k for k in cfgmod.SCHEMA.keys if k.name == "storage").kind
+    fsync = storage.by_name["fsync"]
+    try:
+        object.__setattr__(fsync, "default", "always")
+        assert "derived columns out of step" in " ".join(docs.problems(DOC.read_text()))
+    finally:
+        object.__setattr__(fsync, "default", "batch")

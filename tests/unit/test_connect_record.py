@@ -8,10 +8,10 @@ import json
 import orjson
 import pytest
 
-from recorder import format_v1
-from recorder.bodies import BodyBytes, BodyStream, ChunkBytes, render_bodies
-from recorder.connect import wire
-from recorder.connect.record import RpcStream, stored_bytes
+from recorder.store import format_v1
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes, render_bodies
+from recorder.protocols.connect import wire
+from recorder.protocols.connect.record import RpcStream, stored_bytes
 from recorder.masking import Masker
 from tests.support.protos import compile_protos
 
@@ -176,7 +176,7 @@ def test_max_body_leaves_later_messages_out():
 
 
 def test_bodies_render_rpc_through_the_writer_path(masker):
-    """recorder/bodies.py hands Connect/gRPC bodies to the RPC renderer, buffered and streamed."""
+    """recorder/store/bodies.py hands Connect/gRPC bodies to the RPC renderer, buffered and streamed."""
     unary = msg(s(1, f"prompt with {GHP}"), m(2, s(1, "req-7")))
     fields = render_bodies({"body": BodyBytes(gzip.compress(unary), "gzip", masker=masker,
                                               content_type="application/proto")})
@@ -216,7 +216,7 @@ def test_the_format_doc_example_is_what_the_writer_records():
 def test_a_decoder_failure_leaves_the_bytes_out(masker, monkeypatch):
     """Should the decoder break on some input, nothing of it is stored raw (it could be
     compressed, hiding a secret from the text rules), and the body says so."""
-    import recorder.connect.record as record_mod
+    import recorder.protocols.connect.record as record_mod
 
     def broken(*_a, **_k):
         raise RuntimeError("decoder bug")
@@ -234,9 +234,9 @@ def test_a_decoder_failure_leaves_the_bytes_out(masker, monkeypatch):
 
 def test_the_writers_fallback_never_stores_rpc_bytes_raw(masker):
     """When a record cannot be rendered, the writer records bodies from their raw bytes masked
-    by the text rules (recorder/record_repair.py); for Connect/gRPC that would keep a compressed
+    by the text rules (recorder/store/record_repair.py); for Connect/gRPC that would keep a compressed
     secret: the bytes are left out instead, for the rest of the stream too."""
-    from recorder.record_repair import fallback_bodies
+    from recorder.store.record_repair import fallback_bodies
 
     st = BodyStream(None, masker=masker, content_type="application/connect+proto", message_encoding="gzip")
     data = env(1, gzip.compress(msg(s(1, f"x {GHP}"))))

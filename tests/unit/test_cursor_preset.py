@@ -2,7 +2,7 @@
 import pytest
 
 from recorder.config import EMBEDDED_DEFAULT, ConfigError, parse_config
-from recorder.destinations import Registry, canonical_host
+from recorder.policy.destinations import Registry, canonical_host
 
 def match_connection(connections, host: str, port: int):
     return Registry(connections).by_name(canonical_host(host), port)

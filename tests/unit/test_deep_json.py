@@ -1,15 +1,15 @@
 """JSON too deep to mask value by value is masked as text and says so; records the writer
-cannot encode are repaired; nothing reaches a recursion limit (recorder/json_depth.py,
-recorder/masking/json_masking.py, recorder/record_repair.py)."""
+cannot encode are repaired; nothing reaches a recursion limit (recorder/http/json_depth.py,
+recorder/masking/json_masking.py, recorder/store/record_repair.py)."""
 from __future__ import annotations
 
 import orjson
 import pytest
 
-from recorder import json_depth
-from recorder.bodies import BodyBytes, BodyStream, ChunkBytes, render_buffered, render_chunk
+from recorder.http import json_depth
 from recorder.masking import Masker
-from recorder.record_repair import repair
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes, render_buffered, render_chunk
+from recorder.store.record_repair import repair
 from tests.unit.masking_fakes import OPENAI_KEY
 
 MASKER = Masker(b"d" * 32)

@@ -1,4 +1,4 @@
-"""Policy by destination, not by spelling (recorder/destinations.py): address normalisation,
+"""Policy by destination, not by spelling (recorder/policy/destinations.py): address normalisation,
 matching a destination to a registered connection by name and by address, the resolver's
 deadline and cache, and the Host/SNI check. The end-to-end tests are in tests/e2e/test_policy_e2e.py."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from recorder.config import ConnectionConfig
-from recorder.destinations import (
+from recorder.policy.destinations import (
     LOOPBACK,
     Destinations,
     Registry,

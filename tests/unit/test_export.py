@@ -11,7 +11,7 @@ from mitmproxy.io import FlowReader
 from mitmproxy.io import tnetstring as mitm_tnetstring
 
 from recorder import cli
-from recorder.export_mitm import tnetstring
+from recorder.forensics.export_mitm import tnetstring
 from tests.support.sessions_built import Recorder, sse
 
 MITMDUMP = Path(sys.executable).parent / "mitmdump"

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from recorder import signing, verify
+from recorder.store import signing
+from recorder.forensics import verify
 from recorder.config import ConfigError, parse_config
-from recorder.sessions import SessionRegistry
+from recorder.store.sessions import SessionRegistry
 from recorder.store import fleet, s3
-from recorder.writer import RecordWriter
+from recorder.store.writer import RecordWriter
 
 IDENTITY = {"sub": "alice", "email": None, "groups": [], "iss": "test", "method": "jwt", "authenticated": True}
 

@@ -9,17 +9,13 @@ import orjson
 import pytest
 import zstandard
 
-from recorder import format_v1
-from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
-from recorder.reader import (
-    flow_records,
-    iter_session_files,
-    read_session,
-    rebuild_body,
-    summarize,
-)
-from recorder.sessions import SessionRegistry
-from recorder.writer import RecordWriter
+from recorder.forensics.reader import flow_records, iter_session_files, read_session
+from recorder.forensics.summary import summarize
+from recorder.store import format_v1
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
+from recorder.store.sessions import SessionRegistry
+from recorder.store.writer import RecordWriter
+from tests.support.artifacts import recorded_body
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors"
@@ -136,17 +132,15 @@ def test_round_trip_reads_every_record_and_reports_closed(tmp_path):
     assert r.head == format_v1.line_hash(lines[-1])
     assert r.last_seq == len(lines) - 1
     # Bodies come back byte for byte, buffered and streamed.
-    assert rebuild_body(r.records, FLOW, "request") == b'{"q":"hi"}'
-    assert rebuild_body(r.records, FLOW, "response") == b"".join(chunks)
-    assert rebuild_body(r.records, "f2", "request") == binary
-    assert rebuild_body(r.records, "f2", "response") == big
+    assert recorded_body(r.records, FLOW, "request") == b'{"q":"hi"}'
+    assert recorded_body(r.records, FLOW, "response") == b"".join(chunks)
+    assert recorded_body(r.records, "f2", "request") == binary
+    assert recorded_body(r.records, "f2", "response") == big
     flows = flow_records(r.records)
     assert list(flows) == [FLOW, "f2"]
     assert [x["t"] for x in flows["f2"]] == ["http.request", "http.response", "http.error"]
     with pytest.raises(KeyError):
-        rebuild_body(r.records, "nope", "request")
-    with pytest.raises(ValueError):
-        rebuild_body(r.records, FLOW, "sideways")
+        recorded_body(r.records, "nope", "request")
 
 
 def test_summary_of_a_session(tmp_path):
@@ -176,8 +170,8 @@ def test_reads_what_the_real_writer_writes(tmp_path):
     r = read_session(path)
     assert r.problems == [] and r.state == "closed"
     assert r.session_id == s.id and path.name == s.id + format_v1.FILE_SUFFIX
-    assert rebuild_body(r.records, FLOW, "request") == b"hello"
-    assert rebuild_body(r.records, FLOW, "response") == b"one two three"
+    assert recorded_body(r.records, FLOW, "request") == b"hello"
+    assert recorded_body(r.records, FLOW, "response") == b"one two three"
 
 
 # -- chain breaks ------------------------------------------------------------------------------
@@ -455,7 +449,7 @@ def test_vector_zst_reads_closed():
     assert r.problems == [] and r.state == "closed" and r.frame_ended
     assert r.session_id == vec.SESSION_ID
     assert r.lines == vec.build_lines()
-    assert rebuild_body(r.records, vec.FLOW_ID, "request") == vec.REQUEST_BODY
+    assert recorded_body(r.records, vec.FLOW_ID, "request") == vec.REQUEST_BODY
 
 
 def test_a_bad_block_mid_file_keeps_the_records_before_it(tmp_path):

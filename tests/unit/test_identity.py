@@ -16,21 +16,21 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from recorder.commands import token as token_cmd
-from recorder.config import ConfigError, IdentityConfig, SecretRef, load_config
-from recorder.identity import (
+from recorder.auth.identity import (
     ANONYMOUS,
     MAX_TOKEN_LENGTH,
-    Identity,
     IdentityError,
     TokenVerifier,
+    VerifiedIdentity,
     ensure_dev_secret,
     groups_from_claims,
     mint_dev_token,
     token_from_api_headers,
     token_from_proxy_authorization,
 )
-from recorder.jwks import parse_jwks, JwksUnavailable
+from recorder.auth.jwks import JwksUnavailable, parse_jwks
+from recorder.commands import token as token_cmd
+from recorder.config import ConfigError, IdentityConfig, SecretRef, load_config
 from tests.support.idp import AUDIENCE, ISSUER, LocalIdP, new_private_key, public_jwk
 
 DEV_SECRET = "dev-secret-0123456789-abcdefghijklmnopqrstuvwxyz"  # 48 bytes
@@ -241,7 +241,7 @@ def test_a_good_token_gives_the_identity(idp, clock):
     token = idp.token(sub="alice", email="alice@example.com", name="Alice A", groups=["engineering", "ops"],
                       now=clock.now)
     identity = verifier.verify(token)
-    assert identity == Identity(sub="alice", email="alice@example.com", name="Alice A",
+    assert identity == VerifiedIdentity(sub="alice", email="alice@example.com", name="Alice A",
                                 groups=("engineering", "ops"), iss=ISSUER, method="jwt", authenticated=True,
                                 expires=float(int(clock.now + 3600)))
     assert identity.record() == {"sub": "alice", "email": "alice@example.com", "name": "Alice A",

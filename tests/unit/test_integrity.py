@@ -16,9 +16,11 @@ import zstandard
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from recorder import anchors, cli, format_v1, ledger, signing, verify
-from recorder.sessions import SessionRegistry
-from recorder.writer import Alarm, RecordWriter
+from recorder import cli
+from recorder.forensics import verify
+from recorder.store import anchors, format_v1, ledger, signing
+from recorder.store.sessions import SessionRegistry
+from recorder.store.writer import Alarm, RecordWriter
 from tests.support.checks import wait_until
 
 IDENTITY = {"sub": "alice", "email": None, "groups": [], "iss": None, "method": "none", "authenticated": False}
@@ -134,10 +136,20 @@ def test_checkpoints_while_records_arrive_and_a_seal_at_close(tmp_path, keys):
     assert all(b - a > 1 for a, b in zip(seqs, seqs[1:]))
 
 
-def test_quiet_session_gets_its_tail_signed_by_the_timer(tmp_path, keys):
+def test_quiet_session_gets_its_tail_signed_by_the_timer(tmp_path, keys, monkeypatch):
     priv, _, kid = keys
     store = tmp_path / "store"
     w = writer(store, signing.load_signer(priv), checkpoint_interval=0.1)
+    scans = []  # when the writer's timer looked at the sessions
+    real_tick = w._tick
+
+    def tick():
+        before = w._next_scan
+        real_tick()
+        if w._next_scan != before:
+            scans.append(time.monotonic())
+
+    monkeypatch.setattr(w, "_tick", tick)
     one_session(w, store, kid, n=2, close=False)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -148,7 +160,9 @@ def test_quiet_session_gets_its_tail_signed_by_the_timer(tmp_path, keys):
         time.sleep(0.02)
     assert recs[-1]["t"] == "checkpoint" and recs[-1]["seq"] == 3, recs
     path = paths[0]
-    time.sleep(0.3)  # no new records: no new checkpoint
+    seen = time.monotonic()
+    # The timer looked again well after an interval had passed, and signed nothing new: no new records.
+    assert wait_until(lambda: any(t > seen + 0.25 for t in scans), 5), "the writer's timer stopped"
     assert len(read_lines(path)) == 4
     w.stop()
 
@@ -333,6 +347,28 @@ def test_signed_bytes_test_vector():
 
 
 VECTOR_SIG = "XC56iZ+9RkGOvBx63cGcmTrTjsZFCGJ0M/AoZXzicK/UQ1CwUn4Y3KpsP0hnOV/2h2auj1B4cDGoGkmCsbdsAg=="
+
+LEDGER_VECTOR = (
+    b'{"v":1,"seq":0,"t":"gateway.start","ts":1767225600.0,"prev":"' + b"0" * 64 + b'","host":"gw1","pid":4242,'
+    b'"key":"21fe31dfa154a261","sig":"3jeJZywmmZd8eQseqNlbzferypVyesi/jzRRgLv56S9/sg0F/FaZ7s6V+ttJyP27uvzYffexeyHB+qUBCTH6DA=="}'
+)
+
+
+def test_ledger_line_test_vector():
+    """docs/format.md §10: a signed ledger line, checked byte for byte, by the key alone and by the reader."""
+    secret = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(secret)
+    signer = signing.Signer.from_private(private)
+    line = ledger.encode_entry(0, format_v1.ZERO_HASH, "gateway.start", 1767225600.0, {"host": "gw1", "pid": 4242},
+                               signer)
+    assert line == LEDGER_VECTOR
+    assert format_v1.line_hash(line) == "6d3c4a1ed862d63cbe9a22cf499f4aed72002c6bea4235b2c1e4c528b891390e"
+    # What is signed, derived here from the spec's words rather than from ledger.split_signature.
+    cut = line.index(b',"sig":"')
+    signed = b"wiretrail-ledger-v1\n" + line[:cut] + b"}"
+    sig = base64.b64decode(line[cut + len(b',"sig":"'):-2])
+    private.public_key().verify(sig, signed)  # raises if the vector's signature is not over those bytes
+    assert ledger.split_signature(line) == (line[:cut] + b"}", base64.b64encode(sig).decode())
 
 
 # -- damage the gateway suffered, and tampering passed off as damage ----------------------------------

@@ -5,7 +5,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addons.config import WiretrailConfig
 from addons.masking import Masking
-from addons.refusal import REFUSAL
+from addons.flow_state import REFUSAL
 
 TOKEN = "ghp_" + "x7Kq2mZpR4tVw9yB3nLc8dFh6jGs1aEoUiT5"
 

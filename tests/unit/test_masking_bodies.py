@@ -1,5 +1,5 @@
 """Masking in context: JSON bodies (escaped strings, tool results, PEM blocks), headers,
-known secrets in every encoding, and the writer-thread render path in recorder/bodies.py."""
+known secrets in every encoding, and the writer-thread render path in recorder/store/bodies.py."""
 from __future__ import annotations
 
 import base64
@@ -9,9 +9,9 @@ import urllib.parse
 
 import orjson
 
-from recorder.bodies import BodyBytes, BodyStream, ChunkBytes, render_buffered, render_chunk
-from recorder.header_masking import recordable_headers
 from recorder.masking import Masker
+from recorder.masking.headers import recordable_headers
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes, render_buffered, render_chunk
 from tests.unit.masking_fakes import AWS_SECRET, GITHUB_PAT, OPENAI_KEY, PASSWORD, j, pem
 
 UPSTREAM = j("sk-", "proj-", "UpStreamKeyOfTheGateway0123456789abcdefXYZ")

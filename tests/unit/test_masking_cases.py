@@ -15,9 +15,9 @@ import brotli
 import orjson
 import pytest
 
-from recorder.bodies import BodyBytes, BodyStream, ChunkBytes, render_buffered, render_chunk
-from recorder.header_masking import recordable_headers
 from recorder.masking import Masker, SseMasker
+from recorder.masking.headers import recordable_headers
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes, render_buffered, render_chunk
 from tests.unit.masking_fakes import ALNUM, GITHUB_PAT, PASSWORD, j, rnd
 
 MASKER = Masker(b"c" * 32)
@@ -119,7 +119,7 @@ def test_4_raw_deflate_and_stacked_codings_are_decoded_then_masked(coding):
 
 
 def test_4_compress_lzw_is_decoded():
-    from recorder.content_decoding import unlzw
+    from recorder.http.content_decoding import unlzw
 
     wire = (VECTORS / "compress-lzw.Z").read_bytes()
     data = unlzw(wire)
@@ -214,7 +214,7 @@ def test_6_mcp_sse_stream_is_recorded_as_it_crossed(eol):
 # -- 7. replay prints no secret, and a masked span is not a difference -----------------------------
 
 def test_7_replay_masks_the_live_reply_and_reports_masked_spans():
-    from recorder.replay import first_difference
+    from recorder.forensics.replay import first_difference
 
     recorded = json.dumps({"token": MASKER.mask_text(GITHUB_PAT), "db": "postgres://app:[MASKED:url-password:0a1b2c3d]@db/x",
                            "text": "same"}).encode()

@@ -9,11 +9,13 @@ from pathlib import Path
 import orjson
 import zstandard
 
-from recorder import cli, verify
-from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
-from recorder.reader import read_session, rebuild_body
-from recorder.sessions import SessionRegistry
-from recorder.writer import RecordWriter
+from recorder import cli
+from recorder.forensics import verify
+from recorder.forensics.reader import read_session
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
+from recorder.store.sessions import SessionRegistry
+from recorder.store.writer import RecordWriter
+from tests.support.artifacts import recorded_body
 from tests.unit.masking_fakes import GITHUB_PAT, OPENAI_KEY, PASSWORD, j
 
 WIRETRAIL = Path(sys.executable).parent / "wiretrail"
@@ -84,7 +86,7 @@ def test_mask_round_trip(tmp_path, capsys, monkeypatch):
     assert opened["session"] == read.session_id != sid
     assert opened["remasked_from"]["session"] == sid and opened["remasked_from"]["head"] == orig.head
     # the streamed body, re-assembled, is the masked stream
-    body = rebuild_body(read.records, FLOW, "response")
+    body = recorded_body(read.records, FLOW, "response")
     text = "".join(orjson.loads(line[6:])["choices"][0]["delta"]["content"]
                    for line in body.split(b"\n\n") if line.startswith(b"data: {"))
     assert text.startswith("your key: [MASKED:openai:") and "[MASKED:acme-token:" in text

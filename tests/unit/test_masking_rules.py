@@ -15,8 +15,22 @@ from recorder.config import parse_config
 from recorder.masking import Masker
 from recorder.masking.catalogue import RULES
 from tests.unit.masking_fakes import (
-    ALNUM, AWS_ID, AWS_SECRET, B32, B64, GITHUB_PAT, HEX, OPENAI_KEY, ANTHROPIC_KEY, PASSWORD, SLACK_TOKEN, URLSAFE,
-    j, jwt, pem, rnd,
+    ALNUM,
+    ANTHROPIC_KEY,
+    AWS_ID,
+    AWS_SECRET,
+    B32,
+    B64,
+    GITHUB_PAT,
+    HEX,
+    OPENAI_KEY,
+    PASSWORD,
+    SLACK_TOKEN,
+    URLSAFE,
+    j,
+    jwt,
+    pem,
+    rnd,
 )
 
 KEY = b"k" * 32
@@ -249,7 +263,7 @@ def test_bad_custom_rule_keys_are_config_errors():
 
 def _clean_corpus() -> list[str]:
     texts = []
-    for p in ("recorder/format_v1.py", "recorder/reader.py", "recorder/writer.py", "recorder/ids.py",
+    for p in ("recorder/store/format_v1.py", "recorder/forensics/reader.py", "recorder/store/writer.py", "recorder/store/ids.py",
               "docs/format.md", "README.md"):
         texts.append((ROOT / p).read_text())
     texts.append("\n".join(str(uuid.UUID(int=i * 7919 + 12345678901234567890)) for i in range(50)))

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from recorder import format_v1
+from recorder.store import format_v1
 from recorder.cli import main
 from recorder.protocols.mcp.session import sessions_of
-from recorder.reader import read_session
-from recorder.transcript.exchange import exchanges
+from recorder.forensics.reader import read_session
+from recorder.forensics.exchange import exchanges
 from tests.support.sessions_built import T0, Recorder, sse
 
 URL = "https://tools.example/mcp"
@@ -206,6 +206,6 @@ def test_export_says_a_stdio_session_is_not_in_it(tmp_path, capsys):
     ("/v1/chat/completions", {"accept": "application/json"}, False),
 ])
 def test_which_refusals_are_json_rpc(path, headers, mcp):
-    from recorder.error_bodies import looks_like_mcp
+    from recorder.http.error_bodies import looks_like_mcp
 
     assert looks_like_mcp(path, headers) is mcp

@@ -1,4 +1,4 @@
-"""Unit tests of recorder/postgres: framing, SCRAM, value decoding, the tracker that pairs answers
+"""Unit tests of recorder/protocols/postgres: framing, SCRAM, value decoding, the tracker that pairs answers
 with statements, the read/write classifier, the SQL log, the config of kind "postgres", and the
 database test vector of docs/format.md."""
 from __future__ import annotations
@@ -14,13 +14,13 @@ import orjson
 import pytest
 
 from recorder.config import ConfigError, parse_config
-from recorder.postgres import protocol as pg
-from recorder.postgres.auth import AuthFailed, ScramClient
-from recorder.postgres.records import Tracker
-from recorder.postgres.sqlkind import kind
-from recorder.postgres.transcript import sql_log_lines
-from recorder.postgres.values import decode_binary, recorded_value
-from recorder.reader import REQUIRED, _check_fields
+from recorder.forensics.reader import REQUIRED, _check_fields
+from recorder.protocols.postgres import protocol as pg
+from recorder.protocols.postgres.auth import AuthFailed, ScramClient
+from recorder.protocols.postgres.records import Tracker
+from recorder.protocols.postgres.sqlkind import kind
+from recorder.protocols.postgres.transcript import sql_log_lines
+from recorder.protocols.postgres.values import decode_binary, recorded_value
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from recorder.connect import wire
-from recorder.connect.descriptors import Descriptors, child, field_of, value_text
+from recorder.protocols.connect import wire
+from recorder.protocols.connect.descriptors import Descriptors, child, field_of, value_text
 from tests.support.protos import compile_protos
 
 
@@ -186,7 +186,7 @@ def test_a_descriptor_set_names_the_fields(pb):
 def test_a_file_that_is_not_a_descriptor_set_is_refused_clearly(tmp_path):
     bad = tmp_path / "x.pb"
     bad.write_bytes(b"\xff\xff\xff")
-    from recorder.connect.descriptors import DescriptorError
+    from recorder.protocols.connect.descriptors import DescriptorError
     with pytest.raises(DescriptorError, match="not a FileDescriptorSet"):
         Descriptors([bad])
     with pytest.raises(DescriptorError, match="cannot read"):

@@ -1,9 +1,9 @@
-"""recorder/raw_policy.py: what happens to bytes that are not HTTP, by policy, connection and caller."""
+"""recorder/policy/raw_policy.py: what happens to bytes that are not HTTP, by policy, connection and caller."""
 import pytest
 
+from recorder.auth.identity import ANONYMOUS, VerifiedIdentity
 from recorder.config import parse_config
-from recorder.identity import ANONYMOUS, Identity
-from recorder.raw_policy import UNCHECKED, decide_raw
+from recorder.policy.raw_policy import UNCHECKED, decide_raw
 
 BASE = """
 [storage]
@@ -31,8 +31,8 @@ credential = "env:HOME"
 inject = "bearer"
 """
 
-ALICE = Identity(sub="alice", groups=("engineering",), method="jwt")
-BOB = Identity(sub="bob", groups=("sales",), method="jwt")
+ALICE = VerifiedIdentity(sub="alice", groups=("engineering",), method="jwt")
+BOB = VerifiedIdentity(sub="bob", groups=("sales",), method="jwt")
 
 
 def cfg(tmp_path, unregistered="deny", raw_tcp="refuse"):

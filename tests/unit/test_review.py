@@ -19,16 +19,16 @@ import httpx
 import pytest
 import zstandard
 
+from recorder.auth.identity import TokenVerifier, mint_dev_token
 from recorder.config import ConfigError, IdentityConfig, SecretRef, parse_config
-from recorder.identity import TokenVerifier, mint_dev_token
-from recorder.review.auth import COOKIE, Refused, ReviewAuth
+from recorder.forensics.verify import verify_file
+from recorder.review.auth import COOKIE, ReviewAuth, ReviewRefused
 from recorder.review.index import SessionIndex
 from recorder.review.integrity import integrity_of
-from recorder.review.listing import Filters, FilterError
+from recorder.review.listing import FilterError, Filters
 from recorder.review.server import ReviewContext, make_app
 from recorder.review.session_view import TurnView, segments, session_view
-from recorder.signing import load_verifier
-from recorder.verify import verify_file
+from recorder.store.signing import load_verifier
 from tests.support.checks import wait_until as wait_until_true
 from tests.support.disk import fill
 from tests.support.review_store import Store
@@ -136,7 +136,7 @@ def test_tampered_names_the_record(store):
 
 def test_a_crashed_session_is_unsealed_after_a_crash(store):
     st, s = store
-    from recorder.writer import RecordWriter
+    from recorder.store.writer import RecordWriter
 
     w = RecordWriter(fsync="never", storage_dir=st.dir, signer=st.signer)  # the next start recovers carol's
     w.start()
@@ -298,7 +298,7 @@ def test_refusals(tmp_path, tok, status, reason):
         tok = token(**tok)  # minted now: a token minted at collection expires in a long run
     ident = dev_identity(tmp_path)
     auth = ReviewAuth(ident, TokenVerifier(ident))
-    with pytest.raises(Refused) as e:
+    with pytest.raises(ReviewRefused) as e:
         auth.check(tok)
     assert (e.value.status, e.value.reason) == (status, reason)
     assert tok is None or tok not in e.value.message
@@ -594,9 +594,9 @@ def test_a_postgres_session_is_counted_and_summarised_like_http(tmp_path):
 def test_a_session_the_gateway_could_not_write_at_all_is_listed_as_damage(tiny_tmpfs, keys, tmp_path):
     """A session whose every record met a full disk has no file (removed once its signed
     session.failed entry was written): no row, but a damage line above the list, not a ledger problem."""
-    from recorder import signing as signing_mod
-    from recorder.ledger import LEDGER_NAME
-    from recorder.sessions import SessionRegistry
+    from recorder.store import signing as signing_mod
+    from recorder.store.ledger import LEDGER_NAME
+    from recorder.store.sessions import SessionRegistry
 
     signer = signing_mod.load_signer(keys[0])
     store = tiny_tmpfs / "store"

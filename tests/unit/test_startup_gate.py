@@ -7,15 +7,24 @@ from mitmproxy.test import tflow
 from addons.startup import StartupGate
 
 
+async def held_at(gate: StartupGate, waiting: asyncio.Future, timeout: float = 2.0) -> bool:
+    """True once the flow is parked at the gate (and not through it); False at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while gate.waiting == 0 and not waiting.done() and loop.time() < deadline:
+        await asyncio.sleep(0.001)
+    return gate.waiting == 1 and not waiting.done()
+
+
 def test_a_flow_waits_for_the_opener_and_then_goes_on():
     async def run():
         gate = StartupGate(timeout=5)
         flow = tflow.tflow()
         waiting = asyncio.ensure_future(gate.requestheaders(flow))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()  # held while nothing is running
+        assert await held_at(gate, waiting)  # held while nothing is running
         gate.opener().running()
         await asyncio.wait_for(waiting, 1)
+        assert gate.waiting == 0
         return flow
 
     assert asyncio.run(run()).response is None
@@ -27,8 +36,7 @@ def test_a_connect_waits_too():
         flow = tflow.tflow()
         flow.request.method = "CONNECT"
         waiting = asyncio.ensure_future(gate.http_connect(flow))
-        await asyncio.sleep(0.05)
-        held = not waiting.done()
+        held = await held_at(gate, waiting)
         gate.opener().running()
         await asyncio.wait_for(waiting, 1)
         return held, flow

@@ -11,11 +11,11 @@ from mitmproxy.proxy import mode_specs
 from mitmproxy.test import taddons, tflow
 
 from addons.config import WiretrailConfig
-from addons.credentials import INJECTED, Credentials
-from addons.identity import IDENTITY, Identity
-from addons.policy import CONNECTION, Policy
-from addons.refusal import REFUSAL
-from recorder.identity import mint_dev_token
+from addons.credentials import Credentials
+from addons.flow_state import CONNECTION, IDENTITY, INJECTED, REFUSAL
+from addons.identity import Identity
+from addons.policy import Policy
+from recorder.auth.identity import mint_dev_token
 
 SECRET = "s" * 40
 UPSTREAM_KEY = "upstream-" + "k" * 20
@@ -112,13 +112,15 @@ CASES = [
      ("authorization", "Bearer client-own")),
     ("record-only in reverse strips the token header", "free.example.com",
      {"authorization": f"Bearer {token()}"}, True, None, ("authorization", None)),
-    ("never inject over cleartext", "api.example.com", {"proxy-authorization": basic(token())}, False, 403, None),
+    ("never inject over cleartext", "http://api.example.com", {"proxy-authorization": basic(token())}, False, 403,
+     None),
 ]
 
 
 @pytest.mark.parametrize("name, host, headers, reverse, status, upstream_auth", CASES, ids=[c[0] for c in CASES])
 def test_what_goes_upstream(tmp_path, monkeypatch, name, host, headers, reverse, status, upstream_auth):
-    scheme = "http" if "cleartext" in name else "https"
+    scheme, _, host = host.rpartition("://")  # a case names its scheme with the host; https by default
+    scheme = scheme or "https"
     flow = asyncio.run(decide(tmp_path, monkeypatch, host=host, headers=headers, reverse=reverse, scheme=scheme))
     sent = dict(flow.request.headers)
     assert "proxy-authorization" not in {k.lower() for k in sent}  # never upstream, refused or not

@@ -1,17 +1,17 @@
 """wiretrail show as a transcript: one session per decoder, written with the real writer."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import orjson
 import pytest
 
 from recorder import cli
-from recorder.reader import read_session
-from recorder.transcript import build
-from recorder.transcript.sse import parse_sse
+from recorder.forensics.reader import read_session
+from recorder.forensics.transcript import build
+from recorder.http.sse import parse_sse
 from tests.support.sessions_built import Recorder, sse
+
 
 def show(path: Path, capsys, *extra) -> str:
     assert cli.main(["show", str(path), *extra]) == 0

@@ -12,10 +12,10 @@ import pytest
 import zstandard
 
 from recorder import cli
-from recorder.connect import wire
+from recorder.protocols.connect import wire
 from recorder.masking import Masker
-from recorder.reader import read_session
-from recorder.transcript import build
+from recorder.forensics.reader import read_session
+from recorder.forensics.transcript import build
 from tests.support.checks import assert_in_order
 from tests.support.cursor_fixture import (
     DELTAS_1, DELTAS_2, EXEC_ID, FILE_CONTENT, FILE_PATH, conversation, compile_mimic, envelope, end_stream,
@@ -89,7 +89,7 @@ def test_an_end_of_stream_error_is_shown(tmp_path, capsys, mimic):
 
 
 def test_an_unknown_schema_shows_strings_with_field_paths_never_hex(tmp_path, capsys):
-    from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
+    from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
 
     w = SessionWriter(tmp_path, Masker(KEY))
     flow = w.new_flow()

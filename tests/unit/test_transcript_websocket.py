@@ -1,9 +1,9 @@
 """Transcripts of WebSocket flows (Responses API over WebSocket, OpenAI Realtime, others) and raw TCP."""
 import json
 
-from recorder import format_v1
-from recorder.transcript import build
-from recorder.transcript.render import Style, turn_lines
+from recorder.forensics.transcript import build
+from recorder.forensics.transcript.render import Style, turn_lines
+from recorder.store import format_v1
 
 
 def rec(t, ts, **fields):

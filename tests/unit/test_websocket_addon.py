@@ -11,8 +11,9 @@ from wsproto.frame_protocol import Opcode
 
 from addons.capture import Capture
 from addons.config import WiretrailConfig
+from addons.masking import Masking
 from addons.websocket import WebSocketCapture
-from recorder.reader import iter_session_files, read_session
+from recorder.forensics.reader import iter_session_files, read_session
 from tests.unit.test_capture_addon import write_config
 
 
@@ -33,11 +34,13 @@ def test_messages_are_recorded_in_order_and_mitmproxy_keeps_only_the_last(tmp_pa
 
     async def main():
         cfg = WiretrailConfig()
-        capture = Capture(cfg)
+        masking = Masking(cfg)
+        capture = Capture(cfg, masking)
         ws = WebSocketCapture(cfg, capture)
         with taddons.context(cfg, capture, ws) as tctx:
             tctx.configure(cfg, wiretrail_config=str(cfg_path))
             cfg.running()
+            masking.running()
             capture.running()
             flow = await upgraded(capture)
             ws.websocket_start(flow)

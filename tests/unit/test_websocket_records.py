@@ -9,14 +9,15 @@ import orjson
 import pytest
 import zstandard
 
-from recorder import format_v1
 from recorder.config import MaskingConfig
+from recorder.forensics.reader import read_session
+from recorder.forensics.summary import summarize
 from recorder.masking import Masker
-from recorder.reader import read_session, summarize
-from recorder.websocket_records import WsState, ws_close_fields, ws_message_fields
-from recorder.writer import RecordWriter
-from recorder.writer_process import ProcessRecordWriter
-from recorder.ws_masking import WsDirection, WsFlush, WsMessageBody, held_records
+from recorder.protocols.websocket import WsState, ws_close_fields, ws_message_fields
+from recorder.protocols.ws_masking import WsDirection, WsFlush, WsMessageBody, held_records
+from recorder.store import format_v1
+from recorder.store.writer import RecordWriter
+from recorder.store.writer_process import ProcessRecordWriter
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "ghp_" + "x7Kq2mZpR4tVw9yB3nLc8dFh6jGs1aEoUiT5"  # a GitHub token the built-in rules know

@@ -6,15 +6,16 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
 from recorder.config import MaskingConfig
 from recorder.masking import Masker
-from recorder.signing import Signer
-from recorder.writer import StorageError
-from recorder.writer_process import ProcessRecordWriter
+from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
+from recorder.store.signing import Signer
+from recorder.store.writer import StorageError
+from recorder.store.writer_process import ProcessRecordWriter
 from tests.support.acks import wait_ack
 
 TOKEN = "ghp_" + "x7Kq2mZpR4tVw9yB3nLc8dFh6jGs1aEoUiT5"
@@ -128,7 +129,9 @@ def test_on_an_event_loop_acks_arrive_on_the_loop_and_stop_drains_them(tmp_path)
         assert await asyncio.wait_for(fut, 20) is None
         # A record nobody waits for is held a moment, then sent on its own (a timer on the loop).
         w.record("s", "http.response", 2.5, {"quiet": True})
-        await asyncio.sleep(0.5)
+        deadline = loop.time() + 10
+        while [r["t"] for r in lines_of(path)][-1:] != ["http.response"] and loop.time() < deadline:
+            await asyncio.sleep(0.02)  # the loop runs: the writer's timer can fire
         assert [r["t"] for r in lines_of(path)][-1] == "http.response"
         late = []
         for i in range(200):
@@ -141,3 +144,40 @@ def test_on_an_event_loop_acks_arrive_on_the_loop_and_stop_drains_them(tmp_path)
     assert threads == {threading.get_ident()}
     assert late == [None] * 200
     assert [r["t"] for r in lines_of(tmp_path / "s.jsonl.zst")][-1] == "session.close"
+
+
+def test_both_writers_offer_the_one_writer_interface():
+    import inspect
+
+    from recorder.store import writer_protocol
+    from recorder.store.writer import RecordWriter
+
+    methods = [n for n, v in vars(writer_protocol.Writer).items() if callable(v) and not n.startswith("_")]
+    assert {"record", "open_session", "close_session", "barrier", "stop", "pending_bytes"} <= set(methods)
+    for name in methods:
+        want = inspect.signature(getattr(writer_protocol.Writer, name))
+        for cls in (RecordWriter, ProcessRecordWriter):
+            got = inspect.signature(getattr(cls, name))
+            assert list(got.parameters) == list(want.parameters), f"{cls.__name__}.{name}{got} is not {name}{want}"
+    for cls in (RecordWriter, ProcessRecordWriter):
+        with pytest.raises(ValueError, match="fsync must be one of"):
+            cls(fsync="sometimes")
+
+
+def test_the_process_writer_speaks_only_the_named_messages():
+    """Every frame both ways is one of writer_protocol's messages: the wire has one definition."""
+    import pickle
+
+    from recorder.store import writer_protocol as wp
+
+    sent = []
+    w = ProcessRecordWriter()
+    w._send_frame = lambda data, *a, **k: sent.append(pickle.loads(data))
+    w._started = True
+    w.open_session("s", Path("/nonexistent/s.jsonl.zst"), 1.0, {"a": 1})
+    w.record("s", "http.request", 2.0, {"flow": "f"}, lambda err: None)
+    w.close_session("s", 3.0, {})
+    w.barrier(lambda err: None)
+    w.flush_soon()
+    assert [type(m) for m in sent] == [wp.Open, wp.Record, wp.Close, wp.Barrier, wp.Flush]
+    assert sent[1].rtype == "http.request" and sent[1].ack_id is not None and sent[0].ack_id is None

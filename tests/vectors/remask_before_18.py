@@ -31,10 +31,10 @@ def secrets() -> dict[str, str]:
 
 
 def write(out_dir: Path) -> Path:
-    from recorder.bodies import BodyBytes, BodyStream, ChunkBytes
     from recorder.masking import Masker
-    from recorder.sessions import SessionRegistry
-    from recorder.writer import RecordWriter
+    from recorder.store.bodies import BodyBytes, BodyStream, ChunkBytes
+    from recorder.store.sessions import SessionRegistry
+    from recorder.store.writer import RecordWriter
 
     s = secrets()
     masker = Masker(b"k" * 32)
@@ -43,7 +43,7 @@ def write(out_dir: Path) -> Path:
     reg = SessionRegistry(w, out_dir, idle_timeout=60, max_duration=600, clock=lambda: 1_767_225_600.0)
     ses = reg.begin_flow("alice", {"sub": "alice", "method": "jwt"}, ("10.0.0.1", 5000))
     inner = json.dumps({"path": ".env", "content": f'API_KEY="{s["api_key"]}"\n'})
-    from recorder.header_masking import recordable_headers
+    from recorder.masking.headers import recordable_headers
 
     headers = recordable_headers([("content-type", "application/json"), ("x-" + s["header"], "1")], b"k" * 32,
                                  masker=masker)

@@ -2,7 +2,7 @@
 extended-protocol statement becomes on the record.
 
 The client's Parse/Bind/Describe/Execute/Sync and the server's answer are fixed wire bytes; the
-pg.* records are made from them by recorder/postgres/records.py (the code the gateway runs),
+pg.* records are made from them by recorder/protocols/postgres/records.py (the code the gateway runs),
 then chained with format_v1. Run `python tests/vectors/v1_postgres.py` to (re)write
 v1-postgres.jsonl next to this file and print the lines.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recorder import format_v1
-from recorder.postgres import protocol as pg
-from recorder.postgres.records import Tracker
+from recorder.protocols.postgres import protocol as pg
+from recorder.protocols.postgres.records import Tracker
+from recorder.store import format_v1
 
 HERE = Path(__file__).resolve().parent
 JSONL = HERE / "v1-postgres.jsonl"

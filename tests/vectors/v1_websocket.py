@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recorder import format_v1
+from recorder.store import format_v1
 
 HERE = Path(__file__).resolve().parent
 JSONL = HERE / "v1-websocket.jsonl"

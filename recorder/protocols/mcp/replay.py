@@ -14,7 +14,7 @@ MCP session is replayed as a session:
   answers to the same method, in order; the client's recorded answers are not resent;
 - the server's answers are read from the POST's stream and from the GET stream alike and
   compared with the recorded ones by JSON-RPC id; masked spans of the recording are counted
-  as masked, not compared (recorder/replay.py's comparison).
+  as masked, not compared (recorder/forensics/replay.py's comparison).
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from recorder.bodies import BodyBytes
+from recorder.store.bodies import BodyBytes
 from recorder.protocols.mcp.jsonrpc import REQUEST, kind, rpc_messages
 
 MAX_LINE = 16 << 20  # a line longer than this is recorded and forwarded in parts

@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from recorder import format_v1, json_depth
+from recorder.store import format_v1
+from recorder.http import json_depth
 from recorder.protocols.mcp.jsonrpc import rpc_messages
 
 CLIENT = "client"
@@ -144,7 +145,7 @@ class ExchangeWire:
 
 
 def exchange_wire(ex) -> ExchangeWire:
-    """The MCP messages of one HTTP exchange (recorder.transcript.exchange.Exchange)."""
+    """The MCP messages of one HTTP exchange (recorder.forensics.exchange.Exchange)."""
     out = ExchangeWire([])
     req = ex.request or {}
     if ex.request_chunks:
