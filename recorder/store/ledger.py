@@ -282,8 +282,8 @@ class LedgerFile:
             self.flushed = self.synced = (self.seq - 1, self.prev, self.last_t)
         os.lseek(fd, 0, os.SEEK_END)
         self.fd = fd
+        self.reserve()  # first: on a filling disk the reserve is what keeps session.failed writable
         mark_live(self.dir)  # readers tell "open" from "gateway stopped" by it (recorder/store/live.py)
-        self.reserve()
 
     def append(self, t: str, ts: float, fields: dict) -> dict:
         line = encode_entry(self.seq, self.prev, t, ts, fields, self.signer)

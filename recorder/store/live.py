@@ -33,13 +33,22 @@ def _start_time(pid: int) -> str | None:
     return stat.rpartition(")")[2].split()[19]
 
 
-def mark_live(store: Path) -> None:
-    """Note that this process writes the store (called with the ledger lock held)."""
+def mark_live(store: Path) -> bool:
+    """Note that this process writes the store (called with the ledger lock held). Best effort:
+    on a full disk the marker is left out (readers then say the gateway stopped), never the ledger."""
     pid = os.getpid()
     data = {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid)}
     tmp = Path(store) / f".{LIVE_NAME}.{pid}"
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, Path(store) / LIVE_NAME)
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, Path(store) / LIVE_NAME)
+        return True
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        return False
 
 
 def clear_live(store: Path) -> None:

@@ -678,6 +678,23 @@ def tiny_tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def test_the_live_marker_never_stops_the_ledger_on_a_full_disk(tiny_tmpfs):
+    """The marker that tells "open" from "gateway stopped" is best effort: on a full disk it is
+    left out (and no temporary file stays), and the ledger it sits beside still opens."""
+    from recorder.store.live import LIVE_NAME, mark_live
+    from tests.support.disk import fill
+
+    store = tiny_tmpfs / "store"
+    store.mkdir()
+    fill(tiny_tmpfs)
+    assert mark_live(store) is False
+    assert list(store.iterdir()) == []
+    lg = ledger.LedgerFile(store, None)
+    lg.open()
+    assert lg.fd >= 0 and lg.reserve_error and not (store / LIVE_NAME).exists()
+    os.close(lg.fd)
+
+
 def test_on_a_full_disk_the_ledger_says_at_once_which_sessions_failed(tiny_tmpfs, keys):
     """The ledger's reserve takes its entries when session files get ENOSPC; each failed session
     gets its session.failed while the gateway still runs, and its empty file goes after it."""
@@ -685,7 +702,8 @@ def test_on_a_full_disk_the_ledger_says_at_once_which_sessions_failed(tiny_tmpfs
     store = tiny_tmpfs / "store"
     w = writer(store, signer)
     reg = SessionRegistry(w, store, idle_timeout=60, max_duration=600, signing_key_id=signer.key_id)
-    assert wait_until(lambda: (store / ledger.LEDGER_NAME).exists())
+    # The disk is filled only once the ledger holds its reserve (taken just after the file is made).
+    assert wait_until(lambda: (store / ledger.LEDGER_NAME).exists() and (store / ledger.LEDGER_NAME).stat().st_blocks * 512 >= ledger.RESERVE)
     fd = os.open(tiny_tmpfs / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         while True:

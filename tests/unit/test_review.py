@@ -595,14 +595,15 @@ def test_a_session_the_gateway_could_not_write_at_all_is_listed_as_damage(tiny_t
     """A session whose every record met a full disk has no file (removed once its signed
     session.failed entry was written): no row, but a damage line above the list, not a ledger problem."""
     from recorder.store import signing as signing_mod
-    from recorder.store.ledger import LEDGER_NAME
+    from recorder.store.ledger import LEDGER_NAME, RESERVE
     from recorder.store.sessions import SessionRegistry
 
     signer = signing_mod.load_signer(keys[0])
     store = tiny_tmpfs / "store"
     w = integrity_writer(store, signer)
     reg = SessionRegistry(w, store, idle_timeout=60, max_duration=600, signing_key_id=signer.key_id)
-    assert wait_until_true(lambda: (store / LEDGER_NAME).exists())
+    # The disk is filled only once the ledger holds its reserve (taken just after the file is made).
+    assert wait_until_true(lambda: (store / LEDGER_NAME).exists() and (store / LEDGER_NAME).stat().st_blocks * 512 >= RESERVE)
     fill(tiny_tmpfs)
     acked = threading.Event()
     s = reg.begin_flow("u", INTEGRITY_IDENTITY, ("10.0.0.1", 1))
