@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - exercised only where google-re2 does n
 import regex as _regex
 
 from recorder.masking import decoding, names
+from recorder.masking.alphabet import Outside, match_alphabet
 from recorder.masking.catalogue import RULES as BUILTIN_RULES
 from recorder.masking.known_secrets import KnownSecrets
 
@@ -129,7 +130,7 @@ def _prefix_source(regex: str) -> str | None:
 
 class CompiledRule:
     __slots__ = ("rule", "id", "scan", "python", "allow", "boundary", "require", "entropy", "partial",
-                 "keywords", "prefix", "names")
+                 "keywords", "prefix", "names", "outside")
 
     def __init__(self, rule: Rule):
         self.rule = rule
@@ -158,6 +159,7 @@ class CompiledRule:
             self.partial = _regex.compile(source)
         except _regex.error as e:
             raise RuleError(f"rule {rule.id}: the regex does not compile for streaming: {e}") from None
+        self.outside = Outside(match_alphabet(source))  # streams: where a match reaching the end can start
         self.prefix = None
         prefix = _prefix_source(rule.regex)
         if prefix and prefix not in ("(?i)",):
@@ -701,6 +703,11 @@ class Masker:
             rules |= self._long & set(self.candidates(data))
         for r in rules:
             at = 0 if (tail_at and r in self._long) else tail_at
+            # A match that reaches the end (or, for a long rule, could: see below) holds only
+            # bytes its regex can match: it starts after the last other byte (alphabet.py).
+            at = r.outside.start(data, at)
+            if at >= n:
+                continue  # only an empty match is left, and that is no match
             for m in r.partial.finditer(data, at, partial=True):
                 if m.end() == m.start():
                     continue
