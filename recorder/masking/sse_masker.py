@@ -29,7 +29,6 @@ channel text waits for its end (up to MAX_EVENT bytes).
 from __future__ import annotations
 
 import re
-from itertools import accumulate
 
 import orjson
 
@@ -136,13 +135,35 @@ def string_index(obj, path) -> int:
     return i
 
 
-def literal_spans(data: bytes) -> list[tuple[int, int]]:
-    """(start, end) of the text inside the quotes of each string literal of valid JSON."""
-    if b"\\" in data:
-        return [(m.start() + 1, m.end() - 1) for m in _LITERAL.finditer(data)]
-    # No escape: every quote opens or closes a literal. after[k] is where the k-th quote's next byte is.
-    after = list(accumulate(len(part) + 1 for part in data.split(b'"')))
-    return list(zip(after[0:-1:2], [a - 1 for a in after[1::2]]))
+class Literals:
+    """The string literals of valid JSON text: how many, and where the text inside the
+    quotes of the i-th one is (start, end)."""
+
+    __slots__ = ("data", "spans", "count")
+
+    def __init__(self, data: bytes):
+        self.data = data
+        if b"\\" in data:
+            self.spans = [(m.start() + 1, m.end() - 1) for m in _LITERAL.finditer(data)]
+            self.count = len(self.spans)
+        else:  # no escape: every quote opens or closes a literal
+            self.spans = None
+            self.count = data.count(b'"') // 2
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        if self.spans is not None:
+            return self.spans[i]
+        parts = self.data.split(b'"', 2 * i + 2)  # 2i quotes before its opening one
+        start = sum(map(len, parts[:2 * i + 1])) + 2 * i + 1
+        return start, start + len(parts[2 * i + 1])
+
+
+def strings_in(obj, literals: Literals) -> int:
+    """How many string literals obj (parsed from the text of `literals`) holds."""
+    if literals.spans is None:
+        # Without escapes in the text no string holds a quote, so none is escaped in orjson's.
+        return orjson.dumps(obj).count(b'"') // 2
+    return string_count(obj)
 
 
 class _Piece:
@@ -324,8 +345,8 @@ class SseMasker:
         self._end_channels(ends, skip=keys)
         if not deltas:
             return
-        literals = literal_spans(data)
-        if string_count(obj) != len(literals):
+        literals = Literals(data)
+        if strings_in(obj, literals) != literals.count:
             return  # duplicate keys: the positions cannot be told; the raw view still masks the event
 
         def ended(key) -> bool:

@@ -9,7 +9,7 @@ import re
 
 import orjson
 
-from recorder.masking.sse_masker import literal_spans, string_count, string_index
+from recorder.masking.sse_masker import Literals, string_count, string_index, strings_in
 
 _LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
@@ -56,10 +56,12 @@ def test_positions_of_every_string_match_an_independent_walk():
         obj = {"choices": [_value(rng, 1)], "x": _value(rng, 0)}
         for data in (orjson.dumps(obj), json.dumps(obj, indent=rng.choice([None, 1])).encode()):
             parsed = orjson.loads(data)
-            literals = literal_spans(data)
-            assert literals == [(m.start() + 1, m.end() - 1) for m in _LITERAL.finditer(data)]
+            literals = Literals(data)
+            spans = [(m.start() + 1, m.end() - 1) for m in _LITERAL.finditer(data)]
+            assert literals.count == len(spans)
+            assert [literals[i] for i in range(literals.count)] == spans
             paths = _paths(parsed)
-            assert string_count(parsed) == len(paths) == len(literals)
+            assert string_count(parsed) == strings_in(parsed, literals) == len(paths) == len(spans)
             for i, path in enumerate(paths):
                 if path and isinstance(path[-1], tuple):
                     continue  # a key: never a delta
@@ -71,8 +73,10 @@ def test_positions_of_every_string_match_an_independent_walk():
 
 
 def test_duplicate_keys_are_told_by_the_count():
-    data = b'{"choices":[{"delta":{"content":"A","content":"B"}}]}'
-    assert string_count(orjson.loads(data)) != len(literal_spans(data))
+    for data in (b'{"choices":[{"delta":{"content":"A","content":"B"}}]}',
+                 b'{"choices":[{"delta":{"content":"A\\n","content":"B"}}]}'):
+        literals = Literals(data)
+        assert strings_in(orjson.loads(data), literals) != literals.count
 
 
 def _get(obj, path):
