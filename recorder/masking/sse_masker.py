@@ -127,10 +127,10 @@ def string_index(obj, path) -> int:
                 i += 1  # the key
                 if k == p:
                     break
-                i += string_count(v)
+                i += 1 if isinstance(v, str) else string_count(v)
         else:
             for v in obj[:p]:
-                i += string_count(v)
+                i += 1 if isinstance(v, str) else string_count(v)
         obj = obj[p]
     return i
 
@@ -296,29 +296,34 @@ class SseMasker:
         if self.big or not self.lines:
             return
         values = []
+        buf, origin = self.buf, self.origin
         for s, e in self.lines:
-            line = self._bytes(s, e)
-            if line.startswith(b"data:"):
-                v = s + 5 + (1 if line[5:6] == b" " else 0)
+            if buf.startswith(b"data:", s - origin, e - origin):
+                v = s + 5 + (1 if buf[s - origin + 5:s - origin + 6] == b" " else 0)
                 values.append((v, e))
         if not values:
             return
-        data = b"\n".join(self._bytes(v, e) for v, e in values)
-        dec, raw, exact = [], [], []
-        d = 0
-        for i, (v, e) in enumerate(values):
-            if i:
+        if len(values) == 1:  # most events: one data line
+            v, e = values[0]
+            data = self._bytes(v, e)
+            data_map = SegMap([0, e - v], [v, e], [True])
+        else:
+            data = b"\n".join(self._bytes(v, e) for v, e in values)
+            dec, raw, exact = [], [], []
+            d = 0
+            for i, (v, e) in enumerate(values):
+                if i:
+                    dec.append(d)
+                    raw.append(values[i - 1][1])
+                    exact.append(False)
+                    d += 1
                 dec.append(d)
-                raw.append(values[i - 1][1])
-                exact.append(False)
-                d += 1
+                raw.append(v)
+                exact.append(True)
+                d += e - v
             dec.append(d)
-            raw.append(v)
-            exact.append(True)
-            d += e - v
-        dec.append(d)
-        raw.append(values[-1][1])
-        data_map = SegMap(dec, raw, exact)
+            raw.append(values[-1][1])
+            data_map = SegMap(dec, raw, exact)
         stripped = data.strip()
         if stripped == b"[DONE]":
             self._end_channels([("",)], skip=())
