@@ -250,7 +250,7 @@ class SessionIndex:
         self._parts: dict[str, _Part] = {}
         self._active: list[_Part] = []
         self._refused: list[str] = []  # parts not read: a symbolic link out of the store
-        self._merged: tuple[tuple, list[FileEntry]] | None = None
+        self._merged: tuple[tuple, list[FileEntry]] | None = None  # (the parts' lists, merged)
         self._rows: dict[tuple[str, str], tuple[tuple, SessionRow]] = {}  # (part, rel) -> (cache key, row)
         self._lock = threading.Lock()  # guards the scans, the ledger followers and _rows
         self._by_ref: dict[tuple[str, str], FileEntry] = {}  # (part, stem) -> entry
@@ -307,15 +307,15 @@ class SessionIndex:
         """Every session file of every part, newest first."""
         with self._lock:
             parts = self._current_parts()
-            lists = [p.scan.files() for p in parts]
-            key = tuple(map(id, lists))
+            lists = [p.scan.files() for p in parts]  # each the same list object while its part is unchanged
+            last = self._merged
             if len(lists) == 1:
                 files = lists[0]
-            elif self._merged is not None and self._merged[0] == key:
-                files = self._merged[1]
+            elif last is not None and len(last[0]) == len(lists) and all(a is b for a, b in zip(last[0], lists)):
+                files = last[1]
             else:
                 files = sorted((f for part in lists for f in part), key=lambda f: (f.order, f.stem), reverse=True)
-            self._merged = (key, files)  # also keeps the lists alive, so that their ids stay theirs
+            self._merged = (tuple(lists), files)
             by_ref: dict[tuple[str, str], FileEntry] = {}
             for f in files:
                 by_ref.setdefault((f.part, f.stem), f)
