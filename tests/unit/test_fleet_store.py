@@ -90,7 +90,7 @@ def test_verify_catches_a_file_moved_between_gateways_parts(fleet_root):
 def test_verify_flags_a_session_file_outside_every_gateways_part(fleet_root):
     root, verifiers = fleet_root
     f = next((root / "gateways" / "gw1").rglob("*.jsonl.zst"))
-    for where in (root / "2026" / f.name, root / "gateways" / f.name):
+    for where in (root / "2026" / f.name, root / "gateways" / f.name, root / "mcp-stdio" / f.name):
         where.parent.mkdir(exist_ok=True)
         shutil.copy(f, where)
         report = verify.verify_paths([root], verifiers)
