@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 
 from recorder import __version__
 
@@ -70,6 +71,7 @@ def _local_stores(args) -> list:
         out = []
         for v in values:
             if isinstance(v, str) and s3.is_url(v):
+                args.bucket_read_at = time.time()  # the copy holds what the bucket held from then on
                 local, tmp = s3.local_copy(v)
                 copies.append(tmp)
                 print(f"wiretrail {args.command}: reading {v} from a copy in {local}", file=sys.stderr)

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         login = (auth.login_link(token), sub)
     snapshot = None
     if bucket is not None:
-        snapshot = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        snapshot = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(getattr(args, "bucket_read_at", time.time())))
         print(f"wiretrail serve: showing {bucket} as it was at {snapshot} (a copy taken now; sessions uploaded "
               "later show after a restart)", flush=True)
     return asyncio.run(_serve(host, port, store, index, auth, verifiers, login, bucket, snapshot))
