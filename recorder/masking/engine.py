@@ -361,6 +361,7 @@ class Masker:
         # The same with the keywords' encoded forms as one more pattern: for a short text, one
         # pass also says whether decoding has work (a long one searches the forms apart, lazily).
         self._set_small = None
+        self._last_hits: tuple = (None, ())  # (text, its prefilter hits): see _prefilter
         if self._set is not None and self._encoded:
             opts = _re2_options()
             opts.max_mem = 64 << 20
@@ -398,12 +399,20 @@ class Masker:
 
     # -- finding ----------------------------------------------------------------------
 
-    def _prefilter(self, data: bytes) -> list[int]:
+    def _prefilter(self, data: bytes) -> tuple[int, ...] | list[int]:
         """Indexes of the keywords that occur in data, then (from len(keywords) on) of the
         decoding HINTS that do; for a short text, then also whether a keyword's encoded form
         does (_forms_in)."""
         if self._set_small is not None and len(data) <= SHORT_TEXT:
-            return self._set_small.Match(data) or []
+            # A stream asks twice about the same text (what could still grow, then what is
+            # found): the last short text's hits are kept. One tuple, swapped whole: thread-safe.
+            last = self._last_hits
+            if last[0] is data:
+                return last[1]
+            hits = tuple(self._set_small.Match(data) or ())
+            if type(data) is bytes:  # immutable: the same object is the same text
+                self._last_hits = (data, hits)
+            return hits
         if self._set is not None:
             return self._set.Match(data) or []
         low = data.lower()
