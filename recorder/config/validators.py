@@ -84,6 +84,7 @@ class SecretRef:
 class _Context:
     base_dir: Path  # relative paths start here
     secrets: list[SecretRef] = field(default_factory=list)  # read after the whole file checks out
+    root: Any = None  # the whole schema (a _Table), for "it belongs in [storage]" hints
 
 
 _SHOW_MAX = 40  # longer strings are described by length only: a pasted secret must not echo
