@@ -1,8 +1,7 @@
 """Config values: the error every config problem raises, secret references, and the kinds of
 value a key may hold (how a TOML value is checked and converted, and the message when it is not).
 
-Generic: nothing here knows a section or a key; recorder/config/__init__.py's SCHEMA puts them
-together.
+Generic: nothing here knows a section or a key; recorder/config/model.py declares the keys with them.
 """
 from __future__ import annotations
 
