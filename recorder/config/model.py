@@ -381,32 +381,21 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    storage: StorageConfig = section(table(StorageConfig, expected="a table ([storage])"),
-                                     "where and how records are written")
-    sessions: SessionsConfig = section(table(SessionsConfig, expected="a table ([sessions])"),
-                                       "when a session closes")
-    identity: IdentityConfig = section(table(IdentityConfig, check=checks.identity, expected="a table ([identity])"),
-                                       "who the caller is")
-    policy: PolicyConfig = section(table(PolicyConfig, expected="a table ([policy])"),
-                                   "what may be reached, and what is done with the rest")
-    masking: MaskingConfig = section(table(MaskingConfig, expected="a table ([masking])"),
-                                     "what is masked before anything is written")
-    capture: CaptureConfig = section(table(CaptureConfig, expected="a table ([capture])"),
-                                     "how bodies are recorded")
+    storage: StorageConfig = section(StorageConfig, "where and how records are written")
+    sessions: SessionsConfig = section(SessionsConfig, "when a session closes")
+    identity: IdentityConfig = section(IdentityConfig, "who the caller is", check=checks.identity)
+    policy: PolicyConfig = section(PolicyConfig, "what may be reached, and what is done with the rest")
+    masking: MaskingConfig = section(MaskingConfig, "what is masked before anything is written")
+    capture: CaptureConfig = section(CaptureConfig, "how bodies are recorded")
     connections: tuple[ConnectionConfig, ...] = key(
         _Tables(_PresetTable(ConnectionConfig, keys_of(ConnectionConfig)), "an array of tables, written [[connections]]",
                 unique="name", check=checks.connections), (), (
         'The registered upstreams, written `[[connections]]`.'))
-    timeouts: TimeoutsConfig = section(table(TimeoutsConfig, expected="a table ([timeouts])"),
-                                       "no connection or exchange holds the gateway without end")
-    review: ReviewConfig = section(table(ReviewConfig, expected="a table ([review])"),
-                                   "the review page (`wiretrail serve`)")
-    anchors: AnchorsConfig = section(table(AnchorsConfig, check=checks.anchors, expected="a table ([anchors])"),
-                                     "the ledger head, kept outside the store")
-    gateway: NodeConfig = section(table(NodeConfig, expected="a table ([gateway])"),
-                                  "one of several gateways sharing a store")
-    object_storage: ObjectStorageConfig = section(table(ObjectStorageConfig, expected="a table ([object_storage])"),
-                                                  "ended sessions uploaded to a bucket")
+    timeouts: TimeoutsConfig = section(TimeoutsConfig, "no connection or exchange holds the gateway without end")
+    review: ReviewConfig = section(ReviewConfig, "the review page (`wiretrail serve`)")
+    anchors: AnchorsConfig = section(AnchorsConfig, "the ledger head, kept outside the store", check=checks.anchors)
+    gateway: NodeConfig = section(NodeConfig, "one of several gateways sharing a store")
+    object_storage: ObjectStorageConfig = section(ObjectStorageConfig, "ended sessions uploaded to a bucket")
     source: Path | None = None  # the file read; None = the embedded default (not a key)
 
     @property
@@ -416,7 +405,7 @@ class GatewayConfig:
 
 
 # The whole file: GatewayConfig's keys (without `source`), checked together by checks.gateway.
-SCHEMA = _Table(dict, table(GatewayConfig).keys, check=checks.gateway)
+SCHEMA = _Table(dict, keys_of(GatewayConfig), check=checks.gateway)
 
 
 def iter_keys(table: _Table = SCHEMA, at: str = "") -> Iterator[tuple[str, Key]]:

@@ -41,7 +41,7 @@ class Key:
 
 @dataclass(frozen=True)
 class _Spec:
-    kind: _Kind
+    kind: Any  # a _Kind, or a _SectionOf
     doc: str
     rule: str
     only_kind: str | None
@@ -55,13 +55,21 @@ def key(kind: _Kind, default: Any = REQUIRED, doc: str = "", *, rule: str = "",
     return dataclasses.field(default=default, metadata={_SPEC: spec})
 
 
-def section(kind: "_Table", doc: str = "") -> Any:
-    """A dataclass field that is a section ([storage] ...). Left out of the file, it is read as an
-    empty table; built from code, it defaults to its dataclass's defaults when it has no required key."""
-    spec = _Spec(kind, doc, "", None, section=True)
-    if any(k.required for k in kind.keys):
+def section(cls: type, doc: str = "", *, check: Callable[[Any, str], None] | None = None) -> Any:
+    """A dataclass field that is a section ([storage] ...), a table of `cls`'s keys. Left out of the
+    file, it is read as an empty table; built from code, it defaults to `cls()` when it can be."""
+    spec = _Spec(_SectionOf(cls, check), doc, "", None, section=True)
+    if any(k.required for k in keys_of(cls)):
         return dataclasses.field(metadata={_SPEC: spec})
-    return dataclasses.field(default_factory=kind.make, metadata={_SPEC: spec})
+    return dataclasses.field(default_factory=cls, metadata={_SPEC: spec})
+
+
+@dataclass(frozen=True)
+class _SectionOf:
+    """A section's table, before its name is known (its message says "a table ([name])")."""
+
+    cls: type
+    check: Callable[[Any, str], None] | None
 
 
 def keys_of(cls: type) -> tuple[Key, ...]:
@@ -71,8 +79,10 @@ def keys_of(cls: type) -> tuple[Key, ...]:
         spec = f.metadata.get(_SPEC)
         if spec is None:
             continue
-        default = EMPTY_TABLE if spec.section else f.default
-        out.append(Key(f.name, spec.kind, default, spec.doc, spec.rule, spec.only_kind))
+        kind, default = spec.kind, f.default
+        if isinstance(kind, _SectionOf):
+            kind, default = table(kind.cls, check=kind.check, expected=f"a table ([{f.name}])"), EMPTY_TABLE
+        out.append(Key(f.name, kind, default, spec.doc, spec.rule, spec.only_kind))
     return tuple(out)
 
 
