@@ -41,24 +41,23 @@ class Key:
 
 @dataclass(frozen=True)
 class _Spec:
-    kind: Any  # a _Kind, or a _SectionOf
+    kind: Any  # a _Kind, or a _SectionOf (a section: a missing table is read as an empty one)
     doc: str
     rule: str
     only_kind: str | None
-    section: bool  # a section: a missing table is read as an empty one
 
 
 def key(kind: _Kind, default: Any = REQUIRED, doc: str = "", *, rule: str = "",
         only_kind: str | None = None) -> Any:
     """A dataclass field that is a config key. Without `default` the key is required."""
-    spec = _Spec(kind, doc, rule, only_kind, section=False)
+    spec = _Spec(kind, doc, rule, only_kind)
     return dataclasses.field(default=default, metadata={_SPEC: spec})
 
 
 def section(cls: type, doc: str = "", *, check: Callable[[Any, str], None] | None = None) -> Any:
     """A dataclass field that is a section ([storage] ...), a table of `cls`'s keys. Left out of the
     file, it is read as an empty table; built from code, it defaults to `cls()` when it can be."""
-    spec = _Spec(_SectionOf(cls, check), doc, "", None, section=True)
+    spec = _Spec(_SectionOf(cls, check), doc, "", None)
     if any(k.required for k in keys_of(cls)):
         return dataclasses.field(metadata={_SPEC: spec})
     return dataclasses.field(default_factory=cls, metadata={_SPEC: spec})
