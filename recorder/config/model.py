@@ -55,7 +55,7 @@ class StorageConfig:
     retention_days: int = key(_Number(integer=True, ge=0, unit="days", note=" (0 = keep forever)"), 0, (
         'Days session files are kept; `0` keeps them forever. Deleted sessions leave a signed tombstone '
         'in the ledger ([integrity.md](integrity.md)).'))
-    fsync: str = key(_OneOf(*FSYNC_POLICIES), "batch", (
+    fsync: str = key(_OneOf(FSYNC_POLICIES), "batch", (
         '`batch`: one fsync per batch of records (group commit); `always`: fsync after every record; '
         '`never`: leave flushing to the OS (a crash may lose the last records).'))
     fsync_interval: float = key(_Number(gt=0, le=10), 0.05, (
@@ -200,7 +200,7 @@ class ConnectionConfig:
         " kind `postgres`: the role's password, for SCRAM-SHA-256 (with channel binding when the server "
         'offers it over TLS), md5, or a clear-text password over TLS or loopback only. Required unless '
         '`client_cert` is given. Re-read on SIGHUP, masked everywhere.'))
-    inject: str = key(_OneOf(*INJECT_MODES), "bearer", (
+    inject: str = key(_OneOf(INJECT_MODES), "bearer", (
         'How the credential is sent: `Authorization: Bearer`, `x-api-key`, `api-key` (Azure OpenAI), '
         '`x-goog-api-key`, or not at all.'))
     allow_groups: tuple[str, ...] = key(_NAMES, (), (
@@ -220,7 +220,7 @@ class ConnectionConfig:
     user: str | None = key(_Text(), None, (
         "The gateway's database role: every client's statements run as it. Clients may give any user "
         'name; it is recorded, not used.'), rule="required for kind `postgres`", only_kind="postgres")
-    upstream_tls: str = key(_OneOf(*TLS_MODES), "require", (
+    upstream_tls: str = key(_OneOf(TLS_MODES), "require", (
         "TLS to the database, with libpq's meanings: `prefer` and `require` encrypt without checking the "
         "server's certificate; `verify-full` checks it against `upstream_ca` (or the system's CAs) and "
         'the host name.'), only_kind="postgres")
@@ -255,7 +255,7 @@ class ConnectionConfig:
         'anyway: for an upstream where such a name is not a credential (`keep_query = ["token"]` for a '
         'pagination token). Compared as the swap compares them: decoded, lowercase, without `-`, `_` and '
         '`.`.'))
-    preset: str | None = key(_OneOf(*PRESETS), None, (
+    preset: str | None = key(_OneOf(PRESETS), None, (
         'A built-in connection: fills in `name` and `hosts` (see below).'))
 
 
@@ -321,7 +321,7 @@ class AnchorsConfig:
                                    r"/\S+|udp:(?:[^\s:\[\]]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}"), None, (
         'Syslog, one message per anchor (`wiretrail[PID]: {"wiretrail_anchor":1,...}`). Forward it to a '
         'remote collector or SIEM.'))
-    syslog_facility: str = key(_OneOf(*SYSLOG_FACILITIES), "authpriv", (
+    syslog_facility: str = key(_OneOf(SYSLOG_FACILITIES), "authpriv", (
         'The facility of those messages (severity `info`).'))
     http: str | None = key(_Text('an http(s) URL, e.g. "https://audit.example.com/wiretrail/anchors"',
                                  r"https?://\S+"), None, (

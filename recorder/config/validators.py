@@ -135,7 +135,12 @@ class _Bool(_Kind):
 
 
 class _OneOf(_Kind):
-    def __init__(self, *values: str):
+    """One of some strings: `_OneOf("a", "b")`, or `_OneOf(NAMES)` with a tuple (or dict) the code
+    that acts on the value owns, kept as it is so that the two cannot drift apart."""
+
+    def __init__(self, *values: Any):
+        if len(values) == 1 and isinstance(values[0], (tuple, dict)):
+            values = values[0]
         self.values = values
         self.expected = "one of " + ", ".join(json.dumps(v) for v in values)
 

@@ -180,12 +180,18 @@ def test_every_key_has_a_doc_and_each_kind_of_connection_its_own_keys():
 
 def test_allowed_values_have_one_home():
     """The values the code acts on and the values the config allows are the same tuple."""
+    from recorder.auth.credentials import INJECT_MODES
+    from recorder.config.presets import PRESETS
     from recorder.protocols.postgres.upstream import TLS_MODES
+    from recorder.store.anchors import SYSLOG_FACILITIES
     from recorder.store.writer_protocol import FSYNC_POLICIES
 
     kinds = {p: k.kind for p, k in cfgmod.iter_keys()}
-    assert kinds["storage.fsync"].values == FSYNC_POLICIES
-    assert kinds["connections[].upstream_tls"].values == TLS_MODES
+    assert kinds["storage.fsync"].values is FSYNC_POLICIES
+    assert kinds["connections[].upstream_tls"].values is TLS_MODES
+    assert kinds["connections[].inject"].values is INJECT_MODES
+    assert kinds["connections[].preset"].values is PRESETS
+    assert kinds["anchors.syslog_facility"].values is SYSLOG_FACILITIES
 
 
 def test_numbers_sizes_and_lists_convert():
