@@ -375,8 +375,8 @@ class NodeConfig:
         'a second process with the same id finds the ledger locked and records nothing (it stops at '
         'start-up, or refuses traffic with 503). A gateway without an id refuses to start on a root that '
         "holds gateways' stores, and one with an id on a root that is a single gateway's store. "
-        "`wiretrail verify`, `ls` and `show` take the root; `wiretrail serve` takes one gateway's part. "
-        'See [deployment.md](deployment.md).'))
+        "`wiretrail verify`, `ls`, `show` and `serve` take the root (each gateway's part checked against its "
+        "own ledger). See [deployment.md](deployment.md)."))
 
 
 @dataclass(frozen=True)
