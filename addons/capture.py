@@ -15,7 +15,6 @@ of each record, made from a flow) and capture_streams.py (per-flow state and the
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 
@@ -32,6 +31,7 @@ from addons.refusal import error_response, refusal_of
 from addons.streaming import request_streams, response_streams
 from recorder.store.agent_runs import agent_run
 from recorder.store.records import HTTP_ERROR, HTTP_RESPONSE, HTTP_TRAILERS
+from recorder.store.record_waits import RecordWaits
 from recorder.store.sessions import SessionRegistry
 from recorder.store.writer import RecordWriter
 from recorder.store.writer_process import ProcessRecordWriter
@@ -48,17 +48,10 @@ class Capture(CaptureStore, CaptureRecords, CaptureStreams):
         self.flows: dict[str, FlowCapture] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._expiry_task: asyncio.Task | None = None
-        self._failing: set[str] = set()  # storage failure causes already logged
+        self.waits: RecordWaits | None = None  # the fail-closed wait for each record, from `running`
         self.cfg = None  # the GatewayConfig, from running on
         self.stopped = False
         self._flush_scheduled = False
-        self._acked: collections.deque = collections.deque()  # (future, error) from the writer
-        self._acks_scheduled = False
-        # (deadline, future) of the records requests wait for, oldest first: a write stuck in
-        # the kernel (a hung disk or NFS mount) must not hold requests forever.
-        self._waiting: collections.deque = collections.deque()
-        self._write_timeout = 0.0  # storage.write_timeout, from `running`
-        self._watch_task: asyncio.Task | None = None
         # Back-pressure: client connections whose reading is paused while the writer is behind.
         self._pauses = proxy_control.Pauses()
         self._queue_limit = 0  # storage.queue_limit, from `running`
