@@ -8,9 +8,11 @@ goes upstream only after its record is written; if it cannot be, the client gets
 503 and nothing is forwarded (fail closed).
 
 This module holds Capture's hooks, in the order of one flow's events. The rest is split by
-concern into mixins Capture inherits: capture_store.py (start and stop, the writer, the
-fail-closed wait for a record, storage failures, back-pressure), capture_records.py (the fields
+concern into mixins Capture inherits: capture_store.py (start and stop, the writer, what a
+record that cannot be written does to its flow, back-pressure), capture_records.py (the fields
 of each record, made from a flow) and capture_streams.py (per-flow state and the streaming tee).
+The wait for each record (storage.write_timeout, storage failures) is recorder/store/record_waits.py;
+the writer and registry are built by recorder/store/open_store.py.
 """
 from __future__ import annotations
 
@@ -63,10 +65,7 @@ class Capture(CaptureStore, CaptureRecords, CaptureStreams):
         # end their connections there, so their last records still reach the sessions.
         self.before_stop: list = []
 
-    # -- lifecycle --------------------------------------------------------------------
-
-
-    # -- hooks ------------------------------------------------------------------------
+    # -- hooks, in the order of one flow's events ------------------------------------------
 
     def http_connect(self, flow: http.HTTPFlow):
         if refusal_of(flow) is not None:
@@ -212,10 +211,6 @@ class Capture(CaptureStore, CaptureRecords, CaptureStreams):
         self._record_end(flow, fc)
         self._end(fc)
 
-
-    # -- records ----------------------------------------------------------------------
-
-
     def _end(self, fc: FlowCapture) -> None:
         if fc.ended:
             return
@@ -230,14 +225,3 @@ class Capture(CaptureStore, CaptureRecords, CaptureStreams):
             # exchange's last records while the loop idles, not in the next request's ack.
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_writer)
-
-
-    # -- masking: the loop only hands the masker over; bodies are masked by the writer -----------
-
-
-    # -- streaming ----------------------------------------------------------------------
-
-
-    # -- writing ------------------------------------------------------------------------
-
-
