@@ -174,14 +174,6 @@ class CaptureStore:
         write_timeout and storage-error logging as HTTP requests."""
         return await self.waits.write(session, rtype, fields)
 
-    def _write(self, session: Session, rtype: str, fields: dict) -> asyncio.Future:
-        """Hand a record to the writer; the future gets None once it is written, or the error."""
-        return self.waits.write(session, rtype, fields)
-
-    @property
-    def _failing(self) -> set[str] | frozenset[str]:  # capture_streams.py's name for storage_failing
-        return self.waits.failing if self.waits is not None else frozenset()
-
     def _storage_failed(self, err: StorageError) -> None:
         until = "" if err.cause == "writer failed" else " until storage recovers"
         log.error(f"wiretrail: cannot record ({err.cause}): {err.detail}; "

@@ -126,9 +126,9 @@ class CaptureStreams:
             fc.request_acks.add(self._record_acked(fc, fields))
         else:
             fc.session.record(HTTP_CHUNK, fields)
-            if self._failing and self.cfg.storage.fail_closed and direction == "response":
+            if self.storage_failing and self.cfg.storage.fail_closed and direction == "response":
                 # Storage fails: the rest of the reply is not forwarded unrecorded (rule 2).
-                self._abort_soon(fc, 502, "response", f"not recorded ({next(iter(self._failing))}): the rest "
+                self._abort_soon(fc, 502, "response", f"not recorded ({next(iter(self.storage_failing))}): the rest "
                                  "of the reply was not forwarded")
         if not final and not fc.ended:
             # The writer's masker may hold back the end of this batch (what could still be a
@@ -139,7 +139,7 @@ class CaptureStreams:
     def _record_acked(self, fc: FlowCapture, fields: dict) -> asyncio.Future:
         """Record a batch of a streamed request; a failure aborts the flow at once, before more
         of the body (and certainly before its end) goes upstream."""
-        fut = self._write(fc.session, HTTP_CHUNK, fields)
+        fut = self.waits.write(fc.session, HTTP_CHUNK, fields)
 
         def written(f: asyncio.Future) -> None:
             err = f.result()
