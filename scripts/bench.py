@@ -610,7 +610,7 @@ class Bench:
         text = "# written by scripts/bench.py\n"
         if gateway_id:  # one of several gateways writing one store, behind the load balancer
             text += f"[gateway]\nid = {json.dumps(gateway_id)}\n"
-        text += "[storage]\n" f"dir = {json.dumps(str(storage))}\n"
+        text += "[storage]\n" f"dir = {json.dumps(str(storage))}\n" f"writer = {json.dumps(self.args.storage_writer)}\n"
         if kind != "capture":
             text += f"signing_key = {json.dumps(str(self.signing_key))}\n"
         if kind == "capture":
@@ -1282,6 +1282,9 @@ def parse_args(argv):
     p.add_argument("--gateway-config", metavar="TOML",
                    help="use this gateway config instead of the generated one (identity + swap on); the "
                         "capture-only path keeps its generated config; send a token with --token")
+    p.add_argument("--storage-writer", choices=("thread", "process"), default="thread",
+                   help="storage.writer of the generated gateway configs: the writer on a thread of the "
+                        "gateway (the default) or in a process of its own")
     p.add_argument("--token", metavar="JWT",
                    help="with --gateway-config: the identity token every client sends (reverse mode: "
                         "Authorization: Bearer; --tls: the proxy password on each CONNECT)")
