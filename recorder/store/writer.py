@@ -38,6 +38,7 @@ from recorder.store.bodies import BodyBytes, ChunkBytes, render_bodies
 from recorder.store.fleet import STDIO_STORES
 from recorder.store.records import CHECKPOINT, SEAL, SESSION_CLOSE, SESSION_OPEN
 from recorder.store.signing import Signer
+from recorder.store.spare_files import SpareFiles
 from recorder.store.syncer import Syncer, fsync_dir
 from recorder.store.writer_protocol import FSYNC_POLICIES, Ack, WriterSettings
 
@@ -210,6 +211,9 @@ class RecordWriter:
         self._compressors: list[zstandard.ZstdCompressor] = []  # of closed sessions, for new ones
         self._syncer: Syncer | None = None  # the group fsyncs of "batch", beside this thread
         self._made_dirs: set[Path] = set()
+        # Files made ahead of time: a new session's file is a rename, not a create (spare_files.py).
+        self._spares: SpareFiles | None = SpareFiles(self.storage_dir) if self.storage_dir is not None else None
+        self._spares_started = False
         self._dirty_dirs: set[Path] = set()
         # When the oldest write not yet fsynced was made: the group's fsync is due one
         # fsync_interval later, not at once after a quiet spell, when it would compete with
@@ -340,6 +344,8 @@ class RecordWriter:
                     self._fsync_dirty()
                     if self._syncer is not None:
                         self._syncer.stop()
+                    if self._spares_started:
+                        self._spares.stop()
                     if self._ledger is not None:
                         self._ledger.close()
                     if self._anchorer is not None:  # the last head, sent within the sink's timeout
@@ -565,7 +571,9 @@ class RecordWriter:
             if path.parent not in self._made_dirs or not path.parent.is_dir():
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 self._made_dirs.add(path.parent)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = self._spares.take(path) if self._spares_started else None
+            if fd is None:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise StorageError(describe_oserror(e), f"cannot create {path}: {e.strerror}") from e
         self._mark_unsynced()
@@ -671,6 +679,9 @@ class RecordWriter:
             self._report(self._ledger_error)
             return False
         self._ledger_error = None
+        if self._spares is not None and not self._spares_started:
+            self._spares_started = True  # after the lock: one gateway per store uses its spares
+            self._spares.start()
         now = self.clock()
         start = {"host": os.uname().nodename, "pid": self.pid}
         if lg.created:
