@@ -336,9 +336,40 @@ class LedgerFile:
 
     def fsync(self) -> None:
         if self.dirty and self.fd >= 0:
-            os.fsync(self.fd)
             self.dirty = False
-            self.synced = self.flushed
+            upto = self.flushed
+            try:
+                os.fsync(self.fd)
+            except OSError:
+                self.dirty = True
+                raise
+            self.mark_synced(upto)
+
+    def fsync_job(self):
+        """The fsync of what is written now, as a call for another thread (recorder/store/syncer.py),
+        which reports an OSError to `on_error`; None if nothing is waiting for one. The writer
+        drains that thread before it closes the ledger, so the descriptor stays this file's."""
+        if not self.dirty or self.fd < 0:
+            return None
+        self.dirty = False
+        fd = self.fd
+
+        def job(on_error) -> None:
+            upto = self.flushed  # read here: a write made since the call was queued is covered too
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                self.dirty = True
+                on_error(e)
+                return
+            self.mark_synced(upto)
+
+        return job
+
+    def mark_synced(self, upto: tuple[int, str, str] | None) -> None:
+        """The lines up to `upto` (a `flushed` value) are durable; never moves back."""
+        if upto is not None and (self.synced is None or upto[0] > self.synced[0]):
+            self.synced = upto
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -8,8 +8,8 @@ once, 500 creates sat on the first requests' path. This thread keeps empty files
 renames one to the session's path once the session's ledger entry is written, as it created one
 before. A file the gateway made under a session's name is still always in the ledger.
 
-The pool grows by doubling (up to MAX) each time a burst of opens empties it, and the files left
-at a stop are used by the next start. Without a spare (none left, another file system, a spare
+When a burst of opens empties the pool, it grows (up to MAX) to twice that burst, so the next one
+like it finds its files ready; the files left at a stop are used by the next start. Without a spare (none left, another file system, a spare
 tampered with) the writer creates the file as before.
 """
 from __future__ import annotations
@@ -62,6 +62,7 @@ class SpareFiles:
         self._wake = threading.Event()
         self._stopping = False
         self._last_take = 0.0
+        self._burst = 0  # sessions opened since the pool was last full
         self._thread = threading.Thread(target=self._run, name="wiretrail-spares", daemon=True)
 
     def __len__(self) -> int:
@@ -88,12 +89,12 @@ class SpareFiles:
         """An open, empty file now at `path`, or None when there is no usable spare (then the
         caller creates it). Raises OSError if `path` exists or its directory is unusable."""
         self._last_take = time.monotonic()
+        self._burst += 1
         while True:
             try:
                 name = self._names.popleft()
             except IndexError:
-                if self.target < MAX:
-                    self.target = min(MAX, self.target * 2)
+                self.target = min(MAX, max(self.target, 2 * self._burst))
                 self._wake.set()
                 return None
             src = str(self.dir / name)
@@ -136,3 +137,5 @@ class SpareFiles:
                 except OSError:
                     break  # a full disk or a removed folder: try again at the next take
                 self._names.append(name)
+            if len(self._names) >= self.target:
+                self._burst = 0
