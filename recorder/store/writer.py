@@ -44,6 +44,9 @@ from recorder.store.writer_protocol import FSYNC_POLICIES, Ack, WriterSettings
 
 
 _MAX_BATCH = 512
+# Sessions opened in one batch: with hundreds opening at once, the first ones' requests are
+# acknowledged (and go upstream) while the writer makes the next ones' files, not after all of them.
+_OPENS_PER_BATCH = 32
 COALESCE = 0.02  # seconds a record nobody waits for may sit before it is written
 _ZSTD_LEVEL = 3
 # Level 3 with small match tables: a new session's compressor costs ~0.15 ms to set up instead of
@@ -346,8 +349,11 @@ class RecordWriter:
                 continue
             while self._ops:
                 batch = []
-                while self._ops and len(batch) < _MAX_BATCH:
-                    batch.append(self._ops.popleft())
+                opens = 0
+                while self._ops and len(batch) < _MAX_BATCH and opens < _OPENS_PER_BATCH:
+                    op = self._ops.popleft()
+                    batch.append(op)
+                    opens += isinstance(op, _Open)
                 self._inflight = batch  # answered with the error if this batch fails unexpectedly
                 if self._write_batch(batch):
                     self._fsync_dirty()

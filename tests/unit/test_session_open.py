@@ -241,3 +241,35 @@ def test_session_ids_stay_unique_across_a_fork():
     os.waitpid(pid, 0)
     os.close(r)
     assert child[10:] != new_session_id(1.0)[10:], "the child drew the same random bytes as the parent"
+
+
+def test_the_first_of_many_new_sessions_is_acknowledged_before_the_last_ones_file_is_made(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    w = RecordWriter(fsync="batch", storage_dir=store)
+    events = []
+    real_create = RecordWriter._create_fd
+
+    def create(self, path):
+        events.append(("create", path.name))
+        return real_create(self, path)
+
+    monkeypatch.setattr(RecordWriter, "_create_fd", create)
+    reg = SessionRegistry(w, store, idle_timeout=60, max_duration=600)
+    n = 128  # more than one batch of opens (_OPENS_PER_BATCH)
+    done = []
+    for i in range(n):  # all queued before the writer starts: one burst
+        s = reg.begin_flow("alice", IDENTITY, (f"10.0.{i // 250}.{i % 250}", 4000))
+        ack, ev, box = wait_ack()
+        s.record("http.error", {"flow": f"f{i}", "phase": "connect", "message": "x"},
+                 ack=lambda err, i=i, ack=ack: (events.append(("ack", i)), ack(err)))
+        done.append((ev, box))
+    w.start()
+    try:
+        for ev, box in done:
+            assert ev.wait(10) and box["err"] is None
+        first_ack = events.index(("ack", 0))
+        last_create = max(k for k, e in enumerate(events) if e[0] == "create")
+        assert first_ack < last_create, "the first request waited for every new session's file"
+        reg.close_all()
+    finally:
+        assert w.stop(timeout=10)
