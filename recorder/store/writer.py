@@ -594,16 +594,26 @@ class RecordWriter:
 
     def _create_fd(self, path: Path) -> int:
         try:
-            if path.parent not in self._made_dirs or not path.parent.is_dir():
+            try:
+                if path.parent not in self._made_dirs:
+                    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    self._made_dirs.add(path.parent)
+                fd = self._open_new(path)
+            except FileNotFoundError:  # its folder was removed since (retention removes empty ones)
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self._made_dirs.add(path.parent)
-            fd = self._spares.take(path) if self._spares_started else None
-            if fd is None:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                fd = self._open_new(path)
         except OSError as e:
             raise StorageError(describe_oserror(e), f"cannot create {path}: {e.strerror}") from e
         self._mark_unsynced()
         self._dirty_dirs.add(path.parent)
+        return fd
+
+    def _open_new(self, path: Path) -> int:
+        # Each call here lets go of the GIL, and getting it back from a busy event loop is what a
+        # new session costs the most: no stat of a folder known to exist.
+        fd = self._spares.take(path) if self._spares_started else None
+        if fd is None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         return fd
 
     def _flush_block(self, sf: _SessionFile) -> None:

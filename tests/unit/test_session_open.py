@@ -273,3 +273,28 @@ def test_the_first_of_many_new_sessions_is_acknowledged_before_the_last_ones_fil
         reg.close_all()
     finally:
         assert w.stop(timeout=10)
+
+
+def test_a_day_folder_removed_while_the_gateway_runs_is_made_again(tmp_path):
+    store = tmp_path / "store"
+    w = RecordWriter(fsync="never", storage_dir=store)
+    w.start()
+    try:
+        reg = SessionRegistry(w, store, idle_timeout=60, max_duration=600)
+        paths = []
+        for i in range(2):
+            s = reg.begin_flow("alice", IDENTITY, (f"10.0.0.{i}", 4000))
+            ack, done, box = wait_ack()
+            s.record("http.error", {"flow": "f", "phase": "connect", "message": "x"}, ack=ack)
+            assert done.wait(10) and box["err"] is None and s.path.exists()
+            paths.append(s.path)
+            if i == 0:
+                reg.close_all()
+                assert wait_until(lambda: ledger.read_ledger(store / ledger.LEDGER_NAME).state.sessions[s.id].state
+                                  == "closed")
+                s.path.unlink()
+                s.path.parent.rmdir()  # as retention does with a folder it emptied
+        reg.close_all()
+    finally:
+        assert w.stop(timeout=10)
+    assert paths[1].exists()
