@@ -4,8 +4,9 @@ Policy goes by destination, not by spelling (docs/identity.md, "Policy by destin
 destination is the host the gateway connects to: the CONNECT target, the reverse-mode target
 or the URL of a plain proxied request. It is matched by name (case, a trailing dot and the form
 of an IP literal do not matter) and by the addresses it resolves to (recorder/policy/destinations.py);
-an alias of a registered host is that connection under every policy. The gateway connects to
-the address it checked (`server_connect`), so a DNS answer that changes in between changes
+an alias of a registered host is that connection under every policy. Each client connection's
+destinations are checked once (recorder/policy/client_destinations.py) and the gateway connects
+to the address it checked (`server_connect`), so a DNS answer that changes in between changes
 nothing.
 
 A registered connection may limit its callers to groups (403 otherwise). An unregistered host
@@ -22,8 +23,6 @@ with a Host that names it. A destination whose name does not resolve in time is 
 from __future__ import annotations
 
 import asyncio
-import logging
-import weakref
 from typing import Callable
 
 from mitmproxy import connection, http, tls
@@ -40,24 +39,142 @@ from addons.flow_state import (  # noqa: F401 (connection_of: parts import it fr
     set_destination,
 )
 from addons.refusal import refuse
-from recorder.policy.destinations import (
-    Destination,
-    Destinations,
-    Registry,
-    Resolver,
-    canonical_host,
-    misdirected,
-    split_host_port,
-)
+from recorder.policy.client_destinations import ClientDestinations
+from recorder.policy.destinations import Destination, canonical_host, misdirected, split_host_port
 from recorder.policy.raw_policy import UNCHECKED
-
-log = logging.getLogger("wiretrail")
-
 
 TunnelNote = Callable[..., None]  # (client, host, port, identity, details: dict)
 
-_PER_CLIENT = 256  # destinations remembered per client connection (a plain-HTTP proxy client may name many)
 
+class Policy:
+    def __init__(self, config: WiretrailConfig, identity: Identity, on_tunnel: TunnelNote | None = None):
+        self.config_addon = config
+        self.identity = identity  # identities per client connection, for tunnels
+        self.on_tunnel = on_tunnel  # capture's tunnel record
+        self.checked: ClientDestinations | None = None  # built with the first config
+        self._refresh_task: asyncio.Task | None = None
+
+    def _checked(self) -> ClientDestinations | None:
+        cfg = self.config_addon.current
+        if cfg is None:
+            return None
+        if self.checked is None:
+            self.checked = ClientDestinations.from_config(cfg)
+        return self.checked
+
+    async def running(self):
+        checked = self._checked()
+        if checked is None or self._refresh_task is not None:
+            return
+        # Before the first flow (the start-up gate waits for this): aliases of the registered
+        # hosts are known from the start.
+        await checked.refresh(log_ok=True)
+        self._refresh_task = asyncio.ensure_future(
+            checked.refresh_every(self.config_addon.current.policy.resolve_interval))
+
+    def done(self):
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    async def http_connect(self, flow: http.HTTPFlow):
+        if flow.response is not None or self.config_addon.current is None:
+            return
+        req = flow.request
+        dest = await self._checked().check(flow.client_conn, req.host, req.port)
+        set_destination(flow, dest)
+        if dest.connection is None:
+            _refuse_unregistered(flow, dest, self.config_addon.current.policy.unregistered)
+
+    def tls_clienthello(self, data: tls.ClientHelloData):
+        cfg = self.config_addon.current
+        if cfg is None:
+            return
+        client, server = data.context.client, data.context.server
+        if isinstance(client.proxy_mode, mode_specs.ReverseMode) or server.address is None:
+            return
+        checked = self._checked()
+        dest = checked.known(client, server.address[0], server.address[1])
+        sni = data.client_hello.sni
+        if sni and server.sni is None and canonical_host(sni) != sni:
+            # What goes upstream is the name policy checked: lowercase, no trailing dot (RFC 6066),
+            # an IP literal as its address (the upstream's certificate is then checked for it).
+            server.sni = canonical_host(sni)
+        elif dest is not None and not sni and server.sni is None:
+            # Without an SNI, mitmproxy would send (and check the certificate for) the target as
+            # spelled ("127.1"); the upstream's TLS is checked for the destination policy matched.
+            server.sni = dest.host
+        if cfg.policy.unregistered != "tunnel":
+            return
+        if dest is None or dest.connection is not None or dest.error is not None:
+            return  # intercepted: its requests are checked
+        if sni and checked.registry.named(sni, dest.port) is not None:
+            return  # an unregistered destination with a registered host's SNI: intercepted, refused (421)
+        data.ignore_connection = True
+        if self.on_tunnel is not None:
+            self.on_tunnel(client, dest.host, dest.port, self.identity.identity_of_client(client),
+                           {"address": dest.pin, "sni": sni})
+
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData):
+        """Connect to the address that was checked (the pin), never to a fresh DNS answer."""
+        if self.config_addon.current is None:
+            return
+        client, server = data.client, data.server
+        if isinstance(client.proxy_mode, mode_specs.ReverseMode) or server.address is None or server.via:
+            return  # a reverse-mode target is the operator's; it is classified per request
+        host, port = server.address[0], server.address[1]
+        checked = self._checked()
+        dest = await checked.check(client, host, port)
+        if dest.error is not None and dest.connection is None:
+            server.error = f"wiretrail: {dest.error}"
+            return
+        connect_to = dest.pin or dest.host  # a registered name, canonical ("localhost." -> "localhost")
+        if connect_to != host:
+            if server.sni is None and not dest.is_ip:
+                server.sni = dest.host
+            server.address = (connect_to, port)
+            checked.connects_to(client, connect_to, port, dest)
+
+    async def requestheaders(self, flow: http.HTTPFlow):
+        if flow.response is not None or is_refused(flow):
+            return
+        cfg = self.config_addon.current
+        if cfg is None:
+            return
+        req = flow.request
+        reverse = is_reverse(flow)
+        checked = self._checked()
+        dest = await checked.check(flow.client_conn, req.host, req.port)
+        set_destination(flow, dest)
+        conn = dest.connection
+        set_connection(flow, conn)
+        if conn is None and (dest.error is not None or cfg.policy.unregistered == "deny"):
+            _refuse_unregistered(flow, dest, cfg.policy.unregistered)
+            return
+        why = misdirected(dest, checked.registry, _names_used(flow, reverse))
+        if why is not None:
+            refuse(flow, 421, "misdirected", f"{why}; send the request to the host it names "
+                   "(a CONNECT, a TLS server name and a Host header that agree)", close=True)
+            return
+        if conn is None:
+            if cfg.policy.unregistered == "tunnel" and not reverse:
+                mark_tunneled(flow)
+            return
+        ident = identity_of(flow)
+        if conn.allow_groups and not set(ident.groups) & set(conn.allow_groups):
+            refuse(flow, 403, "forbidden",
+                   f"{ident.sub} is not in a group allowed to use the connection {conn.name!r} "
+                   f"(it needs one of: {', '.join(conn.allow_groups)})")
+
+    def connection_now(self, client: connection.Client, host: str, port: int):
+        """The registered connection of a destination, without waiting (raw TCP's layer decision);
+        UNCHECKED when only a DNS lookup could tell."""
+        checked = self._checked()
+        return UNCHECKED if checked is None else checked.connection_now(client, host, port)
+
+
+# -- for the record and the other parts ---------------------------------------------------------
 
 
 def destination_of(flow: http.HTTPFlow) -> dict | None:
@@ -79,183 +196,6 @@ def peer_address(flow: http.HTTPFlow) -> str | None:
     if server is None or server.timestamp_tcp_setup is None or not server.peername:
         return None
     return canonical_host(str(server.peername[0]))
-
-
-class Policy:
-    def __init__(self, config: WiretrailConfig, identity: Identity, on_tunnel: TunnelNote | None = None):
-        self.config_addon = config
-        self.identity = identity  # identities per client connection, for tunnels
-        self.on_tunnel = on_tunnel  # capture's tunnel record
-        self.destinations: Destinations | None = None
-        # The destinations each client connection was checked for, by the (host, port) mitmproxy
-        # uses (the CONNECT target, then the address it was pinned to): one answer per connection.
-        self.by_client: weakref.WeakKeyDictionary[connection.Client, dict] = weakref.WeakKeyDictionary()
-        self._refresh_task: asyncio.Task | None = None
-
-    # -- set-up -----------------------------------------------------------------------------
-
-    def _built(self) -> Destinations | None:
-        cfg = self.config_addon.current
-        if cfg is None:
-            return None
-        if self.destinations is None:
-            p = cfg.policy
-            registry = Registry(cfg.connections, keep=max(600.0, 10 * p.resolve_interval))
-            self.destinations = Destinations(registry, Resolver(ttl=p.resolve_interval, timeout=p.resolve_timeout))
-        return self.destinations
-
-    async def running(self):
-        dests = self._built()
-        if dests is None or self._refresh_task is not None:
-            return
-        # Before the first flow (the start-up gate waits for this): aliases of the registered
-        # hosts are known from the start.
-        await self._refresh(log_ok=True)
-        self._refresh_task = asyncio.ensure_future(self._refresh_every(self.config_addon.current.policy.resolve_interval))
-
-    async def _refresh(self, log_ok: bool = False) -> None:
-        errors = await self.destinations.refresh_registered()
-        for error in errors:
-            log.warning(f"wiretrail: registered host: {error}; it is matched by name only until it resolves")
-        if log_ok and self.destinations.registry.names():
-            known = len(self.destinations.registry.names()) - len(self.destinations.registry.unresolved)
-            log.info(f"wiretrail: the addresses of {known} registered host name(s) are known; "
-                     "their aliases are matched too")
-
-    async def _refresh_every(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await self._refresh()
-            except Exception:
-                log.exception("wiretrail: looking up the registered hosts failed")
-
-    def done(self):
-        if self._refresh_task is not None:
-            self._refresh_task.cancel()
-
-    # -- destinations -------------------------------------------------------------------------
-
-    def connection_now(self, client: connection.Client, host: str, port: int):
-        """The registered connection of a destination, without waiting: as checked for this client
-        connection, cached, or by name or IP literal. UNCHECKED when only a DNS lookup could tell."""
-        dest = self._known(client, host, port)
-        dests = self._built()
-        if dest is None and dests is not None:
-            dest = dests.cached(host, port) or dests.classify_now(host, port)
-        if dest is None or dest.error:
-            return UNCHECKED
-        return dest.connection
-
-    def _known(self, client: connection.Client, host: str, port: int) -> Destination | None:
-        known = self.by_client.get(client)
-        return known.get((host, port)) if known else None
-
-    async def _classify(self, client: connection.Client, host: str, port: int) -> Destination:
-        dest = self._known(client, host, port)
-        if dest is not None:
-            return dest
-        dest = await self._built().classify(host, port)
-        known = self.by_client.get(client)
-        if known is None:
-            known = self.by_client[client] = {}
-        if len(known) < _PER_CLIENT:
-            known[(host, port)] = dest
-            if dest.pin is not None:
-                known[(dest.pin, port)] = dest
-        return dest
-
-    def _unregistered(self) -> str:
-        return self.config_addon.current.policy.unregistered
-
-    # -- hooks ----------------------------------------------------------------------------------
-
-    async def http_connect(self, flow: http.HTTPFlow):
-        if flow.response is not None or self.config_addon.current is None:
-            return
-        req = flow.request
-        dest = await self._classify(flow.client_conn, req.host, req.port)
-        set_destination(flow, dest)
-        if dest.connection is None:
-            _refuse_unregistered(flow, dest, self._unregistered())
-
-    def tls_clienthello(self, data: tls.ClientHelloData):
-        cfg = self.config_addon.current
-        if cfg is None:
-            return
-        client, server = data.context.client, data.context.server
-        if isinstance(client.proxy_mode, mode_specs.ReverseMode) or server.address is None:
-            return
-        dest = self._known(client, server.address[0], server.address[1])
-        sni = data.client_hello.sni
-        if sni and server.sni is None and canonical_host(sni) != sni:
-            # What goes upstream is the name policy checked: lowercase, no trailing dot (RFC 6066),
-            # an IP literal as its address (the upstream's certificate is then checked for it).
-            server.sni = canonical_host(sni)
-        elif dest is not None and not sni and server.sni is None:
-            # Without an SNI, mitmproxy would send (and check the certificate for) the target as
-            # spelled ("127.1"); the upstream's TLS is checked for the destination policy matched.
-            server.sni = dest.host
-        if cfg.policy.unregistered != "tunnel":
-            return
-        if dest is None or dest.connection is not None or dest.error is not None:
-            return  # intercepted: its requests are checked
-        if sni and self.destinations.registry.named(sni, dest.port) is not None:
-            return  # an unregistered destination with a registered host's SNI: intercepted, refused (421)
-        data.ignore_connection = True
-        if self.on_tunnel is not None:
-            self.on_tunnel(client, dest.host, dest.port, self.identity.identity_of_client(client),
-                           {"address": dest.pin, "sni": sni})
-
-    async def server_connect(self, data: server_hooks.ServerConnectionHookData):
-        """Connect to the address that was checked (the pin), never to a fresh DNS answer."""
-        if self.config_addon.current is None:
-            return
-        client, server = data.client, data.server
-        if isinstance(client.proxy_mode, mode_specs.ReverseMode) or server.address is None or server.via:
-            return  # a reverse-mode target is the operator's; it is classified per request
-        host, port = server.address[0], server.address[1]
-        dest = await self._classify(client, host, port)
-        if dest.error is not None and dest.connection is None:
-            server.error = f"wiretrail: {dest.error}"
-            return
-        connect_to = dest.pin or dest.host  # a registered name, canonical ("localhost." -> "localhost")
-        if connect_to != host:
-            if server.sni is None and not dest.is_ip:
-                server.sni = dest.host
-            server.address = (connect_to, port)
-            self.by_client.setdefault(client, {})[(connect_to, port)] = dest
-
-    async def requestheaders(self, flow: http.HTTPFlow):
-        if flow.response is not None or is_refused(flow):
-            return
-        cfg = self.config_addon.current
-        if cfg is None:
-            return
-        req = flow.request
-        reverse = is_reverse(flow)
-        dest = self._known(flow.client_conn, req.host, req.port) or await self._classify(
-            flow.client_conn, req.host, req.port)
-        set_destination(flow, dest)
-        conn = dest.connection
-        set_connection(flow, conn)
-        if conn is None and (dest.error is not None or cfg.policy.unregistered == "deny"):
-            _refuse_unregistered(flow, dest, cfg.policy.unregistered)
-            return
-        why = misdirected(dest, self.destinations.registry, _names_used(flow, reverse))
-        if why is not None:
-            refuse(flow, 421, "misdirected", f"{why}; send the request to the host it names "
-                   "(a CONNECT, a TLS server name and a Host header that agree)", close=True)
-            return
-        if conn is None:
-            if cfg.policy.unregistered == "tunnel" and not reverse:
-                mark_tunneled(flow)
-            return
-        ident = identity_of(flow)
-        if conn.allow_groups and not set(ident.groups) & set(conn.allow_groups):
-            refuse(flow, 403, "forbidden",
-                   f"{ident.sub} is not in a group allowed to use the connection {conn.name!r} "
-                   f"(it needs one of: {', '.join(conn.allow_groups)})")
 
 
 def _names_used(flow: http.HTTPFlow, reverse: bool) -> list[tuple[str, str, int | None]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 
 from recorder import __version__
 
@@ -58,21 +59,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _local_stores(args) -> list:
-    """Store arguments given as s3://BUCKET/PREFIX (a DIR, --dir, or verify's paths) are read
-    from a local copy of the bucket (recorder/store/s3.py), made here and removed after."""
+    """Store arguments given as s3://BUCKET/PREFIX (a DIR, --dir, serve's STORE, or verify's
+    paths) are read from a local copy of the bucket (recorder/store/s3.py), made here and
+    removed after; args.bucket_url keeps the URL (without anything but bucket and prefix)."""
     from recorder.store import s3
 
     copies = []
-    for attr in ("dir", "paths"):
+    for attr in ("dir", "store", "paths"):
         value = getattr(args, attr, None)
         values = value if isinstance(value, list) else [value]
         out = []
         for v in values:
             if isinstance(v, str) and s3.is_url(v):
+                args.bucket_read_at = time.time()  # the copy holds what the bucket held from then on
                 local, tmp = s3.local_copy(v)
                 copies.append(tmp)
                 print(f"wiretrail {args.command}: reading {v} from a copy in {local}", file=sys.stderr)
                 args.from_bucket = True
+                args.bucket_url = str(s3.BucketUrl.parse(v))
                 v = local
             out.append(v)
         if value is not None:

@@ -7,8 +7,11 @@
   regular mode and reverse mode to the fake upstream (or `upstream_url`); returns a
   started tests.support.gateway.Gateway (tests/support/gateway.py)
 - `gateway`: `start_gateway()` with the default test config
+- `module_upstream`, `start_module_gateway` (module scope): the same, shared by the tests of
+  one module, for a fixture that records a store once and lets read-only tests share it.
+  A test that changes such a store works on its own copy (shutil.copytree into tmp_path).
 
-A failing test shows the log of every gateway it started.
+A failing test shows the log of every gateway it (or its module's shared fixtures) started.
 """
 from __future__ import annotations
 
@@ -40,11 +43,7 @@ def upstream(test_ca):
     up.stop()
 
 
-@pytest.fixture
-def start_gateway(request, tmp_path, upstream, test_ca):
-    started: list[Gateway] = []
-    setattr(request.node, _GATEWAYS_ATTR, started)
-
+def _gateway_starter(started: list[Gateway], workdir: Path, upstream: FakeUpstream, test_ca):
     def start(
         config: dict | None = None,
         extra_toml: str = "",
@@ -53,7 +52,7 @@ def start_gateway(request, tmp_path, upstream, test_ca):
         **kw,
     ) -> Gateway:
         gw = Gateway(
-            tmp_path / f"gateway{len(started)}",
+            workdir / f"gateway{len(started)}",
             upstream_url or upstream.base_url,
             test_ca.cert_path,
             config=config,
@@ -65,13 +64,40 @@ def start_gateway(request, tmp_path, upstream, test_ca):
         started.append(gw)
         return gw.start()
 
-    yield start
+    return start
+
+
+def _stop_all(started: list[Gateway]) -> None:
     for gw in started:
         if gw.alive():
             try:
                 gw.stop()
             except AssertionError:
                 pass  # killed; the log is in the report
+
+
+@pytest.fixture
+def start_gateway(request, tmp_path, upstream, test_ca):
+    started: list[Gateway] = []
+    setattr(request.node, _GATEWAYS_ATTR, started)
+    yield _gateway_starter(started, tmp_path, upstream, test_ca)
+    _stop_all(started)
+
+
+@pytest.fixture(scope="module")
+def module_upstream(test_ca):
+    up = FakeUpstream(test_ca, sse_events=5, sse_delay=0.15).start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def start_module_gateway(request, tmp_path_factory, module_upstream, test_ca):
+    """`start_gateway` for module-scoped fixtures: its gateways run behind `module_upstream`."""
+    started: list[Gateway] = []
+    setattr(request.node, _GATEWAYS_ATTR, started)  # the module's node: shown by its failing tests
+    yield _gateway_starter(started, tmp_path_factory.mktemp("module-gateways"), module_upstream, test_ca)
+    _stop_all(started)
 
 
 @pytest.fixture
@@ -84,5 +110,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.failed:
-        for i, gw in enumerate(getattr(item, _GATEWAYS_ATTR, ())):
+        module = item.getparent(pytest.Module)
+        shared = getattr(module, _GATEWAYS_ATTR, ()) if module is not None else ()
+        for gw in [*shared, *getattr(item, _GATEWAYS_ATTR, ())]:
             report.sections.append((f"mitmdump log ({gw.log_path})", gw.log_text()[-20000:]))

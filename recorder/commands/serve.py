@@ -1,7 +1,9 @@
-"""`wiretrail serve [--dir STORE] [--listen 127.0.0.1:8090]`: the review page, read-only.
+"""`wiretrail serve [STORE] [--listen 127.0.0.1:8090]`: the review page, read-only.
 
 The page itself is recorder/review/; this module reads the config, checks that the page can be
-served safely (an identity to check, a review group, public keys), and starts it.
+served safely (an identity to check, a review group, public keys), and starts it. STORE is a
+single gateway's store, a fleet's root (each gateway's part checked against its own ledger), or
+s3://BUCKET/PREFIX, read from a copy taken at start (recorder/cli.py makes it, as for `ls`).
 """
 from __future__ import annotations
 
@@ -28,7 +30,10 @@ def add_parser(subparsers) -> None:
             "development identity it prints a one-time login link."
         ),
     )
-    p.add_argument("--dir", metavar="STORE", help="the session store; default storage.dir of the config")
+    p.add_argument("store", nargs="?", metavar="STORE",
+                   help="the session store: a gateway's store, a fleet's root (storage.dir with gateways/<id>/), "
+                        "or s3://BUCKET/PREFIX (read from a copy taken at start); default storage.dir of the config")
+    p.add_argument("--dir", metavar="STORE", help="the same as STORE")
     p.add_argument("--listen", metavar="HOST:PORT", help="where to listen; default review.listen (127.0.0.1:8090)")
     p.add_argument("--config", metavar="PATH", help="the gateway's config file (default: the embedded demo default)")
     p.add_argument("--key", metavar="PUB", action="append",
@@ -62,17 +67,13 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(str(e))
     where = args.config or "the embedded default config"
-    store = Path(args.dir) if args.dir else Path(config.storage.dir)
+    if args.store and args.dir:
+        return _fail("give the store either as STORE or as --dir, not both")
+    given = args.store or args.dir
+    store = Path(given) if given else Path(config.storage.dir)
     if not store.is_dir():
-        return _fail(f"no session store at {store}: no such directory (give --dir STORE, or --config with "
+        return _fail(f"no session store at {store}: no such directory (give STORE, or --config with "
                      "storage.dir; the gateway makes it at its first session)")
-    from recorder.store import fleet
-
-    if fleet.is_fleet_root(store):
-        parts = ", ".join(str(p) for p in fleet.store_paths(store)[0]) or "none yet"
-        return _fail(f"{store} holds the stores of several gateways; the review page reads one store with its "
-                     f"ledger: give --dir one gateway's part ({parts}). `wiretrail verify`, `ls` and `show` take "
-                     "the whole root")
     identity = config.identity
     if identity.mode != "jwt":
         return _fail(f'{where}: identity.mode is "{identity.mode}": the review page shows sessions to verified '
@@ -112,12 +113,15 @@ def run(args: argparse.Namespace) -> int:
               "carries the identity token; put the page behind a TLS reverse proxy", file=sys.stderr)
 
     auth = ReviewAuth(identity, verifier)
-    index = SessionIndex(store, verifiers)
+    bucket = getattr(args, "bucket_url", None)  # STORE was s3://...: `store` is the local copy
+    index = SessionIndex(store, verifiers, uploaded_copy=bucket is not None)
     t0 = time.monotonic()
-    lv = index.ledger_verdict()
+    ledgers = index.ledgers()
     files = index.files()
-    print(f"store {store}: {len(files)} session file(s); "
-          + (f"ledger {len(lv.read.lines)} entries checked in {time.monotonic() - t0:.2f} s" if lv else "no ledger")
+    checked = [f"{name + ' ' if name else ''}{len(read.lines)}" for name, read in ledgers if read is not None]
+    print(f"store {bucket or store}: {len(files)} session file(s); "
+          + (f"ledger{'s' if len(checked) > 1 else ''} {', '.join(checked)} entries checked in "
+             f"{time.monotonic() - t0:.2f} s" if checked else "no ledger")
           + (f"; signatures checked with key {', '.join(v.key_id for v in verifiers)}" if verifiers else ""),
           flush=True)
 
@@ -131,13 +135,19 @@ def run(args: argparse.Namespace) -> int:
         except (ConfigError, ValueError) as e:
             return _fail(str(e))
         login = (auth.login_link(token), sub)
-    return asyncio.run(_serve(host, port, store, index, auth, verifiers, login))
+    snapshot = None
+    if bucket is not None:
+        snapshot = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(getattr(args, "bucket_read_at", time.time())))
+        print(f"wiretrail serve: showing {bucket} as it was at {snapshot} (a copy taken now; sessions uploaded "
+              "later show after a restart)", flush=True)
+    return asyncio.run(_serve(host, port, store, index, auth, verifiers, login, bucket, snapshot))
 
 
-async def _serve(host, port, store, index, auth, verifiers, login) -> int:
+async def _serve(host, port, store, index, auth, verifiers, login, label=None, snapshot=None) -> int:
     from recorder.review.server import ReviewContext, make_app
 
-    ctx = ReviewContext(store=store, index=index, auth=auth, key_ids=[v.key_id for v in verifiers])
+    ctx = ReviewContext(store=store, index=index, auth=auth, key_ids=[v.key_id for v in verifiers], label=label,
+                        snapshot=snapshot)
     app = make_app(ctx)
     try:
         server = app.listen(port, address=host, xheaders=False)

@@ -1,8 +1,7 @@
 """Config values: the error every config problem raises, secret references, and the kinds of
 value a key may hold (how a TOML value is checked and converted, and the message when it is not).
 
-Generic: nothing here knows a section or a key; recorder/config/__init__.py's SCHEMA puts them
-together.
+Generic: nothing here knows a section or a key; recorder/config/model.py declares the keys with them.
 """
 from __future__ import annotations
 
@@ -84,6 +83,7 @@ class SecretRef:
 class _Context:
     base_dir: Path  # relative paths start here
     secrets: list[SecretRef] = field(default_factory=list)  # read after the whole file checks out
+    root: Any = None  # the whole schema (a _Table), for "it belongs in [storage]" hints
 
 
 _SHOW_MAX = 40  # longer strings are described by length only: a pasted secret must not echo
@@ -135,7 +135,12 @@ class _Bool(_Kind):
 
 
 class _OneOf(_Kind):
-    def __init__(self, *values: str):
+    """One of some strings: `_OneOf("a", "b")`, or `_OneOf(NAMES)` with a tuple (or dict) the code
+    that acts on the value owns, kept as it is so that the two cannot drift apart."""
+
+    def __init__(self, *values: Any):
+        if len(values) == 1 and isinstance(values[0], (tuple, dict)):
+            values = values[0]
         self.values = values
         self.expected = "one of " + ", ".join(json.dumps(v) for v in values)
 

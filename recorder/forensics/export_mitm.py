@@ -63,36 +63,10 @@ def _num(v, default=None):
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
 
 
-def _client_conn(read: SessionRead, ex: Exchange, start: float) -> dict:
-    client = (read.open_record or {}).get("client") or {}
-    conn = (ex.request or {}).get("conn")
+def _conn_state(conn_id: str, *, tls: bool, sni: str | None) -> dict:
+    """The fields mitmproxy's client and server connection states share (no TLS details recorded)."""
     return {
-        "id": str(uuid.uuid5(_NS, f"{read.session_id}:client:{conn}")),
-        "peername": [str(client.get("ip") or "0.0.0.0"), int(client.get("port") or 0)],
-        "sockname": ["", 0],
-        "transport_protocol": "tcp",
-        "error": None,
-        "tls": False,
-        "certificate_list": [],
-        "alpn": None,
-        "alpn_offers": [],
-        "cipher": None,
-        "cipher_list": [],
-        "tls_version": None,
-        "sni": None,
-        "timestamp_end": None,
-        "timestamp_tls_setup": None,
-        "mitmcert": None,
-        "proxy_mode": "regular",
-        "timestamp_start": start,
-    }
-
-
-def _server_conn(read: SessionRead, ex: Exchange, host: str, port: int, tls: bool) -> dict:
-    return {
-        "id": str(uuid.uuid5(_NS, f"{read.session_id}:server:{ex.flow}")),
-        "peername": None,
-        "sockname": None,
+        "id": conn_id,
         "transport_protocol": "tcp",
         "error": None,
         "tls": tls,
@@ -102,11 +76,32 @@ def _server_conn(read: SessionRead, ex: Exchange, host: str, port: int, tls: boo
         "cipher": None,
         "cipher_list": [],
         "tls_version": None,
-        "sni": host if tls else None,
+        "sni": sni,
         "timestamp_end": None,
+        "timestamp_tls_setup": None,
+    }
+
+
+def _client_conn(read: SessionRead, ex: Exchange, start: float) -> dict:
+    client = (read.open_record or {}).get("client") or {}
+    conn = (ex.request or {}).get("conn")
+    return {
+        **_conn_state(str(uuid.uuid5(_NS, f"{read.session_id}:client:{conn}")), tls=False, sni=None),
+        "peername": [str(client.get("ip") or "0.0.0.0"), int(client.get("port") or 0)],
+        "sockname": ["", 0],
+        "mitmcert": None,
+        "proxy_mode": "regular",
+        "timestamp_start": start,
+    }
+
+
+def _server_conn(read: SessionRead, ex: Exchange, host: str, port: int, tls: bool) -> dict:
+    return {
+        **_conn_state(str(uuid.uuid5(_NS, f"{read.session_id}:server:{ex.flow}")), tls=tls, sni=host if tls else None),
+        "peername": None,
+        "sockname": None,
         "timestamp_start": None,
         "timestamp_tcp_setup": None,
-        "timestamp_tls_setup": None,
         "address": [host, port],
         "via": None,
     }

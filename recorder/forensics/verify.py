@@ -357,6 +357,14 @@ def verify_file(path: str | Path, verifiers: list[Verifier] | None = None) -> Fi
     return v
 
 
+def verify_stray(path: Path, root: Path, verifiers: list[Verifier] | None = None) -> FileVerdict:
+    """A session file under a fleet root outside every gateway's store (fleet.store_paths)."""
+    v = verify_file(path, verifiers)
+    v.issues.append(Issue(None, f"not in any gateway's store: {root} holds the stores of several gateways "
+                                f"({fleet.GATEWAYS}/<id>/), and no ledger there names this file"))
+    return v
+
+
 def note_gaps(v: FileVerdict) -> None:
     """Records the gateway could not write as they were (recorder/store/record_repair.py): a gap it
     recorded itself, not tampering; said, with the seq, so that nobody takes the file as whole."""
@@ -410,9 +418,7 @@ def verify_paths(paths: list[str | Path], verifiers: list[Verifier] | None = Non
         expanded.extend(stores)
         for f in stray:
             seen.add(f.resolve())
-            files.append(v := verify_file(f, verifiers))
-            v.issues.append(Issue(None, f"not in any gateway's store: {p} holds the stores of several gateways "
-                                        f"({fleet.GATEWAYS}/<id>/), and no ledger there names this file"))
+            files.append(verify_stray(f, p, verifiers))
     for p in expanded:
         # The ledger of the store p lies in, and those of the stores below it (`wiretrail
         # mcp-stdio` keeps its sessions and its ledger in one of its own): each file answers to

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from recorder.commands.common import parse_time
 from recorder.forensics.exchange import header
@@ -108,9 +109,23 @@ class SessionRow:
     refusals: int
     records: int
     integrity: Integrity
+    part: str = ""  # the key of the part of a fleet's root it lies in (recorder/store/fleet.py); "" = the store
+    gateway: str = ""  # that part's name: the gateway id (the folder its ledger is in)
+
+    @property
+    def href(self) -> str:
+        return session_href(self.session_id, self.part)
 
 
-def make_row(stem: str, rel: str, v: FileVerdict, integrity: Integrity, turns: list[Turn] | None = None) -> SessionRow:
+def session_href(stem: str, part: str = "") -> str:
+    """The page of one session: its part and its id, so that a namesake in another part is never
+    the one opened."""
+    s = quote(stem, safe="")
+    return f"/g/{quote(part, safe='')}/s/{s}" if part else f"/s/{s}"
+
+
+def make_row(stem: str, rel: str, v: FileVerdict, integrity: Integrity, turns: list[Turn] | None = None, *,
+             part: str = "", gateway: str = "") -> SessionRow:
     read = v.read
     s = summarize(read)
     opened = read.open_record or {}
@@ -145,6 +160,8 @@ def make_row(stem: str, rel: str, v: FileVerdict, integrity: Integrity, turns: l
         refusals=sum(1 for t in turns if t.exchange.kind == "auth.refused") + pg["refusals"],
         records=len(read.records),
         integrity=integrity,
+        part=part,
+        gateway=gateway,
     )
 
 

@@ -35,7 +35,8 @@ from recorder.review.session_view import iso, session_view
 
 STATIC_DIR = Path(__file__).with_name("static")
 PAGE_SIZE = 50
-STEM = r"([A-Za-z0-9_-]{1,80})"
+STEM = r"[A-Za-z0-9_-]{1,80}"
+PART = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,140}"  # a part of a fleet's root (recorder/store/fleet.py)
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
@@ -58,6 +59,8 @@ class ReviewContext:
     index: SessionIndex
     auth: ReviewAuth
     key_ids: list[str]
+    label: str | None = None  # what the list calls the store (an s3:// URL read from a local copy)
+    snapshot: str | None = None  # when the store is a copy: when it was taken, said on every list
     secure_cookies: bool = False  # set the cookie's Secure flag (the page is served over https)
     executor: concurrent.futures.Executor | None = None
     log = None  # callable(str) for the access log; default stderr
@@ -180,23 +183,32 @@ class ListHandler(Base):
             return "/?" + urlencode({**filters.query(), "page": str(p)})
 
         self.page("list.html", result=result, filters=filters, error=error, link=link, keys=self.ctx.key_ids,
-                  store=str(self.ctx.store))
+                  store=self.ctx.label or str(self.ctx.store), snapshot=self.ctx.snapshot)
 
 
-class SessionHandler(Base):
-    async def get(self, stem: str):
-        entry = await self.run(self.ctx.index.find, stem)
+class SessionBase(Base):
+    async def entry(self, part: str, stem: str):
+        entry = await self.run(self.ctx.index.find, stem, part)
         if entry is None:
-            raise tornado.web.HTTPError(404, reason=f"no session {stem} in the store")
+            where = f"in the store of {part}" if part else "in the store"
+            raise tornado.web.HTTPError(404, reason=f"no session {stem} {where}")
+        return entry
+
+
+class SessionHandler(SessionBase):
+    async def get(self, stem: str, part: str = ""):
+        entry = await self.entry(part, stem)
         query = self.get_query_argument("q", "").strip()[:200]
         view, version = await self.run(self._build, entry, query)
         self.page("session.html", s=view, version=version)
 
     def _build(self, entry, query):
         index = self.ctx.index
-        v = index.verdict(entry, index.ledger_verdict())
+        v = index.verdict(entry)
         integrity = integrity_of(v, bool(index.verifiers))
-        return session_view(entry.stem, entry.rel, v, integrity, self.ctx.key_ids, query), _version(entry.path)
+        part_name = index.part_name(entry.part) if entry.part else ""
+        return (session_view(entry.stem, entry.rel, v, integrity, self.ctx.key_ids, query, part=entry.part,
+                             part_name=part_name), _version(entry.path))
 
 
 def _version(path: Path) -> str:
@@ -208,20 +220,16 @@ def _version(path: Path) -> str:
     return f"{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}"
 
 
-class PollHandler(Base):
-    async def get(self, stem: str):
-        entry = await self.run(self.ctx.index.find, stem)
-        if entry is None:
-            raise tornado.web.HTTPError(404)
+class PollHandler(SessionBase):
+    async def get(self, stem: str, part: str = ""):
+        entry = await self.entry(part, stem)
         self.set_header("Content-Type", "application/json")
         self.finish(orjson.dumps({"version": _version(entry.path)}))
 
 
-class DownloadHandler(Base):
-    async def get(self, stem: str, kind: str):
-        entry = await self.run(self.ctx.index.find, stem)
-        if entry is None:
-            raise tornado.web.HTTPError(404, reason=f"no session {stem} in the store")
+class DownloadHandler(SessionBase):
+    async def get(self, stem: str, kind: str, part: str = ""):
+        entry = await self.entry(part, stem)
         data, ctype, name = await self.run(self._make, entry.path, stem, kind)
         self.set_header("Content-Type", ctype)
         self.set_header("Content-Disposition", f'attachment; filename="{name}"')
@@ -329,9 +337,12 @@ def make_app(ctx: ReviewContext) -> tornado.web.Application:
     return tornado.web.Application(
         [
             (r"/", ListHandler, kw),
-            (rf"/s/{STEM}", SessionHandler, kw),
-            (rf"/s/{STEM}/poll", PollHandler, kw),
-            (rf"/s/{STEM}/(artifact|har|mitm)", DownloadHandler, kw),
+            (rf"/s/(?P<stem>{STEM})", SessionHandler, kw),
+            (rf"/s/(?P<stem>{STEM})/poll", PollHandler, kw),
+            (rf"/s/(?P<stem>{STEM})/(?P<kind>artifact|har|mitm)", DownloadHandler, kw),
+            (rf"/g/(?P<part>{PART})/s/(?P<stem>{STEM})", SessionHandler, kw),
+            (rf"/g/(?P<part>{PART})/s/(?P<stem>{STEM})/poll", PollHandler, kw),
+            (rf"/g/(?P<part>{PART})/s/(?P<stem>{STEM})/(?P<kind>artifact|har|mitm)", DownloadHandler, kw),
             (r"/login", LoginHandler, kw),
             (r"/login/once/([A-Za-z0-9_-]{20,100})", LoginOnceHandler, kw),
             (r"/logout", LogoutHandler, kw),

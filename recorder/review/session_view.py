@@ -23,7 +23,7 @@ from recorder.forensics.transcript import Turn, build
 from recorder.forensics.transcript.model import Message, Part
 from recorder.forensics.verify import FileVerdict
 from recorder.review.integrity import Integrity
-from recorder.review.listing import Agent, agent_of, has_error, token_usage, tool_calls
+from recorder.review.listing import Agent, agent_of, has_error, session_href, token_usage, tool_calls
 from recorder.forensics.transcript.rpc import messages_text
 from recorder.store import format_v1
 
@@ -535,6 +535,8 @@ class SessionView:
     query: str = ""
     hits: list[SearchHit] = field(default_factory=list)
     hit_total: int = 0
+    href: str = ""  # this page's path (listing.session_href)
+    part: str = ""  # the name of the fleet part it lies in (its gateway's folder), or ""
 
     @property
     def live(self) -> bool:
@@ -561,7 +563,7 @@ def _position(item) -> int:
 
 
 def session_view(stem: str, rel: str, v: FileVerdict, integrity: Integrity, keys: list[str],
-                 query: str = "") -> SessionView:
+                 query: str = "", *, part: str = "", part_name: str = "") -> SessionView:
     read = v.read
     records = read.records
     opened = read.open_record or {}
@@ -599,7 +601,8 @@ def session_view(stem: str, rel: str, v: FileVerdict, integrity: Integrity, keys
         integrity=integrity,
         identity=_identity(opened),
         client=s.client or "-",
-        gateway=f"{gw.get('host', '-')} (wiretrail {gw.get('version', '?')})",
+        gateway=(f"{gw['id']} on " if isinstance(gw.get("id"), str) else "")
+        + f"{gw.get('host', '-')} (wiretrail {gw.get('version', '?')})",
         agent=agent_of(records),
         start=iso(s.start),
         end=iso(s.end),
@@ -617,4 +620,6 @@ def session_view(stem: str, rel: str, v: FileVerdict, integrity: Integrity, keys
         query=query,
         hits=hits,
         hit_total=total,
+        href=session_href(stem, part),
+        part=part_name,
     )

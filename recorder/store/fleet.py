@@ -6,12 +6,13 @@ Nothing is shared between gateways but the root, so they need no coordination: e
 own ledger (locked, so two processes with the same id cannot both record), its own recovery and
 retention, and session ids are unique by construction (time plus 80 random bits).
 
-Readers (`verify`, `ls`, `show`, `serve`) take the root: ls, show and serve search it
-recursively; verify checks each gateway's store against its own ledger (`store_paths`).
+Readers (`verify`, `ls`, `show`, `serve`) take the root: ls and show search it recursively;
+verify and serve check each gateway's store against its own ledger (`store_paths`, `parts`).
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from recorder.store import format_v1
@@ -63,9 +64,49 @@ def store_paths(path: Path) -> tuple[list[Path], list[Path]]:
         return [path], []
     gateways = path / GATEWAYS
     stdio = path / STDIO_STORES
-    stores = sorted(p for p in gateways.iterdir() if p.is_dir())
-    stores += sorted(p for p in stdio.iterdir() if p.is_dir()) if stdio.is_dir() else []
+    stores = _fleet_stores(path)
     stray = sorted(f for f in path.rglob("*" + format_v1.FILE_SUFFIX)
                    if f.is_file() and gateways not in f.parents and stdio not in f.parents)
     stray += sorted(f for f in gateways.glob("*" + format_v1.FILE_SUFFIX) if f.is_file())
+    stray += sorted(f for f in stdio.glob("*" + format_v1.FILE_SUFFIX) if f.is_file()) if stdio.is_dir() else []
     return stores, stray
+
+
+def _fleet_stores(root: Path) -> list[Path]:
+    gateways, stdio = root / GATEWAYS, root / STDIO_STORES
+    stores = sorted(p for p in gateways.iterdir() if p.is_dir())
+    return stores + (sorted(p for p in stdio.iterdir() if p.is_dir()) if stdio.is_dir() else [])
+
+
+STRAY = "_outside"  # the key of a fleet root's files outside every part (not a gateway id: "_")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One store under a root that answers to its own ledger."""
+
+    key: str  # "" for the root's own store; a gateway id; "mcp-stdio.<slot>"; STRAY
+    name: str  # as a reader names it: "", "gw1", "mcp-stdio/<slot>"
+    path: Path
+    prune: frozenset[str] = frozenset()  # folders (relative to path) whose subfolders are other parts
+
+
+def parts(root: Path) -> list[Part]:
+    """The stores under `root` as the review page reads them, split as `store_paths` splits them
+    for verify: a fleet root's gateways' and mcp-stdio stores, and (STRAY) the folders that hold
+    its stray files; a single store and the mcp-stdio stores beside its files."""
+    root = Path(root)
+    if is_fleet_root(root):
+        out = [_part(root, s) for s in _fleet_stores(root)]
+        return out + [Part(STRAY, "outside every gateway's store", root, frozenset({GATEWAYS, STDIO_STORES}))]
+    stdio = root / STDIO_STORES
+    below = sorted(p for p in stdio.iterdir() if p.is_dir()) if stdio.is_dir() else []
+    return [Part("", "", root, frozenset({STDIO_STORES}))] + [_part(root, s) for s in below]
+
+
+def _part(root: Path, store: Path) -> Part:
+    # Keys never collide: a gateway id has no ".", the others start with their folder's name.
+    if store.parent.name == STDIO_STORES:
+        return Part(f"{STDIO_STORES}.{store.name}", f"{STDIO_STORES}/{store.name}", store)
+    key = store.name if _ID.fullmatch(store.name) else f"{GATEWAYS}.{store.name}"
+    return Part(key, store.name, store)

@@ -4,7 +4,8 @@ bucket. Only the settings block is replaced (by this machine's ports, a local TL
 standing in for the API and the stand-in bucket). Ground truth is the upstream's own log: every
 request it got is recorded in one of the two gateways' parts, both gateways got traffic, the
 upstream saw the gateway's credential and the store never holds it; and the bucket itself:
-it holds every session file with its checksum."""
+it holds every session file with its checksum; the review page the doc starts over the bucket
+lists both gateways' sessions, verified."""
 from __future__ import annotations
 
 import base64
@@ -30,7 +31,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240),
 DOC = REPO_ROOT / "docs" / "deployment.md"
 _BLOCK = re.compile(r"^```sh\n(.*?)^```$", re.S | re.M)
 SETTINGS_MARK = "# settings:"
-PID_FILES = ("haproxy.pid", "gw1.pid", "gw2.pid")
+PID_FILES = ("haproxy.pid", "gw1.pid", "gw2.pid", "review.pid")
+ROW = re.compile(r'<tr class="row" data-session="([0-9A-Z]+)" data-gateway="([^"]*)">\s*<td><span class="badge '
+                 r'b-(\w+)"')
 
 
 def doc_blocks() -> list[str]:
@@ -57,7 +60,7 @@ def test_deployment_doc_runs_as_written(tmp_path, upstream, test_ca):
 
 
 def _run_doc(blocks, tmp_path, upstream, test_ca, bucket):
-    gw1, gw2, lb = free_ports(3)
+    gw1, gw2, lb, review = free_ports(4)
     secret = "sk-doc-test-" + os.urandom(8).hex()
     settings = {
         "WT": str(tmp_path / "wt"),
@@ -65,7 +68,7 @@ def _run_doc(blocks, tmp_path, upstream, test_ca, bucket):
         "UPSTREAM_HOST": "127.0.0.1",
         "UPSTREAM_PORT": str(upstream.port),
         "OPENAI_API_KEY": secret,
-        "GW1_PORT": str(gw1), "GW2_PORT": str(gw2), "LB_PORT": str(lb),
+        "GW1_PORT": str(gw1), "GW2_PORT": str(gw2), "LB_PORT": str(lb), "REVIEW_PORT": str(review),
         "MITMDUMP_OPTS": f"--set ssl_verify_upstream_trusted_ca={test_ca.cert_path}",
         "BUCKET": "doc-walkthrough",
         **bucket.env,  # AWS_REGION, AWS_ENDPOINT_URL, and the stand-in's credentials
@@ -113,6 +116,10 @@ def _run_doc(blocks, tmp_path, upstream, test_ca, bucket):
         assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(p.read_bytes()).digest()).decode(), key
     lock = s3.get_object_lock_configuration(Bucket=settings["BUCKET"])["ObjectLockConfiguration"]
     assert lock["Rule"]["DefaultRetention"]["Mode"] == "COMPLIANCE"
+    # The review page the doc started over the bucket listed both gateways' sessions, verified
+    # each against its own gateway's ledger.
+    listed = {(gid, sid): state for sid, gid, state in ROW.findall((wt / "review.html").read_text())}
+    assert listed == {(gid, s.session_id): "verified" for gid, a in parts.items() for s in a.sessions}, listed
 
 
 def _plain(path: Path) -> bytes:

@@ -3,6 +3,7 @@ second fake upstream (the sandbox), shown as a transcript, and exported."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import zstandard
 from tests.support import upstream as fake
 from tests.support.checks import finish
 from tests.support.clients import httpx_client, new_test_id, openai_client
+from tests.support.shared_store import kept_read_only
 from tests.support.upstream import FakeUpstream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -30,9 +32,11 @@ def sandbox(test_ca):
     up.stop()
 
 
-@pytest.fixture
-def recorded(gateway, upstream):
-    """A session with a JSON chat request, an SDK stream (SSE) and a streamed request body."""
+@pytest.fixture(scope="module")
+def recorded(start_module_gateway, module_upstream):
+    """A session with a JSON chat request, an SDK stream (SSE) and a streamed request body,
+    recorded once for the module: tests only read it (the one that tampers works on a copy)."""
+    gateway, upstream = start_module_gateway(), module_upstream
     tids = {"json": new_test_id(), "stream": new_test_id(), "upload": new_test_id()}
     with httpx_client(gateway, "proxy", upstream) as client:
         r = client.post(
@@ -49,7 +53,8 @@ def recorded(gateway, upstream):
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == fake.stream_text(upstream.sse_events)
     art = finish(gateway)
     [path] = art.paths
-    return path, tids, upstream
+    with kept_read_only(gateway.store_dir):
+        yield path, tids, upstream
 
 
 def run_replay(*args, timeout=60) -> subprocess.CompletedProcess:
@@ -127,8 +132,10 @@ def _tamper(path: Path) -> None:
     path.write_bytes(cobj.compress(b"".join(x + b"\n" for x in lines)) + cobj.flush())
 
 
-def test_replay_refuses_a_tampered_artifact_unless_forced(recorded, sandbox, test_ca):
-    path, _, _ = recorded
+def test_replay_refuses_a_tampered_artifact_unless_forced(recorded, sandbox, test_ca, tmp_path):
+    shared, _, _ = recorded
+    path = tmp_path / shared.name  # the shared recording stays whole for the other tests
+    shutil.copyfile(shared, path)
     _tamper(path)
     res = run_replay(path, "--target", sandbox.base_url, "--ca", test_ca.cert_path)
     assert res.returncode == 1

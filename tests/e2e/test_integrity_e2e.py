@@ -27,6 +27,7 @@ from tests.support.artifacts import Artifacts
 from tests.support.checks import assert_every_upstream_request_recorded, wait_until
 from tests.support.clients import httpx_client, new_test_id
 from tests.support.gateway import WIRETRAIL
+from tests.support.shared_store import kept_read_only
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -91,12 +92,14 @@ def post(client: httpx.Client, tid: str, body: bytes | None = None) -> httpx.Res
 # -- a signed store, and every tamper kind on it --------------------------------------------
 
 
-@pytest.fixture
-def signed_store(start_gateway, upstream, tmp_path):
-    """Three sealed sessions (two closed idle, one at shutdown) written by a real gateway."""
-    priv, pub = keygen(tmp_path / "keys")
-    store = tmp_path / "store"
-    gw = start_gateway(config={**signed(store, priv), "sessions": {"idle_timeout": 0.4}})
+@pytest.fixture(scope="module")
+def signed_store(start_module_gateway, module_upstream, tmp_path_factory):
+    """Three sealed sessions (two closed idle, one at shutdown) written by a real gateway, once
+    for the module: every test that tampers works on its own copy (`tampered`)."""
+    upstream, workdir = module_upstream, tmp_path_factory.mktemp("signed-store")
+    priv, pub = keygen(workdir / "keys")
+    store = workdir / "store"
+    gw = start_module_gateway(config={**signed(store, priv), "sessions": {"idle_timeout": 0.4}})
     with httpx_client(gw, "reverse") as client:
         for i in range(3):
             for _ in range(3):
@@ -105,7 +108,8 @@ def signed_store(start_gateway, upstream, tmp_path):
                 assert wait_until(lambda: sum(e["t"] == "session.close" for e in ledger_entries(store)) > i)
     assert gw.stop() == 0
     assert_every_upstream_request_recorded(upstream, Artifacts(store))
-    return store, pub
+    with kept_read_only(store), kept_read_only(pub.parent):
+        yield store, pub
 
 
 def test_signed_store_verifies(signed_store):

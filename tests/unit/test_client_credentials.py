@@ -22,7 +22,7 @@ def test_every_module_takes_the_credential_headers_from_one_list():
     assert header_masking.MASKED_HEADERS is cc.MASKED_HEADERS
     assert set(cc.CREDENTIAL_HEADERS) <= cc.MASKED_HEADERS
     inject = next(k for p, k in cfgmod.iter_keys() if p == "connections[].inject")
-    assert inject.kind.values == cc.INJECT_MODES
+    assert inject.kind.values is cc.INJECT_MODES
     assert set(cc.INJECT_HEADER.values()) <= set(cc.CREDENTIAL_HEADERS)
     rule = next(r for r in RULES if r["id"] == "authorization-header")
     assert cc.header_name_pattern() in rule["regex"] and rule["keywords"] == cc.header_name_keywords()

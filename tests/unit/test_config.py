@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from recorder import config as cfgmod
+from recorder.config.schema import _Table
 from recorder.config import (
     EMBEDDED_DEFAULT,
     ConfigError,
@@ -141,29 +142,56 @@ def test_defaults_fill_missing_sections():
     assert config.source == Path("gw.toml")
 
 
-def _tables(table=cfgmod.SCHEMA):
-    yield table
-    for key in table.keys:
-        kind = key.kind.table if isinstance(key.kind, cfgmod._Tables) else key.kind
-        if isinstance(kind, cfgmod._Table):
-            yield from _tables(kind)
-
-
-def test_schema_and_dataclasses_agree():
-    """SCHEMA is the one source; the dataclasses (which code may build directly) must match it."""
+def test_each_default_is_declared_once_and_is_what_a_file_without_the_key_gives():
+    """A key's default lives on its dataclass field: the schema reads it from there, and a file
+    that gives only the required keys builds exactly the dataclasses' defaults."""
+    minimal = BASE + CONN + '[[masking.rules]]\nid = "r"\nregex = "x+"\n'
+    config = parse(minimal)
+    assert config == cfgmod.GatewayConfig(
+        storage=cfgmod.StorageConfig(dir=Path("/cfg/s")),
+        identity=cfgmod.IdentityConfig(mode="none"),
+        masking=cfgmod.MaskingConfig(rules=(cfgmod.MaskingRule(id="r", regex="x+"),)),
+        connections=(cfgmod.ConnectionConfig(name="a", hosts=("a.example.com",)),),
+        source=Path("gw.toml"))
+    given = ("identity.mode", "masking.rules", "connections[].hosts")  # set above: the others are defaults
     checked = 0
-    for table in _tables():
-        if not dataclasses.is_dataclass(table.make):
+    for path, key in cfgmod.iter_keys():
+        section, _, name = path.rpartition(".")
+        if not section or key.required or path in given:
             continue
-        fields = dataclasses.fields(table.make)
-        assert [f.name for f in fields] == [k.name for k in table.keys], table.make
-        for f, key in zip(fields, table.keys):
-            if key.required:
-                assert f.default is dataclasses.MISSING, f.name
-            else:
-                assert f.default == key.default, f.name
-            checked += 1
-    assert checked == sum(1 for _ in cfgmod.iter_keys()) - len(cfgmod.SCHEMA.keys)  # all but the top-level sections
+        item = {"connections[]": config.connections[0], "masking.rules[]": config.masking.rules[0]}.get(section)
+        item = item if item is not None else getattr(config, section)
+        field = next(f for f in dataclasses.fields(item) if f.name == name)
+        assert getattr(item, name) == key.default == field.default, path
+        checked += 1
+    assert checked == sum(1 for p, k in cfgmod.iter_keys() if "." in p and not k.required) - len(given)
+
+
+def test_every_key_has_a_doc_and_each_kind_of_connection_its_own_keys():
+    assert [p for p, k in cfgmod.iter_keys() if not k.doc.strip()] == []
+    postgres_only = {p for p, k in cfgmod.iter_keys() if k.only_kind == "postgres"}
+    assert "connections[].listen" in postgres_only and "connections[].name" not in postgres_only
+    for path in sorted(postgres_only):
+        name = path.rpartition(".")[2]
+        value = {"upstream_tls": '"disable"', "allow_plaintext": "true", "sample_rows": "1"}.get(name, '"x:1"')
+        assert error_of(BASE + CONN + f"{name} = {value}\n") == \
+            f'gw.toml: connections[0].{name}: only for kind = "postgres" (this connection is kind "http")'
+
+
+def test_allowed_values_have_one_home():
+    """The values the code acts on and the values the config allows are the same tuple."""
+    from recorder.auth.credentials import INJECT_MODES
+    from recorder.config.presets import PRESETS
+    from recorder.protocols.postgres.upstream import TLS_MODES
+    from recorder.store.anchors import SYSLOG_FACILITIES
+    from recorder.store.writer_protocol import FSYNC_POLICIES
+
+    kinds = {p: k.kind for p, k in cfgmod.iter_keys()}
+    assert kinds["storage.fsync"].values is FSYNC_POLICIES
+    assert kinds["connections[].upstream_tls"].values is TLS_MODES
+    assert kinds["connections[].inject"].values is INJECT_MODES
+    assert kinds["connections[].preset"].values is PRESETS
+    assert kinds["anchors.syslog_facility"].values is SYSLOG_FACILITIES
 
 
 def test_numbers_sizes_and_lists_convert():
@@ -234,13 +262,6 @@ def test_doc_embeds_the_embedded_default_verbatim():
     m = re.search(r"<!-- embedded-default -->\n```toml\n(.*?)```", DOC.read_text(), re.DOTALL)
     assert m, "docs/configuration.md lost its embedded-default block"
     assert m.group(1) == EMBEDDED_DEFAULT
-
-
-def test_doc_documents_every_key():
-    doc = DOC.read_text()
-    sections = {k.name for k in cfgmod.SCHEMA.keys if isinstance(k.kind, cfgmod._Table)}  # [storage] ...
-    missing = [path for path, _ in cfgmod.iter_keys() if path not in sections and f"`{path}`" not in doc]
-    assert missing == []
 
 
 def test_doc_production_example_loads(tmp_path, monkeypatch):
@@ -354,15 +375,30 @@ def test_read_only_tools_load_without_the_upstream_secrets(tmp_path, monkeypatch
     assert load_config(cfg, read_secrets=False).storage.dir == tmp_path / "s"
 
 
-def test_the_reference_tables_types_defaults_and_allowed_values_come_from_the_schema():
+def test_the_reference_tables_are_generated_whole_from_the_schema():
     from recorder.config import docs
 
-    assert docs.problems(DOC.read_text()) == []
-    # One fact, one place: a changed default or range in the schema shows up as a docs problem.
-    storage = next(k for k in cfgmod.SCHEMA.keys if k.name == "storage").kind
+    text = DOC.read_text()
+    assert docs.problems(text) == []
+    # Every key is a row of one generated table, every cell of it from the key's declaration.
+    for path, key in cfgmod.iter_keys():
+        if "." in path or not isinstance(key.kind, _Table):
+            assert docs.row(path, key) in text, path
+    assert docs.row("storage.fsync", cfgmod.SCHEMA.by_name["storage"].kind.by_name["fsync"]) == (
+        '| `storage.fsync` | string | `"batch"` | `"batch"`, `"always"`, `"never"` | `batch`: one fsync per batch '
+        "of records (group commit); `always`: fsync after every record; `never`: leave flushing to the OS (a crash "
+        "may lose the last records). |\n")
+    # A changed default, doc or allowed value in the schema, or a row edited by hand, is a docs problem.
+    storage = cfgmod.SCHEMA.by_name["storage"].kind
     fsync = storage.by_name["fsync"]
-    try:
-        object.__setattr__(fsync, "default", "always")
-        assert "derived columns out of step" in " ".join(docs.problems(DOC.read_text()))
-    finally:
-        object.__setattr__(fsync, "default", "batch")
+    for attr, value in (("default", "always"), ("doc", "fsync, sometimes")):
+        old = getattr(fsync, attr)
+        try:
+            object.__setattr__(fsync, attr, value)
+            assert "reference tables out of step" in " ".join(docs.problems(text)), attr
+        finally:
+            object.__setattr__(fsync, attr, old)
+    edited = text.replace("Seconds between signed checkpoints", "Seconds between checkpoints")
+    assert "reference tables out of step" in " ".join(docs.problems(edited))
+    assert "storage.dir: in the schema, in no reference table" in " ".join(
+        docs.problems(text.replace("<!-- reference: storage -->\n", "")))

@@ -90,7 +90,7 @@ def test_verify_catches_a_file_moved_between_gateways_parts(fleet_root):
 def test_verify_flags_a_session_file_outside_every_gateways_part(fleet_root):
     root, verifiers = fleet_root
     f = next((root / "gateways" / "gw1").rglob("*.jsonl.zst"))
-    for where in (root / "2026" / f.name, root / "gateways" / f.name):
+    for where in (root / "2026" / f.name, root / "gateways" / f.name, root / "mcp-stdio" / f.name):
         where.parent.mkdir(exist_ok=True)
         shutil.copy(f, where)
         report = verify.verify_paths([root], verifiers)
@@ -119,17 +119,130 @@ def test_a_bucket_copy_never_writes_outside_its_folder_or_other_kinds_of_file(tm
         assert s3.safe_target(tmp_path, key) is None, key
 
 
-def test_serve_on_a_fleet_root_names_the_parts_it_can_serve(fleet_root, tmp_path):
-    import subprocess
-    import sys
+# -- the review page over a fleet's root (recorder/review/index.py) ------------------------------
 
-    root, _ = fleet_root
-    cfg = tmp_path / "gw.toml"
-    cfg.write_text(f'[storage]\ndir = "{root}"\n[identity]\nmode = "none"\n')
-    r = subprocess.run([str(Path(sys.executable).parent / "wiretrail"), "serve", "--config", str(cfg)],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "holds the stores of several gateways" in r.stderr, r.stderr
-    assert str(root / "gateways" / "gw1") in r.stderr and str(root / "gateways" / "gw2") in r.stderr
+
+def _rows(index):
+    from recorder.review.listing import Filters
+
+    return index.page(Filters())
+
+
+def _zst_edit(path: Path, old: bytes, new: bytes) -> None:
+    import zstandard
+
+    data = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+    assert old in data
+    path.write_bytes(zstandard.ZstdCompressor().compress(data.replace(old, new)))
+
+
+def test_the_review_index_reads_each_gateways_part_against_its_own_ledger(fleet_root):
+    from recorder.review.index import SessionIndex
+
+    root, verifiers = fleet_root
+    page = _rows(SessionIndex(root, verifiers))
+    assert len(page.rows) == 4 and page.ledger_problems == [] and page.no_ledger == []
+    assert sorted(page.gateways) == ["gw1", "gw2"]
+    for r in page.rows:
+        assert r.integrity.state == "verified", r.integrity.detail
+        assert r.gateway == r.part in ("gw1", "gw2") and r.href == f"/g/{r.part}/s/{r.session_id}"
+    by_gw = {g: [r for r in page.rows if r.gateway == g] for g in ("gw1", "gw2")}
+    assert len(by_gw["gw1"]) == len(by_gw["gw2"]) == 2
+    # What verify says of the root, the page says of its rows: one file edited in gw1's part,
+    # one deleted from gw2's.
+    edited = next((root / "gateways" / "gw1").rglob("*.jsonl.zst"))
+    _zst_edit(edited, b'"refused"', b'"refuseX"')
+    deleted = next((root / "gateways" / "gw2").rglob("*.jsonl.zst"))
+    deleted.unlink()
+    report = verify.verify_paths([root], verifiers)
+    page = _rows(SessionIndex(root, verifiers))
+    assert {r.session_id: r.integrity.state for r in page.rows} == \
+        {v.path.name.split(".")[0]: ("tampered" if not v.ok else "verified") for v in report.files}
+    assert [r.integrity.state for r in page.rows if r.session_id == edited.name.split(".")[0]] == ["tampered"]
+    assert [p for p in page.ledger_problems if p.startswith("gw2: session file deleted or moved")], page.ledger_problems
+    assert not [p for p in page.ledger_problems if p.startswith("gw1:")]
+
+
+def test_a_namesake_in_another_part_is_never_the_one_opened(fleet_root, tmp_path):
+    """gw1's file copied into gw2's part under the same path: two rows, two links; gw2's copy is
+    planted (its ledger does not name it), gw1's stays verified, over HTTP too."""
+    import httpx
+
+    from recorder.auth.identity import TokenVerifier
+    from recorder.review.auth import ReviewAuth
+    from recorder.review.index import SessionIndex
+    from recorder.review.server import ReviewContext
+    from tests.unit.test_review import Running, dev_identity, token
+
+    root, verifiers = fleet_root
+    f = next((root / "gateways" / "gw1").rglob("*.jsonl.zst"))
+    twin = root / "gateways" / "gw2" / f.relative_to(root / "gateways" / "gw1")
+    shutil.copy(f, twin)
+    stem = f.name.split(".")[0]
+    index = SessionIndex(root, verifiers)
+    page = _rows(index)
+    both = {r.part: r for r in page.rows if r.session_id == stem}
+    assert both["gw1"].integrity.state == "verified" and both["gw2"].integrity.state == "tampered"
+    assert "not in the ledger" in both["gw2"].integrity.detail
+    assert index.find(stem, "gw1").path == f and index.find(stem, "gw2").path == twin
+    assert index.find(stem) is None  # no part named: no guess
+    ident = dev_identity(tmp_path)
+    ctx = ReviewContext(store=root, index=index, auth=ReviewAuth(ident, TokenVerifier(ident)), key_ids=["k"])
+    ctx.log = lambda *a: None
+    with Running(ctx) as base, httpx.Client(base_url=base, trust_env=False,
+                                            headers={"Authorization": f"Bearer {token()}"}) as c:
+        listing = c.get("/").text
+        assert f'href="/g/gw1/s/{stem}"' in listing and f'href="/g/gw2/s/{stem}"' in listing
+        assert listing.count('<td class="gateway mono">gw1</td>') == 2
+        assert listing.count('<td class="gateway mono">gw2</td>') == 3
+        ok, planted = c.get(f"/g/gw1/s/{stem}"), c.get(f"/g/gw2/s/{stem}")
+        assert ok.status_code == planted.status_code == 200
+        assert ">sealed · verified</span>" in ok.text and ">tampered</span>" in planted.text
+        assert f'href="/g/gw1/s/{stem}/artifact"' in ok.text and "gw1 · " in ok.text
+        assert c.get(f"/g/gw2/s/{stem}/artifact").content == twin.read_bytes()
+        assert c.get(f"/s/{stem}").status_code == 404  # the fleet's sessions are named by their part
+        for bad in (f"/g/gw3/s/{stem}", f"/g/..%2Fgw1/s/{stem}", f"/g/gateways/s/{stem}", f"/g/gw1/s/../../etc"):
+            assert c.get(bad).status_code == 404, bad
+
+
+def test_a_file_outside_every_part_and_a_part_without_its_ledger_are_shown(fleet_root):
+    from recorder.review.index import SessionIndex
+
+    root, verifiers = fleet_root
+    f = next((root / "gateways" / "gw1").rglob("*.jsonl.zst"))
+    (root / "2026").mkdir()
+    stray = root / "2026" / f.name
+    shutil.copy(f, stray)
+    (root / "gateways" / "gw2" / "ledger.jsonl").unlink()
+    page = _rows(SessionIndex(root, verifiers))
+    outside = [r for r in page.rows if r.part == fleet.STRAY]
+    assert len(outside) == 1 and outside[0].integrity.state == "tampered"
+    assert "not in any gateway's store" in outside[0].integrity.detail
+    assert page.no_ledger == ["gw2"]
+
+
+def test_a_gateway_part_that_is_a_symlink_out_of_the_store_is_not_read(fleet_root, tmp_path):
+    from recorder.review.index import SessionIndex
+
+    root, verifiers = fleet_root
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(root / "gateways" / "gw2", elsewhere)
+    (root / "gateways" / "gw3").symlink_to(elsewhere)
+    page = _rows(SessionIndex(root, verifiers))
+    assert {r.part for r in page.rows} == {"gw1", "gw2"}
+    assert any(p.startswith("gw3: a symbolic link, not read") for p in page.ledger_problems)
+
+
+def test_parts_have_keys_that_cannot_collide(tmp_path):
+    root = tmp_path / "root"
+    for d in ("gateways/gw1", "gateways/Odd.name", "mcp-stdio/host.0.0"):
+        (root / d).mkdir(parents=True)
+    keys = {p.key: p.name for p in fleet.parts(root)}
+    assert keys == {"gw1": "gw1", "gateways.Odd.name": "Odd.name", "mcp-stdio.host.0.0": "mcp-stdio/host.0.0",
+                    fleet.STRAY: "outside every gateway's store"}
+    single = tmp_path / "single"
+    (single / "mcp-stdio" / "h.0.0").mkdir(parents=True)
+    assert [p.key for p in fleet.parts(single)] == ["", "mcp-stdio.h.0.0"]
 
 
 def stdio_part(root: Path, slot: str, signer) -> Path:
@@ -165,3 +278,10 @@ def test_mcp_stdio_stores_verify_beside_a_fleet_or_a_single_gateway(tmp_path, fl
     assert report.code == 0, report
     assert any(lv.path.parent.name == "host.0.0" for lv in report.ledgers)
     assert any("mcp.open" in {r.get("t") for r in v.read.records} for v in report.files)
+    # The review page reads the stdio store against its own ledger too, as verify does.
+    from recorder.review.index import SessionIndex
+
+    page = _rows(SessionIndex(root, verifiers))
+    assert page.ledger_problems == [] and {r.integrity.state for r in page.rows} == {"verified"}, \
+        [(r.gateway, r.integrity.detail) for r in page.rows]
+    assert "mcp-stdio/host.0.0" in {r.gateway for r in page.rows}

@@ -25,9 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+from recorder.http.sse import SSEEvent, SSEParser
 from recorder.protocols.mcp import jsonrpc
 from recorder.protocols.mcp.session import HTTP_SSE, STREAMABLE, McpSession
-from recorder.protocols.mcp.wire import CLIENT, SESSION_HEADER, SERVER, SseParser
+from recorder.protocols.mcp.wire import CLIENT, SESSION_HEADER, SERVER
 
 ACCEPT = "application/json, text/event-stream"
 NO_ANSWER = -32603
@@ -115,17 +116,14 @@ class _Live:
                              daemon=True).start()
 
     def read_stream(self, resp) -> None:
-        parser = SseParser()
+        parser = SSEParser()
         for data in resp.iter_bytes():
-            parser.feed(data, 0, 0)
-            self._take(parser)
+            self._take(parser.feed(data))
             if self.closed:
                 return
-        parser.feed(b"", 0, 0, final=True)
-        self._take(parser)
+        self._take(parser.feed(b"", final=True))
 
-    def _take(self, parser: SseParser) -> None:
-        events, parser.events = parser.events, []
+    def _take(self, events: list[SSEEvent]) -> None:
         for ev in events:
             if ev.event == "endpoint":
                 with self.cond:

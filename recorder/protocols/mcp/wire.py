@@ -10,13 +10,13 @@ Over stdio (`wiretrail mcp-stdio`) each `mcp.message` record is one line, one me
 """
 from __future__ import annotations
 
-import codecs
 import json
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from recorder.store import format_v1
 from recorder.http import json_depth
+from recorder.http.sse import SSEEvent, SSEParser, is_sse
 from recorder.protocols.mcp.jsonrpc import rpc_messages
 
 CLIENT = "client"
@@ -53,81 +53,14 @@ class WireMessage:
         return self.ts if self.ts_min is None else min(self.ts_min, self.ts)
 
 
-@dataclass
-class SseEvent:
-    event: str
-    data: str
-    id: str | None
-    ts: float
-    seq: int
-    ts_min: float | None = None
-
-
-class SseParser:
-    """Server-Sent Events from text fed in pieces (the recorded chunks), each event stamped
-    with the time and seq of the piece that completed it."""
-
-    def __init__(self):
-        self.ts_min: float | None = None  # the time of the piece before the current one
-        self._buf = ""
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._data: list[str] = []
-        self._event = ""
-        self._id: str | None = None
-        self.events: list[SseEvent] = []
-
-    def feed(self, data: bytes, ts: float, seq: int, final: bool = False) -> None:
-        self._buf += self._decoder.decode(data, final)
-        text = self._buf
-        start = 0
-        i = 0
-        n = len(text)
-        while i < n:
-            c = text[i]
-            if c == "\n" or c == "\r":
-                if c == "\r" and i + 1 == n and not final:
-                    break  # a CR at the end may be half of a CRLF
-                self._line(text[start:i], ts, seq)
-                i += 2 if c == "\r" and i + 1 < n and text[i + 1] == "\n" else 1
-                start = i
-                continue
-            i += 1
-        self._buf = text[start:]
-        if final:
-            if self._buf:
-                self._line(self._buf, ts, seq)
-                self._buf = ""
-            self._line("", ts, seq)  # a stream cut before its blank line still has its last event
-
-    def _line(self, line: str, ts: float, seq: int) -> None:
-        if line == "":
-            if self._data or self._event:
-                self.events.append(SseEvent(self._event or "message", "\n".join(self._data), self._id, ts, seq,
-                                            self.ts_min))
-            self._data, self._event, self._id = [], "", None
-            return
-        if line.startswith(":"):
-            return
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id":
-            self._id = value
-
-
 def _num(rec: dict | None, key: str, default=0):
     v = (rec or {}).get(key)
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else default
 
 
 def _is_sse(content_type: str | None, body_start: bytes) -> bool:
-    if content_type and "text/event-stream" in content_type.lower():
-        return True
-    return body_start.lstrip()[:6] in (b"data:", b"event:") or body_start.lstrip()[:3] == b"id:"
+    # A stream may also start with its event's id.
+    return is_sse(content_type, body_start) or body_start.lstrip()[:3] == b"id:"
 
 
 def _json_messages(data: bytes) -> list[dict]:
@@ -141,7 +74,7 @@ class ExchangeWire:
     messages: list[WireMessage]
     endpoint: str | None = None  # the HTTP+SSE `endpoint` event's URL
     sse_events: int = 0
-    other_events: list[SseEvent] | None = None  # SSE events that are neither JSON-RPC nor the endpoint
+    other_events: list[SSEEvent] | None = None  # SSE events that are neither JSON-RPC nor the endpoint
 
 
 def exchange_wire(ex) -> ExchangeWire:
@@ -170,13 +103,13 @@ def exchange_wire(ex) -> ExchangeWire:
                 out.messages.append(WireMessage(rpc, SERVER, _num(last, "ts"), (_num(last, "seq"), i), ex.flow,
                                                 stream, ex.index, ts_min=_num(resp, "ts")))
             return out
-        parser = SseParser()
-        parser.ts_min = _num(resp, "ts")
+        # Each event with the time and seq of the chunk that completed it, and the time of the one before.
+        parser, events, ts_min = SSEParser(), [], _num(resp, "ts")
         chunks = ex.response_chunks
         for k, chunk in enumerate(chunks):
-            parser.feed(format_body(chunk), _num(chunk, "ts"), _num(chunk, "seq"), final=k == len(chunks) - 1)
-            parser.ts_min = _num(chunk, "ts")
-        events = parser.events
+            ts, seq = _num(chunk, "ts"), _num(chunk, "seq")
+            events += [(ev, ts, seq, ts_min) for ev in parser.feed(format_body(chunk), final=k == len(chunks) - 1)]
+            ts_min = ts
     else:
         body = ex.response_body
         if not _is_sse(ctype, body[:64]):
@@ -184,12 +117,10 @@ def exchange_wire(ex) -> ExchangeWire:
                 out.messages.append(WireMessage(rpc, SERVER, _num(resp, "ts"), (_num(resp, "seq"), i), ex.flow,
                                                 stream, ex.index))
             return out
-        parser = SseParser()
-        parser.feed(body, _num(resp, "ts"), _num(resp, "seq"), final=True)
-        events = parser.events
+        events = [(ev, _num(resp, "ts"), _num(resp, "seq"), None) for ev in SSEParser().feed(body, final=True)]
     out.sse_events = len(events)
     others = []
-    for k, ev in enumerate(events):
+    for k, (ev, ts, seq, ts_min) in enumerate(events):
         if ev.event == "endpoint":
             out.endpoint = ev.data.strip()
             continue
@@ -197,8 +128,8 @@ def exchange_wire(ex) -> ExchangeWire:
         if not msgs:
             others.append(ev)
         for i, rpc in enumerate(msgs):
-            out.messages.append(WireMessage(rpc, SERVER, ev.ts, (ev.seq, k, i), ex.flow, stream, ex.index,
-                                            event_id=ev.id, raw=ev.data, ts_min=ev.ts_min))
+            out.messages.append(WireMessage(rpc, SERVER, ts, (seq, k, i), ex.flow, stream, ex.index,
+                                            event_id=ev.id, raw=ev.data, ts_min=ts_min))
     out.other_events = others
     return out
 
