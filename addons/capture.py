@@ -8,14 +8,15 @@ goes upstream only after its record is written; if it cannot be, the client gets
 503 and nothing is forwarded (fail closed).
 
 This module holds Capture's hooks, in the order of one flow's events. The rest is split by
-concern into mixins Capture inherits: capture_store.py (start and stop, the writer, the
-fail-closed wait for a record, storage failures, back-pressure), capture_records.py (the fields
+concern into mixins Capture inherits: capture_store.py (start and stop, the writer, what a
+record that cannot be written does to its flow, back-pressure), capture_records.py (the fields
 of each record, made from a flow) and capture_streams.py (per-flow state and the streaming tee).
+The wait for each record (storage.write_timeout, storage failures) is recorder/store/record_waits.py;
+the writer and registry are built by recorder/store/open_store.py.
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 
@@ -32,6 +33,7 @@ from addons.refusal import error_response, refusal_of
 from addons.streaming import request_streams, response_streams
 from recorder.store.agent_runs import agent_run
 from recorder.store.records import HTTP_ERROR, HTTP_RESPONSE, HTTP_TRAILERS
+from recorder.store.record_waits import RecordWaits
 from recorder.store.sessions import SessionRegistry
 from recorder.store.writer import RecordWriter
 from recorder.store.writer_process import ProcessRecordWriter
@@ -48,17 +50,10 @@ class Capture(CaptureStore, CaptureRecords, CaptureStreams):
         self.flows: dict[str, FlowCapture] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._expiry_task: asyncio.Task | None = None
-        self._failing: set[str] = set()  # storage failure causes already logged
+        self.waits: RecordWaits | None = None  # the fail-closed wait for each record, from `running`
         self.cfg = None  # the GatewayConfig, from running on
         self.stopped = False
         self._flush_scheduled = False
-        self._acked: collections.deque = collections.deque()  # (future, error) from the writer
-        self._acks_scheduled = False
-        # (deadline, future) of the records requests wait for, oldest first: a write stuck in
-        # the kernel (a hung disk or NFS mount) must not hold requests forever.
-        self._waiting: collections.deque = collections.deque()
-        self._write_timeout = 0.0  # storage.write_timeout, from `running`
-        self._watch_task: asyncio.Task | None = None
         # Back-pressure: client connections whose reading is paused while the writer is behind.
         self._pauses = proxy_control.Pauses()
         self._queue_limit = 0  # storage.queue_limit, from `running`
@@ -70,10 +65,7 @@ class Capture(CaptureStore, CaptureRecords, CaptureStreams):
         # end their connections there, so their last records still reach the sessions.
         self.before_stop: list = []
 
-    # -- lifecycle --------------------------------------------------------------------
-
-
-    # -- hooks ------------------------------------------------------------------------
+    # -- hooks, in the order of one flow's events ------------------------------------------
 
     def http_connect(self, flow: http.HTTPFlow):
         if refusal_of(flow) is not None:
@@ -219,10 +211,6 @@ class Capture(CaptureStore, CaptureRecords, CaptureStreams):
         self._record_end(flow, fc)
         self._end(fc)
 
-
-    # -- records ----------------------------------------------------------------------
-
-
     def _end(self, fc: FlowCapture) -> None:
         if fc.ended:
             return
@@ -237,14 +225,3 @@ class Capture(CaptureStore, CaptureRecords, CaptureStreams):
             # exchange's last records while the loop idles, not in the next request's ack.
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_writer)
-
-
-    # -- masking: the loop only hands the masker over; bodies are masked by the writer -----------
-
-
-    # -- streaming ----------------------------------------------------------------------
-
-
-    # -- writing ------------------------------------------------------------------------
-
-

@@ -1,17 +1,15 @@
 """Capture's records: the fields of each record made from a flow (requests, responses,
-ends, errors, trailers, refusals, tunnels), masked headers and URLs, and the refusal of a
-request that could not be recorded."""
+ends, errors, trailers, refusals, tunnels), masked headers and URLs, and the 503 of a
+request whose record could not be written."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 
 from mitmproxy import http
 
-from addons import proxy_control
-from addons.capture_store import NOT_RESPONDING
+from addons.capture_store import NOT_RECORDED, NOT_RESPONDING
 from addons.capture_streams import FlowCapture
 from addons.flow_state import injected_of, noted_identity, trailers_stripped
 from addons.policy import connection_of, destination_of, peer_address
@@ -26,8 +24,6 @@ from recorder.store.sessions import Session
 
 log = logging.getLogger("wiretrail")
 
-NOT_RECORDED = ("wiretrail could not record this request, so it was not forwarded. "
-                "The gateway operator has been told; retry later.")
 _URL_CACHE_SIZE = 4096  # recorded URLs remembered; an agent calls the same few again and again
 
 
@@ -159,42 +155,6 @@ class CaptureRecords:
         fc.refused = getattr(err, "cause", None) != NOT_RESPONDING
         flow.response = error_response(flow, 503, "not_recorded", NOT_RECORDED, {"retry-after": "5"})
         return False
-
-    def _unrecorded(self, flow: http.HTTPFlow, fc: FlowCapture, err: BaseException) -> bool:
-        """A record of this request failed. True: refuse it (fail closed); False: it passes,
-        logged (storage.fail_closed = false)."""
-        if getattr(err, "cause", None) != NOT_RESPONDING:
-            self.registry.mark_failed(fc.session, err)
-        if not self.cfg.storage.fail_closed:
-            if not fc.unrecorded:  # once per flow, not once per batch of a long upload
-                fc.unrecorded = True
-                log.warning(f"wiretrail: UNRECORDED flow {flow.request.method} {flow.request.pretty_url}: {err}")
-            return False
-        return True
-
-    @staticmethod
-    def _not_recorded_message(err: BaseException) -> str:
-        cause = getattr(err, "cause", None) or "storage error"
-        return f"not recorded ({cause}): the request was not completed upstream; the client got 503"
-
-    async def _abort(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
-        """End the flow now: its upstream side is reset, so the upstream never gets the rest of
-        the request; the client gets `status` (or a reset, once its reply began). `error` records
-        (phase, message)."""
-        if fc.abort is not None or fc.ended:
-            return
-        fc.abort = (phase, message)
-        client_message = NOT_RECORDED if status == 503 else message
-        if not await proxy_control.abort(fc.flow, status, f"wiretrail: {client_message}"):
-            log.error(f"wiretrail: could not end flow {fc.flow_id} ({message}): it is no longer live")
-
-    def _abort_soon(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
-        if fc.abort is None and not fc.ended:
-            asyncio.ensure_future(self._abort(fc, status, phase, message))
-
-    def end_flow(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
-        """End a flow in progress (the timeouts): recorded as an http.error with `phase`."""
-        self._abort_soon(fc, status, phase, message)
 
     def _trailer_fields(self, flow: http.HTTPFlow, direction: str) -> dict:
         message = flow.request if direction == "request" else flow.response

@@ -1,26 +1,29 @@
 """Capture's storage: the writer and the session registry it starts and stops, the
-fail-closed wait for a record (write_and_wait, storage.write_timeout), storage failures
-and back-pressure (reading paused while the store is behind)."""
+fail-closed wait for a record (write_and_wait: recorder/store/record_waits.py), what a failed
+record does to its flow (refused, aborted, or passed when fail_closed = false), and
+back-pressure (reading paused while the store is behind)."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 
+from mitmproxy import http
 from mitmproxy.addons.errorcheck import ErrorCheckHandler
 
-from addons import live_connections
+from addons import live_connections, proxy_control
 from addons.capture_streams import FlowCapture
-from recorder.store.anchors import AnchorSpec
+from recorder.store.open_store import open_store
+from recorder.store.record_waits import NOT_RESPONDING, RecordWaits
 from recorder.store.records import HTTP_ERROR
-from recorder.store.sessions import QUIET_IDLE, Session, SessionRegistry
-from recorder.store.writer import Alarm, RECORD_LOST, RECORD_REPAIRED, RecordWriter, StorageError
-from recorder.store.writer_process import ProcessRecordWriter
+from recorder.store.sessions import QUIET_IDLE, Session
+from recorder.store.writer import Alarm, RECORD_LOST, StorageError
 
 
 log = logging.getLogger("wiretrail")
 
-NOT_RESPONDING = "storage not responding"  # the cause when a record is late past storage.write_timeout
+NOT_RECORDED = ("wiretrail could not record this request, so it was not forwarded. "
+                "The gateway operator has been told; retry later.")
 
 
 def _log_event(text: str) -> None:
@@ -30,18 +33,17 @@ def _log_event(text: str) -> None:
     (log.error if isinstance(text, Alarm) and not starting else log.warning)(f"wiretrail: {text}")
 
 
-def _resolve(fut: asyncio.Future, err) -> None:
-    if not fut.done():
-        fut.set_result(err)
+def _storage_recovered() -> None:
+    log.warning("wiretrail: storage recovered; recording again")
 
 
 class CaptureStore:
-    """The gateway's lifecycle and every write: plain asyncio around the writer."""
+    """The gateway's lifecycle and every write."""
 
     @property
     def storage_failing(self) -> frozenset[str]:
         """The causes of the storage failure now in force (empty once a write succeeds again)."""
-        return frozenset(self._failing)
+        return frozenset(self.waits.failing) if self.waits is not None else frozenset()
 
     def running(self):
         if self.writer is not None or self.config_addon.current is None:
@@ -58,32 +60,12 @@ class CaptureStore:
             )
         elif signer is None:
             return  # the config addon could not load it and is stopping the gateway
-        # Writing (masking, hashing, compression, disk, signing) runs on a thread of the gateway,
-        # or with storage.writer = "process" in a process of its own, outside the proxy's GIL.
-        writer_class = ProcessRecordWriter if cfg.storage.writer == "process" else RecordWriter
-        self.writer = writer_class(
-            fsync=cfg.storage.fsync,
-            fsync_interval=cfg.storage.fsync_interval,
-            on_error=self._storage_error_from_thread,
-            storage_dir=cfg.store_dir,
-            signer=signer,
-            checkpoint_interval=cfg.storage.checkpoint_interval,
-            retention_days=cfg.storage.retention_days,
-            on_event=_log_event,
-            anchors=AnchorSpec.from_config(cfg.anchors),
-            queue_limit=cfg.storage.queue_limit,
-        )
+        self.waits = RecordWaits(self.loop, cfg.storage.write_timeout, on_failing=self._storage_failed,
+                                 on_recovered=_storage_recovered, on_record_error=self._record_error,
+                                 where=str(cfg.storage.dir))
         self._queue_limit = cfg.storage.queue_limit
-        self.registry = SessionRegistry(
-            self.writer,
-            cfg.store_dir,
-            idle_timeout=cfg.sessions.idle_timeout,
-            max_duration=cfg.sessions.max_duration,
-            signing_key_id=signer.key_id if signer else None,
-            gateway_id=cfg.gateway.id,
-        )
-        # The writer first recovers sessions a crash left open (ledger), then records.
-        self.writer.start()
+        self.writer, self.registry = open_store(cfg, signer, on_error=self.waits.storage_error_from_thread,
+                                                on_event=_log_event)
         if signer is not None:
             log.info(f"wiretrail: signing checkpoints, seals and the ledger with key id {signer.key_id}")
         anchors = self._anchors_text(cfg)
@@ -99,10 +81,9 @@ class CaptureStore:
             log.info('wiretrail: demo ready. Get a token: export WIRETRAIL_TOKEN=$(.venv/bin/wiretrail token '
                      '--sub "$(id -un)" --groups engineering); trust the CA: .venv/bin/wiretrail ca; then set '
                      'up your client as the README says ("Pointing clients at the gateway")')
-        self._write_timeout = cfg.storage.write_timeout
         self._expiry_task = asyncio.ensure_future(
             self._every(min(cfg.sessions.idle_timeout / 4, QUIET_IDLE / 2), self.registry.expire))
-        self._watch_task = asyncio.ensure_future(self._every(self._write_timeout / 4, self._expire_waits))
+        self.waits.start()
 
     @staticmethod
     def _anchors_text(cfg) -> str:
@@ -121,22 +102,6 @@ class CaptureStore:
             await asyncio.sleep(interval)
             tick()
 
-    def _expire_waits(self) -> None:
-        """Answer requests whose record was not written within storage.write_timeout."""
-        now = self.loop.time()
-        waiting = self._waiting
-        err = None
-        while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
-            fut = waiting.popleft()[1]
-            if not fut.done():
-                err = err or StorageError(
-                    NOT_RESPONDING, f"a record was not written within {self._write_timeout:g} s "
-                    f"(storage.write_timeout); the disk or network file system under {self.cfg.storage.dir} "
-                    "may be hung")
-                fut.set_result(err)
-        if err is not None:
-            self._storage_error(err)
-
     def done(self):
         if self.stopped or self.writer is None:
             return
@@ -148,8 +113,7 @@ class CaptureStore:
                 log.exception("wiretrail: stopping a front end failed")
         if self._expiry_task is not None:
             self._expiry_task.cancel()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
+        self.waits.stop()
         for fc in list(self.flows.values()):
             if fc.completion is not None:
                 self.complete_now(fc)  # answered, its records not yet made
@@ -208,56 +172,61 @@ class CaptureStore:
         """Write a record and wait until it is on disk: None, or why not. For every part that records
         before it forwards (WebSocket, raw TCP, databases), with the same fail-closed wait,
         write_timeout and storage-error logging as HTTP requests."""
-        return await self._write(session, rtype, fields)
+        return await self.waits.write(session, rtype, fields)
 
     def _write(self, session: Session, rtype: str, fields: dict) -> asyncio.Future:
         """Hand a record to the writer; the future gets None once it is written, or the error."""
-        fut = self.loop.create_future()
+        return self.waits.write(session, rtype, fields)
 
-        def ack(err):  # on the writer's thread
-            self._acked.append((fut, err))
-            if not self._acks_scheduled:
-                # One wake-up of the loop per batch of acks, not one per ack: each costs a
-                # syscall on the writer's thread and a GIL hand-off.
-                self._acks_scheduled = True
-                self.loop.call_soon_threadsafe(self._resolve_acked)
+    @property
+    def _failing(self) -> set[str] | frozenset[str]:  # capture_streams.py's name for storage_failing
+        return self.waits.failing if self.waits is not None else frozenset()
 
-        session.record(rtype, fields, ack=ack)
-        if NOT_RESPONDING in self._failing:
-            # Storage is stuck: refuse at once rather than after another write_timeout. The
-            # record stays queued; its ack, when it comes, says storage is back.
-            fut = self.loop.create_future()
-            fut.set_result(StorageError(NOT_RESPONDING, "earlier records are still not written"))
-            return fut
-        self._waiting.append((self.loop.time() + self._write_timeout, fut))
-        return fut
+    def _storage_failed(self, err: StorageError) -> None:
+        until = "" if err.cause == "writer failed" else " until storage recovers"
+        log.error(f"wiretrail: cannot record ({err.cause}): {err.detail}; "
+                  + (f"refusing traffic with 503{until}" if self.cfg.storage.fail_closed
+                     else "traffic passes UNRECORDED (fail_closed = false)"))
 
-    def _resolve_acked(self) -> None:
-        # Cleared before draining: an ack appended after this line schedules another call.
-        self._acks_scheduled = False
-        while self._acked:
-            fut, err = self._acked.popleft()
-            if err is None and self._failing:
-                log.warning("wiretrail: storage recovered; recording again")
-                self._failing.clear()
-            _resolve(fut, err)
+    def _record_error(self, err: StorageError) -> None:
+        """One record of one flow was lost or repaired: logged each time; a lost one ends its flow."""
+        log.error(f"wiretrail: {err.cause}: {err.detail}")
+        fc = self.flows.get(err.flow) if err.flow else None
+        if err.cause == RECORD_LOST and fc is not None and self.cfg.storage.fail_closed:
+            self._abort_soon(fc, 502, "record", f"a record of this exchange could not be written: {err.detail}")
 
-    def _storage_error_from_thread(self, err: StorageError) -> None:
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._storage_error, err)
+    def _unrecorded(self, flow: http.HTTPFlow, fc: FlowCapture, err: BaseException) -> bool:
+        """A record of this request failed. True: refuse it (fail closed); False: it passes,
+        logged (storage.fail_closed = false)."""
+        if getattr(err, "cause", None) != NOT_RESPONDING:
+            self.registry.mark_failed(fc.session, err)
+        if not self.cfg.storage.fail_closed:
+            if not fc.unrecorded:  # once per flow, not once per batch of a long upload
+                fc.unrecorded = True
+                log.warning(f"wiretrail: UNRECORDED flow {flow.request.method} {flow.request.pretty_url}: {err}")
+            return False
+        return True
 
-    def _storage_error(self, err: StorageError) -> None:
-        if err.cause in (RECORD_LOST, RECORD_REPAIRED):
-            # One record of one flow, not storage: logged each time; a lost one ends its flow.
-            log.error(f"wiretrail: {err.cause}: {err.detail}")
-            fc = self.flows.get(err.flow) if err.flow else None
-            if err.cause == RECORD_LOST and fc is not None and self.cfg.storage.fail_closed:
-                self._abort_soon(fc, 502, "record", f"a record of this exchange could not be written: {err.detail}")
+    @staticmethod
+    def _not_recorded_message(err: BaseException) -> str:
+        cause = getattr(err, "cause", None) or "storage error"
+        return f"not recorded ({cause}): the request was not completed upstream; the client got 503"
+
+    async def _abort(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
+        """End the flow now: its upstream side is reset, so the upstream never gets the rest of
+        the request; the client gets `status` (or a reset, once its reply began). `error` records
+        (phase, message)."""
+        if fc.abort is not None or fc.ended:
             return
-        # Once per cause, not once per request.
-        if err.cause not in self._failing:
-            self._failing.add(err.cause)
-            until = "" if err.cause == "writer failed" else " until storage recovers"
-            log.error(f"wiretrail: cannot record ({err.cause}): {err.detail}; "
-                      + (f"refusing traffic with 503{until}" if self.cfg.storage.fail_closed
-                         else "traffic passes UNRECORDED (fail_closed = false)"))
+        fc.abort = (phase, message)
+        client_message = NOT_RECORDED if status == 503 else message
+        if not await proxy_control.abort(fc.flow, status, f"wiretrail: {client_message}"):
+            log.error(f"wiretrail: could not end flow {fc.flow_id} ({message}): it is no longer live")
+
+    def _abort_soon(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
+        if fc.abort is None and not fc.ended:
+            asyncio.ensure_future(self._abort(fc, status, phase, message))
+
+    def end_flow(self, fc: FlowCapture, status: int, phase: str, message: str) -> None:
+        """End a flow in progress (the timeouts): recorded as an http.error with `phase`."""
+        self._abort_soon(fc, status, phase, message)

@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - exercised only where google-re2 does n
 import regex as _regex
 
 from recorder.masking import decoding, names
+from recorder.masking.alphabet import Outside, match_alphabet
 from recorder.masking.catalogue import RULES as BUILTIN_RULES
 from recorder.masking.known_secrets import KnownSecrets
 
@@ -129,7 +130,7 @@ def _prefix_source(regex: str) -> str | None:
 
 class CompiledRule:
     __slots__ = ("rule", "id", "scan", "python", "allow", "boundary", "require", "entropy", "partial",
-                 "keywords", "prefix", "names")
+                 "keywords", "prefix", "names", "outside")
 
     def __init__(self, rule: Rule):
         self.rule = rule
@@ -158,6 +159,7 @@ class CompiledRule:
             self.partial = _regex.compile(source)
         except _regex.error as e:
             raise RuleError(f"rule {rule.id}: the regex does not compile for streaming: {e}") from None
+        self.outside = Outside(match_alphabet(source))  # streams: where a match reaching the end can start
         self.prefix = None
         prefix = _prefix_source(rule.regex)
         if prefix and prefix not in ("(?i)",):
@@ -359,6 +361,7 @@ class Masker:
         # The same with the keywords' encoded forms as one more pattern: for a short text, one
         # pass also says whether decoding has work (a long one searches the forms apart, lazily).
         self._set_small = None
+        self._last_hits: tuple = (None, ())  # (text, its prefilter hits): see _prefilter
         if self._set is not None and self._encoded:
             opts = _re2_options()
             opts.max_mem = 64 << 20
@@ -396,12 +399,20 @@ class Masker:
 
     # -- finding ----------------------------------------------------------------------
 
-    def _prefilter(self, data: bytes) -> list[int]:
+    def _prefilter(self, data: bytes) -> tuple[int, ...] | list[int]:
         """Indexes of the keywords that occur in data, then (from len(keywords) on) of the
         decoding HINTS that do; for a short text, then also whether a keyword's encoded form
         does (_forms_in)."""
         if self._set_small is not None and len(data) <= SHORT_TEXT:
-            return self._set_small.Match(data) or []
+            # A stream asks twice about the same text (what could still grow, then what is
+            # found): the last short text's hits are kept. One tuple, swapped whole: thread-safe.
+            last = self._last_hits
+            if last[0] is data:
+                return last[1]
+            hits = tuple(self._set_small.Match(data) or ())
+            if type(data) is bytes:  # immutable: the same object is the same text
+                self._last_hits = (data, hits)
+            return hits
         if self._set is not None:
             return self._set.Match(data) or []
         low = data.lower()
@@ -701,6 +712,11 @@ class Masker:
             rules |= self._long & set(self.candidates(data))
         for r in rules:
             at = 0 if (tail_at and r in self._long) else tail_at
+            # A match that reaches the end (or, for a long rule, could: see below) holds only
+            # bytes its regex can match: it starts after the last other byte (alphabet.py).
+            at = r.outside.start(data, at)
+            if at >= n:
+                continue  # only an empty match is left, and that is no match
             for m in r.partial.finditer(data, at, partial=True):
                 if m.end() == m.start():
                     continue

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import urllib.parse
 
+from recorder.masking.alphabet import Outside
+
 MIN_LENGTH = 8  # shorter values would mask ordinary words; a credential is never this short
 MIN_FORM = 12  # a base64 core shorter than this says too little to be worth masking
 
@@ -48,6 +50,7 @@ class KnownSecrets:
             for i in range(1, len(f)):
                 self._prefixes[f[:i]] = i
         self.max_len = max((len(f) for f in self.forms), default=0)
+        self._outside = Outside(frozenset(b for f in self.forms for b in f))
 
     def __bool__(self) -> bool:
         return bool(self.forms)
@@ -69,7 +72,11 @@ class KnownSecrets:
     def partial_start(self, data: bytes) -> int:
         """Start of the longest suffix of data that is a proper prefix of a known form."""
         n = len(data)
-        for length in range(min(self.max_len - 1, n), 0, -1):
+        if not self.forms:
+            return n
+        # such a suffix holds only bytes that some form holds: it starts after the last other byte
+        lo = self._outside.start(data, max(0, n - self.max_len + 1))
+        for length in range(n - lo, 0, -1):
             if data[n - length:] in self._prefixes:
                 return n - length
         return n

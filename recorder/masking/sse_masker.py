@@ -98,24 +98,72 @@ def _deltas(obj) -> tuple[list, list]:
     return deltas, ends
 
 
-def string_paths(obj) -> list:
-    """The path of every string literal of a JSON document, in document order: a key is
-    (parent path, ("key", name)), a string value its path. Iterative (deep documents)."""
-    out: list = []
-    stack = [((), obj)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, str):
-            out.append(path)
-        elif isinstance(value, dict):
-            items = []
-            for k, v in value.items():
-                items.append((path + (("key", k),), k))
-                items.append((path + (k,), v))
-            stack.extend(reversed(items))
-        elif isinstance(value, list):
-            stack.extend(reversed([(path + (i,), v) for i, v in enumerate(value)]))
-    return out
+def string_count(value) -> int:
+    """How many string literals (keys and string values) a parsed JSON value holds. Recursive:
+    only for values within MAX_DEPTH."""
+    if isinstance(value, str):
+        return 1
+    n = 0
+    if isinstance(value, dict):
+        n = len(value)
+        value = value.values()
+    elif not isinstance(value, list):
+        return 0
+    for v in value:
+        if isinstance(v, str):
+            n += 1
+        elif isinstance(v, (dict, list)):
+            n += string_count(v)
+    return n
+
+
+def string_index(obj, path) -> int:
+    """The position, in document order, of the string literal at `path` among all of obj's
+    string literals (a key counts before its value): the strings before it, counted."""
+    i = 0
+    for p in path:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                i += 1  # the key
+                if k == p:
+                    break
+                i += 1 if isinstance(v, str) else string_count(v)
+        else:
+            for v in obj[:p]:
+                i += 1 if isinstance(v, str) else string_count(v)
+        obj = obj[p]
+    return i
+
+
+class Literals:
+    """The string literals of valid JSON text: how many, and where the text inside the
+    quotes of the i-th one is (start, end)."""
+
+    __slots__ = ("data", "spans", "count")
+
+    def __init__(self, data: bytes):
+        self.data = data
+        if b"\\" in data:
+            self.spans = [(m.start() + 1, m.end() - 1) for m in _LITERAL.finditer(data)]
+            self.count = len(self.spans)
+        else:  # no escape: every quote opens or closes a literal
+            self.spans = None
+            self.count = data.count(b'"') // 2
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        if self.spans is not None:
+            return self.spans[i]
+        parts = self.data.split(b'"', 2 * i + 2)  # 2i quotes before its opening one
+        start = sum(map(len, parts[:2 * i + 1])) + 2 * i + 1
+        return start, start + len(parts[2 * i + 1])
+
+
+def strings_in(obj, literals: Literals) -> int:
+    """How many string literals obj (parsed from the text of `literals`) holds."""
+    if literals.spans is None:
+        # Without escapes in the text no string holds a quote, so none is escaped in orjson's.
+        return orjson.dumps(obj).count(b'"') // 2
+    return string_count(obj)
 
 
 class _Piece:
@@ -167,6 +215,7 @@ class SseMasker:
         self.big = False  # the current event passed MAX_EVENT without ending
         self.raw = TextChannel(masker)
         self.channels: dict[tuple, _Channel] = {}
+        self.fed: dict[tuple, _Channel] = {}  # channels given text since their last release
         self.edits: list[list] = []  # [start, end, replacement] (stream offsets), sorted, not yet returned
         self.notes: set[str] = set()  # why an event that looked like JSON was masked as text
 
@@ -188,6 +237,7 @@ class SseMasker:
             self.buf += data
             self.raw.push(data, now)
         self._parse(now, final=False)
+        self._release_fed(now)
         self._take(self.raw.release(now=now), None)
         for ch in self.channels.values():
             if ch.text.held and ch.text.due(now):
@@ -204,6 +254,7 @@ class SseMasker:
 
     def finish(self) -> bytes:
         self._parse(None, final=True)
+        self.fed.clear()  # every channel's text is released below
         for ch in self.channels.values():
             self._take(ch.text.release(final=True), ch)
         self._take(self.raw.release(final=True), None)
@@ -245,29 +296,34 @@ class SseMasker:
         if self.big or not self.lines:
             return
         values = []
+        buf, origin = self.buf, self.origin
         for s, e in self.lines:
-            line = self._bytes(s, e)
-            if line.startswith(b"data:"):
-                v = s + 5 + (1 if line[5:6] == b" " else 0)
+            if buf.startswith(b"data:", s - origin, e - origin):
+                v = s + 5 + (1 if buf[s - origin + 5:s - origin + 6] == b" " else 0)
                 values.append((v, e))
         if not values:
             return
-        data = b"\n".join(self._bytes(v, e) for v, e in values)
-        dec, raw, exact = [], [], []
-        d = 0
-        for i, (v, e) in enumerate(values):
-            if i:
+        if len(values) == 1:  # most events: one data line
+            v, e = values[0]
+            data = self._bytes(v, e)
+            data_map = SegMap([0, e - v], [v, e], [True])
+        else:
+            data = b"\n".join(self._bytes(v, e) for v, e in values)
+            dec, raw, exact = [], [], []
+            d = 0
+            for i, (v, e) in enumerate(values):
+                if i:
+                    dec.append(d)
+                    raw.append(values[i - 1][1])
+                    exact.append(False)
+                    d += 1
                 dec.append(d)
-                raw.append(values[i - 1][1])
-                exact.append(False)
-                d += 1
+                raw.append(v)
+                exact.append(True)
+                d += e - v
             dec.append(d)
-            raw.append(v)
-            exact.append(True)
-            d += e - v
-        dec.append(d)
-        raw.append(values[-1][1])
-        data_map = SegMap(dec, raw, exact)
+            raw.append(values[-1][1])
+            data_map = SegMap(dec, raw, exact)
         stripped = data.strip()
         if stripped == b"[DONE]":
             self._end_channels([("",)], skip=())
@@ -279,7 +335,8 @@ class SseMasker:
                 if DEPTH_ERROR.search(str(e)):
                     self.notes.add(TOO_DEEP_EVENT)
                 obj = None
-            if obj is not None and depth_exceeds(obj):
+            # Nesting deeper than MAX_DEPTH takes more than MAX_DEPTH brackets: most events have a few.
+            if obj is not None and data.count(b"{") + data.count(b"[") > MAX_DEPTH and depth_exceeds(obj):
                 self.notes.add(TOO_DEEP_EVENT)
                 obj = None
             if obj is not None:
@@ -293,20 +350,15 @@ class SseMasker:
         self._end_channels(ends, skip=keys)
         if not deltas:
             return
-        literals = [(m.start() + 1, m.end() - 1) for m in _LITERAL.finditer(data)]
-        paths = string_paths(obj)
-        if len(paths) != len(literals):
+        literals = Literals(data)
+        if strings_in(obj, literals) != literals.count:
             return  # duplicate keys: the positions cannot be told; the raw view still masks the event
-        index = {p: i for i, p in enumerate(paths)}
 
         def ended(key) -> bool:
             return any(key[: len(e)] == e for e in ends)
 
         for key, path in deltas:
-            i = index.get(tuple(path))
-            if i is None:
-                continue
-            s, e = literals[i]
+            s, e = literals[string_index(obj, path)]
             value = _get(obj, path).encode("utf-8", "surrogatepass")
             raw = data[s:e]
             if b"\\" in raw:
@@ -333,7 +385,19 @@ class SseMasker:
             start = ch.text.end
             ch.pieces.append(_Piece(start, start + len(text), to_raw))
             ch.text.push(text, now)
-        self._take(ch.text.release(final=ended, now=now), ch)
+        if ended:
+            self.fed.pop(key, None)
+            self._take(ch.text.release(final=True, now=now), ch)
+        else:
+            # Decided once per fed batch, not once per event: each decision scans the
+            # channel's text and its left context again (a model sends a few characters
+            # per event, dozens of events per batch).
+            self.fed[key] = ch
+
+    def _release_fed(self, now) -> None:
+        for ch in self.fed.values():
+            self._take(ch.text.release(now=now), ch)
+        self.fed.clear()
 
     def _end_channels(self, ends, skip) -> None:
         for e in ends:
