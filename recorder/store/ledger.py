@@ -46,6 +46,11 @@ ENDINGS = (SESSION_CLOSE, SESSION_FAILED, SESSION_RECOVERED)
 
 
 def encode_entry(seq: int, prev: str, t: str, ts: float, fields: dict, signer: Signer | None) -> bytes:
+    return _encode(seq, prev, t, ts, fields, signer)[0]
+
+
+def _encode(seq: int, prev: str, t: str, ts: float, fields: dict, signer: Signer | None) -> tuple[bytes, dict]:
+    """The line, and the entry it holds (without its signature)."""
     entry = {"v": format_v1.VERSION, "seq": seq, "t": t, "ts": ts, "prev": prev}
     for k, v in fields.items():
         if k not in entry and k not in ("key", "sig"):
@@ -53,9 +58,9 @@ def encode_entry(seq: int, prev: str, t: str, ts: float, fields: dict, signer: S
     entry["key"] = signer.key_id if signer else None
     unsigned = orjson.dumps(entry)
     if signer is None:
-        return unsigned
+        return unsigned, entry
     sig = signer.sign(LEDGER_CONTEXT + unsigned)
-    return unsigned[:-1] + b',"sig":"' + sig.encode("ascii") + b'"}'
+    return unsigned[:-1] + b',"sig":"' + sig.encode("ascii") + b'"}', entry
 
 
 def ledger_id(first_line: bytes) -> str:
@@ -236,6 +241,7 @@ class LedgerFile:
     def __init__(self, storage_dir: Path, signer: Signer | None):
         self.dir = Path(storage_dir)
         self.path = self.dir / LEDGER_NAME
+        self._prefix = str(self.dir).rstrip("/") + "/"
         self.signer = signer
         self.fd = -1
         self.seq = 0
@@ -286,8 +292,7 @@ class LedgerFile:
         mark_live(self.dir)  # readers tell "open" from "gateway stopped" by it (recorder/store/live.py)
 
     def append(self, t: str, ts: float, fields: dict) -> dict:
-        line = encode_entry(self.seq, self.prev, t, ts, fields, self.signer)
-        entry = orjson.loads(line)
+        line, entry = _encode(self.seq, self.prev, t, ts, fields, self.signer)
         if self.seq == 0:
             self.id = ledger_id(line)
         self.pending.append(line)
@@ -336,9 +341,40 @@ class LedgerFile:
 
     def fsync(self) -> None:
         if self.dirty and self.fd >= 0:
-            os.fsync(self.fd)
             self.dirty = False
-            self.synced = self.flushed
+            upto = self.flushed
+            try:
+                os.fsync(self.fd)
+            except OSError:
+                self.dirty = True
+                raise
+            self.mark_synced(upto)
+
+    def fsync_job(self):
+        """The fsync of what is written now, as a call for another thread (recorder/store/syncer.py),
+        which reports an OSError to `on_error`; None if nothing is waiting for one. The writer
+        drains that thread before it closes the ledger, so the descriptor stays this file's."""
+        if not self.dirty or self.fd < 0:
+            return None
+        self.dirty = False
+        fd = self.fd
+
+        def job(on_error) -> None:
+            upto = self.flushed  # read here: a write made since the call was queued is covered too
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                self.dirty = True
+                on_error(e)
+                return
+            self.mark_synced(upto)
+
+        return job
+
+    def mark_synced(self, upto: tuple[int, str, str] | None) -> None:
+        """The lines up to `upto` (a `flushed` value) are durable; never moves back."""
+        if upto is not None and (self.synced is None or upto[0] > self.synced[0]):
+            self.synced = upto
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -347,10 +383,13 @@ class LedgerFile:
             self.fd = -1
 
     def relative(self, path: Path) -> str:
+        text, prefix = str(path), self._prefix
+        if text.startswith(prefix) and os.sep == "/":  # pathlib's relative_to costs ~10x more
+            return text[len(prefix):]
         try:
             return Path(path).relative_to(self.dir).as_posix()
         except ValueError:
-            return str(path)
+            return text
 
 
 _FALLOC_FL_KEEP_SIZE = 1

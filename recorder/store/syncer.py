@@ -7,6 +7,9 @@ record queued behind them, the requests of new sessions included. Here they run 
 writer, which goes on writing and acknowledging. A file whose fsync fails is reported back to
 the writer (`failures`), which ends that session as for any storage error.
 
+The ledger's fsync runs here too (`submit_call`): with many sessions opening, the ledger is written
+at every batch, and its group fsync held the writer for milliseconds at a time.
+
 The writer calls `release(fd)` before it closes a file descriptor: a queued fsync of it is
 dropped, and one in progress is waited for, so an fsync never reaches a reused descriptor.
 """
@@ -33,7 +36,8 @@ def fsync_dir(path, fsync: Callable[[int], None] | None = None) -> None:
 class Syncer:
     def __init__(self, on_failure: Callable[[], None] | None = None):
         self._cond = threading.Condition()
-        self._pending: dict = {}  # fd -> (session id, path), ("dir", path) -> (None, path); in order
+        # fd -> (session id, path), ("dir", path) -> (None, path), ("call", key) -> (None, job); in order
+        self._pending: dict = {}
         self._busy: int | None = None  # the fd being fsynced now
         self._stopping = False
         self.failures: collections.deque = collections.deque()  # (session id, OSError)
@@ -49,6 +53,13 @@ class Syncer:
                 self._pending.setdefault(fd, (sid, path))
             for d in dirs:
                 self._pending.setdefault(("dir", d), (None, d))
+            self._cond.notify()
+
+    def submit_call(self, key: str, job: Callable[[], None]) -> None:
+        """Run `job` (an fsync that reports its own outcome, such as the ledger's) on this thread
+        soon; one still queued under the same key is not queued twice."""
+        with self._cond:
+            self._pending.setdefault(("call", key), (None, job))
             self._cond.notify()
 
     def release(self, fd: int) -> None:
@@ -88,7 +99,9 @@ class Syncer:
                 sid, path = self._pending.pop(fd)
                 self._busy = fd
             try:
-                if isinstance(fd, tuple):
+                if isinstance(fd, tuple) and fd[0] == "call":
+                    path()
+                elif isinstance(fd, tuple):
                     self._fsync_dir(path)
                 else:
                     self.fsync(fd)

@@ -38,11 +38,15 @@ from recorder.store.bodies import BodyBytes, ChunkBytes, render_bodies
 from recorder.store.fleet import STDIO_STORES
 from recorder.store.records import CHECKPOINT, SEAL, SESSION_CLOSE, SESSION_OPEN
 from recorder.store.signing import Signer
+from recorder.store.spare_files import SpareFiles
 from recorder.store.syncer import Syncer, fsync_dir
 from recorder.store.writer_protocol import FSYNC_POLICIES, Ack, WriterSettings
 
 
 _MAX_BATCH = 512
+# Sessions opened in one batch: with hundreds opening at once, the first ones' requests are
+# acknowledged (and go upstream) while the writer makes the next ones' files, not after all of them.
+_OPENS_PER_BATCH = 32
 COALESCE = 0.02  # seconds a record nobody waits for may sit before it is written
 _ZSTD_LEVEL = 3
 # Level 3 with small match tables: a new session's compressor costs ~0.15 ms to set up instead of
@@ -50,7 +54,10 @@ _ZSTD_LEVEL = 3
 # session falls with them. The window, which finds the history an LLM request resends, is level 3's.
 # Measured on the bench's 100-turn chat: 158x against level 3's 159x.
 _ZSTD_PARAMS = zstandard.ZstdCompressionParameters.from_level(_ZSTD_LEVEL, hash_log=13, chain_log=13)
-_COMPRESSOR_POOL = 64  # compressors of closed sessions kept for new ones (their memory stays mapped)
+_CHECKPOINTS_PER_TICK = 32  # checkpoints of quiet sessions made between two looks at the queue
+# Compressors ready for new sessions: those of closed sessions, and new ones warmed while the writer
+# is idle (a compressor's first use costs ~80 us here, a reused one's ~8 us).
+_COMPRESSOR_POOL = 64
 
 
 def _chained(chain: format_v1.Chain, records: list[tuple]) -> list[bytes]:
@@ -198,6 +205,7 @@ class RecordWriter:
         self._anchored: tuple | None = None  # the head last handed to the anchorer
         self._anchors_refusing = False
         self._next_scan = 0.0
+        self._checkpoints_due = False  # _tick left due checkpoints for its next call
         self._next_retention = 0.0
         self._last_ledger_try = 0.0
         # One ordered queue; only operations someone waits for wake the thread at once.
@@ -210,6 +218,9 @@ class RecordWriter:
         self._compressors: list[zstandard.ZstdCompressor] = []  # of closed sessions, for new ones
         self._syncer: Syncer | None = None  # the group fsyncs of "batch", beside this thread
         self._made_dirs: set[Path] = set()
+        # Files made ahead of time: a new session's file is a rename, not a create (spare_files.py).
+        self._spares: SpareFiles | None = SpareFiles(self.storage_dir) if self.storage_dir is not None else None
+        self._spares_started = False
         self._dirty_dirs: set[Path] = set()
         # When the oldest write not yet fsynced was made: the group's fsync is due one
         # fsync_interval later, not at once after a quiet spell, when it would compete with
@@ -324,22 +335,32 @@ class RecordWriter:
             timeout = COALESCE
             if self._dirty_fds or self._dirty_dirs:
                 timeout = min(timeout, max(0.0, self._oldest_unsynced + self.fsync_interval - time.monotonic()))
+            if self._checkpoints_due:
+                timeout = min(timeout, max(0.0, self._next_scan - time.monotonic()))
             self._wait(timeout)
             if not self._ops:
                 self._tick()
                 if self._dirty_fds or self._dirty_dirs or self._ledger_dirty():
                     self._fsync_dirty(wait=False)
                 self._sync_failures()
+                if self.fsync != "never":
+                    self._anchor()  # the ledger's fsync ran on the syncer thread: its head, once durable
+                self._warm_compressors()
                 continue
             while self._ops:
                 batch = []
-                while self._ops and len(batch) < _MAX_BATCH:
-                    batch.append(self._ops.popleft())
+                opens = 0
+                while self._ops and len(batch) < _MAX_BATCH and opens < _OPENS_PER_BATCH:
+                    op = self._ops.popleft()
+                    batch.append(op)
+                    opens += isinstance(op, _Open)
                 self._inflight = batch  # answered with the error if this batch fails unexpectedly
                 if self._write_batch(batch):
                     self._fsync_dirty()
                     if self._syncer is not None:
                         self._syncer.stop()
+                    if self._spares_started:
+                        self._spares.stop()
                     if self._ledger is not None:
                         self._ledger.close()
                     if self._anchorer is not None:  # the last head, sent within the sink's timeout
@@ -557,19 +578,42 @@ class RecordWriter:
     def _create(self, session_id: str, path: Path) -> _SessionFile:
         return self._session_file(session_id, path, self._create_fd(path))
 
+    def _warm_compressors(self) -> None:
+        """Top up the pool while nothing is queued, a few at a time."""
+        for _ in range(8):
+            if self._ops or len(self._compressors) >= _COMPRESSOR_POOL:
+                return
+            c = zstandard.ZstdCompressor(compression_params=_ZSTD_PARAMS)
+            cobj = c.compressobj()
+            cobj.compress(b"\n")
+            cobj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)  # its context is allocated now
+            self._compressors.append(c)
+
     def _session_file(self, session_id: str, path: Path, fd: int) -> _SessionFile:
         return _SessionFile(session_id, path, fd, self._compressors.pop() if self._compressors else None)
 
     def _create_fd(self, path: Path) -> int:
         try:
-            if path.parent not in self._made_dirs or not path.parent.is_dir():
+            try:
+                if path.parent not in self._made_dirs:
+                    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    self._made_dirs.add(path.parent)
+                fd = self._open_new(path)
+            except FileNotFoundError:  # its folder was removed since (retention removes empty ones)
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self._made_dirs.add(path.parent)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                fd = self._open_new(path)
         except OSError as e:
             raise StorageError(describe_oserror(e), f"cannot create {path}: {e.strerror}") from e
         self._mark_unsynced()
         self._dirty_dirs.add(path.parent)
+        return fd
+
+    def _open_new(self, path: Path) -> int:
+        # Each call here lets go of the GIL, and getting it back from a busy event loop is what a
+        # new session costs the most: no stat of a folder known to exist.
+        fd = self._spares.take(path) if self._spares_started else None
+        if fd is None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         return fd
 
     def _flush_block(self, sf: _SessionFile) -> None:
@@ -616,10 +660,18 @@ class RecordWriter:
         """fsync what was written since the last group. `wait=False` (the periodic group of "batch"):
         the session files are fsynced by the syncer thread, while this one goes on writing."""
         if self.fsync != "never" and self._ledger is not None:
-            try:
-                self._ledger.fsync()
-            except OSError as e:
-                self._report(StorageError(describe_oserror(e), f"cannot fsync {self._ledger.path}: {e.strerror}"))
+            # First in the group: a session file is never durable before the entry that names it.
+            if not wait and self._syncer is not None:
+                job = self._ledger.fsync_job()
+                if job is not None:
+                    self._syncer.submit_call("ledger", lambda: job(self._ledger_sync_failed))
+            else:
+                if self._syncer is not None:
+                    self._syncer.drain()  # a ledger fsync it holds must be done when this returns
+                try:
+                    self._ledger.fsync()
+                except OSError as e:
+                    self._report(StorageError(describe_oserror(e), f"cannot fsync {self._ledger.path}: {e.strerror}"))
             self._anchor()
         if self.fsync != "never":
             by_fd = {sf.fd: sf for sf in self._files.values() if sf.fd >= 0}
@@ -640,10 +692,18 @@ class RecordWriter:
         self._dirty_fds.clear()
         self._dirty_dirs.clear()
 
+    def _ledger_sync_failed(self, e: OSError) -> None:  # on the syncer thread
+        self._syncer.failures.append((None, self._ledger.path, e))
+        self._wake.set()
+
     def _sync_failures(self) -> None:
-        """Sessions whose fsync failed on the syncer thread end as for any storage error."""
+        """Sessions whose fsync failed on the syncer thread end as for any storage error; the
+        ledger's is reported (and retried with the next group)."""
         while self._syncer is not None and self._syncer.failures:
             sid, path, e = self._syncer.failures.popleft()
+            if sid is None:
+                self._report(StorageError(describe_oserror(e), f"cannot fsync {path}: {e.strerror}"))
+                continue
             sf = self._files.get(sid)
             if sf is not None:
                 self._failed(sf, StorageError(describe_oserror(e), f"cannot fsync {path}: {e.strerror}"))
@@ -671,6 +731,9 @@ class RecordWriter:
             self._report(self._ledger_error)
             return False
         self._ledger_error = None
+        if self._spares is not None and not self._spares_started:
+            self._spares_started = True  # after the lock: one gateway per store uses its spares
+            self._spares.start()
         now = self.clock()
         start = {"host": os.uname().nodename, "pid": self.pid}
         if lg.created:
@@ -801,10 +864,19 @@ class RecordWriter:
         if now < self._next_scan:
             return
         self._next_scan = now + 0.1
+        self._checkpoints_due = False
         if self.signer is not None:
+            budget = _CHECKPOINTS_PER_TICK
             for sf in list(self._files.values()):
                 if sf.error is None and sf.fd >= 0 and sf.unsigned and \
                         now - sf.last_signed >= self.checkpoint_interval:
+                    if not budget:
+                        # Sessions that opened together come due together: sign the rest after the
+                        # records queued meanwhile, not ahead of them.
+                        self._next_scan = now + 0.005
+                        self._checkpoints_due = True
+                        break
+                    budget -= 1
                     self._sign(sf, CHECKPOINT)
                     self._flush_block(sf)
         if self._ledger is not None:
