@@ -217,6 +217,7 @@ class RecordWriter:
         self._ops: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._idle = False  # the thread sleeps past COALESCE: the next op wakes it (_put)
+        self._urgent = False  # an op someone waits for was queued since the thread last looked
         self._files: dict[str, _SessionFile] = {}
         self._dirty_fds: set[int] = set()
         self._compressors: list[zstandard.ZstdCompressor] = []  # of closed sessions, for new ones
@@ -295,8 +296,11 @@ class RecordWriter:
 
     def _put(self, op, urgent: bool) -> None:
         self._ops.append(op)  # deque.append is atomic: safe from any thread
-        if urgent or self._idle or len(self._ops) >= _MAX_BATCH:
+        if urgent or len(self._ops) >= _MAX_BATCH:
+            self._urgent = True
             self._wake.set()
+        elif self._idle:
+            self._wake.set()  # the thread then gathers for COALESCE, as if it had been polling
 
     # -- the writer thread ---------------------------------------------------------
 
@@ -336,6 +340,7 @@ class RecordWriter:
         if self._ledger is not None:
             self._open_ledger()
         while True:
+            self._urgent = False  # before the look at the queue: one queued after it sets it again
             timeout = COALESCE
             if self._dirty_fds or self._dirty_dirs:
                 timeout = min(timeout, max(0.0, self._oldest_unsynced + self.fsync_interval - time.monotonic()))
@@ -349,6 +354,11 @@ class RecordWriter:
                 if self._ops:  # queued before _put could see _idle
                     timeout = 0.0
             self._wait(timeout)
+            if self._idle and self._ops and not self._urgent:
+                # Woken from a long sleep by a record nobody waits for: gather the ones that
+                # follow it for COALESCE, as the 20 ms poll did (an urgent one ends this at once).
+                self._idle = False
+                self._wait(COALESCE)
             self._idle = False
             if not self._ops:
                 self._tick()
