@@ -420,7 +420,8 @@ def test_an_urgent_record_is_not_held_by_the_gathering_after_an_idle_wake(tmp_pa
         ack, done, box = wait_ack()
         w.record("s", "http.request", 2.0, {"flow": "f"}, ack)
         assert done.wait(5) and box["err"] is None
-        assert wait_until(lambda: waits and waits[-1] > 10.0, timeout=10)  # asleep
+        # Asleep (once its group fsync is done: while the syncer works it looks every COALESCE).
+        assert wait_until(lambda: waits and waits[-1] > 10.0, timeout=40)
         w.record("s", "http.response", 3.0, {"flow": "f", "status": 200})  # wakes it to gather
         assert wait_until(lambda: waits[-1] == 10.0, timeout=5)  # gathering for COALESCE
         ack, done, box = wait_ack()
