@@ -21,6 +21,7 @@ from addons.chain import AddonChain  # noqa: E402
 from addons.config import WiretrailConfig  # noqa: E402
 from addons.credentials import Credentials  # noqa: E402
 from addons.heap import FreezeStartupHeap  # noqa: E402
+from addons import hook_dispatch  # noqa: E402
 from addons.identity import Identity  # noqa: E402
 from addons.masking import Masking  # noqa: E402
 from addons.object_storage import ObjectStorage  # noqa: E402
@@ -33,6 +34,7 @@ from addons.timeouts import Timeouts  # noqa: E402
 from addons.trailers import Trailers  # noqa: E402
 from addons.websocket import WebSocketCapture  # noqa: E402
 
+hook_dispatch.install()  # mitmproxy's addon walk once per hook, not per event (hook_dispatch.py)
 _gate = StartupGate()  # mitmproxy listens before `running`: flows wait for it
 _config = WiretrailConfig()
 _identity = Identity(_config)

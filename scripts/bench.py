@@ -648,6 +648,8 @@ class Bench:
         cmd += ["--listen-host", "127.0.0.1", "--set", "flow_detail=0"]
         if kind == "plain" or self.args.gateway_script == "none":
             cmd += ["--set", "stream_large_bodies=1"]
+            if self.args.plain_hook_cache:
+                cmd += ["-s", str(ROOT / "scripts" / "bench_plain_hook_cache.py")]
         else:
             script = Path(self.args.gateway_script)
             if not script.is_absolute():
@@ -1285,6 +1287,9 @@ def parse_args(argv):
     p.add_argument("--storage-writer", choices=("thread", "process"), default="thread",
                    help="storage.writer of the generated gateway configs: the writer on a thread of the "
                         "gateway (the default) or in a process of its own")
+    p.add_argument("--plain-hook-cache", action="store_true",
+                   help="plain mitmdump with the gateway's hook dispatch (addons/hook_dispatch.py): the "
+                        "ratios then leave out what that saves, and show wiretrail's own cost")
     p.add_argument("--token", metavar="JWT",
                    help="with --gateway-config: the identity token every client sends (reverse mode: "
                         "Authorization: Bearer; --tls: the proxy password on each CONNECT)")
@@ -1421,6 +1426,9 @@ def main(argv: list[str] | None = None) -> int:
                   "identity (HS256 dev token) + allow_groups + credential swap on")
     print(f"\ngateway: {gateway_is}; capture-only: identity \"none\", no connections "
           f"(run in the small JSON and SSE phases only)")
+    print("plain mitmdump: " + ("with the gateway's hook dispatch (--plain-hook-cache)" if args.plain_hook_cache else
+                                "as shipped; the gateway process dispatches hooks through addons/hook_dispatch.py "
+                                "(--plain-hook-cache gives plain the same)"))
     for issues, title in (((2, 3), "targets (issues 2 and 3)"),
                           ((7,), "later targets (issue 7, informational unless --targets 7)"),
                           ((23,), "fleet targets (issue 23, informational unless --targets 23)")):
@@ -1455,6 +1463,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": info, "mode": mode, "quick": args.quick, "sizes": sizes.__dict__,
+            "plain_hook_cache": args.plain_hook_cache, "storage_writer": args.storage_writer,
             "results": bench.results,
             "ratios": {k: round(v, 4) for k, _, shown in ROWS if shown and (v := ratio(bench.results, k)) is not None},
             "targets": checks, "problems": bench.notes, "postgres": postgres,

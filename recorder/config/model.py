@@ -65,9 +65,10 @@ class StorageConfig:
     writer: str = key(_OneOf("thread", "process"), "thread", (
         'Where records are masked, compressed, written and signed: a thread of the gateway, or a process '
         "of its own (`recorder/store/writer_child.py`), which takes that CPU off the proxy's GIL. "
-        '`process` gave more throughput at 20 clients (0.76–0.92× plain against 0.61–0.78×) and slightly '
-        'more latency per small request (1.40–1.48× against 1.36–1.38×); it costs ~39 MiB and ~0.25 s at '
-        'start. See [performance.md](performance.md).'))
+        '`process` answers bursts of new sessions sooner (500 opening at once: about 1.1–1.6× plain mitmdump '
+        'against 2.1–2.4×) at a little more latency and CPU per request, and a gateway then uses more than '
+        'one core; it costs ~39 MiB and ~0.25 s at start. `thread` gets more requests/s out of a machine '
+        'full of gateways. See [performance.md](performance.md).'))
     write_timeout: float = key(_Number(gt=0, le=3600), 30.0, (
         'Seconds a request waits for its record to be written. Past it (a hung disk or network file '
         'system) the request gets the fail-closed 503 and is not forwarded, the log says `cannot record '

@@ -69,6 +69,11 @@ class Syncer:
             while self._busy == fd:
                 self._cond.wait()
 
+    def busy(self) -> bool:
+        """An fsync is queued or running (the writer then looks again within COALESCE: the ledger
+        head it makes durable is to be anchored)."""
+        return bool(self._pending) or self._busy is not None
+
     def drain(self) -> None:
         """Until every fsync submitted so far is done."""
         with self._cond:

@@ -48,6 +48,9 @@ _MAX_BATCH = 512
 # acknowledged (and go upstream) while the writer makes the next ones' files, not after all of them.
 _OPENS_PER_BATCH = 32
 COALESCE = 0.02  # seconds a record nobody waits for may sit before it is written
+# How long the thread sleeps when nothing is queued and no time-based work is due sooner: an idle
+# gateway does not wake its writer 50 times a second (a record queued meanwhile wakes it).
+IDLE_WAIT = 1.0
 _ZSTD_LEVEL = 3
 # Level 3 with small match tables: a new session's compressor costs ~0.15 ms to set up instead of
 # ~0.9 ms (level 3's own 128K/64K-entry tables are cleared at every start), and memory per open
@@ -213,6 +216,8 @@ class RecordWriter:
         # wake-up (and one GIL hand-off with the event loop) instead of four.
         self._ops: collections.deque = collections.deque()
         self._wake = threading.Event()
+        self._idle = False  # the thread sleeps past COALESCE: the next op wakes it (_put)
+        self._urgent = False  # an op someone waits for was queued since the thread last looked
         self._files: dict[str, _SessionFile] = {}
         self._dirty_fds: set[int] = set()
         self._compressors: list[zstandard.ZstdCompressor] = []  # of closed sessions, for new ones
@@ -292,7 +297,10 @@ class RecordWriter:
     def _put(self, op, urgent: bool) -> None:
         self._ops.append(op)  # deque.append is atomic: safe from any thread
         if urgent or len(self._ops) >= _MAX_BATCH:
+            self._urgent = True
             self._wake.set()
+        elif self._idle:
+            self._wake.set()  # the thread then gathers for COALESCE, as if it had been polling
 
     # -- the writer thread ---------------------------------------------------------
 
@@ -332,12 +340,26 @@ class RecordWriter:
         if self._ledger is not None:
             self._open_ledger()
         while True:
+            self._urgent = False  # before the look at the queue: one queued after it sets it again
             timeout = COALESCE
             if self._dirty_fds or self._dirty_dirs:
                 timeout = min(timeout, max(0.0, self._oldest_unsynced + self.fsync_interval - time.monotonic()))
             if self._checkpoints_due:
                 timeout = min(timeout, max(0.0, self._next_scan - time.monotonic()))
+            elif not self._ops and self._nothing_due_soon():
+                if self.fsync != "never":
+                    self._anchor()  # the ledger head the syncer made durable, before a long sleep
+                timeout = self._idle_wait()
+                self._idle = True
+                if self._ops:  # queued before _put could see _idle
+                    timeout = 0.0
             self._wait(timeout)
+            if self._idle and self._ops and not self._urgent:
+                # Woken from a long sleep by a record nobody waits for: gather the ones that
+                # follow it for COALESCE, as the 20 ms poll did (an urgent one ends this at once).
+                self._idle = False
+                self._wait(COALESCE)
+            self._idle = False
             if not self._ops:
                 self._tick()
                 if self._dirty_fds or self._dirty_dirs or self._ledger_dirty():
@@ -371,6 +393,27 @@ class RecordWriter:
                     time.monotonic() - self._oldest_unsynced >= self.fsync_interval:
                 self._fsync_dirty(wait=False)
             self._sync_failures()
+
+    def _nothing_due_soon(self) -> bool:
+        """Nothing to write, fsync, retry or hand on within COALESCE (checked while idle)."""
+        return not (self._dirty_fds or self._dirty_dirs or self._ledger_dirty() or self._after_ledger
+                    or (self._ledger is not None and (self._ledger.pending or self._ledger.fd < 0))
+                    or (self._syncer is not None and self._syncer.busy())
+                    or (self._syncer is not None and self._syncer.failures)
+                    or len(self._compressors) < _COMPRESSOR_POOL)
+
+    def _idle_wait(self) -> float:
+        """Until the next checkpoint of an open session or retention pass is due (_tick looks at
+        most every 0.1 s), at most IDLE_WAIT."""
+        now = time.monotonic()
+        due = now + IDLE_WAIT
+        if self.retention_days > 0:
+            due = min(due, self._next_retention)
+        if self.signer is not None:
+            for sf in self._files.values():
+                if sf.unsigned and sf.error is None and sf.fd >= 0:
+                    due = min(due, sf.last_signed + self.checkpoint_interval)
+        return max(0.0, max(due, self._next_scan) - now)
 
     def _wait(self, timeout: float) -> None:
         """Until an urgent op or the timeout. (recorder/store/writer_child.py reads its socket here.)"""

@@ -8,7 +8,9 @@ rebuild them here with this process's masker; a streamed body's state (BodyStrea
 here, keyed by the number the parent gave it.
 
 It dies with its parent: PR_SET_PDEATHSIG, and end of input without a `stop` exits at
-once, sealing nothing, as a crash of the gateway would (the next start recovers).
+once, sealing nothing, as a crash of the gateway would (the next start recovers). It ignores
+SIGINT and SIGTERM, which reach it too when a whole process group or cgroup is signalled (Ctrl-C
+in a terminal, systemd's stop): the gateway's shutdown seals every session through it.
 """
 from __future__ import annotations
 
@@ -118,6 +120,8 @@ class _Frames:
 
 def main(argv: list[str]) -> int:
     fd, parent_pid = int(argv[0]), int(argv[1])
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     sock = socket.socket(fileno=fd)
     frames = _Frames(sock)

@@ -140,6 +140,9 @@ class ProcessRecordWriter:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "recorder.store.writer_child", str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                # Its own process group: a Ctrl-C in the gateway's terminal is the gateway's to
+                # handle (it seals every session through this process), not this process's.
+                start_new_session=True,
             )
         finally:
             theirs.close()

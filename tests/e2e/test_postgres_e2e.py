@@ -377,7 +377,11 @@ def test_database_restart_mid_session(db, start_gateway, tmp_path, pg):
         with pytest.raises(psycopg.OperationalError, match="cannot reach the database"):
             d.connect()
         recs = d.wait_records(lambda rs: of(rs, "pg.error", phase="connect"))
-        assert of(recs, "pg.end")[-1]["reason"] == "connect_failed"
+        failed = of(recs, "pg.error", phase="connect")[-1]["conn"]
+        # Its own pg.end: the second connection's may be recorded after it (the gateway sees that
+        # client's close whenever it does).
+        recs = d.wait_records(lambda rs: of(rs, "pg.end", conn=failed))
+        assert of(recs, "pg.end", conn=failed)[-1]["reason"] == "connect_failed"
     finally:
         own.stop()
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import httpx
 import pytest
@@ -33,3 +35,23 @@ def test_the_writer_process_records_streams_and_bodies(start_gateway, upstream):
     gw.upstream = None  # the recorded bodies are masked, so they differ from what the upstream got
     art = finish(gw)  # SIGTERM: every session closed, its frame ended, the chain verifies
     assert len([r for r in art.records if r["t"] == "http.request"]) == 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_process_group_still_seals_every_session(start_gateway, upstream, sig):
+    """Ctrl-C in a terminal signals the whole foreground process group, and systemd's stop the
+    whole cgroup: the writer process must leave the shutdown to the gateway, which seals every
+    session through it (before, it died at once and every session was left unsealed)."""
+    gw = start_gateway(config={"storage": {"writer": "process"}})
+    test_id = new_test_id()
+    r = httpx.post(gw.reverse_url + "/v1/chat/completions", json={"model": "m", "messages": []},
+                   headers={TEST_ID_HEADER: test_id}, trust_env=False, timeout=TIMEOUT)
+    assert r.status_code == 200
+    wait_for_records(gw, lambda a: any(x["t"] == "http.end" for x in a.records))
+    children = [int(p) for p in open(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read().split()]
+    assert children, "the writer process runs"
+    for pid in {os.getpgid(gw.proc.pid), *(os.getpgid(c) for c in children)}:
+        os.killpg(pid, sig)  # every process of the gateway, as a terminal or systemd would
+    gw.proc.wait(30)
+    art = finish(gw, sig)  # exited already: each session closed, sealed, and verifies
+    assert [x for x in art.records if x["t"] == "http.request"]

@@ -363,3 +363,71 @@ def test_a_slow_group_fsync_does_not_hold_up_the_next_records_ack(tmp_path, monk
     finally:
         release.set()
         assert w.stop(timeout=10)
+
+
+def test_an_idle_writer_sleeps_and_a_record_queued_then_is_still_written_within_coalesce(tmp_path, monkeypatch):
+    """Idle, the thread wakes about once per IDLE_WAIT, not every COALESCE; a record nobody waits
+    for that is queued while it sleeps wakes it (else it would wait up to IDLE_WAIT)."""
+    monkeypatch.setattr(writer_module, "IDLE_WAIT", 30.0)
+    w = RecordWriter(storage_dir=tmp_path, fsync="batch", fsync_interval=0.01)
+    waits: list[float] = []
+    real_wait = w._wait
+
+    def counting_wait(timeout):
+        waits.append(timeout)
+        real_wait(timeout)
+
+    w._wait = counting_wait
+    w.start()
+    try:
+        path = tmp_path / "2026/01/01/s.jsonl.zst"
+        w.open_session("s", path, 1.0, {"session": "s"})
+        ack, done, box = wait_ack()
+        w.record("s", "http.request", 2.0, {"flow": "f"}, ack)
+        assert done.wait(5) and box["err"] is None
+        # Idle: its fsync group done, its compressor pool full, it sleeps past COALESCE.
+        assert wait_until(lambda: waits and waits[-1] > 1.0, timeout=10)
+        asleep = len(waits)
+        w.record("s", "http.response", 3.0, {"flow": "f", "status": 200})  # no ack: not urgent
+        t0 = time.monotonic()
+        assert wait_until(lambda: len(decompress_lines(path)) == 3, timeout=5)
+        assert time.monotonic() - t0 < 1.0  # woken at once, not after the 30 s sleep
+        assert len(waits) > asleep
+    finally:
+        w.close_session("s", 4.0, {"reason": "shutdown"})
+        assert w.stop()
+
+
+def test_an_urgent_record_is_not_held_by_the_gathering_after_an_idle_wake(tmp_path, monkeypatch):
+    """Woken from its idle sleep by a record nobody waits for, the writer gathers for COALESCE;
+    a record someone waits for (a request on its way upstream) ends that at once."""
+    monkeypatch.setattr(writer_module, "IDLE_WAIT", 30.0)
+    monkeypatch.setattr(writer_module, "COALESCE", 10.0)
+    monkeypatch.setattr(writer_module, "_COMPRESSOR_POOL", 0)  # no warming between its 10 s looks
+    w = RecordWriter(storage_dir=tmp_path, fsync="batch", fsync_interval=0.01)
+    waits: list[float] = []
+    real_wait = w._wait
+
+    def counting_wait(timeout):
+        waits.append(timeout)
+        real_wait(timeout)
+
+    w._wait = counting_wait
+    w.start()
+    try:
+        path = tmp_path / "2026/01/01/s.jsonl.zst"
+        w.open_session("s", path, 1.0, {"session": "s"})
+        ack, done, box = wait_ack()
+        w.record("s", "http.request", 2.0, {"flow": "f"}, ack)
+        assert done.wait(5) and box["err"] is None
+        # Asleep (once its group fsync is done: while the syncer works it looks every COALESCE).
+        assert wait_until(lambda: waits and waits[-1] > 10.0, timeout=40)
+        w.record("s", "http.response", 3.0, {"flow": "f", "status": 200})  # wakes it to gather
+        assert wait_until(lambda: waits[-1] == 10.0, timeout=5)  # gathering for COALESCE
+        ack, done, box = wait_ack()
+        w.record("s", "http.request", 4.0, {"flow": "g"}, ack)
+        assert done.wait(5) and box["err"] is None  # not after the 10 s gathering
+        assert [orjson.loads(x)["t"] for x in decompress_lines(path)][-2:] == ["http.response", "http.request"]
+    finally:
+        w.close_session("s", 5.0, {"reason": "shutdown"})
+        assert w.stop()
