@@ -411,9 +411,7 @@ def test_mcp_stdio_fails_closed_when_a_message_cannot_be_recorded(tmp_path, idp,
 
 
 def server_log(path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return mcp_sdk.read_log(path)
 
 
 def test_mcp_stdio_without_a_token_does_not_start_the_server(tmp_path, idp, sdk_python):

@@ -75,6 +75,14 @@ def _accepts(port: int) -> bool:
         return False
 
 
+def read_log(path) -> list[dict]:
+    """A test server's JSON-lines log, whole lines only: a long line reaches the file in more than one
+    write, so the text after the last newline may still be being written."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
+
+
 class McpServer:
     """tests/support/mcp_server_app.py in its own process. `transport`: "streamable-http" or "sse"."""
 
@@ -139,9 +147,7 @@ class McpServer:
             return ""
 
     def log(self) -> list[dict]:
-        if not self.log_path.exists():
-            return []
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        return read_log(self.log_path)
 
     def received(self) -> list[dict]:
         """Every JSON-RPC message that reached the server, in order."""
