@@ -365,10 +365,9 @@ def test_a_slow_group_fsync_does_not_hold_up_the_next_records_ack(tmp_path, monk
         assert w.stop(timeout=10)
 
 
-def test_an_idle_writer_sleeps_and_a_record_queued_then_is_still_written_within_coalesce(tmp_path, monkeypatch):
-    """Idle, the thread wakes about once per IDLE_WAIT, not every COALESCE; a record nobody waits
-    for that is queued while it sleeps wakes it (else it would wait up to IDLE_WAIT)."""
-    monkeypatch.setattr(writer_module, "IDLE_WAIT", 30.0)
+def _started_with_one_request(tmp_path):
+    """A started writer whose `_wait` timeouts are listed, with session "s" open and one acked
+    request written: (writer, the timeouts, the session's path)."""
     w = RecordWriter(storage_dir=tmp_path, fsync="batch", fsync_interval=0.01)
     waits: list[float] = []
     real_wait = w._wait
@@ -379,12 +378,20 @@ def test_an_idle_writer_sleeps_and_a_record_queued_then_is_still_written_within_
 
     w._wait = counting_wait
     w.start()
+    path = tmp_path / "2026/01/01/s.jsonl.zst"
+    w.open_session("s", path, 1.0, {"session": "s"})
+    ack, done, box = wait_ack()
+    w.record("s", "http.request", 2.0, {"flow": "f"}, ack)
+    assert done.wait(5) and box["err"] is None
+    return w, waits, path
+
+
+def test_an_idle_writer_sleeps_and_a_record_queued_then_is_still_written_within_coalesce(tmp_path, monkeypatch):
+    """Idle, the thread wakes about once per IDLE_WAIT, not every COALESCE; a record nobody waits
+    for that is queued while it sleeps wakes it (else it would wait up to IDLE_WAIT)."""
+    monkeypatch.setattr(writer_module, "IDLE_WAIT", 30.0)
+    w, waits, path = _started_with_one_request(tmp_path)
     try:
-        path = tmp_path / "2026/01/01/s.jsonl.zst"
-        w.open_session("s", path, 1.0, {"session": "s"})
-        ack, done, box = wait_ack()
-        w.record("s", "http.request", 2.0, {"flow": "f"}, ack)
-        assert done.wait(5) and box["err"] is None
         # Idle: its fsync group done, its compressor pool full, it sleeps past COALESCE.
         assert wait_until(lambda: waits and waits[-1] > 1.0, timeout=10)
         asleep = len(waits)
@@ -404,22 +411,8 @@ def test_an_urgent_record_is_not_held_by_the_gathering_after_an_idle_wake(tmp_pa
     monkeypatch.setattr(writer_module, "IDLE_WAIT", 30.0)
     monkeypatch.setattr(writer_module, "COALESCE", 10.0)
     monkeypatch.setattr(writer_module, "_COMPRESSOR_POOL", 0)  # no warming between its 10 s looks
-    w = RecordWriter(storage_dir=tmp_path, fsync="batch", fsync_interval=0.01)
-    waits: list[float] = []
-    real_wait = w._wait
-
-    def counting_wait(timeout):
-        waits.append(timeout)
-        real_wait(timeout)
-
-    w._wait = counting_wait
-    w.start()
+    w, waits, path = _started_with_one_request(tmp_path)
     try:
-        path = tmp_path / "2026/01/01/s.jsonl.zst"
-        w.open_session("s", path, 1.0, {"session": "s"})
-        ack, done, box = wait_ack()
-        w.record("s", "http.request", 2.0, {"flow": "f"}, ack)
-        assert done.wait(5) and box["err"] is None
         # Asleep (once its group fsync is done: while the syncer works it looks every COALESCE).
         assert wait_until(lambda: waits and waits[-1] > 10.0, timeout=40)
         w.record("s", "http.response", 3.0, {"flow": "f", "status": 200})  # wakes it to gather
