@@ -9,6 +9,7 @@ import types
 
 import pytest
 from mitmproxy import exceptions, hooks
+from mitmproxy.addons import script
 from mitmproxy.test import taddons, tflow
 
 from addons import hook_dispatch
@@ -200,3 +201,37 @@ def test_the_walk_is_done_once_per_hook():
             assert first >= len(m.chain) and len(walks) == first  # walked for the first event only
     finally:
         hook_dispatch.uninstall()
+
+
+def test_a_script_loaded_and_reloaded_gets_the_events(tmp_path):
+    """The gateway is such a script: a cache that kept the tree from before a script loaded (or its
+    old module after a reload) would leave its hooks uncalled, and traffic unrecorded."""
+    path = tmp_path / "part.py"
+    path.write_text("calls = []\ndef requestheaders(flow):\n    calls.append('v1')\n")
+
+    async def scenario():
+        with taddons.context() as tctx:
+            m = tctx.master.addons
+            loader = script.ScriptLoader()
+            m.add(loader)
+            m.trigger(hooks.all_hooks["requestheaders"](_flow()))  # cached before the script loads
+            tctx.configure(loader, scripts=[str(path)])
+            for _ in range(200):  # the script loads in its watcher task
+                if loader.addons and loader.addons[0].ns is not None:
+                    break
+                await asyncio.sleep(0.01)
+            first = loader.addons[0].ns
+            m.trigger(hooks.all_hooks["requestheaders"](_flow()))
+            path.write_text("calls = []\ndef requestheaders(flow):\n    calls.append('v2')\n")
+            loader.addons[0].loadscript()  # what the watcher does when the file changes
+            await asyncio.sleep(0)  # the forget scheduled by register() runs
+            second = loader.addons[0].ns
+            m.trigger(hooks.all_hooks["requestheaders"](_flow()))
+            return first.calls, second.calls
+
+    hook_dispatch.install()
+    try:
+        first, second = asyncio.run(scenario())
+    finally:
+        hook_dispatch.uninstall()
+    assert first == ["v1"] and second == ["v2"]
