@@ -7,8 +7,8 @@ and that process's start time. A reader (`show`, `verify`, `ls`) asks `gateway_s
 - "running": the marker names this host and a process that is alive with the same start time
   (a reused pid is not mistaken for the gateway);
 - "elsewhere": the marker names another host, whose processes this one cannot see;
-- "stopped": the marker is there but its process is gone (the gateway crashed or was killed),
-  or there is no marker (no gateway has the store).
+- "stopped": the marker is there but its process is gone or a zombie (the gateway crashed or
+  was killed), or there is no marker (no gateway has the store).
 
 A session that the ledger still has open is then "open" on a running gateway, and "unsealed
 (gateway stopped)" otherwise. The marker is a hint for readers, never evidence: verify's verdict
@@ -25,12 +25,15 @@ LIVE_NAME = "gateway.live"
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None."""
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None
+    if it is gone. A zombie (exited, not yet reaped: the writer process of a gateway killed with
+    -9 until init reaps it) is gone: it holds no lock and writes nothing."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rpartition(")")[2].split()[19]
+    fields = stat.rpartition(")")[2].split()
+    return None if fields[0] == "Z" else fields[19]
 
 
 def mark_live(store: Path) -> bool:

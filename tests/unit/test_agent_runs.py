@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +156,25 @@ def test_live_marker_tells_open_from_stopped(tmp_path):
     data = json.loads((tmp_path / LIVE_NAME).read_text())
     (tmp_path / LIVE_NAME).write_text(json.dumps(dict(data, host=socket.gethostname() + "-other")))
     assert unsealed_state("open", tmp_path) == "open (gateway on another host)"
+
+
+def test_live_marker_of_a_zombie_is_stopped(tmp_path):
+    """A gateway killed with -9 leaves its writer process a zombie until init reaps it: its
+    marker's pid and start time still match, but nothing is writing."""
+    child = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.path.insert(0, os.getcwd()); "
+                              "from recorder.store.live import mark_live; mark_live(sys.argv[1]); "
+                              "sys.stdout.write('marked'); sys.stdout.flush(); sys.stdin.read()", str(tmp_path)],
+                             cwd=os.getcwd(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.read(6) == b"marked"
+        assert gateway_state(tmp_path) == "running"
+        child.stdin.close()  # it exits; not waited for, it stays a zombie
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        assert gateway_state(tmp_path) == "stopped"
+        assert unsealed_state("open", tmp_path) == "unsealed (gateway stopped)"
+    finally:
+        child.kill()
+        child.wait()
