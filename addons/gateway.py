@@ -29,7 +29,7 @@ from addons.policy import Policy  # noqa: E402
 from addons.postgres import Postgres  # noqa: E402
 from addons.raw_tcp import RawTcp  # noqa: E402
 from addons.rpc import RpcStreams  # noqa: E402
-from addons.startup import StartupGate  # noqa: E402
+from addons.startup import StartupGate, StoreOpened  # noqa: E402
 from addons.timeouts import Timeouts  # noqa: E402
 from addons.trailers import Trailers  # noqa: E402
 from addons.websocket import WebSocketCapture  # noqa: E402
@@ -56,6 +56,7 @@ parts = [
     RawTcp(_config, _identity, _policy, _capture, _masking),  # before capture: a refused 101 is killed first
     WebSocketCapture(_config, _capture, _masking),  # before capture: its `done` closes open WebSockets first
     _capture,
+    StoreOpened(_capture),  # a ledger the writer cannot open stops the gateway at start-up
     Timeouts(_config, _identity, _capture),  # header, idle and upstream-response timeouts
     Postgres(_config, _identity, _masking, _credentials, _capture),  # database front ends; after capture (its sessions)
     ObjectStorage(_config),  # after capture: its `done` uploads what the writer sealed at shutdown

@@ -62,3 +62,22 @@ class StartupGateOpener:
     def running(self):
         if not self.gate.is_open:
             self.gate.open()
+
+
+class StoreOpened:
+    """Right after capture in the chain: `running` waits until the writer has tried to open the
+    store's ledger. One it cannot open (another gateway with the same id holds its lock, or it
+    is not writable) is then logged as an error during start-up, and mitmproxy exits, whichever
+    writer is in use: the process writer opens it in its own process, after `running` returned."""
+
+    def __init__(self, capture, timeout: float = 30.0):
+        self.capture = capture
+        self.timeout = timeout
+
+    async def running(self):
+        writer = self.capture.writer
+        if writer is None:
+            return
+        err = await asyncio.get_running_loop().run_in_executor(None, writer.wait_opened, self.timeout)
+        if err is not None:
+            await asyncio.sleep(0)  # the writer's own report of it is logged first

@@ -200,6 +200,8 @@ class RecordWriter:
         anchors = s.anchors
         self._ledger = ledger_mod.LedgerFile(self.storage_dir, signer) if self.storage_dir is not None else None
         self._ledger_error: StorageError | None = None
+        self._opened = threading.Event()  # set once the first try to open the ledger is done
+        self._open_error: StorageError | None = None
         self._after_ledger: list[Callable[[], None]] = []  # removals waiting for their entry to be written
         self._anchorer: Anchorer | None = None
         if anchors is not None and anchors.any and self._ledger is not None:
@@ -274,6 +276,16 @@ class RecordWriter:
         return (f"{len(records)} record(s) with {self.pending_bytes()} body bytes, of {len(sessions)} session(s) "
                 f"({shown})")
 
+    def wait_opened(self, timeout: float) -> StorageError | None:
+        """Blocks until the writer has tried to open its ledger (at most `timeout` s): why it could
+        not (locked by another gateway, unwritable), or None (opened, or still trying)."""
+        self._opened.wait(timeout)
+        return self._open_error
+
+    def _store_opened(self, err: StorageError | None) -> None:
+        self._open_error = err
+        self._opened.set()
+
     def close_session(self, session_id: str, ts: float, fields: dict, ack: Ack | None = None) -> None:
         self._put(_Close(session_id, ts, fields, ack), True)
 
@@ -315,6 +327,8 @@ class RecordWriter:
                                f"{os.path.basename(where.filename)}:{where.lineno}); records queued since its "
                                "last write are lost and nothing more can be recorded: restart the gateway")
             self._report(err)
+            if not self._opened.is_set():
+                self._store_opened(err)
             self._refuse_until_stop(err)
 
     def _refuse_until_stop(self, err: StorageError) -> None:
@@ -339,6 +353,7 @@ class RecordWriter:
             self._anchorer.start()
         if self._ledger is not None:
             self._open_ledger()
+        self._store_opened(self._ledger_error)
         while True:
             self._urgent = False  # before the look at the queue: one queued after it sets it again
             timeout = COALESCE

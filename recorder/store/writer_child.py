@@ -175,6 +175,10 @@ def main(argv: list[str]) -> int:
                     _apply(self, msg)
             self._wake.clear()
 
+        def _store_opened(self, err) -> None:
+            super()._store_opened(err)
+            send(wp.Opened(_error_tuple(err)))
+
     def acker(aid):
         if aid is None:
             return None

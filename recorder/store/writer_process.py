@@ -125,6 +125,8 @@ class ProcessRecordWriter:
         self._hold_timer: asyncio.TimerHandle | None = None
         self._loop_thread: int | None = None
         self._started = False
+        self._opened = threading.Event()  # the child's first try to open the ledger is done
+        self._open_error: StorageError | None = None
 
     # -- RecordWriter's interface ---------------------------------------------------
 
@@ -228,6 +230,11 @@ class ProcessRecordWriter:
                 "it had not written yet")
 
     # -- sending ----------------------------------------------------------------------
+
+    def wait_opened(self, timeout: float) -> StorageError | None:
+        """As RecordWriter.wait_opened: the child reports its first try to open the ledger."""
+        self._opened.wait(timeout)
+        return self._open_error
 
     def _op(self, message: type, args: tuple, ack: Ack | None) -> None:
         aid = next(self._ids) if ack is not None else None
@@ -424,6 +431,9 @@ class ProcessRecordWriter:
                 _call(ack, None if msg.error is None else StorageError(*msg.error))
         elif isinstance(msg, wp.Failed):
             self._report(StorageError(msg.cause, msg.detail, msg.flow))
+        elif isinstance(msg, wp.Opened):
+            self._open_error = None if msg.error is None else StorageError(*msg.error)
+            self._opened.set()
         elif isinstance(msg, wp.Event):
             if self.on_event is not None:
                 _call(self.on_event, msg.text)
@@ -444,6 +454,9 @@ class ProcessRecordWriter:
             self._acks.clear()
         if report:
             self._report(self._dead)
+        if not self._opened.is_set():
+            self._open_error = self._dead
+            self._opened.set()
         for ack in pending:
             _call(ack, self._dead)
 

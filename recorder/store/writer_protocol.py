@@ -71,6 +71,8 @@ class Writer(Protocol):
 
     def unwritten(self) -> str: ...
 
+    def wait_opened(self, timeout: float) -> "StorageError | None": ...
+
 
 # -- gateway -> writer process ------------------------------------------------------------------
 
@@ -133,6 +135,11 @@ class Failed(NamedTuple):
     cause: str
     detail: str
     flow: str | None
+
+
+class Opened(NamedTuple):
+    """The store's first opening is done: its ledger open (error None) or not."""
+    error: tuple[str, str] | None
 
 
 class Event(NamedTuple):

@@ -120,13 +120,17 @@ def test_two_gateways_write_one_store_that_verifies_as_a_whole(start_gateway, up
     assert bad.returncode == 1 and "no ledger" in bad.stdout, bad.stdout
 
 
-def test_a_second_process_with_the_same_id_does_not_record(start_gateway, upstream, tmp_path, signing_key):
-    """Its ledger is locked by the first: it stops at start-up (mitmproxy exits on the error
-    logged during start-up), and the first goes on recording."""
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_second_process_with_the_same_id_does_not_record(start_gateway, upstream, tmp_path, signing_key, writer):
+    """Its ledger is locked by the first: it stops at start-up (its `running` waits for the
+    writer's try, so mitmproxy exits on the error logged during start-up, whichever writer),
+    and the first goes on recording."""
     key, _ = signing_key
     root = tmp_path / "fleet"
     first = start_gateway(member(root, key, "gw1"))
-    log = start_fails(start_gateway, member(root, key, "gw1"))
+    second = member(root, key, "gw1")
+    second["storage"]["writer"] = writer
+    log = start_fails(start_gateway, second)
     assert "another gateway holds the ledger" in log, log
     tid = new_test_id()
     with httpx_client(first, "reverse") as c:

@@ -181,3 +181,24 @@ def test_the_process_writer_speaks_only_the_named_messages():
     w.flush_soon()
     assert [type(m) for m in sent] == [wp.Open, wp.Record, wp.Close, wp.Barrier, wp.Flush]
     assert sent[1].rtype == "http.request" and sent[1].ack_id is not None and sent[0].ack_id is None
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_wait_opened_says_why_the_ledger_could_not_be_opened(tmp_path, kind):
+    """What the gateway's start-up waits for (addons/startup.py StoreOpened): None once the
+    writer holds the ledger, the reason when another writer holds it."""
+    from recorder.store.writer import RecordWriter
+
+    cls = ProcessRecordWriter if kind == "process" else RecordWriter
+    first = RecordWriter(fsync="batch", storage_dir=tmp_path)
+    first.start()
+    second = cls(fsync="batch", storage_dir=tmp_path)
+    try:
+        assert first.wait_opened(30) is None
+        second.start()
+        err = second.wait_opened(30)
+        assert isinstance(err, StorageError) and err.cause == "ledger locked", err
+        assert "another gateway holds the ledger" in err.detail
+    finally:
+        second.stop(10)
+        first.stop(10)
