@@ -23,6 +23,27 @@ MITMDUMP = BIN_DIR / "mitmdump"
 WIRETRAIL = BIN_DIR / "wiretrail"
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started that still run (from /proc; empty if it has none)."""
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def running(pid: int) -> bool:
+    """`pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class GatewayStartError(RuntimeError):
     pass
 
@@ -203,6 +224,7 @@ class Gateway:
         if self.proc is None:
             raise RuntimeError("the gateway was not started")
         if self.proc.poll() is None:
+            helpers = child_pids(self.proc.pid)  # the writer process (storage.writer = "process")
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
@@ -211,6 +233,11 @@ class Gateway:
                 raise AssertionError(
                     f"mitmdump did not exit within {timeout} s of {signal.Signals(sig).name}:\n{self.log_text()}"
                 ) from None
+            # Stopped means every process of the gateway is gone (the writer holds the ledger's lock).
+            deadline = time.monotonic() + 10
+            while any(running(p) for p in helpers):
+                assert time.monotonic() < deadline, f"the gateway's writer process outlived it: {helpers}"
+                time.sleep(0.01)
         self.returncode = self.proc.returncode
         return self.returncode
 
