@@ -49,6 +49,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_fleet  # noqa: E402  (the fleet phases: sessions, streamcpu, scale)
+sys.path.insert(1, str(ROOT))
+from recorder.config.model import SCHEMA  # noqa: E402
+
+DEFAULT_WRITER = SCHEMA.by_name["storage"].kind.by_name["writer"].default  # what a gateway gets by default
 UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "bench_upstream.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 MiB = 1024 * 1024
@@ -657,7 +661,9 @@ class Bench:
             cmd += ["-s", str(script), "--set", f"wiretrail_config={self.gateway_toml(kind, storage, gateway_id)}"]
         return cmd + list(self.args.mitmdump_arg)
 
-    def start_proxy(self, kind: str, tag: str, storage: Path | None = None, gateway_id: str | None = None) -> Target:
+    def start_proxy(self, kind: str, tag: str, storage: Path | None = None, gateway_id: str | None = None,
+                    cpu: int | None = None) -> Target:
+        """`cpu`: run the proxy (and its writer process) on that CPU only (taskset)."""
         port = free_port()
         if kind in ("gateway", "capture") and storage is None:
             storage = self.work / f"sessions-{tag}"
@@ -666,7 +672,10 @@ class Bench:
         t = Target(kind, port, self.upstream_port, connect=self.args.tls, connect_extra=self.connect_extra,
                    log=log, storage=storage)
         t.gateway_id = gateway_id
-        t.proc = self.procs.spawn(self.proxy_cmd(kind, port, storage, gateway_id), log, cwd=str(ROOT))
+        cmd = self.proxy_cmd(kind, port, storage, gateway_id)
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu)] + cmd
+        t.proc = self.procs.spawn(cmd, log, cwd=str(ROOT))
         return t
 
     def lb_target(self, lb, tag: str) -> Target:
@@ -1284,9 +1293,13 @@ def parse_args(argv):
     p.add_argument("--gateway-config", metavar="TOML",
                    help="use this gateway config instead of the generated one (identity + swap on); the "
                         "capture-only path keeps its generated config; send a token with --token")
-    p.add_argument("--storage-writer", choices=("thread", "process"), default="thread",
+    p.add_argument("--storage-writer", choices=("thread", "process"), default=DEFAULT_WRITER,
                    help="storage.writer of the generated gateway configs: the writer on a thread of the "
-                        "gateway (the default) or in a process of its own")
+                        "gateway or in a process of its own (default: the config's default, "
+                        f"{DEFAULT_WRITER!r})")
+    p.add_argument("--scale-cpus", choices=("one-each", "shared"), default="one-each",
+                   help="the scale phase: each gateway (with its writer process) on a CPU of its own "
+                        "(taskset; docs/deployment.md), or all of them on every CPU")
     p.add_argument("--plain-hook-cache", action="store_true",
                    help="plain mitmdump with the gateway's hook dispatch (addons/hook_dispatch.py): the "
                         "ratios then leave out what that saves, and show wiretrail's own cost")
@@ -1417,7 +1430,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(bench.results, sizes))
     scale = bench.results.get("scale_rps")
     if scale:
-        print(f"\nbehind HAProxy (scripts/fleet_lb.py), {sizes.scale_clients} clients: one gateway "
+        print(f"\nbehind HAProxy (scripts/fleet_lb.py), {sizes.scale_clients} clients, "
+              f"writer {args.storage_writer!r}, gateways on {'a CPU each' if args.scale_cpus == 'one-each' else 'every CPU'}: one gateway "
               f"{fmt(scale.get('1gw'))} requests/s, two gateways {fmt(scale.get('2gw'))} requests/s "
               f"({fmt(bench.results.get('scale_ratio', {}).get('gateway'))}x); "
               f"{fmt(bench.results.get('scale_recorded', {}).get('gateway'))} http.request records for "

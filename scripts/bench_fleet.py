@@ -10,6 +10,8 @@
   /proc) divided by the replies it carried.
 - `scale`: requests/s through a load balancer (HAProxy, scripts/fleet_lb.py) in front of one
   and then two gateway processes writing to one store, in rotated slices; the ratio two / one.
+  Each gateway runs on a CPU of its own (`--scale-cpus one-each`, taskset), as
+  docs/deployment.md runs them; `--scale-cpus shared` lets them use every CPU.
 
 How to read them: docs/performance.md.
 """
@@ -194,7 +196,14 @@ def run_scale(bench, seconds: float, concurrency: int, slice_s: float = 1.0) -> 
         return
     store = bench.work / "sessions-fleet"
     store.mkdir()
-    gws = [bench.start_proxy("gateway", f"fleet-gw{i + 1}", storage=store, gateway_id=f"gw{i + 1}")
+    # One gateway per CPU, as docs/deployment.md runs them: the figure is then what a core adds.
+    # Unpinned, one gateway with the process writer already spreads over both of this machine's cores.
+    ncpu = len(os.sched_getaffinity(0))
+    pin = bench.args.scale_cpus == "one-each" and ncpu > 1 and shutil.which("taskset") is not None
+    if bench.args.scale_cpus == "one-each" and not pin:
+        bench.notes.append("scale phase: gateways not pinned (one CPU, or no taskset)")
+    gws = [bench.start_proxy("gateway", f"fleet-gw{i + 1}", storage=store, gateway_id=f"gw{i + 1}",
+                             cpu=i % ncpu if pin else None)
            for i in range(2)]
     for t in gws:
         bench.ready(t, f"gateway {t.gateway_id} (scale)")

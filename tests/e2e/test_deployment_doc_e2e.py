@@ -95,6 +95,9 @@ def _run_doc(blocks, tmp_path, upstream, test_ca, bucket):
         oks = [line for line in res.stdout.splitlines()
                if line.startswith("OK") and f"/gateways/{gid}/ledger.jsonl: " in line]
         assert len(oks) == 2, res.stdout
+    # Each gateway ran on a CPU of its own (its writer process inherits it).
+    cpus = re.findall(r"pid \d+'s current affinity list: (\S+)", res.stdout)
+    assert cpus == ["0", "1" if len(os.sched_getaffinity(0)) > 1 else "0"], res.stdout
     root = wt / "sessions"
     parts = {gid: Artifacts(root / fleet.GATEWAYS / gid) for gid in ("gw1", "gw2")}
     assert parts["gw1"].sessions and parts["gw2"].sessions, "the balancer sent nothing to one of the gateways"
