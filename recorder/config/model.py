@@ -62,13 +62,13 @@ class StorageConfig:
         'Seconds a batched fsync may wait to gather more records: a group is fsynced when the writer goes'
         ' idle, and at the latest this long after its first write (never in the same step as the ack of '
         'the request that started it).'))
-    writer: str = key(_OneOf("thread", "process"), "thread", (
-        'Where records are masked, compressed, written and signed: a thread of the gateway, or a process '
-        "of its own (`recorder/store/writer_child.py`), which takes that CPU off the proxy's GIL. "
-        '`process` answers bursts of new sessions sooner (500 opening at once: about 1.1–1.6× plain mitmdump '
-        'against 2.1–2.4×) at a little more latency and CPU per request, and a gateway then uses more than '
-        'one core; it costs ~39 MiB and ~0.25 s at start. `thread` gets more requests/s out of a machine '
-        'full of gateways. See [performance.md](performance.md).'))
+    writer: str = key(_OneOf("thread", "process"), "process", (
+        'Where records are masked, compressed, written and signed: a process of the gateway\'s own '
+        "(`recorder/store/writer_child.py`), outside the proxy's GIL, or a thread of the gateway. "
+        '`process` answers bursts of new sessions without making them wait on the GIL (500 opening at '
+        'once: about 1.1–1.6× plain mitmdump, against 1.5–2.5× with `thread`); it costs ~39 MiB and '
+        '~0.25 s at start, and a little more latency and CPU per request. `thread` serves some more '
+        'requests/s per core. See [performance.md](performance.md).'))
     write_timeout: float = key(_Number(gt=0, le=3600), 30.0, (
         'Seconds a request waits for its record to be written. Past it (a hung disk or network file '
         'system) the request gets the fail-closed 503 and is not forwarded, the log says `cannot record '
