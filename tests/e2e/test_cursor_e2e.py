@@ -85,7 +85,9 @@ def show(path: Path, *args: str) -> str:
 
 
 def chunk_reader(resp: httpx.Response):
-    """recv(timeout) over a streamed response, read on a thread of its own."""
+    """recv(timeout) over a streamed response, read on a thread of its own. `recv.thread` must
+    be joined before the response is closed: a read after the close would take the first bytes
+    (a TLS record header) of whatever file or socket gets its descriptor number next."""
     q: queue.Queue = queue.Queue()
 
     def read():
@@ -96,7 +98,8 @@ def chunk_reader(resp: httpx.Response):
             q.put(e)
         q.put(None)
 
-    threading.Thread(target=read, daemon=True).start()
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
 
     def recv(timeout: float):
         try:
@@ -107,6 +110,7 @@ def chunk_reader(resp: httpx.Response):
             raise item
         return item
 
+    recv.thread = thread
     return recv
 
 
@@ -135,7 +139,10 @@ def test_http1_fallback_is_recorded_as_one_conversation(cursor_gateway, upstream
         with stream_client.stream("POST", base + RUN_SSE, content=envelope(run_sse_request(mimic, request_id)),
                                   headers={**cursor_headers, "content-type": "application/connect+proto"}) as resp:
             assert resp.status_code == 200
-            got, problems = play_client(conv, send, chunk_reader(resp))
+            reader = chunk_reader(resp)
+            got, problems = play_client(conv, send, reader)
+            reader.thread.join(10)  # the reply has ended: its reader is done before the response closes
+            assert not reader.thread.is_alive(), "the RunSSE reply did not end"
     assert problems == [] and backend.finished.wait(10) and backend.errors == []
     assert backend.received == conv.client  # every client message reached the backend unchanged, in order
     assert got[:-1] == conv.server and got[-1] == {}  # and every server message the client
