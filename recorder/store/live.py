@@ -36,6 +36,11 @@ def _start_time(pid: int) -> str | None:
     return None if fields[0] == "Z" else fields[19]
 
 
+def process_running(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
+    return _start_time(pid) is not None
+
+
 def mark_live(store: Path) -> bool:
     """Note that this process writes the store (called with the ledger lock held). Best effort:
     on a full disk the marker is left out (readers then say the gateway stopped), never the ledger."""

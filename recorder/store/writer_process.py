@@ -229,12 +229,12 @@ class ProcessRecordWriter:
         return (f"{self.pending_bytes()} bytes of records never handed to the writer process, and whatever "
                 "it had not written yet")
 
-    # -- sending ----------------------------------------------------------------------
-
     def wait_opened(self, timeout: float) -> StorageError | None:
         """As RecordWriter.wait_opened: the child reports its first try to open the ledger."""
         self._opened.wait(timeout)
         return self._open_error
+
+    # -- sending ----------------------------------------------------------------------
 
     def _op(self, message: type, args: tuple, ack: Ack | None) -> None:
         aid = next(self._ids) if ack is not None else None

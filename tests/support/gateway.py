@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from recorder.store.live import process_running
 from tests.support.artifacts import Artifacts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,15 +34,6 @@ def child_pids(pid: int) -> list[int]:
     except OSError:
         pass
     return out
-
-
-def running(pid: int) -> bool:
-    """`pid` exists and is not a zombie waiting to be reaped."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class GatewayStartError(RuntimeError):
@@ -235,7 +227,7 @@ class Gateway:
                 ) from None
             # Stopped means every process of the gateway is gone (the writer holds the ledger's lock).
             deadline = time.monotonic() + 10
-            while any(running(p) for p in helpers):
+            while any(process_running(p) for p in helpers):
                 assert time.monotonic() < deadline, f"the gateway's writer process outlived it: {helpers}"
                 time.sleep(0.01)
         self.returncode = self.proc.returncode
