@@ -55,3 +55,28 @@ def test_a_signal_to_the_whole_process_group_still_seals_every_session(start_gat
     gw.proc.wait(30)
     art = finish(gw, sig)  # exited already: each session closed, sealed, and verifies
     assert [x for x in art.records if x["t"] == "http.request"]
+
+
+def test_a_killed_writer_process_fails_closed(start_gateway, upstream):
+    """The writer process is the default; the OOM killer (or anyone) may kill it. From then on
+    nothing reaches the upstream unrecorded: the upstream's own log is the truth."""
+    from tests.support.gateway import child_pids
+    from tests.support.checks import wait_until
+
+    gw = start_gateway()  # the default writer: a process
+    before = new_test_id()
+    with httpx.Client(base_url=gw.reverse_url, trust_env=False, timeout=TIMEOUT) as c:
+        assert c.post("/echo", content=b"a", headers={TEST_ID_HEADER: before}).status_code == 200
+        writers = child_pids(gw.proc.pid)
+        assert len(writers) == 1, writers
+        os.kill(writers[0], signal.SIGKILL)
+        assert wait_until(lambda: "writer process gone" in gw.log_text(), 10), gw.log_text()
+        after = new_test_id()
+        for body in (b"b", b"c" * 200_000):  # a small body and one large enough to stream
+            r = c.post("/echo", content=body, headers={TEST_ID_HEADER: after})
+            assert r.status_code == 503, (r.status_code, r.text)
+    assert len(upstream.received(before)) == 1
+    assert upstream.received(after) == [], "a request reached the upstream with no writer to record it"
+    assert "refusing traffic with 503" in gw.log_text()
+    gw.upstream = None
+    gw.stop()
